@@ -1,0 +1,40 @@
+//! The catalog actor: products, flash-sale definitions, the login directory and
+//! shared secrets, in the catalog database.
+
+use serde::Serialize;
+
+use crate::actors::inventory::SaleDefinition;
+use crate::domain::{Email, ProductId, ProductName};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Product {
+    pub id: i64,
+    pub name: String,
+    pub price_cents: i64,
+}
+
+#[derive(Debug)]
+pub enum CatalogOp {
+    CreateProduct { name: ProductName, price_cents: i64 },
+    GetProduct(ProductId),
+    /// Stores the sale; answers `SaleStored(false)` when the product does not exist.
+    PutSale { product: ProductId, sale: SaleDefinition },
+    GetSale(ProductId),
+    /// Answers `Created(false)` when the e-mail is taken.
+    CreateCredential { email: Email, user: String, password_hash: String },
+    GetCredential(Email),
+    /// The stored secret of that name, storing `candidate` if there is none yet.
+    Secret { name: String, candidate: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatalogReply {
+    Product(Option<Product>),
+    SaleStored(bool),
+    Sale(Option<SaleDefinition>),
+    Created(bool),
+    /// (user id, password hash)
+    Credential(Option<(String, String)>),
+    Secret(String),
+}

@@ -1,0 +1,103 @@
+//! What the queue consumers do. An order consumer claims each order from its
+//! inventory partition, has its shard write it (completed, or cancelled when the
+//! reconciler released it first), sends the confirmation to the notification queue,
+//! and only then lets its batch be acknowledged. A notification consumer delivers
+//! confirmations and records each one on the user's shard.
+
+use std::sync::Arc;
+
+use futures_util::future::try_join_all;
+use lapin::message::Delivery;
+use ractor::ActorProcessingErr;
+
+use crate::actors::inventory::{InventoryOp, InventoryReply};
+use crate::actors::queue::{DeliveryHandler, Outbound};
+use crate::actors::shard::{OrderMessage, OrderStatus, ShardOp};
+use crate::domain::{OrderId, ProductId};
+use crate::supervisors::directory::Directory;
+
+fn parse_orders(batch: &[Delivery]) -> Vec<OrderMessage> {
+    batch
+        .iter()
+        .filter_map(|d| match serde_json::from_slice::<OrderMessage>(&d.data) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                // A message nobody can read would block the queue for ever.
+                tracing::error!(error = %e, "dropping an unreadable order message");
+                metrics::counter!("flashsale_queue_poison_messages_total").increment(1);
+                None
+            }
+        })
+        .collect()
+}
+
+pub struct OrderHandler {
+    pub directory: Arc<Directory>,
+}
+
+#[ractor::async_trait]
+impl DeliveryHandler for OrderHandler {
+    async fn handle(&self, out: &Outbound, batch: &[Delivery]) -> Result<(), ActorProcessingErr> {
+        let dir = &self.directory;
+        let orders = parse_orders(batch);
+        let claims = try_join_all(orders.iter().map(|o| async move {
+            let product = ProductId::from_db(o.product_id);
+            let order = OrderId::parse(&o.order_id).map_err(|e| e.to_string())?;
+            match dir.product_partition(product).call(InventoryOp::Claim { product, order }).await {
+                Ok(InventoryReply::Claimed(c)) => Ok(c),
+                Ok(other) => Err(format!("unexpected claim reply {other:?}")),
+                Err(e) => Err(format!("claim: {e}")),
+            }
+        }))
+        .await?;
+        try_join_all(orders.iter().zip(&claims).map(|(o, claimed)| async move {
+            let status = if *claimed { OrderStatus::Completed } else { OrderStatus::Cancelled };
+            dir.shard(&o.user_id)
+                .call(ShardOp::Insert { order: o.clone(), status })
+                .await
+                .map_err(|e| format!("shard write: {e}"))
+        }))
+        .await?;
+        for (o, claimed) in orders.iter().zip(&claims) {
+            let outcome = if *claimed { "completed" } else { "cancelled" };
+            metrics::counter!("flashsale_orders_persisted_total", "status" => outcome).increment(1);
+            if !*claimed {
+                tracing::warn!(order_id = %o.order_id, "order was released before it was persisted; recorded as cancelled");
+            }
+        }
+        let confirmations: Vec<Vec<u8>> = orders
+            .iter()
+            .zip(&claims)
+            .filter(|(_, c)| **c)
+            .map(|(o, _)| serde_json::to_vec(o).expect("orders serialise"))
+            .collect();
+        let messages: Vec<(&str, &[u8])> =
+            confirmations.iter().map(|p| (dir.notifications_queue.as_str(), p.as_slice())).collect();
+        out.publish(&messages).await
+    }
+}
+
+pub struct NotificationHandler {
+    pub directory: Arc<Directory>,
+}
+
+#[ractor::async_trait]
+impl DeliveryHandler for NotificationHandler {
+    async fn handle(&self, _out: &Outbound, batch: &[Delivery]) -> Result<(), ActorProcessingErr> {
+        let dir = &self.directory;
+        let orders = parse_orders(batch);
+        try_join_all(orders.iter().map(|o| async move {
+            let order = OrderId::parse(&o.order_id).map_err(|e| e.to_string())?;
+            dir.shard(&o.user_id)
+                .call(ShardOp::Notified { order, user: o.user_id.clone(), channel: "log".into() })
+                .await
+                .map_err(|e| format!("record notification: {e}"))
+        }))
+        .await?;
+        if !orders.is_empty() {
+            tracing::info!(count = orders.len(), "delivered order confirmations");
+        }
+        metrics::counter!("flashsale_notifications_delivered_total").increment(orders.len() as u64);
+        Ok(())
+    }
+}

@@ -1,0 +1,127 @@
+//! The batching actor every backend runs in. It owns one backend connection, takes
+//! requests from its slot's inbox a batch at a time (so one Redis pipeline or one
+//! Postgres transaction serves everything that queued up meanwhile), and fails on a
+//! backend error so that its supervisor reconnects it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::task::JoinHandle;
+
+use crate::supervisors::slot::{Envelope, Slot, WorkerMsg};
+use crate::supervisors::stats::Status;
+
+pub type Batch<B> = Vec<Envelope<<B as Backend>::Op, <B as Backend>::Reply>>;
+
+/// What one kind of backend does with a batch of requests.
+#[ractor::async_trait]
+pub trait Backend: Send + 'static {
+    type Op: Send + 'static;
+    type Reply: Send + 'static;
+
+    /// Serves a batch. An `Err` means the backend is broken: the actor fails and is
+    /// restarted; callers whose answers were dropped see `503`.
+    async fn process(&mut self, batch: Batch<Self>) -> Result<(), ActorProcessingErr>;
+
+    /// Periodic work, run every `Worker::tick` when set.
+    async fn tick(&mut self) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+}
+
+/// Opens a backend; called on every (re)start of the actor.
+#[ractor::async_trait]
+pub trait Connect: Send + Sync + 'static {
+    type Backend: Backend;
+    async fn connect(&self) -> Result<Self::Backend, ActorProcessingErr>;
+}
+
+pub type SlotOf<C> = Slot<<<C as Connect>::Backend as Backend>::Op, <<C as Connect>::Backend as Backend>::Reply>;
+
+pub struct Worker<C: Connect> {
+    pub connect: Arc<C>,
+    pub slot: Arc<SlotOf<C>>,
+    pub max_batch: usize,
+    pub tick: Option<Duration>,
+}
+
+pub struct WorkerState<B> {
+    backend: B,
+    ticker: Option<JoinHandle<()>>,
+}
+
+impl<B> Drop for WorkerState<B> {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticker.take() {
+            t.abort();
+        }
+    }
+}
+
+#[ractor::async_trait]
+impl<C: Connect> Actor for Worker<C> {
+    type Msg = WorkerMsg;
+    type State = WorkerState<C::Backend>;
+    type Arguments = ();
+
+    async fn pre_start(&self, _myself: ActorRef<WorkerMsg>, _: ()) -> Result<Self::State, ActorProcessingErr> {
+        self.slot.stats.set_status(Status::Starting);
+        match self.connect.connect().await {
+            Ok(backend) => Ok(WorkerState { backend, ticker: None }),
+            Err(e) => {
+                self.slot.stats.failed(&e);
+                tracing::warn!(actor = %self.slot.stats.name, error = %e, "cannot connect");
+                Err(e)
+            }
+        }
+    }
+
+    async fn post_start(&self, myself: ActorRef<WorkerMsg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        self.slot.stats.started(myself.get_cell());
+        if let Some(period) = self.tick {
+            state.ticker = Some(myself.send_interval(period, || WorkerMsg::Tick));
+        }
+        self.slot.attach(myself);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<WorkerMsg>,
+        msg: WorkerMsg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let result = match msg {
+            WorkerMsg::Flush => {
+                let batch = self.slot.take(self.max_batch);
+                let n = batch.len() as u64;
+                if n == 0 {
+                    return Ok(());
+                }
+                metrics::histogram!("flashsale_actor_batch_size", "actor" => self.slot.stats.name.clone())
+                    .record(n as f64);
+                let r = state.backend.process(batch).await;
+                if r.is_ok() {
+                    self.slot.stats.add_processed(n);
+                    if self.slot.has_work() {
+                        // Behind any control message that arrived meanwhile.
+                        let _ = myself.cast(WorkerMsg::Flush);
+                    }
+                }
+                r
+            }
+            WorkerMsg::Tick => state.backend.tick().await,
+        };
+        if let Err(e) = &result {
+            self.slot.stats.failed(e);
+            tracing::error!(actor = %self.slot.stats.name, error = %e, "backend failed; the supervisor restarts the actor");
+        }
+        result
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<WorkerMsg>, _state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        self.slot.stats.stopped();
+        Ok(())
+    }
+}

@@ -1,0 +1,328 @@
+//! Builds the application from settings: migrations, the supervisor tree, the
+//! directory, and both HTTP listeners bound to their own sockets (port 0 works, the
+//! real ports are reported back).
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::web;
+use ractor::ActorRef;
+use ractor_supervisor::{ChildSpec, SupervisorMsg};
+use rand::distr::{Alphanumeric, SampleString};
+use tokio::task::JoinHandle;
+
+use crate::actors::catalog::{CatalogOp, CatalogReply};
+use crate::actors::inventory::redis::RedisConnect;
+use crate::actors::orders::{NotificationHandler, OrderHandler};
+use crate::actors::queue::{DeliveryHandler, PublisherConnect, QueueConsumer};
+use crate::actors::reconciler::ReconcilerConnect;
+use crate::auth::Tokens;
+use crate::config::{Mode, Secret, Settings};
+use crate::http::{self, AppState};
+use crate::shards::migrate;
+use crate::shards::postgres::{CatalogConnect, ShardConnect};
+use crate::supervisors::directory::Directory;
+use crate::supervisors::slot::Slot;
+use crate::supervisors::stats::{Kind, NodeStats};
+use crate::supervisors::{self, leaf, Namer, Policy, TreeNode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("embedded mode is not available in this build; start with --config config/cluster.toml")]
+    EmbeddedUnavailable,
+    #[error(transparent)]
+    Migrate(#[from] migrate::MigrateError),
+    #[error("cannot bind {what} listener {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start the supervisor tree: {0}")]
+    Spawn(#[from] ractor::SpawnErr),
+    #[error("the catalog did not come up: {0}")]
+    Catalog(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the supervisor tree gave up after too many restarts")]
+    TreeGaveUp,
+    #[error("HTTP server failed: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+pub struct Application {
+    pub public_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub admin_token: Secret,
+    /// Whether the admin token was generated at this start (and must be printed).
+    pub admin_token_generated: bool,
+    pub state: web::Data<AppState>,
+    public: Server,
+    admin: Server,
+    root: ActorRef<SupervisorMsg>,
+    root_done: JoinHandle<()>,
+}
+
+/// Stops a running application: HTTP first, then the actor tree.
+#[derive(Clone)]
+pub struct StopHandle {
+    public: ServerHandle,
+    admin: ServerHandle,
+    root: ActorRef<SupervisorMsg>,
+}
+
+impl StopHandle {
+    pub async fn stop(&self) {
+        self.public.stop(true).await;
+        self.admin.stop(true).await;
+        self.root.stop(Some("shutdown".into()));
+    }
+}
+
+fn bind(what: &'static str, addr: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).map_err(|source| StartError::Bind {
+        what,
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+fn consumer<H: DeliveryHandler>(
+    stats: Arc<NodeStats>,
+    settings: &Settings,
+    queue: &str,
+    declare: Vec<String>,
+    handler: Arc<H>,
+    policy: &Policy,
+) -> ChildSpec {
+    let url = settings.queue.url.expose().to_string();
+    let queue = queue.to_string();
+    let (prefetch, max_batch) = (settings.queue.prefetch, settings.queue.max_batch);
+    let node = stats.clone();
+    leaf(stats, policy, move |cell, id| {
+        let actor = QueueConsumer {
+            stats: node.clone(),
+            url: url.clone(),
+            queue: queue.clone(),
+            declare: declare.clone(),
+            prefetch,
+            max_batch,
+            handler: handler.clone(),
+        };
+        Box::pin(async move {
+            let (r, _) = ractor_supervisor::Supervisor::spawn_linked(id, actor, (), cell).await?;
+            Ok(r.get_cell())
+        })
+    })
+}
+
+fn random_secret(len: usize) -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), len)
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        if settings.mode == Mode::Embedded {
+            return Err(StartError::EmbeddedUnavailable);
+        }
+        let metrics = crate::telemetry::metrics_handle();
+        let report = migrate::migrate_all(&settings).await?;
+        for (db, n) in report.iter().filter(|(_, n)| *n > 0) {
+            tracing::info!(database = %db, applied = n, "migrated");
+        }
+        let public_listener = bind("public", &settings.http.listen)?;
+        let admin_listener = bind("admin", &settings.admin.listen)?;
+
+        let policy = Policy::from(&settings.supervision);
+        let namer = Namer::new();
+        let timeout = Duration::from_millis(settings.limits.call_timeout_ms);
+        let capacity = settings.limits.inbox_capacity;
+        fn slot<O: Send + 'static, R: Send + 'static>(namer: &Namer, name: &str, capacity: usize, timeout: Duration) -> Arc<Slot<O, R>> {
+            Slot::new(namer.node(name, Kind::Actor), capacity, timeout)
+        }
+
+        let catalog = slot(&namer, "catalog", capacity, timeout);
+        let shards: Vec<_> = (0..settings.shard_count()).map(|i| slot(&namer, &format!("shard-{i}"), capacity, timeout)).collect();
+        let inventory: Vec<_> = (0..settings.partition_count()).map(|i| slot(&namer, &format!("inventory-{i}"), capacity, timeout)).collect();
+        let publishers: Vec<_> = (0..settings.queue.publishers).map(|i| slot(&namer, &format!("order-publisher-{i}"), capacity, timeout)).collect();
+        let reconciler = slot(&namer, "reconciler", capacity, timeout);
+        let q = &settings.queue;
+        let directory = Arc::new(Directory::new(
+            catalog.clone(),
+            shards.clone(),
+            inventory.clone(),
+            publishers.clone(),
+            q.orders_queue.clone(),
+            q.notifications_queue.clone(),
+        ));
+
+        // shards: the catalog and one actor per PostgreSQL shard
+        let pool_size = settings.shards.pool_size;
+        let mut shard_specs = vec![supervisors::worker(
+            catalog.clone(),
+            Arc::new(CatalogConnect { url: settings.catalog.url.expose().to_string(), pool_size }),
+            64,
+            None,
+            &policy,
+        )];
+        let mut shard_nodes = vec![TreeNode { stats: catalog.stats.clone(), children: vec![] }];
+        for (i, s) in shards.iter().enumerate() {
+            let replica = settings.shards.replica_urls.get(i).map(|u| u.expose().to_string()).filter(|u| !u.is_empty());
+            let connect = ShardConnect { index: i, url: settings.shards.urls[i].expose().to_string(), replica_url: replica, pool_size };
+            shard_specs.push(supervisors::worker(s.clone(), Arc::new(connect), settings.shards.max_batch, None, &policy));
+            shard_nodes.push(TreeNode { stats: s.stats.clone(), children: vec![] });
+        }
+
+        // inventory: one actor per Redis partition, and the reconciler
+        let inv = &settings.inventory;
+        let mut inventory_specs = Vec::new();
+        let mut inventory_nodes = Vec::new();
+        for (i, s) in inventory.iter().enumerate() {
+            let connect = RedisConnect {
+                url: inv.urls[i].expose().to_string(),
+                prefix: inv.key_prefix.clone(),
+                stale_ms: inv.reconcile_after_ms,
+                idempotency_ttl_secs: inv.idempotency_ttl_secs,
+            };
+            inventory_specs.push(supervisors::worker(s.clone(), Arc::new(connect), inv.max_batch, None, &policy));
+            inventory_nodes.push(TreeNode { stats: s.stats.clone(), children: vec![] });
+        }
+        inventory_specs.push(supervisors::worker(
+            reconciler.clone(),
+            Arc::new(ReconcilerConnect { directory: directory.clone() }),
+            1,
+            Some(Duration::from_millis(inv.reconcile_every_ms)),
+            &policy,
+        ));
+        inventory_nodes.push(TreeNode { stats: reconciler.stats.clone(), children: vec![] });
+
+        // consumers: order publishers, order consumers, notification consumers
+        let mut consumer_specs = Vec::new();
+        let mut consumer_nodes = Vec::new();
+        let declare = vec![q.orders_queue.clone(), q.notifications_queue.clone()];
+        for p in &publishers {
+            let connect = PublisherConnect { url: q.url.expose().to_string(), declare: declare.clone() };
+            consumer_specs.push(supervisors::worker(p.clone(), Arc::new(connect), q.max_batch, None, &policy));
+            consumer_nodes.push(TreeNode { stats: p.stats.clone(), children: vec![] });
+        }
+        let orders = Arc::new(OrderHandler { directory: directory.clone() });
+        for i in 0..q.order_consumers {
+            let stats = namer.node(&format!("order-consumer-{i}"), Kind::Actor);
+            consumer_specs.push(consumer(stats.clone(), &settings, &q.orders_queue, declare.clone(), orders.clone(), &policy));
+            consumer_nodes.push(TreeNode { stats, children: vec![] });
+        }
+        let notifications = Arc::new(NotificationHandler { directory: directory.clone() });
+        for i in 0..q.notification_consumers {
+            let stats = namer.node(&format!("notification-consumer-{i}"), Kind::Actor);
+            consumer_specs.push(consumer(
+                stats.clone(),
+                &settings,
+                &q.notifications_queue,
+                declare.clone(),
+                notifications.clone(),
+                &policy,
+            ));
+            consumer_nodes.push(TreeNode { stats, children: vec![] });
+        }
+
+        let mut root_specs = Vec::new();
+        let mut root_nodes = Vec::new();
+        for (name, specs, nodes) in [
+            ("shards", shard_specs, shard_nodes),
+            ("inventory", inventory_specs, inventory_nodes),
+            ("consumers", consumer_specs, consumer_nodes),
+            ("events", vec![], vec![]),
+        ] {
+            let stats = namer.node(name, Kind::Supervisor);
+            root_specs.push(supervisors::supervisor(stats.clone(), &policy, specs));
+            root_nodes.push(TreeNode { stats, children: nodes });
+        }
+        let root_stats = namer.node("root", Kind::Supervisor);
+        let tree = Arc::new(TreeNode { stats: root_stats.clone(), children: root_nodes });
+        let (root, root_done) = supervisors::spawn_root(root_stats, &policy, root_specs).await?;
+
+        let jwt_secret = match &settings.auth.jwt_secret {
+            Some(s) => s.clone(),
+            None => shared_secret(&directory, "jwt_secret").await?,
+        };
+        let (admin_token, admin_token_generated) = match &settings.admin.token {
+            Some(t) => (t.clone(), false),
+            None => (Secret::new(random_secret(32)), true),
+        };
+        let state = web::Data::new(AppState {
+            directory,
+            tokens: Tokens::new(jwt_secret.expose().as_bytes(), settings.auth.token_ttl_secs),
+            admin_token: admin_token.clone(),
+            tree,
+            policy,
+            metrics,
+            settings: Arc::new(settings),
+        });
+        let public_addr = public_listener.local_addr().expect("bound");
+        let admin_addr = admin_listener.local_addr().expect("bound");
+        let bind_err = |what, addr: SocketAddr| move |source| StartError::Bind { what, addr: addr.to_string(), source };
+        let public = http::public_server(state.clone(), public_listener, state.settings.http.workers)
+            .map_err(bind_err("public", public_addr))?;
+        let admin = http::admin_server(state.clone(), admin_listener).map_err(bind_err("admin", admin_addr))?;
+        Ok(Self {
+            public_addr,
+            admin_addr,
+            admin_token,
+            admin_token_generated,
+            state,
+            public,
+            admin,
+            root,
+            root_done,
+        })
+    }
+
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            public: self.public.handle(),
+            admin: self.admin.handle(),
+            root: self.root.clone(),
+        }
+    }
+
+    /// Serves until stopped. Ends with an error when the supervisor tree gives up,
+    /// so that the process exits non-zero and its orchestrator restarts it.
+    pub async fn run_until_stopped(self) -> Result<(), RunError> {
+        let stop = self.stop_handle();
+        let public = tokio::spawn(self.public);
+        let admin = tokio::spawn(self.admin);
+        let mut root_done = self.root_done;
+        let served = tokio::select! {
+            r = public => r.map_err(|e| std::io::Error::other(e.to_string())).and_then(|r| r),
+            r = admin => r.map_err(|e| std::io::Error::other(e.to_string())).and_then(|r| r),
+            _ = &mut root_done => {
+                stop.public.stop(false).await;
+                stop.admin.stop(false).await;
+                return Err(RunError::TreeGaveUp);
+            }
+        };
+        stop.stop().await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), root_done).await;
+        served.map_err(RunError::from)
+    }
+}
+
+/// A secret shared by every process of the deployment, generated once and kept in
+/// the catalog. Waits for the catalog actor to come up.
+async fn shared_secret(directory: &Directory, name: &str) -> Result<Secret, StartError> {
+    let mut last = String::new();
+    for _ in 0..20 {
+        let op = CatalogOp::Secret { name: name.into(), candidate: random_secret(48) };
+        match directory.catalog.call(op).await {
+            Ok(CatalogReply::Secret(s)) => return Ok(Secret::new(s)),
+            Ok(other) => return Err(StartError::Catalog(format!("unexpected reply {other:?}"))),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(StartError::Catalog(last))
+}

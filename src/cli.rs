@@ -1,0 +1,119 @@
+//! The command line: `serve`, `migrate`, `tree`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::app::Application;
+use crate::config::Settings;
+
+#[derive(Debug, Parser)]
+#[command(name = "flashsale", version, about = "An actor-based flash-sale order engine")]
+pub struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "FLASHSALE_LOG_JSON")]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the public and admin APIs (cluster mode with a config file).
+    Serve {
+        /// Settings file; environment variables FLASHSALE__SECTION__KEY override it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Create missing databases and apply migrations to the catalog and every shard.
+    Migrate {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn load(config: Option<PathBuf>) -> Result<Settings, ExitCode> {
+    Settings::load(config.as_deref()).map_err(|e| {
+        eprintln!("flashsale: {e}");
+        ExitCode::from(2)
+    })
+}
+
+pub async fn run(cli: Cli) -> ExitCode {
+    crate::telemetry::init_logging(cli.log_json);
+    match cli.command {
+        Command::Serve { config } => {
+            let settings = match load(config) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            serve(settings).await
+        }
+        Command::Migrate { config } => {
+            let settings = match load(config) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            if settings.mode != crate::config::Mode::Cluster {
+                eprintln!("flashsale: migrate needs a cluster config (--config config/cluster.toml)");
+                return ExitCode::from(2);
+            }
+            match crate::shards::migrate::migrate_all(&settings).await {
+                Ok(report) => {
+                    for (db, n) in report {
+                        println!("{db}: {n} migration(s) applied");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("flashsale: migrate failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> ExitCode {
+    let app = match Application::build(settings).await {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("flashsale: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("flashsale is serving");
+    println!("  public API  http://{}", app.public_addr);
+    println!("  admin API   http://{}/admin", app.admin_addr);
+    if app.admin_token_generated {
+        println!("  admin token {}  (generated for this run; set FLASHSALE__ADMIN__TOKEN to choose one)", app.admin_token.expose());
+    }
+    let stop = app.stop_handle();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new requests, draining actors");
+        stop.stop().await;
+    });
+    match app.run_until_stopped().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flashsale: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,459 @@
+//! Settings: defaults, then a TOML file, then `FLASHSALE__SECTION__KEY` environment
+//! overrides, validated once at start. Secrets are wrapped so they never print.
+
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// A value that must never appear in logs or `Debug` output.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(****)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path} is not valid TOML: {source}")]
+    Parse { path: String, source: Box<toml::de::Error> },
+    #[error("environment variable {name}: {message}")]
+    Env { name: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Cluster,
+    Embedded,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub mode: Mode,
+    pub http: HttpSettings,
+    pub admin: AdminSettings,
+    pub auth: AuthSettings,
+    pub catalog: CatalogSettings,
+    pub shards: ShardSettings,
+    pub inventory: InventorySettings,
+    pub queue: QueueSettings,
+    pub limits: LimitSettings,
+    pub supervision: SupervisionSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub listen: String,
+    pub workers: usize,
+    /// Largest accepted request body, in bytes (larger bodies get `413`).
+    pub body_limit: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    pub listen: String,
+    /// When absent, a token is generated at start and printed once.
+    pub token: Option<Secret>,
+    /// Whether `GET /metrics` needs the admin token too.
+    pub metrics_auth: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// HS256 signing key. When absent, one is generated once and kept in the catalog
+    /// database, so every pod and every restart shares it.
+    pub jwt_secret: Option<Secret>,
+    pub token_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogSettings {
+    pub url: Secret,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardSettings {
+    /// One primary URL per shard; the shard count is their number.
+    pub urls: Vec<Secret>,
+    /// Optional read replica per shard (same order; an empty string means none).
+    pub replica_urls: Vec<Secret>,
+    pub pool_size: u32,
+    /// Most orders written in one transaction.
+    pub max_batch: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InventorySettings {
+    /// One Redis URL per inventory partition.
+    pub urls: Vec<Secret>,
+    /// Prefix of every key this deployment writes.
+    pub key_prefix: String,
+    /// Most operations pipelined in one round trip.
+    pub max_batch: usize,
+    /// A reservation not yet published after this long is released by the reconciler.
+    pub reconcile_after_ms: u64,
+    pub reconcile_every_ms: u64,
+    pub idempotency_ttl_secs: u64,
+    pub product_cache_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    pub url: Secret,
+    pub orders_queue: String,
+    pub notifications_queue: String,
+    pub prefetch: u16,
+    pub publishers: usize,
+    pub order_consumers: usize,
+    pub notification_consumers: usize,
+    pub max_batch: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Requests per minute per user on the order path, shared by all pods.
+    pub rate_per_minute: u32,
+    /// Queued requests per actor before the HTTP layer answers `503 overloaded`.
+    pub inbox_capacity: usize,
+    /// Deadline of every call into an actor.
+    pub call_timeout_ms: u64,
+    /// Largest quantity one order may ask for.
+    pub max_quantity: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisionSettings {
+    /// More restarts than this within `window_secs` escalate to the parent.
+    pub max_restarts: usize,
+    pub window_secs: u64,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+const DEFAULTS: &str = r#"
+mode = "embedded"
+
+[http]
+listen = "0.0.0.0:8080"
+workers = 2
+body_limit = 16384
+
+[admin]
+listen = "127.0.0.1:9090"
+metrics_auth = false
+
+[auth]
+token_ttl_secs = 3600
+
+[catalog]
+url = ""
+
+[shards]
+urls = []
+replica_urls = []
+pool_size = 3
+max_batch = 1000
+
+[inventory]
+urls = []
+key_prefix = "fs"
+max_batch = 512
+reconcile_after_ms = 15000
+reconcile_every_ms = 5000
+idempotency_ttl_secs = 86400
+product_cache_ttl_secs = 3600
+
+[queue]
+url = ""
+orders_queue = "flashsale.orders"
+notifications_queue = "flashsale.notifications"
+prefetch = 500
+publishers = 2
+order_consumers = 2
+notification_consumers = 1
+max_batch = 1000
+
+[limits]
+rate_per_minute = 10
+inbox_capacity = 8192
+call_timeout_ms = 3000
+max_quantity = 10
+
+[supervision]
+max_restarts = 10
+window_secs = 30
+backoff_base_ms = 100
+backoff_max_ms = 10000
+"#;
+
+impl Settings {
+    /// Defaults, then `file` when given, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut tree: toml::Table = DEFAULTS.parse().expect("built-in defaults are valid TOML");
+        if let Some(path) = file {
+            let shown = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: shown.clone(),
+                source,
+            })?;
+            let overlay: toml::Table = text.parse().map_err(|e| ConfigError::Parse {
+                path: shown,
+                source: Box::new(e),
+            })?;
+            merge(&mut tree, overlay);
+        }
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("FLASHSALE__") else {
+                continue;
+            };
+            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            set_path(&mut tree, &path, parse_env_value(&value)).map_err(|message| {
+                ConfigError::Env {
+                    name: name.clone(),
+                    message,
+                }
+            })?;
+        }
+        let settings: Settings = toml::Value::Table(tree)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        for (what, addr) in [("http.listen", &self.http.listen), ("admin.listen", &self.admin.listen)] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return bad(format!("{what} must be HOST:PORT with a numeric host, got {addr:?}"));
+            }
+        }
+        if let Some(token) = &self.admin.token {
+            if token.expose().len() < 16 {
+                return bad("admin.token must be at least 16 characters".into());
+            }
+        }
+        if let Some(secret) = &self.auth.jwt_secret {
+            if secret.expose().len() < 32 {
+                return bad("auth.jwt_secret must be at least 32 characters".into());
+            }
+        }
+        if self.mode == Mode::Cluster {
+            if self.shards.urls.is_empty() {
+                return bad("shards.urls must name at least one PostgreSQL database".into());
+            }
+            if !self.shards.replica_urls.is_empty()
+                && self.shards.replica_urls.len() != self.shards.urls.len()
+            {
+                return bad("shards.replica_urls must be empty or have one entry per shard".into());
+            }
+            for url in &self.shards.urls {
+                if !url.expose().starts_with("postgres://") && !url.expose().starts_with("postgresql://") {
+                    return bad("every shards.urls entry must be a postgres:// URL".into());
+                }
+            }
+            if !self.catalog.url.expose().starts_with("postgres") {
+                return bad("catalog.url must be a postgres:// URL".into());
+            }
+            if self.inventory.urls.is_empty() {
+                return bad("inventory.urls must name at least one Redis server".into());
+            }
+            for url in &self.inventory.urls {
+                if !url.expose().starts_with("redis://") {
+                    return bad("every inventory.urls entry must be a redis:// URL".into());
+                }
+            }
+            if !self.queue.url.expose().starts_with("amqp://") {
+                return bad("queue.url must be an amqp:// URL".into());
+            }
+        }
+        let positive = [
+            ("http.workers", self.http.workers),
+            ("http.body_limit", self.http.body_limit),
+            ("shards.max_batch", self.shards.max_batch),
+            ("inventory.max_batch", self.inventory.max_batch),
+            ("queue.publishers", self.queue.publishers),
+            ("queue.order_consumers", self.queue.order_consumers),
+            ("queue.notification_consumers", self.queue.notification_consumers),
+            ("queue.max_batch", self.queue.max_batch),
+            ("queue.prefetch", self.queue.prefetch as usize),
+            ("limits.inbox_capacity", self.limits.inbox_capacity),
+            ("limits.rate_per_minute", self.limits.rate_per_minute as usize),
+            ("limits.max_quantity", self.limits.max_quantity as usize),
+            ("shards.pool_size", self.shards.pool_size as usize),
+        ];
+        for (what, value) in positive {
+            if value == 0 {
+                return bad(format!("{what} must be greater than zero"));
+            }
+        }
+        if self.inventory.key_prefix.is_empty() || self.inventory.key_prefix.contains(char::is_whitespace) {
+            return bad("inventory.key_prefix must be a non-empty word".into());
+        }
+        if self.supervision.backoff_base_ms > self.supervision.backoff_max_ms {
+            return bad("supervision.backoff_base_ms must not exceed backoff_max_ms".into());
+        }
+        Ok(())
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.urls.len()
+    }
+
+    pub fn partition_count(&self) -> usize {
+        self.inventory.urls.len()
+    }
+}
+
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// An override is read as a TOML value when it parses as one (numbers, booleans,
+/// arrays), and as a plain string otherwise.
+fn parse_env_value(raw: &str) -> toml::Value {
+    let wrapped = format!("v = {raw}");
+    match wrapped.parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+fn set_path(tree: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    match path {
+        [] => Err("empty key".into()),
+        [leaf] => {
+            if leaf.is_empty() {
+                return Err("empty key".into());
+            }
+            // A string setting stays a string even when the text looks like a number.
+            let value = match (tree.get(leaf), value) {
+                (Some(toml::Value::String(_)), v) if !v.is_str() => toml::Value::String(toml_text(&v)),
+                (_, v) => v,
+            };
+            tree.insert(leaf.clone(), value);
+            Ok(())
+        }
+        [section, rest @ ..] => match tree
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        {
+            toml::Value::Table(t) => set_path(t, rest, value),
+            _ => Err(format!("{section} is not a section")),
+        },
+    }
+}
+
+fn toml_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn shipped_cluster_config_parses_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/cluster.toml");
+        let s = Settings::load_with_env(Some(&path), env(&[])).expect("cluster.toml is valid");
+        assert_eq!(s.mode, Mode::Cluster);
+        assert_eq!(s.shard_count(), 4);
+        assert!(s.partition_count() >= 2);
+    }
+
+    #[test]
+    fn defaults_are_embedded_and_valid() {
+        let s = Settings::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(s.mode, Mode::Embedded);
+        assert!(s.admin.token.is_none(), "no built-in admin credential");
+    }
+
+    #[test]
+    fn environment_overrides_file_values() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("FLASHSALE__HTTP__LISTEN", "127.0.0.1:0"),
+                ("FLASHSALE__ADMIN__TOKEN", "0123456789abcdef0123"),
+                ("FLASHSALE__LIMITS__RATE_PER_MINUTE", "25"),
+                ("FLASHSALE__INVENTORY__KEY_PREFIX", "123"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.http.listen, "127.0.0.1:0");
+        assert_eq!(s.admin.token.unwrap().expose(), "0123456789abcdef0123");
+        assert_eq!(s.limits.rate_per_minute, 25);
+        assert_eq!(s.inventory.key_prefix, "123");
+    }
+
+    #[test]
+    fn bad_values_are_reported_clearly() {
+        let err = Settings::load_with_env(None, env(&[("FLASHSALE__HTTP__LISTEN", "nowhere")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("http.listen"), "{err}");
+        let err = Settings::load_with_env(None, env(&[("FLASHSALE__HTTP__NOPE", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope"), "{err}");
+        let err = Settings::load_with_env(None, env(&[("FLASHSALE__ADMIN__TOKEN", "short")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("admin.token"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("hunter2-hunter2-hunter2");
+        assert_eq!(format!("{s:?}"), "Secret(****)");
+    }
+}

@@ -1,0 +1,278 @@
+//! Domain types. Each is built only through a fallible parse, so handlers turn raw
+//! request parts into these before any actor sees them.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(pub String);
+
+fn invalid(msg: impl Into<String>) -> ParseError {
+    ParseError(msg.into())
+}
+
+/// A catalog product id: a positive integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ProductId(i64);
+
+impl ProductId {
+    pub fn parse(raw: &str) -> Result<Self, ParseError> {
+        match raw.parse::<i64>() {
+            Ok(n) if n > 0 && !raw.starts_with('+') => Ok(Self(n)),
+            _ => Err(invalid("product id must be a positive integer")),
+        }
+    }
+    pub fn from_db(n: i64) -> Self {
+        Self(n)
+    }
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ProductId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A user id: a UUID in its lowercase hyphenated form.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UserId(String);
+
+impl UserId {
+    pub fn new_random() -> Self {
+        Self(uuid::Uuid::new_v4().to_string())
+    }
+    pub fn parse(raw: &str) -> Result<Self, ParseError> {
+        uuid::Uuid::parse_str(raw)
+            .map(|u| Self(u.to_string()))
+            .map_err(|_| invalid("user id must be a UUID"))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An order id: a time-ordered UUID (v7), so shard indexes grow at the end.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OrderId(String);
+
+impl OrderId {
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::now_v7().to_string())
+    }
+    pub fn parse(raw: &str) -> Result<Self, ParseError> {
+        uuid::Uuid::parse_str(raw)
+            .map(|u| Self(u.to_string()))
+            .map_err(|_| invalid("order id must be a UUID"))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for OrderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The client's `Idempotency-Key`: 1 to 128 visible ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn parse(raw: &str) -> Result<Self, ParseError> {
+        if raw.is_empty() || raw.len() > 128 {
+            return Err(invalid("Idempotency-Key must be 1 to 128 characters"));
+        }
+        if !raw.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid("Idempotency-Key must be visible ASCII characters"));
+        }
+        Ok(Self(raw.to_string()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Units in one order: 1 up to the configured maximum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Quantity(u32);
+
+impl Quantity {
+    pub const ONE: Quantity = Quantity(1);
+
+    pub fn parse(raw: i64, max: u32) -> Result<Self, ParseError> {
+        if raw >= 1 && raw <= i64::from(max) {
+            Ok(Self(raw as u32))
+        } else {
+            Err(invalid(format!("quantity must be an integer from 1 to {max}")))
+        }
+    }
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// A normalised e-mail address (trimmed, lowercase), loosely checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(raw: &str) -> Result<Self, ParseError> {
+        let s = raw.trim().to_ascii_lowercase();
+        let valid = s.len() <= 254
+            && s.split_once('@').is_some_and(|(local, domain)| {
+                !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.')
+            })
+            && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+            && s.matches('@').count() == 1;
+        if valid {
+            Ok(Self(s))
+        } else {
+            Err(invalid("email must be a valid e-mail address"))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A password as given at registration: 8 to 128 characters.
+pub struct Password(String);
+
+impl Password {
+    pub fn parse(raw: &str) -> Result<Self, ParseError> {
+        let n = raw.chars().count();
+        if (8..=128).contains(&n) {
+            Ok(Self(raw.to_string()))
+        } else {
+            Err(invalid("password must be 8 to 128 characters"))
+        }
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(****)")
+    }
+}
+
+/// A product name: 1 to 200 characters, trimmed.
+#[derive(Debug, Clone)]
+pub struct ProductName(String);
+
+impl ProductName {
+    pub fn parse(raw: &str) -> Result<Self, ParseError> {
+        let s = raw.trim();
+        if s.is_empty() || s.chars().count() > 200 {
+            Err(invalid("name must be 1 to 200 characters"))
+        } else {
+            Ok(Self(s.to_string()))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Milliseconds since the Unix epoch, the one clock every backend stores.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 text (UTC, milliseconds) of an epoch-millisecond instant.
+pub fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Parses RFC 3339 text into epoch milliseconds.
+pub fn parse_rfc3339(raw: &str) -> Result<i64, ParseError> {
+    humantime::parse_rfc3339_weak(raw)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
+        .ok_or_else(|| invalid(format!("{raw:?} is not an RFC 3339 time")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn product_ids_are_positive_integers() {
+        assert_eq!(ProductId::parse("42").unwrap().get(), 42);
+        for bad in ["0", "-1", "abc", "", "1.5", "+3", "99999999999999999999"] {
+            assert!(ProductId::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_are_visible_ascii_up_to_128() {
+        assert!(IdempotencyKey::parse("a").is_ok());
+        assert!(IdempotencyKey::parse(&"k".repeat(128)).is_ok());
+        assert!(IdempotencyKey::parse(&"k".repeat(129)).is_err());
+        assert!(IdempotencyKey::parse("").is_err());
+        assert!(IdempotencyKey::parse("has space").is_err());
+        assert!(IdempotencyKey::parse("tab\there").is_err());
+        assert!(IdempotencyKey::parse("naïve").is_err());
+    }
+
+    #[test]
+    fn quantities_are_bounded() {
+        assert_eq!(Quantity::parse(3, 10).unwrap().get(), 3);
+        assert!(Quantity::parse(0, 10).is_err());
+        assert!(Quantity::parse(11, 10).is_err());
+        assert!(Quantity::parse(-2, 10).is_err());
+    }
+
+    #[test]
+    fn emails_are_normalised() {
+        assert_eq!(Email::parse(" Ann@Example.COM ").unwrap().as_str(), "ann@example.com");
+        for bad in ["", "ann", "ann@", "@x.io", "a@b", "a b@c.io", "a@@c.io", "a@.io"] {
+            assert!(Email::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn passwords_have_bounds_and_never_print() {
+        assert!(Password::parse("short").is_err());
+        let p = Password::parse("long enough").unwrap();
+        assert_eq!(format!("{p:?}"), "Password(****)");
+    }
+
+    #[test]
+    fn ids_are_uuids() {
+        assert!(UserId::parse("not-a-uuid").is_err());
+        let o = OrderId::generate();
+        assert_eq!(OrderId::parse(o.as_str()).unwrap(), o);
+    }
+
+    #[test]
+    fn times_round_trip() {
+        let ms = 1_790_000_000_123;
+        assert_eq!(parse_rfc3339(&rfc3339(ms)).unwrap(), ms);
+        assert!(parse_rfc3339("yesterday").is_err());
+    }
+}

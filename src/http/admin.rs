@@ -1,0 +1,243 @@
+//! The admin API on the internal listener: products, flash sales, the live actor tree
+//! and restarts, the admin page and Prometheus metrics.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::future::join_all;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::{json_body, method_not_allowed, AppState};
+use crate::actors::catalog::{CatalogOp, CatalogReply};
+use crate::actors::inventory::{InventoryOp, InventoryReply, SaleCounters, SaleDefinition};
+use crate::actors::shard::{ShardOp, ShardReply};
+use crate::domain::{now_ms, parse_rfc3339, rfc3339, ProductId, ProductName};
+
+const PAGE: &str = include_str!("admin.html");
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    let resource = |path: &str| web::resource(path.to_string()).default_service(web::to(method_not_allowed));
+    cfg.service(resource("/admin/products").route(web::post().to(create_product)))
+        .service(
+            resource("/admin/flash-sales/{productId}")
+                .route(web::put().to(put_sale))
+                .route(web::get().to(get_sale)),
+        )
+        .service(resource("/admin/actors").route(web::get().to(actors)))
+        .service(resource("/admin/actors/{name}/restart").route(web::post().to(restart)))
+        .service(resource("/admin").route(web::get().to(page)))
+        .service(resource("/metrics").route(web::get().to(metrics)));
+}
+
+fn admin(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+    if state.is_admin(req) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NewProduct {
+    name: String,
+    price_cents: i64,
+}
+
+async fn create_product(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    admin(&state, &req)?;
+    let body: NewProduct = json_body(payload, state.settings.http.body_limit).await?;
+    let name = ProductName::parse(&body.name).map_err(|e| ApiError::InvalidRequest(e.0))?;
+    if body.price_cents < 0 {
+        return Err(ApiError::InvalidRequest("priceCents must not be negative".into()));
+    }
+    match state
+        .directory
+        .catalog
+        .call(CatalogOp::CreateProduct { name, price_cents: body.price_cents })
+        .await?
+    {
+        CatalogReply::Product(Some(p)) => {
+            let id = ProductId::from_db(p.id);
+            state
+                .directory
+                .product_partition(id)
+                .tell(InventoryOp::CacheDel { key: format!("product:{id}") });
+            Ok(HttpResponse::Created().json(p))
+        }
+        other => Err(ApiError::Internal(format!("unexpected catalog reply {other:?}"))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SaleBody {
+    stock: i64,
+    per_user_limit: i64,
+    starts_at: Option<Value>,
+    ends_at: Option<Value>,
+}
+
+/// A time given as RFC 3339 text or as epoch milliseconds.
+fn instant(v: Option<Value>, what: &str) -> Result<Option<i64>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => parse_rfc3339(&s)
+            .map(Some)
+            .map_err(|_| ApiError::InvalidRequest(format!("{what} must be an RFC 3339 time"))),
+        Some(Value::Number(n)) if n.as_i64().is_some_and(|n| n > 0) => Ok(n.as_i64()),
+        Some(_) => Err(ApiError::InvalidRequest(format!("{what} must be an RFC 3339 time"))),
+    }
+}
+
+fn sale_json(product: ProductId, c: &SaleCounters, completed: i64, cancelled: i64) -> Value {
+    let now = now_ms();
+    let active = c.starts_at.is_none_or(|s| now >= s) && c.ends_at.is_none_or(|e| now < e);
+    json!({
+        "productId": product.get(),
+        "stock": c.stock,
+        "remaining": c.remaining,
+        "sold": c.stock - c.remaining,
+        "pending": c.pending,
+        "completed": completed,
+        "cancelled": cancelled,
+        "perUserLimit": c.per_user_limit,
+        "startsAt": c.starts_at.map(rfc3339),
+        "endsAt": c.ends_at.map(rfc3339),
+        "active": active,
+    })
+}
+
+async fn totals(state: &AppState, product: ProductId) -> Result<(i64, i64), ApiError> {
+    let replies = join_all(
+        state
+            .directory
+            .shards
+            .iter()
+            .map(|s| s.call(ShardOp::ProductTotals { product: product.get() })),
+    )
+    .await;
+    let (mut completed, mut cancelled) = (0, 0);
+    for r in replies {
+        match r? {
+            ShardReply::Totals { completed: a, cancelled: b } => {
+                completed += a;
+                cancelled += b;
+            }
+            other => return Err(ApiError::Internal(format!("unexpected shard reply {other:?}"))),
+        }
+    }
+    Ok((completed, cancelled))
+}
+
+async fn put_sale(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    product: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    admin(&state, &req)?;
+    let product = ProductId::parse(&product).map_err(|_| ApiError::NotFound)?;
+    let body: SaleBody = json_body(payload, state.settings.http.body_limit).await?;
+    if body.stock < 0 {
+        return Err(ApiError::InvalidRequest("stock must not be negative".into()));
+    }
+    if body.per_user_limit < 1 {
+        return Err(ApiError::InvalidRequest("perUserLimit must be at least 1".into()));
+    }
+    let sale = SaleDefinition {
+        stock: body.stock,
+        per_user_limit: body.per_user_limit,
+        starts_at: instant(body.starts_at, "startsAt")?,
+        ends_at: instant(body.ends_at, "endsAt")?,
+    };
+    if let (Some(s), Some(e)) = (sale.starts_at, sale.ends_at) {
+        if e <= s {
+            return Err(ApiError::InvalidRequest("endsAt must be after startsAt".into()));
+        }
+    }
+    match state.directory.catalog.call(CatalogOp::PutSale { product, sale }).await? {
+        CatalogReply::SaleStored(true) => {}
+        CatalogReply::SaleStored(false) => return Err(ApiError::NotFound),
+        other => return Err(ApiError::Internal(format!("unexpected catalog reply {other:?}"))),
+    }
+    let counters = match state
+        .directory
+        .product_partition(product)
+        .call(InventoryOp::LoadSale { product, sale })
+        .await?
+    {
+        InventoryReply::SaleLoaded(Ok(c)) => c,
+        InventoryReply::SaleLoaded(Err(sold)) => {
+            return Err(ApiError::InvalidRequest(format!("stock cannot be below the {sold} units already sold")))
+        }
+        other => return Err(ApiError::Internal(format!("unexpected inventory reply {other:?}"))),
+    };
+    let (completed, cancelled) = totals(&state, product).await?;
+    Ok(HttpResponse::Ok().json(sale_json(product, &counters, completed, cancelled)))
+}
+
+async fn get_sale(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    product: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    admin(&state, &req)?;
+    let product = ProductId::parse(&product).map_err(|_| ApiError::NotFound)?;
+    let counters = match state
+        .directory
+        .product_partition(product)
+        .call(InventoryOp::Counters { product })
+        .await?
+    {
+        InventoryReply::Counters(Some(c)) => c,
+        InventoryReply::Counters(None) => return Err(ApiError::NotFound),
+        other => return Err(ApiError::Internal(format!("unexpected inventory reply {other:?}"))),
+    };
+    let (completed, cancelled) = totals(&state, product).await?;
+    Ok(HttpResponse::Ok().json(sale_json(product, &counters, completed, cancelled)))
+}
+
+async fn actors(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    admin(&state, &req)?;
+    Ok(HttpResponse::Ok().json(state.tree.view(&state.policy)))
+}
+
+async fn restart(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    admin(&state, &req)?;
+    let node = state.tree.find(&name).ok_or(ApiError::NotFound)?;
+    if std::ptr::eq(node, state.tree.as_ref()) {
+        return Err(ApiError::InvalidRequest("the root cannot be restarted; restart the process".into()));
+    }
+    let cell = node
+        .stats
+        .cell()
+        .ok_or_else(|| ApiError::Unavailable(format!("{name} is not running yet")))?;
+    tracing::warn!(actor = %name, "restart requested by an operator");
+    // A stopped child is restarted by its supervisor (every child is permanent).
+    cell.stop(Some("restart requested by an operator".into()));
+    Ok(HttpResponse::Accepted().json(json!({ "name": node.stats.name, "status": "restarting" })))
+}
+
+async fn page(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    let _ = (&state, &req);
+    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(PAGE)
+}
+
+async fn metrics(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    if state.settings.admin.metrics_auth {
+        admin(&state, &req)?;
+    }
+    crate::telemetry::record_gauges(&state);
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render()))
+}

@@ -1,0 +1,109 @@
+//! The one error type of the HTTP layer and its single mapping to status codes and
+//! the JSON body `{"error": code, "message": text}`.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::supervisors::slot::CallError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("request body is too large")]
+    PayloadTooLarge,
+    #[error("that e-mail address is already registered")]
+    EmailTaken,
+    #[error("wrong e-mail or password")]
+    InvalidCredentials,
+    #[error("the product is sold out")]
+    OutOfStock,
+    #[error("you have bought as many as this sale allows")]
+    PurchaseLimitReached,
+    #[error("the flash sale is not active")]
+    SaleNotActive,
+    #[error("too many requests; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("the server is busy; retry shortly")]
+    Overloaded,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::EmailTaken => "email_taken",
+            ApiError::InvalidCredentials => "invalid_credentials",
+            ApiError::OutOfStock => "out_of_stock",
+            ApiError::PurchaseLimitReached => "purchase_limit_reached",
+            ApiError::SaleNotActive => "sale_not_active",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::Overloaded => "overloaded",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<CallError> for ApiError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Overloaded => ApiError::Overloaded,
+            CallError::Unavailable => ApiError::Unavailable("a backend is restarting; retry shortly".into()),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::EmailTaken => StatusCode::CONFLICT,
+            ApiError::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            ApiError::OutOfStock => StatusCode::CONFLICT,
+            ApiError::PurchaseLimitReached => StatusCode::CONFLICT,
+            ApiError::SaleNotActive => StatusCode::CONFLICT,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status_code());
+        match self {
+            ApiError::RateLimited { retry_after_secs } => {
+                res.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+            }
+            ApiError::Overloaded | ApiError::Unavailable(_) => {
+                res.insert_header((header::RETRY_AFTER, "1"));
+            }
+            ApiError::Unauthorized => {
+                res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            ApiError::Internal(cause) => tracing::error!(%cause, "internal error"),
+            _ => {}
+        }
+        res.json(json!({ "error": self.code(), "message": self.to_string() }))
+    }
+}

@@ -1,0 +1,142 @@
+//! The two HTTP listeners: the public API (`public`) and the internal admin API
+//! (`admin`). Handlers turn requests into domain types, call actors through the
+//! directory with deadlines, and map every failure through [`error::ApiError`].
+
+pub mod admin;
+pub mod error;
+pub mod public;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, App, HttpRequest, HttpServer};
+use futures_util::StreamExt;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::de::DeserializeOwned;
+
+use crate::auth::Tokens;
+use crate::config::{Secret, Settings};
+use crate::domain::UserId;
+use crate::supervisors::directory::Directory;
+use crate::supervisors::{Policy, TreeNode};
+use error::ApiError;
+
+pub struct AppState {
+    pub directory: Arc<Directory>,
+    pub settings: Arc<Settings>,
+    pub tokens: Tokens,
+    pub admin_token: Secret,
+    pub tree: Arc<TreeNode>,
+    pub policy: Policy,
+    pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    /// The user named by a valid `Authorization: Bearer` token.
+    pub fn user(&self, req: &HttpRequest) -> Result<UserId, ApiError> {
+        bearer(req).and_then(|t| self.tokens.verify(t)).ok_or(ApiError::Unauthorized)
+    }
+
+    pub fn is_admin(&self, req: &HttpRequest) -> bool {
+        bearer(req).is_some_and(|t| constant_time_eq(t.as_bytes(), self.admin_token.expose().as_bytes()))
+    }
+}
+
+fn bearer(req: &HttpRequest) -> Option<&str> {
+    let value = req.headers().get(actix_web::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads a request body of at most `limit` bytes.
+pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| match e {
+            actix_web::error::PayloadError::Overflow => ApiError::PayloadTooLarge,
+            other => ApiError::InvalidRequest(format!("cannot read the body: {other}")),
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Reads and parses a JSON body.
+pub async fn json_body<T: DeserializeOwned>(payload: web::Payload, limit: usize) -> Result<T, ApiError> {
+    let body = read_body(payload, limit).await?;
+    if body.is_empty() {
+        return Err(ApiError::InvalidRequest("a JSON body is required".into()));
+    }
+    serde_json::from_slice(&body).map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
+}
+
+pub async fn not_found() -> actix_web::HttpResponse {
+    actix_web::ResponseError::error_response(&ApiError::NotFound)
+}
+
+pub async fn method_not_allowed() -> actix_web::HttpResponse {
+    actix_web::ResponseError::error_response(&ApiError::MethodNotAllowed)
+}
+
+/// Counts requests and their latency by route template and status.
+async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let res = next.call(req).await?;
+    let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
+    let status = res.status().as_u16().to_string();
+    let labels = [("method", method), ("route", route), ("status", status)];
+    metrics::counter!("flashsale_http_requests_total", &labels).increment(1);
+    metrics::histogram!("flashsale_http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+    Ok(res)
+}
+
+/// Binds and starts the public listener.
+pub fn public_server(state: web::Data<AppState>, listener: TcpListener, workers: usize) -> std::io::Result<Server> {
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(actix_web::middleware::from_fn(observe))
+            .configure(public::routes)
+            .default_service(web::to(not_found))
+    })
+    .workers(workers)
+    .backlog(4096)
+    .client_request_timeout(Duration::from_secs(5))
+    .shutdown_timeout(10)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+/// Binds and starts the admin listener.
+pub fn admin_server(state: web::Data<AppState>, listener: TcpListener) -> std::io::Result<Server> {
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .configure(admin::routes)
+            .default_service(web::to(not_found))
+    })
+    .workers(1)
+    .client_request_timeout(Duration::from_secs(5))
+    .shutdown_timeout(5)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    Ok(server)
+}

@@ -1,0 +1,350 @@
+//! The public API: accounts, products, flash-sale orders, health and the OpenAPI
+//! document.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::future::join_all;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::ApiError;
+use super::{json_body, method_not_allowed, read_body, AppState};
+use crate::actors::catalog::{CatalogOp, CatalogReply, Product};
+use crate::actors::inventory::{InventoryOp, InventoryReply, ReserveOutcome, ReserveRequest};
+use crate::actors::queue::PublishOp;
+use crate::actors::shard::{OrderMessage, OrderStatus, OrderView, ShardOp, ShardReply};
+use crate::auth;
+use crate::domain::{
+    now_ms, rfc3339, Email, IdempotencyKey, OrderId, Password, ProductId, Quantity, UserId,
+};
+
+const OPENAPI: &str = include_str!("openapi.json");
+const RATE_WINDOW_MS: i64 = 60_000;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    let resource = |path: &str| web::resource(path.to_string()).default_service(web::to(method_not_allowed));
+    cfg.service(resource("/auth/register").route(web::post().to(register)))
+        .service(resource("/auth/login").route(web::post().to(login)))
+        .service(resource("/products/{id}").route(web::get().to(get_product)))
+        .service(resource("/orders/flash-sale/{productId}").route(web::post().to(flash_sale)))
+        .service(resource("/orders/{orderId}").route(web::get().to(get_order)))
+        .service(resource("/users/me/orders").route(web::get().to(my_orders)))
+        .service(resource("/healthz").route(web::get().to(healthz)))
+        .service(resource("/readyz").route(web::get().to(readyz)))
+        .service(resource("/openapi.json").route(web::get().to(openapi)));
+}
+
+fn unexpected<T: std::fmt::Debug>(what: &str, reply: T) -> ApiError {
+    ApiError::Internal(format!("unexpected {what} reply: {reply:?}"))
+}
+
+#[derive(Deserialize)]
+struct Credentials {
+    email: String,
+    password: String,
+}
+
+#[tracing::instrument(skip_all)]
+async fn register(state: web::Data<AppState>, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    let body: Credentials = json_body(payload, state.settings.http.body_limit).await?;
+    let email = Email::parse(&body.email).map_err(|e| ApiError::InvalidRequest(e.0))?;
+    let password = Password::parse(&body.password).map_err(|e| ApiError::InvalidRequest(e.0))?;
+    let hash = web::block(move || auth::hash_password(&password))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let user = UserId::new_random();
+    let dir = &state.directory;
+    match dir
+        .catalog
+        .call(CatalogOp::CreateCredential { email: email.clone(), user: user.to_string(), password_hash: hash })
+        .await?
+    {
+        CatalogReply::Created(true) => {}
+        CatalogReply::Created(false) => return Err(ApiError::EmailTaken),
+        other => return Err(unexpected("catalog", other)),
+    }
+    dir.shard(user.as_str())
+        .call(ShardOp::CreateUser { user: user.to_string(), email: email.as_str().to_string() })
+        .await?;
+    Ok(HttpResponse::Created().json(json!({ "userId": user })))
+}
+
+#[tracing::instrument(skip_all)]
+async fn login(state: web::Data<AppState>, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    let body: Credentials = json_body(payload, state.settings.http.body_limit).await?;
+    let Ok(email) = Email::parse(&body.email) else {
+        return Err(ApiError::InvalidCredentials);
+    };
+    let found = match state.directory.catalog.call(CatalogOp::GetCredential(email)).await? {
+        CatalogReply::Credential(found) => found,
+        other => return Err(unexpected("catalog", other)),
+    };
+    let (user, hash) = match found {
+        Some((user, hash)) => (Some(user), hash),
+        None => (None, auth::dummy_hash().to_string()),
+    };
+    let password = body.password;
+    let ok = web::block(move || auth::verify_password(&password, &hash))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let user = match (ok, user) {
+        (true, Some(user)) => UserId::parse(&user).map_err(|e| ApiError::Internal(e.0))?,
+        _ => return Err(ApiError::InvalidCredentials),
+    };
+    let issued = state.tokens.issue(&user);
+    Ok(HttpResponse::Ok().json(json!({ "token": issued.token, "expiresAt": rfc3339(issued.expires_at_ms) })))
+}
+
+fn product_cache_key(id: ProductId) -> String {
+    format!("product:{id}")
+}
+
+#[tracing::instrument(skip_all, fields(product_id = %id))]
+async fn get_product(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = ProductId::parse(&id).map_err(|_| ApiError::NotFound)?;
+    let partition = state.directory.product_partition(id);
+    let key = product_cache_key(id);
+    if let InventoryReply::Cached(Some(json)) = partition.call(InventoryOp::CacheGet { key: key.clone() }).await? {
+        metrics::counter!("flashsale_product_cache_total", "result" => "hit").increment(1);
+        return Ok(HttpResponse::Ok().content_type("application/json").body(json));
+    }
+    metrics::counter!("flashsale_product_cache_total", "result" => "miss").increment(1);
+    let product = match state.directory.catalog.call(CatalogOp::GetProduct(id)).await? {
+        CatalogReply::Product(Some(p)) => p,
+        CatalogReply::Product(None) => return Err(ApiError::NotFound),
+        other => return Err(unexpected("catalog", other)),
+    };
+    let json = serde_json::to_string(&product).expect("products serialise");
+    partition.tell(InventoryOp::CacheSet {
+        key,
+        value: json.clone(),
+        ttl_secs: state.settings.inventory.product_cache_ttl_secs,
+    });
+    Ok(HttpResponse::Ok().content_type("application/json").body(json))
+}
+
+async fn product_exists(state: &AppState, id: ProductId) -> Result<Option<Product>, ApiError> {
+    match state.directory.catalog.call(CatalogOp::GetProduct(id)).await? {
+        CatalogReply::Product(p) => Ok(p),
+        other => Err(unexpected("catalog", other)),
+    }
+}
+
+fn quantity(body: &[u8], max: u32) -> Result<Quantity, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Quantity::ONE);
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct OrderBody {
+        quantity: Option<serde_json::Value>,
+    }
+    let parsed: OrderBody =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))?;
+    match parsed.quantity {
+        None => Ok(Quantity::ONE),
+        Some(v) => {
+            let n = v
+                .as_i64()
+                .ok_or_else(|| ApiError::InvalidRequest(format!("quantity must be an integer from 1 to {max}")))?;
+            Quantity::parse(n, max).map_err(|e| ApiError::InvalidRequest(e.0))
+        }
+    }
+}
+
+fn accepted(order: &OrderId, status: actix_web::http::StatusCode) -> HttpResponse {
+    HttpResponse::build(status)
+        .insert_header((header::LOCATION, format!("/orders/{order}")))
+        .json(json!({ "orderId": order, "status": "pending" }))
+}
+
+#[tracing::instrument(skip_all, fields(product_id = %product, order_id))]
+async fn flash_sale(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    product: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let result = place_order(&state, &req, &product, payload).await;
+    let outcome = match &result {
+        Ok(r) if r.status().as_u16() == 201 => "accepted",
+        Ok(_) => "replayed",
+        Err(ApiError::OutOfStock) => "out_of_stock",
+        Err(ApiError::PurchaseLimitReached) => "purchase_limit_reached",
+        Err(ApiError::SaleNotActive) => "sale_not_active",
+        Err(ApiError::RateLimited { .. }) => "rate_limited",
+        Err(ApiError::Overloaded) => "overloaded",
+        Err(ApiError::Unavailable(_)) => "unavailable",
+        Err(_) => "invalid",
+    };
+    metrics::counter!("flashsale_orders_total", "outcome" => outcome).increment(1);
+    result
+}
+
+async fn place_order(
+    state: &AppState,
+    req: &HttpRequest,
+    product: &str,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let user = state.user(req)?;
+    let product = ProductId::parse(product).map_err(|_| ApiError::NotFound)?;
+    let key = req
+        .headers()
+        .get("Idempotency-Key")
+        .ok_or_else(|| ApiError::InvalidRequest("the Idempotency-Key header is required".into()))?
+        .to_str()
+        .map_err(|_| ApiError::InvalidRequest("Idempotency-Key must be visible ASCII characters".into()))?;
+    let key = IdempotencyKey::parse(key).map_err(|e| ApiError::InvalidRequest(e.0))?;
+    let body = read_body(payload, state.settings.http.body_limit).await?;
+    let quantity = quantity(&body, state.settings.limits.max_quantity)?;
+    let dir = &state.directory;
+
+    let limit = i64::from(state.settings.limits.rate_per_minute);
+    match dir
+        .user_partition(user.as_str())
+        .call(InventoryOp::RateCheck { user: user.clone(), window_ms: RATE_WINDOW_MS })
+        .await?
+    {
+        InventoryReply::Rate { count, reset_ms } if count > limit => {
+            return Err(ApiError::RateLimited { retry_after_secs: ((reset_ms.max(1) + 999) / 1000) as u64 })
+        }
+        InventoryReply::Rate { .. } => {}
+        other => return Err(unexpected("rate", other)),
+    }
+
+    let now = now_ms();
+    let request = ReserveRequest {
+        product,
+        user: user.clone(),
+        key: key.clone(),
+        quantity,
+        order: OrderId::generate(),
+        now_ms: now,
+    };
+    let partition = dir.product_partition(product);
+    let outcome = match partition.call(InventoryOp::Reserve(request)).await? {
+        InventoryReply::Reserved(o) => o,
+        other => return Err(unexpected("reserve", other)),
+    };
+    let order = match outcome {
+        ReserveOutcome::Created(order) => order,
+        ReserveOutcome::Replay(order) => return Ok(accepted(&order, actix_web::http::StatusCode::OK)),
+        ReserveOutcome::OutOfStock => return Err(ApiError::OutOfStock),
+        ReserveOutcome::LimitReached => return Err(ApiError::PurchaseLimitReached),
+        ReserveOutcome::NotActive => return Err(ApiError::SaleNotActive),
+        ReserveOutcome::NoSale => {
+            return match product_exists(state, product).await? {
+                Some(_) => Err(ApiError::SaleNotActive),
+                None => Err(ApiError::NotFound),
+            }
+        }
+    };
+    tracing::Span::current().record("order_id", tracing::field::display(&order));
+
+    let message = OrderMessage {
+        order_id: order.to_string(),
+        user_id: user.to_string(),
+        product_id: product.get(),
+        quantity: i64::from(quantity.get()),
+        idempotency_key: key.as_str().to_string(),
+        created_at: now,
+    };
+    let publish = PublishOp {
+        queue: dir.orders_queue.clone(),
+        payload: serde_json::to_vec(&message).expect("orders serialise"),
+    };
+    match dir.publisher().call(publish).await {
+        Ok(true) => {
+            partition.tell(InventoryOp::MarkPublished { product, order: order.clone() });
+            Ok(accepted(&order, actix_web::http::StatusCode::CREATED))
+        }
+        failed => {
+            // Nothing stays reserved for an order the queue may not have.
+            partition.tell(InventoryOp::Release { product, order });
+            tracing::warn!(?failed, "order publish failed; reservation released");
+            Err(ApiError::Unavailable("the order queue is unavailable; retry shortly".into()))
+        }
+    }
+}
+
+#[tracing::instrument(skip_all, fields(order_id = %order))]
+async fn get_order(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    order: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let user = state.user(&req)?;
+    let order = OrderId::parse(&order).map_err(|_| ApiError::NotFound)?;
+    let dir = &state.directory;
+    let stored = match dir
+        .shard(user.as_str())
+        .call(ShardOp::Get { order: order.clone(), user: user.to_string() })
+        .await?
+    {
+        ShardReply::Order(o) => o,
+        other => return Err(unexpected("shard", other)),
+    };
+    if let Some(view) = stored {
+        return Ok(HttpResponse::Ok().json(view));
+    }
+    // Accepted but not yet in its shard: the inventory partitions still know it.
+    let lookups = join_all(
+        dir.inventory
+            .iter()
+            .map(|p| p.call(InventoryOp::Lookup { order: order.clone() })),
+    )
+    .await;
+    for reply in lookups {
+        if let InventoryReply::Lookup(Some(p)) = reply? {
+            if p.user == user.as_str() {
+                let message = OrderMessage {
+                    order_id: order.to_string(),
+                    user_id: p.user,
+                    product_id: p.product,
+                    quantity: p.quantity,
+                    idempotency_key: String::new(),
+                    created_at: p.created_at,
+                };
+                return Ok(HttpResponse::Ok().json(OrderView::new(&message, OrderStatus::Pending)));
+            }
+        }
+    }
+    Err(ApiError::NotFound)
+}
+
+#[tracing::instrument(skip_all)]
+async fn my_orders(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let user = state.user(&req)?;
+    match state.directory.shard(user.as_str()).call(ShardOp::List { user: user.to_string() }).await? {
+        ShardReply::Orders(orders) => Ok(HttpResponse::Ok().json(json!({ "orders": orders }))),
+        other => Err(unexpected("shard", other)),
+    }
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let dir = &state.directory;
+    let partitions: Vec<_> = dir.inventory.iter().map(|s| s.stats.is_running()).collect();
+    let queue = dir.publishers.iter().any(|s| s.stats.is_running());
+    let shards: Vec<_> = dir.shards.iter().map(|s| s.stats.is_running()).collect();
+    let body = json!({
+        "ready": dir.order_path_ready(),
+        "inventoryPartitions": partitions,
+        "orderQueue": queue,
+        "shards": shards,
+    });
+    if dir.order_path_ready() {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().insert_header((header::RETRY_AFTER, "1")).json(body)
+    }
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json").body(OPENAPI)
+}

@@ -1,0 +1,6 @@
+//! Order shards: the stable hash that places users, the PostgreSQL backends and the
+//! migrations of the catalog and every shard.
+
+pub mod hash;
+pub mod migrate;
+pub mod postgres;

@@ -1,0 +1,270 @@
+//! The supervisor tree: child specifications with exponential backoff and jitter,
+//! restart-intensity limits that escalate to the parent, and the live view of the
+//! tree that the admin API serves.
+
+pub mod directory;
+pub mod slot;
+pub mod stats;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use ractor::{ActorCell, SpawnErr};
+use ractor_supervisor::{
+    ChildBackoffFn, ChildSpec, Restart, SpawnFn, Supervisor, SupervisorArguments, SupervisorOptions,
+    SupervisorStrategy,
+};
+use serde::Serialize;
+
+use crate::actors::worker::{Connect, SlotOf, Worker};
+use crate::config::SupervisionSettings;
+use stats::{Kind, NodeStats, Status};
+
+/// Restart policy shared by every supervisor of one application.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub max_restarts: usize,
+    pub window: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+impl From<&SupervisionSettings> for Policy {
+    fn from(s: &SupervisionSettings) -> Self {
+        Self {
+            max_restarts: s.max_restarts,
+            window: Duration::from_secs(s.window_secs),
+            backoff_base: Duration::from_millis(s.backoff_base_ms),
+            backoff_max: Duration::from_millis(s.backoff_max_ms),
+        }
+    }
+}
+
+impl Policy {
+    /// Delay before the `n`th consecutive restart: base·2ⁿ⁻¹ capped at max, with up to
+    /// 25% random jitter so that many actors do not reconnect in step.
+    pub fn backoff(&self, restart: usize) -> Duration {
+        let exp = restart.saturating_sub(1).min(20) as u32;
+        let raw = self.backoff_base.saturating_mul(2u32.saturating_pow(exp)).min(self.backoff_max);
+        let jitter = rand::random::<f64>() * 0.25;
+        raw.mul_f64(1.0 + jitter)
+    }
+
+    fn options(&self) -> SupervisorOptions {
+        SupervisorOptions {
+            strategy: SupervisorStrategy::OneForOne,
+            max_restarts: self.max_restarts,
+            max_window: self.window,
+            reset_after: Some(self.window),
+        }
+    }
+}
+
+/// Names are stable for operators (`shard-0`) but unique in the process, so that
+/// several applications (tests) can live in one process.
+pub struct Namer {
+    suffix: String,
+}
+
+impl Namer {
+    pub fn new() -> Self {
+        static INSTANCES: AtomicUsize = AtomicUsize::new(0);
+        let n = INSTANCES.fetch_add(1, Ordering::Relaxed);
+        let suffix = if n == 0 { String::new() } else { format!("#{n}") };
+        Self { suffix }
+    }
+
+    pub fn node(&self, name: &str, kind: Kind) -> Arc<NodeStats> {
+        NodeStats::new(name, format!("{name}{}", self.suffix), kind)
+    }
+}
+
+impl Default for Namer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A node of the tree as the admin API and `flashsale tree` show it.
+pub struct TreeNode {
+    pub stats: Arc<NodeStats>,
+    pub children: Vec<TreeNode>,
+}
+
+impl TreeNode {
+    pub fn find(&self, name: &str) -> Option<&TreeNode> {
+        if self.stats.name == name {
+            return Some(self);
+        }
+        self.children.iter().find_map(|c| c.find(name))
+    }
+
+    pub fn view(&self, policy: &Policy) -> NodeView {
+        let s = &self.stats;
+        let status = match s.kind {
+            Kind::Actor => s.status(),
+            // Supervisors are read from ractor itself.
+            Kind::Supervisor => match s.cell().map(|c| c.get_status()) {
+                Some(ractor::ActorStatus::Running) => Status::Running,
+                Some(ractor::ActorStatus::Starting | ractor::ActorStatus::Upgrading) => Status::Starting,
+                Some(ractor::ActorStatus::Stopping) | Some(ractor::ActorStatus::Stopped) if s.restarts() > 0 => {
+                    Status::Restarting
+                }
+                Some(_) => Status::Stopped,
+                None => Status::Starting,
+            },
+        };
+        let actor = (s.kind == Kind::Actor).then(|| ActorFields {
+            mailbox: s.mailbox(),
+            processed: s.processed(),
+            last_error: s.last_error(),
+            uptime_seconds: (s.uptime_seconds() * 10.0).round() / 10.0,
+        });
+        let supervisor = (s.kind == Kind::Supervisor).then(|| SupervisorFields {
+            strategy: "one_for_one",
+            max_restarts: policy.max_restarts,
+            window_seconds: policy.window.as_secs(),
+        });
+        NodeView {
+            name: s.name.clone(),
+            kind: s.kind,
+            status,
+            restarts: s.restarts(),
+            actor,
+            supervisor,
+            children: self.children.iter().map(|c| c.view(policy)).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeView {
+    pub name: String,
+    pub kind: Kind,
+    pub status: Status,
+    pub restarts: u64,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<ActorFields>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub supervisor: Option<SupervisorFields>,
+    pub children: Vec<NodeView>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActorFields {
+    pub mailbox: i64,
+    pub processed: u64,
+    pub last_error: Option<String>,
+    pub uptime_seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SupervisorFields {
+    pub strategy: &'static str,
+    pub max_restarts: usize,
+    pub window_seconds: u64,
+}
+
+/// A child spec for a leaf actor: permanent (a stop for a restart request is
+/// restarted too), with backoff, and counted in the node's stats.
+pub fn leaf<F, Fut>(stats: Arc<NodeStats>, policy: &Policy, spawn: F) -> ChildSpec
+where
+    F: Fn(ActorCell, String) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<ActorCell, SpawnErr>> + Send + 'static,
+{
+    let id = stats.actor_name.clone();
+    let p = policy.clone();
+    ChildSpec {
+        id,
+        restart: Restart::Permanent,
+        spawn_fn: SpawnFn::new(move |cell, id| {
+            stats.spawning();
+            spawn(cell, id)
+        }),
+        backoff_fn: Some(ChildBackoffFn::new(move |_, n, _, _| Some(p.backoff(n)))),
+        reset_after: Some(policy.window),
+    }
+}
+
+/// A child spec for a batching worker serving `slot`.
+pub fn worker<C: Connect>(
+    slot: Arc<SlotOf<C>>,
+    connect: Arc<C>,
+    max_batch: usize,
+    tick: Option<Duration>,
+    policy: &Policy,
+) -> ChildSpec {
+    let stats = slot.stats.clone();
+    leaf(stats, policy, move |cell, id| {
+        let actor = Worker {
+            connect: connect.clone(),
+            slot: slot.clone(),
+            max_batch,
+            tick,
+        };
+        async move {
+            let (r, _) = Supervisor::spawn_linked(id, actor, (), cell).await?;
+            Ok(r.get_cell())
+        }
+        .boxed()
+    })
+}
+
+/// A child spec for a one_for_one supervisor over `children`.
+pub fn supervisor(stats: Arc<NodeStats>, policy: &Policy, children: Vec<ChildSpec>) -> ChildSpec {
+    let p = policy.clone();
+    let node = stats.clone();
+    leaf(stats, policy, move |cell, id| {
+        let args = SupervisorArguments {
+            child_specs: children.clone(),
+            options: p.options(),
+        };
+        let node = node.clone();
+        async move {
+            let (r, _) = Supervisor::spawn_linked(id, Supervisor, args, cell).await?;
+            node.started(r.get_cell());
+            Ok(r.get_cell())
+        }
+        .boxed()
+    })
+}
+
+/// Spawns the root supervisor; its join handle ends when the whole tree has gone.
+pub async fn spawn_root(
+    stats: Arc<NodeStats>,
+    policy: &Policy,
+    children: Vec<ChildSpec>,
+) -> Result<(ractor::ActorRef<ractor_supervisor::SupervisorMsg>, tokio::task::JoinHandle<()>), SpawnErr> {
+    stats.spawning();
+    let args = SupervisorArguments {
+        child_specs: children,
+        options: policy.options(),
+    };
+    let (r, handle) = Supervisor::spawn(stats.actor_name.clone(), args).await?;
+    stats.started(r.get_cell());
+    Ok((r, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_with_bounded_jitter() {
+        let p = Policy {
+            max_restarts: 3,
+            window: Duration::from_secs(10),
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(2),
+        };
+        for (n, base_ms) in [(1, 100u64), (2, 200), (3, 400), (5, 1600), (9, 2000)] {
+            let d = p.backoff(n).as_millis() as u64;
+            assert!(d >= base_ms && d <= base_ms * 5 / 4 + 1, "restart {n}: {d} ms");
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Live facts about each node of the supervisor tree, shared between the actors (who
+//! write them) and the admin API (which reads them). A node's stats outlive the actor
+//! instances that come and go under its name.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ractor::ActorCell;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Starting,
+    Running,
+    Restarting,
+    Stopped,
+    Failed,
+}
+
+impl Status {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Status::Starting,
+            1 => Status::Running,
+            2 => Status::Restarting,
+            3 => Status::Stopped,
+            _ => Status::Failed,
+        }
+    }
+    fn to_u8(self) -> u8 {
+        match self {
+            Status::Starting => 0,
+            Status::Running => 1,
+            Status::Restarting => 2,
+            Status::Stopped => 3,
+            Status::Failed => 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Supervisor,
+    Actor,
+}
+
+/// The stats of one named node.
+pub struct NodeStats {
+    /// The stable name shown to operators (`shard-0`).
+    pub name: String,
+    /// The process-unique name the actor is registered under.
+    pub actor_name: String,
+    pub kind: Kind,
+    status: AtomicU8,
+    spawns: AtomicU64,
+    processed: AtomicU64,
+    mailbox: AtomicI64,
+    last_error: Mutex<Option<String>>,
+    started: Mutex<Option<Instant>>,
+    cell: Mutex<Option<ActorCell>>,
+}
+
+impl NodeStats {
+    pub fn new(name: &str, actor_name: String, kind: Kind) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.to_string(),
+            actor_name,
+            kind,
+            status: AtomicU8::new(Status::Starting.to_u8()),
+            spawns: AtomicU64::new(0),
+            processed: AtomicU64::new(0),
+            mailbox: AtomicI64::new(0),
+            last_error: Mutex::new(None),
+            started: Mutex::new(None),
+            cell: Mutex::new(None),
+        })
+    }
+
+    pub fn status(&self) -> Status {
+        Status::from_u8(self.status.load(Ordering::Relaxed))
+    }
+
+    pub fn set_status(&self, status: Status) {
+        self.status.store(status.to_u8(), Ordering::Relaxed);
+    }
+
+    /// Called before each spawn of this node; every spawn after the first is a restart.
+    pub fn spawning(&self) {
+        if self.spawns.fetch_add(1, Ordering::Relaxed) > 0 {
+            self.set_status(Status::Restarting);
+            metrics::counter!("flashsale_actor_restarts_total", "actor" => self.name.clone()).increment(1);
+        }
+    }
+
+    pub fn restarts(&self) -> u64 {
+        self.spawns.load(Ordering::Relaxed).saturating_sub(1)
+    }
+
+    pub fn started(&self, cell: ActorCell) {
+        *self.started.lock().unwrap() = Some(Instant::now());
+        *self.cell.lock().unwrap() = Some(cell);
+        self.set_status(Status::Running);
+    }
+
+    pub fn stopped(&self) {
+        *self.started.lock().unwrap() = None;
+        if self.status() != Status::Failed {
+            self.set_status(Status::Stopped);
+        }
+    }
+
+    pub fn failed(&self, error: &dyn std::fmt::Display) {
+        *self.last_error.lock().unwrap() = Some(error.to_string());
+        *self.started.lock().unwrap() = None;
+        self.set_status(Status::Failed);
+    }
+
+    pub fn uptime_seconds(&self) -> f64 {
+        self.started
+            .lock()
+            .unwrap()
+            .map(|t| t.elapsed().as_secs_f64())
+            .unwrap_or(0.0)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap().clone()
+    }
+
+    pub fn add_processed(&self, n: u64) {
+        self.processed.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn processed(&self) -> u64 {
+        self.processed.load(Ordering::Relaxed)
+    }
+
+    pub fn mailbox_add(&self, n: i64) {
+        self.mailbox.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn mailbox(&self) -> i64 {
+        self.mailbox.load(Ordering::Relaxed).max(0)
+    }
+
+    pub fn cell(&self) -> Option<ActorCell> {
+        self.cell.lock().unwrap().clone()
+    }
+
+    /// Whether the node is up and serving right now.
+    pub fn is_running(&self) -> bool {
+        self.status() == Status::Running
+            && self
+                .cell()
+                .is_some_and(|c| c.get_status() == ractor::ActorStatus::Running)
+    }
+}
