@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Makes sure PostgreSQL, Redis and RabbitMQ are installed and running on this machine
+# (127.0.0.1, the default ports, PostgreSQL with trust auth for the postgres user).
+# Installs a missing one with apt-get and starts a stopped one. Safe to run again.
+set -euo pipefail
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_updated=0
+need() { # need COMMAND PACKAGE...
+  command -v "$1" >/dev/null 2>&1 && return 0
+  if [ $apt_updated = 0 ]; then as_root apt-get update -qq; apt_updated=1; fi
+  echo "installing ${*:2}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${@:2}" >/dev/null
+}
+
+wait_for() { # wait_for WHAT SECONDS COMMAND...
+  local what=$1 secs=$2; shift 2
+  for _ in $(seq "$secs"); do "$@" >/dev/null 2>&1 && return 0; sleep 1; done
+  echo "$what did not come up" >&2; return 1
+}
+
+# PostgreSQL
+need psql postgresql postgresql-client
+if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  ver=$(ls /etc/postgresql | sort -V | tail -n1)
+  as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main start || true
+fi
+wait_for PostgreSQL 30 pg_isready -q -h 127.0.0.1 -p 5432
+if ! psql -w -h 127.0.0.1 -U postgres -Atc 'select 1' >/dev/null 2>&1; then
+  # A fresh install asks for passwords on TCP; the tests connect as postgres with trust.
+  ver=$(ls /etc/postgresql | sort -V | tail -n1)
+  hba=/etc/postgresql/$ver/main/pg_hba.conf
+  as_root sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "$hba"
+  as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main reload
+  wait_for "PostgreSQL trust auth" 10 psql -w -h 127.0.0.1 -U postgres -Atc 'select 1'
+fi
+
+# Redis
+need redis-server redis-server redis-tools
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+fi
+wait_for Redis 15 redis-cli -h 127.0.0.1 -p 6379 ping
+
+# RabbitMQ
+need rabbitmq-server rabbitmq-server
+if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+  as_root rabbitmq-server -detached || true
+  as_root rabbitmqctl await_startup --timeout 120 >/dev/null
+fi
+wait_for RabbitMQ 60 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5672'
+echo "services ready: PostgreSQL, Redis, RabbitMQ"

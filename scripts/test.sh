@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The test command: starts (or installs) the services the suite talks to, clears what
+# earlier interrupted runs may have left behind, then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/services.sh
+
+# Leftovers of interrupted runs: test databases, test queues, the test Redis databases.
+psql -w -h 127.0.0.1 -U postgres -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'fs\_test\_%'" |
+  while read -r db; do psql -w -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"; done
+redis-cli -n 14 flushdb >/dev/null
+redis-cli -n 15 flushdb >/dev/null
+if command -v rabbitmqctl >/dev/null; then
+  rabbitmqctl -q list_queues name 2>/dev/null | grep '^fstest\.' | while read -r q; do
+    rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
+  done
+fi
+
+cargo test --locked -- --test-threads 2 "$@"

@@ -1,0 +1,84 @@
+//! The reservation script's outcomes, against the real Redis of a partition.
+
+use flashsale::actors::inventory::{
+    InventoryOp, InventoryReply, ReserveOutcome, ReserveRequest, SaleDefinition,
+};
+use flashsale::domain::{now_ms, IdempotencyKey, OrderId, ProductId, Quantity, UserId};
+
+use crate::helpers::spawn_app;
+
+fn reserve(product: ProductId, user: &UserId, key: &str, qty: u32) -> (OrderId, InventoryOp) {
+    let order = OrderId::generate();
+    let op = InventoryOp::Reserve(ReserveRequest {
+        product,
+        user: user.clone(),
+        key: IdempotencyKey::parse(key).unwrap(),
+        quantity: Quantity::parse(i64::from(qty), 10).unwrap(),
+        order: order.clone(),
+        now_ms: now_ms(),
+    });
+    (order, op)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reservation_script_covers_every_outcome() {
+    let app = spawn_app().await;
+    let dir = &app.app_state.directory;
+    let product = ProductId::from_db(987_654);
+    let part = dir.product_partition(product);
+    let call = |op| async move {
+        match part.call(op).await.unwrap() {
+            InventoryReply::Reserved(o) => o,
+            other => panic!("{other:?}"),
+        }
+    };
+    let ann = UserId::new_random();
+    let bob = UserId::new_random();
+
+    assert_eq!(call(reserve(product, &ann, "k", 1).1).await, ReserveOutcome::NoSale);
+
+    let sale = SaleDefinition { stock: 3, per_user_limit: 2, starts_at: None, ends_at: None };
+    let loaded = part.call(InventoryOp::LoadSale { product, sale }).await.unwrap();
+    assert!(matches!(loaded, InventoryReply::SaleLoaded(Ok(c)) if c.remaining == 3));
+
+    let (first, op) = reserve(product, &ann, "k", 2);
+    assert_eq!(call(op).await, ReserveOutcome::Created(first.clone()));
+    assert_eq!(call(reserve(product, &ann, "k", 2).1).await, ReserveOutcome::Replay(first.clone()));
+    assert_eq!(call(reserve(product, &ann, "k2", 1).1).await, ReserveOutcome::LimitReached);
+    assert_eq!(call(reserve(product, &bob, "k", 2).1).await, ReserveOutcome::OutOfStock);
+    let (bobs, op) = reserve(product, &bob, "k", 1);
+    assert_eq!(call(op).await, ReserveOutcome::Created(bobs.clone()));
+    assert_eq!(call(reserve(product, &bob, "k9", 1).1).await, ReserveOutcome::OutOfStock);
+
+    // Lowering the stock below what is sold is refused.
+    let lower = SaleDefinition { stock: 2, ..sale };
+    assert_eq!(part.call(InventoryOp::LoadSale { product, sale: lower }).await.unwrap(), InventoryReply::SaleLoaded(Err(3)));
+
+    // Releasing gives the units back and frees the key; a claim then says "cancelled".
+    part.call(InventoryOp::Release { product, order: first.clone() }).await.unwrap();
+    match part.call(InventoryOp::Counters { product }).await.unwrap() {
+        InventoryReply::Counters(Some(c)) => assert_eq!((c.remaining, c.pending), (2, 1)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(part.call(InventoryOp::Claim { product, order: first.clone() }).await.unwrap(), InventoryReply::Claimed(false));
+    assert_eq!(part.call(InventoryOp::Claim { product, order: bobs.clone() }).await.unwrap(), InventoryReply::Claimed(true));
+    assert_eq!(part.call(InventoryOp::Claim { product, order: bobs }).await.unwrap(), InventoryReply::Claimed(true), "a redelivered claim still persists");
+    let (again, op) = reserve(product, &ann, "k", 1);
+    assert_eq!(call(op).await, ReserveOutcome::Created(again));
+
+    let future = SaleDefinition { stock: 9, per_user_limit: 1, starts_at: Some(now_ms() + 3_600_000), ends_at: None };
+    let later = ProductId::from_db(987_655);
+    let part2 = dir.product_partition(later);
+    part2.call(InventoryOp::LoadSale { product: later, sale: future }).await.unwrap();
+    assert_eq!(
+        part2.call(reserve(later, &ann, "k", 1).1).await.unwrap(),
+        InventoryReply::Reserved(ReserveOutcome::NotActive)
+    );
+    let past = SaleDefinition { starts_at: Some(now_ms() - 7_200_000), ends_at: Some(now_ms() - 3_600_000), ..future };
+    part2.call(InventoryOp::LoadSale { product: later, sale: past }).await.unwrap();
+    assert_eq!(
+        part2.call(reserve(later, &ann, "k", 1).1).await.unwrap(),
+        InventoryReply::Reserved(ReserveOutcome::NotActive)
+    );
+    app.stop().await;
+}
