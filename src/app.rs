@@ -30,7 +30,9 @@ use crate::supervisors::{self, leaf, Namer, Policy, TreeNode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("embedded mode is not available in this build; start with --config config/cluster.toml")]
+    #[error(
+        "embedded mode is not available in this build; start with --config config/cluster.toml"
+    )]
     EmbeddedUnavailable,
     #[error(transparent)]
     Migrate(#[from] migrate::MigrateError),
@@ -141,14 +143,25 @@ impl Application {
         let namer = Namer::new();
         let timeout = Duration::from_millis(settings.limits.call_timeout_ms);
         let capacity = settings.limits.inbox_capacity;
-        fn slot<O: Send + 'static, R: Send + 'static>(namer: &Namer, name: &str, capacity: usize, timeout: Duration) -> Arc<Slot<O, R>> {
+        fn slot<O: Send + 'static, R: Send + 'static>(
+            namer: &Namer,
+            name: &str,
+            capacity: usize,
+            timeout: Duration,
+        ) -> Arc<Slot<O, R>> {
             Slot::new(namer.node(name, Kind::Actor), capacity, timeout)
         }
 
         let catalog = slot(&namer, "catalog", capacity, timeout);
-        let shards: Vec<_> = (0..settings.shard_count()).map(|i| slot(&namer, &format!("shard-{i}"), capacity, timeout)).collect();
-        let inventory: Vec<_> = (0..settings.partition_count()).map(|i| slot(&namer, &format!("inventory-{i}"), capacity, timeout)).collect();
-        let publishers: Vec<_> = (0..settings.queue.publishers).map(|i| slot(&namer, &format!("order-publisher-{i}"), capacity, timeout)).collect();
+        let shards: Vec<_> = (0..settings.shard_count())
+            .map(|i| slot(&namer, &format!("shard-{i}"), capacity, timeout))
+            .collect();
+        let inventory: Vec<_> = (0..settings.partition_count())
+            .map(|i| slot(&namer, &format!("inventory-{i}"), capacity, timeout))
+            .collect();
+        let publishers: Vec<_> = (0..settings.queue.publishers)
+            .map(|i| slot(&namer, &format!("order-publisher-{i}"), capacity, timeout))
+            .collect();
         let reconciler = slot(&namer, "reconciler", capacity, timeout);
         let q = &settings.queue;
         let directory = Arc::new(Directory::new(
@@ -164,17 +177,42 @@ impl Application {
         let pool_size = settings.shards.pool_size;
         let mut shard_specs = vec![supervisors::worker(
             catalog.clone(),
-            Arc::new(CatalogConnect { url: settings.catalog.url.expose().to_string(), pool_size }),
+            Arc::new(CatalogConnect {
+                url: settings.catalog.url.expose().to_string(),
+                pool_size,
+            }),
             64,
             None,
             &policy,
         )];
-        let mut shard_nodes = vec![TreeNode { stats: catalog.stats.clone(), children: vec![] }];
+        let mut shard_nodes = vec![TreeNode {
+            stats: catalog.stats.clone(),
+            children: vec![],
+        }];
         for (i, s) in shards.iter().enumerate() {
-            let replica = settings.shards.replica_urls.get(i).map(|u| u.expose().to_string()).filter(|u| !u.is_empty());
-            let connect = ShardConnect { index: i, url: settings.shards.urls[i].expose().to_string(), replica_url: replica, pool_size };
-            shard_specs.push(supervisors::worker(s.clone(), Arc::new(connect), settings.shards.max_batch, None, &policy));
-            shard_nodes.push(TreeNode { stats: s.stats.clone(), children: vec![] });
+            let replica = settings
+                .shards
+                .replica_urls
+                .get(i)
+                .map(|u| u.expose().to_string())
+                .filter(|u| !u.is_empty());
+            let connect = ShardConnect {
+                index: i,
+                url: settings.shards.urls[i].expose().to_string(),
+                replica_url: replica,
+                pool_size,
+            };
+            shard_specs.push(supervisors::worker(
+                s.clone(),
+                Arc::new(connect),
+                settings.shards.max_batch,
+                None,
+                &policy,
+            ));
+            shard_nodes.push(TreeNode {
+                stats: s.stats.clone(),
+                children: vec![],
+            });
         }
 
         // inventory: one actor per Redis partition, and the reconciler
@@ -188,34 +226,74 @@ impl Application {
                 stale_ms: inv.reconcile_after_ms,
                 idempotency_ttl_secs: inv.idempotency_ttl_secs,
             };
-            inventory_specs.push(supervisors::worker(s.clone(), Arc::new(connect), inv.max_batch, None, &policy));
-            inventory_nodes.push(TreeNode { stats: s.stats.clone(), children: vec![] });
+            inventory_specs.push(supervisors::worker(
+                s.clone(),
+                Arc::new(connect),
+                inv.max_batch,
+                None,
+                &policy,
+            ));
+            inventory_nodes.push(TreeNode {
+                stats: s.stats.clone(),
+                children: vec![],
+            });
         }
         inventory_specs.push(supervisors::worker(
             reconciler.clone(),
-            Arc::new(ReconcilerConnect { directory: directory.clone() }),
+            Arc::new(ReconcilerConnect {
+                directory: directory.clone(),
+            }),
             1,
             Some(Duration::from_millis(inv.reconcile_every_ms)),
             &policy,
         ));
-        inventory_nodes.push(TreeNode { stats: reconciler.stats.clone(), children: vec![] });
+        inventory_nodes.push(TreeNode {
+            stats: reconciler.stats.clone(),
+            children: vec![],
+        });
 
         // consumers: order publishers, order consumers, notification consumers
         let mut consumer_specs = Vec::new();
         let mut consumer_nodes = Vec::new();
         let declare = vec![q.orders_queue.clone(), q.notifications_queue.clone()];
         for p in &publishers {
-            let connect = PublisherConnect { url: q.url.expose().to_string(), declare: declare.clone() };
-            consumer_specs.push(supervisors::worker(p.clone(), Arc::new(connect), q.max_batch, None, &policy));
-            consumer_nodes.push(TreeNode { stats: p.stats.clone(), children: vec![] });
+            let connect = PublisherConnect {
+                url: q.url.expose().to_string(),
+                declare: declare.clone(),
+            };
+            consumer_specs.push(supervisors::worker(
+                p.clone(),
+                Arc::new(connect),
+                q.max_batch,
+                None,
+                &policy,
+            ));
+            consumer_nodes.push(TreeNode {
+                stats: p.stats.clone(),
+                children: vec![],
+            });
         }
-        let orders = Arc::new(OrderHandler { directory: directory.clone() });
+        let orders = Arc::new(OrderHandler {
+            directory: directory.clone(),
+        });
         for i in 0..q.order_consumers {
             let stats = namer.node(&format!("order-consumer-{i}"), Kind::Actor);
-            consumer_specs.push(consumer(stats.clone(), &settings, &q.orders_queue, declare.clone(), orders.clone(), &policy));
-            consumer_nodes.push(TreeNode { stats, children: vec![] });
+            consumer_specs.push(consumer(
+                stats.clone(),
+                &settings,
+                &q.orders_queue,
+                declare.clone(),
+                orders.clone(),
+                &policy,
+            ));
+            consumer_nodes.push(TreeNode {
+                stats,
+                children: vec![],
+            });
         }
-        let notifications = Arc::new(NotificationHandler { directory: directory.clone() });
+        let notifications = Arc::new(NotificationHandler {
+            directory: directory.clone(),
+        });
         for i in 0..q.notification_consumers {
             let stats = namer.node(&format!("notification-consumer-{i}"), Kind::Actor);
             consumer_specs.push(consumer(
@@ -226,7 +304,10 @@ impl Application {
                 notifications.clone(),
                 &policy,
             ));
-            consumer_nodes.push(TreeNode { stats, children: vec![] });
+            consumer_nodes.push(TreeNode {
+                stats,
+                children: vec![],
+            });
         }
 
         let mut root_specs = Vec::new();
@@ -239,10 +320,16 @@ impl Application {
         ] {
             let stats = namer.node(name, Kind::Supervisor);
             root_specs.push(supervisors::supervisor(stats.clone(), &policy, specs));
-            root_nodes.push(TreeNode { stats, children: nodes });
+            root_nodes.push(TreeNode {
+                stats,
+                children: nodes,
+            });
         }
         let root_stats = namer.node("root", Kind::Supervisor);
-        let tree = Arc::new(TreeNode { stats: root_stats.clone(), children: root_nodes });
+        let tree = Arc::new(TreeNode {
+            stats: root_stats.clone(),
+            children: root_nodes,
+        });
         let (root, root_done) = supervisors::spawn_root(root_stats, &policy, root_specs).await?;
 
         let jwt_secret = match &settings.auth.jwt_secret {
@@ -264,10 +351,18 @@ impl Application {
         });
         let public_addr = public_listener.local_addr().expect("bound");
         let admin_addr = admin_listener.local_addr().expect("bound");
-        let bind_err = |what, addr: SocketAddr| move |source| StartError::Bind { what, addr: addr.to_string(), source };
-        let public = http::public_server(state.clone(), public_listener, state.settings.http.workers)
-            .map_err(bind_err("public", public_addr))?;
-        let admin = http::admin_server(state.clone(), admin_listener).map_err(bind_err("admin", admin_addr))?;
+        let bind_err = |what, addr: SocketAddr| {
+            move |source| StartError::Bind {
+                what,
+                addr: addr.to_string(),
+                source,
+            }
+        };
+        let public =
+            http::public_server(state.clone(), public_listener, state.settings.http.workers)
+                .map_err(bind_err("public", public_addr))?;
+        let admin = http::admin_server(state.clone(), admin_listener)
+            .map_err(bind_err("admin", admin_addr))?;
         Ok(Self {
             public_addr,
             admin_addr,
@@ -316,7 +411,10 @@ impl Application {
 async fn shared_secret(directory: &Directory, name: &str) -> Result<Secret, StartError> {
     let mut last = String::new();
     for _ in 0..20 {
-        let op = CatalogOp::Secret { name: name.into(), candidate: random_secret(48) };
+        let op = CatalogOp::Secret {
+            name: name.into(),
+            candidate: random_secret(48),
+        };
         match directory.catalog.call(op).await {
             Ok(CatalogReply::Secret(s)) => return Ok(Secret::new(s)),
             Ok(other) => return Err(StartError::Catalog(format!("unexpected reply {other:?}"))),

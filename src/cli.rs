@@ -9,7 +9,11 @@ use crate::app::Application;
 use crate::config::Settings;
 
 #[derive(Debug, Parser)]
-#[command(name = "flashsale", version, about = "An actor-based flash-sale order engine")]
+#[command(
+    name = "flashsale",
+    version,
+    about = "An actor-based flash-sale order engine"
+)]
 pub struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "FLASHSALE_LOG_JSON")]
@@ -56,7 +60,9 @@ pub async fn run(cli: Cli) -> ExitCode {
                 Err(code) => return code,
             };
             if settings.mode != crate::config::Mode::Cluster {
-                eprintln!("flashsale: migrate needs a cluster config (--config config/cluster.toml)");
+                eprintln!(
+                    "flashsale: migrate needs a cluster config (--config config/cluster.toml)"
+                );
                 return ExitCode::from(2);
             }
             match crate::shards::migrate::migrate_all(&settings).await {
@@ -87,7 +93,10 @@ async fn serve(settings: Settings) -> ExitCode {
     println!("  public API  http://{}", app.public_addr);
     println!("  admin API   http://{}/admin", app.admin_addr);
     if app.admin_token_generated {
-        println!("  admin token {}  (generated for this run; set FLASHSALE__ADMIN__TOKEN to choose one)", app.admin_token.expose());
+        println!(
+            "  admin token {}  (generated for this run; set FLASHSALE__ADMIN__TOKEN to choose one)",
+            app.admin_token.expose()
+        );
     }
     let stop = app.stop_handle();
     tokio::spawn(async move {
@@ -108,7 +117,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

@@ -29,9 +29,15 @@ impl fmt::Debug for Secret {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("config file {path} is not valid TOML: {source}")]
-    Parse { path: String, source: Box<toml::de::Error> },
+    Parse {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
     #[error("environment variable {name}: {message}")]
     Env { name: String, message: String },
     #[error("invalid configuration: {0}")]
@@ -258,9 +264,14 @@ impl Settings {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        for (what, addr) in [("http.listen", &self.http.listen), ("admin.listen", &self.admin.listen)] {
+        for (what, addr) in [
+            ("http.listen", &self.http.listen),
+            ("admin.listen", &self.admin.listen),
+        ] {
             if addr.parse::<std::net::SocketAddr>().is_err() {
-                return bad(format!("{what} must be HOST:PORT with a numeric host, got {addr:?}"));
+                return bad(format!(
+                    "{what} must be HOST:PORT with a numeric host, got {addr:?}"
+                ));
             }
         }
         if let Some(token) = &self.admin.token {
@@ -283,7 +294,9 @@ impl Settings {
                 return bad("shards.replica_urls must be empty or have one entry per shard".into());
             }
             for url in &self.shards.urls {
-                if !url.expose().starts_with("postgres://") && !url.expose().starts_with("postgresql://") {
+                if !url.expose().starts_with("postgres://")
+                    && !url.expose().starts_with("postgresql://")
+                {
                     return bad("every shards.urls entry must be a postgres:// URL".into());
                 }
             }
@@ -309,11 +322,17 @@ impl Settings {
             ("inventory.max_batch", self.inventory.max_batch),
             ("queue.publishers", self.queue.publishers),
             ("queue.order_consumers", self.queue.order_consumers),
-            ("queue.notification_consumers", self.queue.notification_consumers),
+            (
+                "queue.notification_consumers",
+                self.queue.notification_consumers,
+            ),
             ("queue.max_batch", self.queue.max_batch),
             ("queue.prefetch", self.queue.prefetch as usize),
             ("limits.inbox_capacity", self.limits.inbox_capacity),
-            ("limits.rate_per_minute", self.limits.rate_per_minute as usize),
+            (
+                "limits.rate_per_minute",
+                self.limits.rate_per_minute as usize,
+            ),
             ("limits.max_quantity", self.limits.max_quantity as usize),
             ("shards.pool_size", self.shards.pool_size as usize),
         ];
@@ -322,7 +341,9 @@ impl Settings {
                 return bad(format!("{what} must be greater than zero"));
             }
         }
-        if self.inventory.key_prefix.is_empty() || self.inventory.key_prefix.contains(char::is_whitespace) {
+        if self.inventory.key_prefix.is_empty()
+            || self.inventory.key_prefix.contains(char::is_whitespace)
+        {
             return bad("inventory.key_prefix must be a non-empty word".into());
         }
         if self.supervision.backoff_base_ms > self.supervision.backoff_max_ms {
@@ -356,7 +377,9 @@ fn merge(base: &mut toml::Table, overlay: toml::Table) {
 fn parse_env_value(raw: &str) -> toml::Value {
     let wrapped = format!("v = {raw}");
     match wrapped.parse::<toml::Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
         Err(_) => toml::Value::String(raw.into()),
     }
 }
@@ -370,7 +393,9 @@ fn set_path(tree: &mut toml::Table, path: &[String], value: toml::Value) -> Resu
             }
             // A string setting stays a string even when the text looks like a number.
             let value = match (tree.get(leaf), value) {
-                (Some(toml::Value::String(_)), v) if !v.is_str() => toml::Value::String(toml_text(&v)),
+                (Some(toml::Value::String(_)), v) if !v.is_str() => {
+                    toml::Value::String(toml_text(&v))
+                }
                 (_, v) => v,
             };
             tree.insert(leaf.clone(), value);
@@ -398,7 +423,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]

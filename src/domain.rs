@@ -120,7 +120,9 @@ impl Quantity {
         if raw >= 1 && raw <= i64::from(max) {
             Ok(Self(raw as u32))
         } else {
-            Err(invalid(format!("quantity must be an integer from 1 to {max}")))
+            Err(invalid(format!(
+                "quantity must be an integer from 1 to {max}"
+            )))
         }
     }
     pub fn get(self) -> u32 {
@@ -137,7 +139,10 @@ impl Email {
         let s = raw.trim().to_ascii_lowercase();
         let valid = s.len() <= 254
             && s.split_once('@').is_some_and(|(local, domain)| {
-                !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.')
+                !local.is_empty()
+                    && domain.contains('.')
+                    && !domain.starts_with('.')
+                    && !domain.ends_with('.')
             })
             && !s.chars().any(|c| c.is_whitespace() || c.is_control())
             && s.matches('@').count() == 1;
@@ -249,8 +254,13 @@ mod tests {
 
     #[test]
     fn emails_are_normalised() {
-        assert_eq!(Email::parse(" Ann@Example.COM ").unwrap().as_str(), "ann@example.com");
-        for bad in ["", "ann", "ann@", "@x.io", "a@b", "a b@c.io", "a@@c.io", "a@.io"] {
+        assert_eq!(
+            Email::parse(" Ann@Example.COM ").unwrap().as_str(),
+            "ann@example.com"
+        );
+        for bad in [
+            "", "ann", "ann@", "@x.io", "a@b", "a b@c.io", "a@@c.io", "a@.io",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

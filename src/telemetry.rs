@@ -10,9 +10,18 @@ use crate::supervisors::TreeNode;
 /// Installs the global subscriber once; `json` selects JSON lines.
 pub fn init_logging(json: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// The process-wide Prometheus recorder (installed on first use).
@@ -20,7 +29,9 @@ pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+            let buckets = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ];
             PrometheusBuilder::new()
                 .set_buckets(&buckets)
                 .expect("valid buckets")
@@ -35,14 +46,24 @@ pub fn record_gauges(state: &AppState) {
     fn walk(node: &TreeNode) {
         let s = &node.stats;
         let name = s.name.clone();
-        metrics::gauge!("flashsale_actor_restarts", "actor" => name.clone()).set(s.restarts() as f64);
-        metrics::gauge!("flashsale_actor_up", "actor" => name.clone()).set(if s.is_running() { 1.0 } else { 0.0 });
+        metrics::gauge!("flashsale_actor_restarts", "actor" => name.clone())
+            .set(s.restarts() as f64);
+        metrics::gauge!("flashsale_actor_up", "actor" => name.clone()).set(if s.is_running() {
+            1.0
+        } else {
+            0.0
+        });
         if s.kind == crate::supervisors::stats::Kind::Actor {
-            metrics::gauge!("flashsale_actor_mailbox", "actor" => name.clone()).set(s.mailbox() as f64);
+            metrics::gauge!("flashsale_actor_mailbox", "actor" => name.clone())
+                .set(s.mailbox() as f64);
             metrics::gauge!("flashsale_actor_processed", "actor" => name).set(s.processed() as f64);
         }
         node.children.iter().for_each(walk);
     }
     walk(&state.tree);
-    metrics::gauge!("flashsale_ready").set(if state.directory.order_path_ready() { 1.0 } else { 0.0 });
+    metrics::gauge!("flashsale_ready").set(if state.directory.order_path_ready() {
+        1.0
+    } else {
+        0.0
+    });
 }

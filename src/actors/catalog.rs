@@ -16,16 +16,29 @@ pub struct Product {
 
 #[derive(Debug)]
 pub enum CatalogOp {
-    CreateProduct { name: ProductName, price_cents: i64 },
+    CreateProduct {
+        name: ProductName,
+        price_cents: i64,
+    },
     GetProduct(ProductId),
     /// Stores the sale; answers `SaleStored(false)` when the product does not exist.
-    PutSale { product: ProductId, sale: SaleDefinition },
+    PutSale {
+        product: ProductId,
+        sale: SaleDefinition,
+    },
     GetSale(ProductId),
     /// Answers `Created(false)` when the e-mail is taken.
-    CreateCredential { email: Email, user: String, password_hash: String },
+    CreateCredential {
+        email: Email,
+        user: String,
+        password_hash: String,
+    },
     GetCredential(Email),
     /// The stored secret of that name, storing `candidate` if there is none yet.
-    Secret { name: String, candidate: String },
+    Secret {
+        name: String,
+        candidate: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -43,7 +43,11 @@ impl DeliveryHandler for OrderHandler {
         let claims = try_join_all(orders.iter().map(|o| async move {
             let product = ProductId::from_db(o.product_id);
             let order = OrderId::parse(&o.order_id).map_err(|e| e.to_string())?;
-            match dir.product_partition(product).call(InventoryOp::Claim { product, order }).await {
+            match dir
+                .product_partition(product)
+                .call(InventoryOp::Claim { product, order })
+                .await
+            {
                 Ok(InventoryReply::Claimed(c)) => Ok(c),
                 Ok(other) => Err(format!("unexpected claim reply {other:?}")),
                 Err(e) => Err(format!("claim: {e}")),
@@ -51,9 +55,16 @@ impl DeliveryHandler for OrderHandler {
         }))
         .await?;
         try_join_all(orders.iter().zip(&claims).map(|(o, claimed)| async move {
-            let status = if *claimed { OrderStatus::Completed } else { OrderStatus::Cancelled };
+            let status = if *claimed {
+                OrderStatus::Completed
+            } else {
+                OrderStatus::Cancelled
+            };
             dir.shard(&o.user_id)
-                .call(ShardOp::Insert { order: o.clone(), status })
+                .call(ShardOp::Insert {
+                    order: o.clone(),
+                    status,
+                })
                 .await
                 .map_err(|e| format!("shard write: {e}"))
         }))
@@ -71,8 +82,10 @@ impl DeliveryHandler for OrderHandler {
             .filter(|(_, c)| **c)
             .map(|(o, _)| serde_json::to_vec(o).expect("orders serialise"))
             .collect();
-        let messages: Vec<(&str, &[u8])> =
-            confirmations.iter().map(|p| (dir.notifications_queue.as_str(), p.as_slice())).collect();
+        let messages: Vec<(&str, &[u8])> = confirmations
+            .iter()
+            .map(|p| (dir.notifications_queue.as_str(), p.as_slice()))
+            .collect();
         out.publish(&messages).await
     }
 }
@@ -89,7 +102,11 @@ impl DeliveryHandler for NotificationHandler {
         try_join_all(orders.iter().map(|o| async move {
             let order = OrderId::parse(&o.order_id).map_err(|e| e.to_string())?;
             dir.shard(&o.user_id)
-                .call(ShardOp::Notified { order, user: o.user_id.clone(), channel: "log".into() })
+                .call(ShardOp::Notified {
+                    order,
+                    user: o.user_id.clone(),
+                    channel: "log".into(),
+                })
                 .await
                 .map_err(|e| format!("record notification: {e}"))
         }))

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -32,15 +32,24 @@ async fn open(url: &str, declare: &[String]) -> Result<(Connection, Channel), la
     let channel = conn.create_channel().await?;
     for q in declare {
         channel
-            .queue_declare(q.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default())
+            .queue_declare(
+                q.as_str().into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
             .await?;
     }
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     Ok((conn, channel))
 }
 
 /// Publishes a batch and waits for all its confirms together.
-async fn publish_all(channel: &Channel, messages: &[(&str, &[u8])]) -> Result<Vec<bool>, lapin::Error> {
+async fn publish_all(
+    channel: &Channel,
+    messages: &[(&str, &[u8])],
+) -> Result<Vec<bool>, lapin::Error> {
     let mut confirms = Vec::with_capacity(messages.len());
     for (queue, payload) in messages {
         let props = BasicProperties::default()
@@ -48,7 +57,13 @@ async fn publish_all(channel: &Channel, messages: &[(&str, &[u8])]) -> Result<Ve
             .with_content_type("application/json".into());
         confirms.push(
             channel
-                .basic_publish("".into(), (*queue).into(), BasicPublishOptions::default(), payload, props)
+                .basic_publish(
+                    "".into(),
+                    (*queue).into(),
+                    BasicPublishOptions::default(),
+                    payload,
+                    props,
+                )
                 .await?,
         );
     }
@@ -75,7 +90,10 @@ impl Connect for PublisherConnect {
 
     async fn connect(&self) -> Result<AmqpPublisher, ActorProcessingErr> {
         let (conn, channel) = open(&self.url, &self.declare).await?;
-        Ok(AmqpPublisher { _conn: conn, channel })
+        Ok(AmqpPublisher {
+            _conn: conn,
+            channel,
+        })
     }
 }
 
@@ -86,7 +104,10 @@ impl Backend for AmqpPublisher {
 
     async fn process(&mut self, batch: Batch<Self>) -> Result<(), ActorProcessingErr> {
         let live: Vec<_> = batch.into_iter().filter(|e| !e.abandoned()).collect();
-        let messages: Vec<(&str, &[u8])> = live.iter().map(|e| (e.op.queue.as_str(), e.op.payload.as_slice())).collect();
+        let messages: Vec<(&str, &[u8])> = live
+            .iter()
+            .map(|e| (e.op.queue.as_str(), e.op.payload.as_slice()))
+            .collect();
         let acked = publish_all(&self.channel, &messages).await?;
         for (e, ok) in live.into_iter().zip(acked) {
             e.answer(ok);
@@ -156,15 +177,25 @@ impl<H: DeliveryHandler> Actor for QueueConsumer<H> {
     type State = ConsumerState;
     type Arguments = ();
 
-    async fn pre_start(&self, myself: ActorRef<ConsumerMsg>, _: ()) -> Result<ConsumerState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ConsumerMsg>,
+        _: (),
+    ) -> Result<ConsumerState, ActorProcessingErr> {
         self.stats.set_status(Status::Starting);
         let opened = async {
             let mut declare = self.declare.clone();
             declare.push(self.queue.clone());
             let (conn, out) = open(&self.url, &declare).await?;
             let consume = conn.create_channel().await?;
-            consume.basic_qos(self.prefetch, BasicQosOptions::default()).await?;
-            let tag = format!("{}-{}", self.stats.actor_name, uuid::Uuid::new_v4().simple());
+            consume
+                .basic_qos(self.prefetch, BasicQosOptions::default())
+                .await?;
+            let tag = format!(
+                "{}-{}",
+                self.stats.actor_name,
+                uuid::Uuid::new_v4().simple()
+            );
             let stream = consume
                 .basic_consume(
                     self.queue.as_str().into(),
@@ -193,7 +224,11 @@ impl<H: DeliveryHandler> Actor for QueueConsumer<H> {
         }
     }
 
-    async fn post_start(&self, myself: ActorRef<ConsumerMsg>, state: &mut ConsumerState) -> Result<(), ActorProcessingErr> {
+    async fn post_start(
+        &self,
+        myself: ActorRef<ConsumerMsg>,
+        state: &mut ConsumerState,
+    ) -> Result<(), ActorProcessingErr> {
         let stream = state.stream.take().expect("stream opened in pre_start");
         let me = myself.clone();
         let stats = self.stats.clone();
@@ -216,13 +251,20 @@ impl<H: DeliveryHandler> Actor for QueueConsumer<H> {
                     return;
                 }
             }
-            let _ = me.cast(ConsumerMsg::StreamEnded("the broker cancelled the consumer".into()));
+            let _ = me.cast(ConsumerMsg::StreamEnded(
+                "the broker cancelled the consumer".into(),
+            ));
         }));
         self.stats.started(myself.get_cell());
         Ok(())
     }
 
-    async fn handle(&self, _me: ActorRef<ConsumerMsg>, msg: ConsumerMsg, state: &mut ConsumerState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _me: ActorRef<ConsumerMsg>,
+        msg: ConsumerMsg,
+        state: &mut ConsumerState,
+    ) -> Result<(), ActorProcessingErr> {
         let result = match msg {
             ConsumerMsg::Batch(batch) => {
                 let n = batch.len();
@@ -248,7 +290,11 @@ impl<H: DeliveryHandler> Actor for QueueConsumer<H> {
         result
     }
 
-    async fn post_stop(&self, _me: ActorRef<ConsumerMsg>, _state: &mut ConsumerState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _me: ActorRef<ConsumerMsg>,
+        _state: &mut ConsumerState,
+    ) -> Result<(), ActorProcessingErr> {
         self.stats.stopped();
         Ok(())
     }

@@ -44,9 +44,16 @@ impl Backend for Reconciler {
 
     async fn tick(&mut self) -> Result<(), ActorProcessingErr> {
         for (partition, slot) in self.directory.inventory.iter().enumerate() {
-            match slot.call(InventoryOp::ReleaseStale { now_ms: now_ms() }).await {
+            match slot
+                .call(InventoryOp::ReleaseStale { now_ms: now_ms() })
+                .await
+            {
                 Ok(InventoryReply::Released(n)) if n > 0 => {
-                    tracing::warn!(partition, released = n, "released reservations that were never published");
+                    tracing::warn!(
+                        partition,
+                        released = n,
+                        "released reservations that were never published"
+                    );
                     metrics::counter!("flashsale_reservations_released_total", "partition" => partition.to_string())
                         .increment(n as u64);
                 }

@@ -73,14 +73,31 @@ impl OrderView {
 #[derive(Debug)]
 pub enum ShardOp {
     /// Persist an order with its final status (idempotent on the order id).
-    Insert { order: OrderMessage, status: OrderStatus },
+    Insert {
+        order: OrderMessage,
+        status: OrderStatus,
+    },
     /// Record a delivered confirmation (idempotent on the order id).
-    Notified { order: OrderId, user: String, channel: String },
-    Get { order: OrderId, user: String },
-    List { user: String },
-    CreateUser { user: String, email: String },
+    Notified {
+        order: OrderId,
+        user: String,
+        channel: String,
+    },
+    Get {
+        order: OrderId,
+        user: String,
+    },
+    List {
+        user: String,
+    },
+    CreateUser {
+        user: String,
+        email: String,
+    },
     /// Units per status for one product on this shard.
-    ProductTotals { product: i64 },
+    ProductTotals {
+        product: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

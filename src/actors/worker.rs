@@ -37,7 +37,8 @@ pub trait Connect: Send + Sync + 'static {
     async fn connect(&self) -> Result<Self::Backend, ActorProcessingErr>;
 }
 
-pub type SlotOf<C> = Slot<<<C as Connect>::Backend as Backend>::Op, <<C as Connect>::Backend as Backend>::Reply>;
+pub type SlotOf<C> =
+    Slot<<<C as Connect>::Backend as Backend>::Op, <<C as Connect>::Backend as Backend>::Reply>;
 
 pub struct Worker<C: Connect> {
     pub connect: Arc<C>,
@@ -65,10 +66,17 @@ impl<C: Connect> Actor for Worker<C> {
     type State = WorkerState<C::Backend>;
     type Arguments = ();
 
-    async fn pre_start(&self, _myself: ActorRef<WorkerMsg>, _: ()) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<WorkerMsg>,
+        _: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
         self.slot.stats.set_status(Status::Starting);
         match self.connect.connect().await {
-            Ok(backend) => Ok(WorkerState { backend, ticker: None }),
+            Ok(backend) => Ok(WorkerState {
+                backend,
+                ticker: None,
+            }),
             Err(e) => {
                 self.slot.stats.failed(&e);
                 tracing::warn!(actor = %self.slot.stats.name, error = %e, "cannot connect");
@@ -77,7 +85,11 @@ impl<C: Connect> Actor for Worker<C> {
         }
     }
 
-    async fn post_start(&self, myself: ActorRef<WorkerMsg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn post_start(
+        &self,
+        myself: ActorRef<WorkerMsg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         self.slot.stats.started(myself.get_cell());
         if let Some(period) = self.tick {
             state.ticker = Some(myself.send_interval(period, || WorkerMsg::Tick));
@@ -120,7 +132,11 @@ impl<C: Connect> Actor for Worker<C> {
         result
     }
 
-    async fn post_stop(&self, _myself: ActorRef<WorkerMsg>, _state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<WorkerMsg>,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         self.slot.stats.stopped();
         Ok(())
     }

@@ -16,7 +16,8 @@ use crate::domain::{now_ms, parse_rfc3339, rfc3339, ProductId, ProductName};
 const PAGE: &str = include_str!("admin.html");
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    let resource = |path: &str| web::resource(path.to_string()).default_service(web::to(method_not_allowed));
+    let resource =
+        |path: &str| web::resource(path.to_string()).default_service(web::to(method_not_allowed));
     cfg.service(resource("/admin/products").route(web::post().to(create_product)))
         .service(
             resource("/admin/flash-sales/{productId}")
@@ -53,12 +54,17 @@ async fn create_product(
     let body: NewProduct = json_body(payload, state.settings.http.body_limit).await?;
     let name = ProductName::parse(&body.name).map_err(|e| ApiError::InvalidRequest(e.0))?;
     if body.price_cents < 0 {
-        return Err(ApiError::InvalidRequest("priceCents must not be negative".into()));
+        return Err(ApiError::InvalidRequest(
+            "priceCents must not be negative".into(),
+        ));
     }
     match state
         .directory
         .catalog
-        .call(CatalogOp::CreateProduct { name, price_cents: body.price_cents })
+        .call(CatalogOp::CreateProduct {
+            name,
+            price_cents: body.price_cents,
+        })
         .await?
     {
         CatalogReply::Product(Some(p)) => {
@@ -66,10 +72,14 @@ async fn create_product(
             state
                 .directory
                 .product_partition(id)
-                .tell(InventoryOp::CacheDel { key: format!("product:{id}") });
+                .tell(InventoryOp::CacheDel {
+                    key: format!("product:{id}"),
+                });
             Ok(HttpResponse::Created().json(p))
         }
-        other => Err(ApiError::Internal(format!("unexpected catalog reply {other:?}"))),
+        other => Err(ApiError::Internal(format!(
+            "unexpected catalog reply {other:?}"
+        ))),
     }
 }
 
@@ -90,7 +100,9 @@ fn instant(v: Option<Value>, what: &str) -> Result<Option<i64>, ApiError> {
             .map(Some)
             .map_err(|_| ApiError::InvalidRequest(format!("{what} must be an RFC 3339 time"))),
         Some(Value::Number(n)) if n.as_i64().is_some_and(|n| n > 0) => Ok(n.as_i64()),
-        Some(_) => Err(ApiError::InvalidRequest(format!("{what} must be an RFC 3339 time"))),
+        Some(_) => Err(ApiError::InvalidRequest(format!(
+            "{what} must be an RFC 3339 time"
+        ))),
     }
 }
 
@@ -113,22 +125,27 @@ fn sale_json(product: ProductId, c: &SaleCounters, completed: i64, cancelled: i6
 }
 
 async fn totals(state: &AppState, product: ProductId) -> Result<(i64, i64), ApiError> {
-    let replies = join_all(
-        state
-            .directory
-            .shards
-            .iter()
-            .map(|s| s.call(ShardOp::ProductTotals { product: product.get() })),
-    )
+    let replies = join_all(state.directory.shards.iter().map(|s| {
+        s.call(ShardOp::ProductTotals {
+            product: product.get(),
+        })
+    }))
     .await;
     let (mut completed, mut cancelled) = (0, 0);
     for r in replies {
         match r? {
-            ShardReply::Totals { completed: a, cancelled: b } => {
+            ShardReply::Totals {
+                completed: a,
+                cancelled: b,
+            } => {
                 completed += a;
                 cancelled += b;
             }
-            other => return Err(ApiError::Internal(format!("unexpected shard reply {other:?}"))),
+            other => {
+                return Err(ApiError::Internal(format!(
+                    "unexpected shard reply {other:?}"
+                )))
+            }
         }
     }
     Ok((completed, cancelled))
@@ -144,10 +161,14 @@ async fn put_sale(
     let product = ProductId::parse(&product).map_err(|_| ApiError::NotFound)?;
     let body: SaleBody = json_body(payload, state.settings.http.body_limit).await?;
     if body.stock < 0 {
-        return Err(ApiError::InvalidRequest("stock must not be negative".into()));
+        return Err(ApiError::InvalidRequest(
+            "stock must not be negative".into(),
+        ));
     }
     if body.per_user_limit < 1 {
-        return Err(ApiError::InvalidRequest("perUserLimit must be at least 1".into()));
+        return Err(ApiError::InvalidRequest(
+            "perUserLimit must be at least 1".into(),
+        ));
     }
     let sale = SaleDefinition {
         stock: body.stock,
@@ -157,13 +178,24 @@ async fn put_sale(
     };
     if let (Some(s), Some(e)) = (sale.starts_at, sale.ends_at) {
         if e <= s {
-            return Err(ApiError::InvalidRequest("endsAt must be after startsAt".into()));
+            return Err(ApiError::InvalidRequest(
+                "endsAt must be after startsAt".into(),
+            ));
         }
     }
-    match state.directory.catalog.call(CatalogOp::PutSale { product, sale }).await? {
+    match state
+        .directory
+        .catalog
+        .call(CatalogOp::PutSale { product, sale })
+        .await?
+    {
         CatalogReply::SaleStored(true) => {}
         CatalogReply::SaleStored(false) => return Err(ApiError::NotFound),
-        other => return Err(ApiError::Internal(format!("unexpected catalog reply {other:?}"))),
+        other => {
+            return Err(ApiError::Internal(format!(
+                "unexpected catalog reply {other:?}"
+            )))
+        }
     }
     let counters = match state
         .directory
@@ -173,9 +205,15 @@ async fn put_sale(
     {
         InventoryReply::SaleLoaded(Ok(c)) => c,
         InventoryReply::SaleLoaded(Err(sold)) => {
-            return Err(ApiError::InvalidRequest(format!("stock cannot be below the {sold} units already sold")))
+            return Err(ApiError::InvalidRequest(format!(
+                "stock cannot be below the {sold} units already sold"
+            )))
         }
-        other => return Err(ApiError::Internal(format!("unexpected inventory reply {other:?}"))),
+        other => {
+            return Err(ApiError::Internal(format!(
+                "unexpected inventory reply {other:?}"
+            )))
+        }
     };
     let (completed, cancelled) = totals(&state, product).await?;
     Ok(HttpResponse::Ok().json(sale_json(product, &counters, completed, cancelled)))
@@ -196,7 +234,11 @@ async fn get_sale(
     {
         InventoryReply::Counters(Some(c)) => c,
         InventoryReply::Counters(None) => return Err(ApiError::NotFound),
-        other => return Err(ApiError::Internal(format!("unexpected inventory reply {other:?}"))),
+        other => {
+            return Err(ApiError::Internal(format!(
+                "unexpected inventory reply {other:?}"
+            )))
+        }
     };
     let (completed, cancelled) = totals(&state, product).await?;
     Ok(HttpResponse::Ok().json(sale_json(product, &counters, completed, cancelled)))
@@ -215,7 +257,9 @@ async fn restart(
     admin(&state, &req)?;
     let node = state.tree.find(&name).ok_or(ApiError::NotFound)?;
     if std::ptr::eq(node, state.tree.as_ref()) {
-        return Err(ApiError::InvalidRequest("the root cannot be restarted; restart the process".into()));
+        return Err(ApiError::InvalidRequest(
+            "the root cannot be restarted; restart the process".into(),
+        ));
     }
     let cell = node
         .stats
@@ -229,7 +273,9 @@ async fn restart(
 
 async fn page(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     let _ = (&state, &req);
-    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(PAGE)
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(PAGE)
 }
 
 async fn metrics(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {

@@ -64,7 +64,9 @@ impl From<CallError> for ApiError {
     fn from(e: CallError) -> Self {
         match e {
             CallError::Overloaded => ApiError::Overloaded,
-            CallError::Unavailable => ApiError::Unavailable("a backend is restarting; retry shortly".into()),
+            CallError::Unavailable => {
+                ApiError::Unavailable("a backend is restarting; retry shortly".into())
+            }
         }
     }
 }

@@ -38,18 +38,28 @@ pub struct AppState {
 impl AppState {
     /// The user named by a valid `Authorization: Bearer` token.
     pub fn user(&self, req: &HttpRequest) -> Result<UserId, ApiError> {
-        bearer(req).and_then(|t| self.tokens.verify(t)).ok_or(ApiError::Unauthorized)
+        bearer(req)
+            .and_then(|t| self.tokens.verify(t))
+            .ok_or(ApiError::Unauthorized)
     }
 
     pub fn is_admin(&self, req: &HttpRequest) -> bool {
-        bearer(req).is_some_and(|t| constant_time_eq(t.as_bytes(), self.admin_token.expose().as_bytes()))
+        bearer(req)
+            .is_some_and(|t| constant_time_eq(t.as_bytes(), self.admin_token.expose().as_bytes()))
     }
 }
 
 fn bearer(req: &HttpRequest) -> Option<&str> {
-    let value = req.headers().get(actix_web::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let value = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -73,12 +83,16 @@ pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::B
 }
 
 /// Reads and parses a JSON body.
-pub async fn json_body<T: DeserializeOwned>(payload: web::Payload, limit: usize) -> Result<T, ApiError> {
+pub async fn json_body<T: DeserializeOwned>(
+    payload: web::Payload,
+    limit: usize,
+) -> Result<T, ApiError> {
     let body = read_body(payload, limit).await?;
     if body.is_empty() {
         return Err(ApiError::InvalidRequest("a JSON body is required".into()));
     }
-    serde_json::from_slice(&body).map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
 }
 
 pub async fn not_found() -> actix_web::HttpResponse {
@@ -97,16 +111,24 @@ async fn observe(
     let started = Instant::now();
     let method = req.method().to_string();
     let res = next.call(req).await?;
-    let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
+    let route = res
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".into());
     let status = res.status().as_u16().to_string();
     let labels = [("method", method), ("route", route), ("status", status)];
     metrics::counter!("flashsale_http_requests_total", &labels).increment(1);
-    metrics::histogram!("flashsale_http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("flashsale_http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
     Ok(res)
 }
 
 /// Binds and starts the public listener.
-pub fn public_server(state: web::Data<AppState>, listener: TcpListener, workers: usize) -> std::io::Result<Server> {
+pub fn public_server(
+    state: web::Data<AppState>,
+    listener: TcpListener,
+    workers: usize,
+) -> std::io::Result<Server> {
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())

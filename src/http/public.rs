@@ -22,7 +22,8 @@ const OPENAPI: &str = include_str!("openapi.json");
 const RATE_WINDOW_MS: i64 = 60_000;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    let resource = |path: &str| web::resource(path.to_string()).default_service(web::to(method_not_allowed));
+    let resource =
+        |path: &str| web::resource(path.to_string()).default_service(web::to(method_not_allowed));
     cfg.service(resource("/auth/register").route(web::post().to(register)))
         .service(resource("/auth/login").route(web::post().to(login)))
         .service(resource("/products/{id}").route(web::get().to(get_product)))
@@ -45,7 +46,10 @@ struct Credentials {
 }
 
 #[tracing::instrument(skip_all)]
-async fn register(state: web::Data<AppState>, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+async fn register(
+    state: web::Data<AppState>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     let body: Credentials = json_body(payload, state.settings.http.body_limit).await?;
     let email = Email::parse(&body.email).map_err(|e| ApiError::InvalidRequest(e.0))?;
     let password = Password::parse(&body.password).map_err(|e| ApiError::InvalidRequest(e.0))?;
@@ -57,7 +61,11 @@ async fn register(state: web::Data<AppState>, payload: web::Payload) -> Result<H
     let dir = &state.directory;
     match dir
         .catalog
-        .call(CatalogOp::CreateCredential { email: email.clone(), user: user.to_string(), password_hash: hash })
+        .call(CatalogOp::CreateCredential {
+            email: email.clone(),
+            user: user.to_string(),
+            password_hash: hash,
+        })
         .await?
     {
         CatalogReply::Created(true) => {}
@@ -65,18 +73,29 @@ async fn register(state: web::Data<AppState>, payload: web::Payload) -> Result<H
         other => return Err(unexpected("catalog", other)),
     }
     dir.shard(user.as_str())
-        .call(ShardOp::CreateUser { user: user.to_string(), email: email.as_str().to_string() })
+        .call(ShardOp::CreateUser {
+            user: user.to_string(),
+            email: email.as_str().to_string(),
+        })
         .await?;
     Ok(HttpResponse::Created().json(json!({ "userId": user })))
 }
 
 #[tracing::instrument(skip_all)]
-async fn login(state: web::Data<AppState>, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+async fn login(
+    state: web::Data<AppState>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     let body: Credentials = json_body(payload, state.settings.http.body_limit).await?;
     let Ok(email) = Email::parse(&body.email) else {
         return Err(ApiError::InvalidCredentials);
     };
-    let found = match state.directory.catalog.call(CatalogOp::GetCredential(email)).await? {
+    let found = match state
+        .directory
+        .catalog
+        .call(CatalogOp::GetCredential(email))
+        .await?
+    {
         CatalogReply::Credential(found) => found,
         other => return Err(unexpected("catalog", other)),
     };
@@ -93,7 +112,8 @@ async fn login(state: web::Data<AppState>, payload: web::Payload) -> Result<Http
         _ => return Err(ApiError::InvalidCredentials),
     };
     let issued = state.tokens.issue(&user);
-    Ok(HttpResponse::Ok().json(json!({ "token": issued.token, "expiresAt": rfc3339(issued.expires_at_ms) })))
+    Ok(HttpResponse::Ok()
+        .json(json!({ "token": issued.token, "expiresAt": rfc3339(issued.expires_at_ms) })))
 }
 
 fn product_cache_key(id: ProductId) -> String {
@@ -101,16 +121,29 @@ fn product_cache_key(id: ProductId) -> String {
 }
 
 #[tracing::instrument(skip_all, fields(product_id = %id))]
-async fn get_product(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn get_product(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = ProductId::parse(&id).map_err(|_| ApiError::NotFound)?;
     let partition = state.directory.product_partition(id);
     let key = product_cache_key(id);
-    if let InventoryReply::Cached(Some(json)) = partition.call(InventoryOp::CacheGet { key: key.clone() }).await? {
+    if let InventoryReply::Cached(Some(json)) = partition
+        .call(InventoryOp::CacheGet { key: key.clone() })
+        .await?
+    {
         metrics::counter!("flashsale_product_cache_total", "result" => "hit").increment(1);
-        return Ok(HttpResponse::Ok().content_type("application/json").body(json));
+        return Ok(HttpResponse::Ok()
+            .content_type("application/json")
+            .body(json));
     }
     metrics::counter!("flashsale_product_cache_total", "result" => "miss").increment(1);
-    let product = match state.directory.catalog.call(CatalogOp::GetProduct(id)).await? {
+    let product = match state
+        .directory
+        .catalog
+        .call(CatalogOp::GetProduct(id))
+        .await?
+    {
         CatalogReply::Product(Some(p)) => p,
         CatalogReply::Product(None) => return Err(ApiError::NotFound),
         other => return Err(unexpected("catalog", other)),
@@ -121,11 +154,18 @@ async fn get_product(state: web::Data<AppState>, id: web::Path<String>) -> Resul
         value: json.clone(),
         ttl_secs: state.settings.inventory.product_cache_ttl_secs,
     });
-    Ok(HttpResponse::Ok().content_type("application/json").body(json))
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(json))
 }
 
 async fn product_exists(state: &AppState, id: ProductId) -> Result<Option<Product>, ApiError> {
-    match state.directory.catalog.call(CatalogOp::GetProduct(id)).await? {
+    match state
+        .directory
+        .catalog
+        .call(CatalogOp::GetProduct(id))
+        .await?
+    {
         CatalogReply::Product(p) => Ok(p),
         other => Err(unexpected("catalog", other)),
     }
@@ -140,14 +180,14 @@ fn quantity(body: &[u8], max: u32) -> Result<Quantity, ApiError> {
     struct OrderBody {
         quantity: Option<serde_json::Value>,
     }
-    let parsed: OrderBody =
-        serde_json::from_slice(body).map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))?;
+    let parsed: OrderBody = serde_json::from_slice(body)
+        .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))?;
     match parsed.quantity {
         None => Ok(Quantity::ONE),
         Some(v) => {
-            let n = v
-                .as_i64()
-                .ok_or_else(|| ApiError::InvalidRequest(format!("quantity must be an integer from 1 to {max}")))?;
+            let n = v.as_i64().ok_or_else(|| {
+                ApiError::InvalidRequest(format!("quantity must be an integer from 1 to {max}"))
+            })?;
             Quantity::parse(n, max).map_err(|e| ApiError::InvalidRequest(e.0))
         }
     }
@@ -195,7 +235,9 @@ async fn place_order(
         .get("Idempotency-Key")
         .ok_or_else(|| ApiError::InvalidRequest("the Idempotency-Key header is required".into()))?
         .to_str()
-        .map_err(|_| ApiError::InvalidRequest("Idempotency-Key must be visible ASCII characters".into()))?;
+        .map_err(|_| {
+            ApiError::InvalidRequest("Idempotency-Key must be visible ASCII characters".into())
+        })?;
     let key = IdempotencyKey::parse(key).map_err(|e| ApiError::InvalidRequest(e.0))?;
     let body = read_body(payload, state.settings.http.body_limit).await?;
     let quantity = quantity(&body, state.settings.limits.max_quantity)?;
@@ -204,11 +246,16 @@ async fn place_order(
     let limit = i64::from(state.settings.limits.rate_per_minute);
     match dir
         .user_partition(user.as_str())
-        .call(InventoryOp::RateCheck { user: user.clone(), window_ms: RATE_WINDOW_MS })
+        .call(InventoryOp::RateCheck {
+            user: user.clone(),
+            window_ms: RATE_WINDOW_MS,
+        })
         .await?
     {
         InventoryReply::Rate { count, reset_ms } if count > limit => {
-            return Err(ApiError::RateLimited { retry_after_secs: ((reset_ms.max(1) + 999) / 1000) as u64 })
+            return Err(ApiError::RateLimited {
+                retry_after_secs: ((reset_ms.max(1) + 999) / 1000) as u64,
+            })
         }
         InventoryReply::Rate { .. } => {}
         other => return Err(unexpected("rate", other)),
@@ -230,7 +277,9 @@ async fn place_order(
     };
     let order = match outcome {
         ReserveOutcome::Created(order) => order,
-        ReserveOutcome::Replay(order) => return Ok(accepted(&order, actix_web::http::StatusCode::OK)),
+        ReserveOutcome::Replay(order) => {
+            return Ok(accepted(&order, actix_web::http::StatusCode::OK))
+        }
         ReserveOutcome::OutOfStock => return Err(ApiError::OutOfStock),
         ReserveOutcome::LimitReached => return Err(ApiError::PurchaseLimitReached),
         ReserveOutcome::NotActive => return Err(ApiError::SaleNotActive),
@@ -257,14 +306,19 @@ async fn place_order(
     };
     match dir.publisher().call(publish).await {
         Ok(true) => {
-            partition.tell(InventoryOp::MarkPublished { product, order: order.clone() });
+            partition.tell(InventoryOp::MarkPublished {
+                product,
+                order: order.clone(),
+            });
             Ok(accepted(&order, actix_web::http::StatusCode::CREATED))
         }
         failed => {
             // Nothing stays reserved for an order the queue may not have.
             partition.tell(InventoryOp::Release { product, order });
             tracing::warn!(?failed, "order publish failed; reservation released");
-            Err(ApiError::Unavailable("the order queue is unavailable; retry shortly".into()))
+            Err(ApiError::Unavailable(
+                "the order queue is unavailable; retry shortly".into(),
+            ))
         }
     }
 }
@@ -280,7 +334,10 @@ async fn get_order(
     let dir = &state.directory;
     let stored = match dir
         .shard(user.as_str())
-        .call(ShardOp::Get { order: order.clone(), user: user.to_string() })
+        .call(ShardOp::Get {
+            order: order.clone(),
+            user: user.to_string(),
+        })
         .await?
     {
         ShardReply::Order(o) => o,
@@ -290,11 +347,11 @@ async fn get_order(
         return Ok(HttpResponse::Ok().json(view));
     }
     // Accepted but not yet in its shard: the inventory partitions still know it.
-    let lookups = join_all(
-        dir.inventory
-            .iter()
-            .map(|p| p.call(InventoryOp::Lookup { order: order.clone() })),
-    )
+    let lookups = join_all(dir.inventory.iter().map(|p| {
+        p.call(InventoryOp::Lookup {
+            order: order.clone(),
+        })
+    }))
     .await;
     for reply in lookups {
         if let InventoryReply::Lookup(Some(p)) = reply? {
@@ -317,7 +374,14 @@ async fn get_order(
 #[tracing::instrument(skip_all)]
 async fn my_orders(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let user = state.user(&req)?;
-    match state.directory.shard(user.as_str()).call(ShardOp::List { user: user.to_string() }).await? {
+    match state
+        .directory
+        .shard(user.as_str())
+        .call(ShardOp::List {
+            user: user.to_string(),
+        })
+        .await?
+    {
         ShardReply::Orders(orders) => Ok(HttpResponse::Ok().json(json!({ "orders": orders }))),
         other => Err(unexpected("shard", other)),
     }
@@ -341,10 +405,14 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if dir.order_path_ready() {
         HttpResponse::Ok().json(body)
     } else {
-        HttpResponse::ServiceUnavailable().insert_header((header::RETRY_AFTER, "1")).json(body)
+        HttpResponse::ServiceUnavailable()
+            .insert_header((header::RETRY_AFTER, "1"))
+            .json(body)
     }
 }
 
 async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().content_type("application/json").body(OPENAPI)
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
 }

@@ -49,10 +49,14 @@ pub async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
         .is_some();
     if !exists {
         let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-        match sqlx::query(&format!("CREATE DATABASE {quoted}")).execute(&mut admin).await {
+        match sqlx::query(&format!("CREATE DATABASE {quoted}"))
+            .execute(&mut admin)
+            .await
+        {
             Ok(_) => tracing::info!(database = %name, "created database"),
             // Another process created it meanwhile.
-            Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {}
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {}
             Err(e) => return Err(e),
         }
     }
@@ -63,14 +67,23 @@ pub async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
 /// Applies every migration of `set` that `url` has not applied yet; returns how many.
 pub async fn apply(url: &str, set: &[Migration]) -> Result<usize, sqlx::Error> {
     let mut con = PgConnectOptions::from_str(url)?.connect().await?;
-    sqlx::query("SELECT pg_advisory_lock($1)").bind(LOCK_KEY).execute(&mut con).await?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(LOCK_KEY)
+        .execute(&mut con)
+        .await?;
     let result = apply_locked(&mut con, set).await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(LOCK_KEY).execute(&mut con).await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(LOCK_KEY)
+        .execute(&mut con)
+        .await;
     con.close().await?;
     result
 }
 
-async fn apply_locked(con: &mut sqlx::PgConnection, set: &[Migration]) -> Result<usize, sqlx::Error> {
+async fn apply_locked(
+    con: &mut sqlx::PgConnection,
+    set: &[Migration],
+) -> Result<usize, sqlx::Error> {
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS flashsale_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
     )
@@ -86,12 +99,14 @@ async fn apply_locked(con: &mut sqlx::PgConnection, set: &[Migration]) -> Result
     for m in set.iter().filter(|m| !applied.contains(&m.version)) {
         let mut tx = con.begin().await?;
         sqlx::raw_sql(m.sql).execute(&mut *tx).await?;
-        sqlx::query("INSERT INTO flashsale_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
-            .bind(m.version)
-            .bind(m.name)
-            .bind(crate::domain::now_ms())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO flashsale_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+        )
+        .bind(m.version)
+        .bind(m.name)
+        .bind(crate::domain::now_ms())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         n += 1;
     }

@@ -91,7 +91,11 @@ impl PgShard {
                     statuses.push(status.as_str().to_string());
                     created.push(order.created_at);
                 }
-                ShardOp::Notified { order, user, channel } => {
+                ShardOp::Notified {
+                    order,
+                    user,
+                    channel,
+                } => {
                     n_ids.push(order.to_string());
                     n_users.push(user.clone());
                     n_channels.push(channel.clone());
@@ -142,15 +146,24 @@ impl PgShard {
     }
 
     async fn get(&self, order: &str, user: &str) -> Result<Option<OrderView>, sqlx::Error> {
-        let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = $1 AND user_id = $2");
+        let sql =
+            format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = $1 AND user_id = $2");
         if let Some(replica) = &self.replica {
-            let row = sqlx::query(&sql).bind(order).bind(user).fetch_optional(replica).await?;
+            let row = sqlx::query(&sql)
+                .bind(order)
+                .bind(user)
+                .fetch_optional(replica)
+                .await?;
             if let Some(row) = row {
                 return order_view(&row).map(Some);
             }
         }
         // The primary answers for what the replica has not caught up with yet.
-        let row = sqlx::query(&sql).bind(order).bind(user).fetch_optional(&self.primary).await?;
+        let row = sqlx::query(&sql)
+            .bind(order)
+            .bind(user)
+            .fetch_optional(&self.primary)
+            .await?;
         row.as_ref().map(order_view).transpose()
     }
 
@@ -158,7 +171,9 @@ impl PgShard {
         let reads = self.replica.as_ref().unwrap_or(&self.primary);
         Ok(match op {
             ShardOp::Insert { .. } | ShardOp::Notified { .. } => ShardReply::Done,
-            ShardOp::Get { order, user } => ShardReply::Order(self.get(order.as_str(), user).await?),
+            ShardOp::Get { order, user } => {
+                ShardReply::Order(self.get(order.as_str(), user).await?)
+            }
             ShardOp::List { user } => {
                 let sql = format!(
                     "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1 ORDER BY created_at DESC LIMIT 1000"
@@ -303,7 +318,11 @@ impl PgCatalog {
                     None => None,
                 })
             }
-            CatalogOp::CreateCredential { email, user, password_hash } => {
+            CatalogOp::CreateCredential {
+                email,
+                user,
+                password_hash,
+            } => {
                 let r = sqlx::query(
                     "INSERT INTO credentials (email, user_id, password_hash, created_at) VALUES ($1, $2, $3, $4)",
                 )
@@ -320,10 +339,11 @@ impl PgCatalog {
                 }
             }
             CatalogOp::GetCredential(email) => {
-                let row = sqlx::query("SELECT user_id, password_hash FROM credentials WHERE email = $1")
-                    .bind(email.as_str())
-                    .fetch_optional(pool)
-                    .await?;
+                let row =
+                    sqlx::query("SELECT user_id, password_hash FROM credentials WHERE email = $1")
+                        .bind(email.as_str())
+                        .fetch_optional(pool)
+                        .await?;
                 CatalogReply::Credential(match row {
                     Some(r) => Some((r.try_get("user_id")?, r.try_get("password_hash")?)),
                     None => None,

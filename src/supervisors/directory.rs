@@ -74,6 +74,7 @@ impl Directory {
 
     /// The order path can accept: every inventory partition and a publisher are up.
     pub fn order_path_ready(&self) -> bool {
-        self.inventory.iter().all(|s| s.stats.is_running()) && self.publishers.iter().any(|s| s.stats.is_running())
+        self.inventory.iter().all(|s| s.stats.is_running())
+            && self.publishers.iter().any(|s| s.stats.is_running())
     }
 }

@@ -14,8 +14,8 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use ractor::{ActorCell, SpawnErr};
 use ractor_supervisor::{
-    ChildBackoffFn, ChildSpec, Restart, SpawnFn, Supervisor, SupervisorArguments, SupervisorOptions,
-    SupervisorStrategy,
+    ChildBackoffFn, ChildSpec, Restart, SpawnFn, Supervisor, SupervisorArguments,
+    SupervisorOptions, SupervisorStrategy,
 };
 use serde::Serialize;
 
@@ -48,7 +48,10 @@ impl Policy {
     /// 25% random jitter so that many actors do not reconnect in step.
     pub fn backoff(&self, restart: usize) -> Duration {
         let exp = restart.saturating_sub(1).min(20) as u32;
-        let raw = self.backoff_base.saturating_mul(2u32.saturating_pow(exp)).min(self.backoff_max);
+        let raw = self
+            .backoff_base
+            .saturating_mul(2u32.saturating_pow(exp))
+            .min(self.backoff_max);
         let jitter = rand::random::<f64>() * 0.25;
         raw.mul_f64(1.0 + jitter)
     }
@@ -73,7 +76,11 @@ impl Namer {
     pub fn new() -> Self {
         static INSTANCES: AtomicUsize = AtomicUsize::new(0);
         let n = INSTANCES.fetch_add(1, Ordering::Relaxed);
-        let suffix = if n == 0 { String::new() } else { format!("#{n}") };
+        let suffix = if n == 0 {
+            String::new()
+        } else {
+            format!("#{n}")
+        };
         Self { suffix }
     }
 
@@ -109,8 +116,12 @@ impl TreeNode {
             // Supervisors are read from ractor itself.
             Kind::Supervisor => match s.cell().map(|c| c.get_status()) {
                 Some(ractor::ActorStatus::Running) => Status::Running,
-                Some(ractor::ActorStatus::Starting | ractor::ActorStatus::Upgrading) => Status::Starting,
-                Some(ractor::ActorStatus::Stopping) | Some(ractor::ActorStatus::Stopped) if s.restarts() > 0 => {
+                Some(ractor::ActorStatus::Starting | ractor::ActorStatus::Upgrading) => {
+                    Status::Starting
+                }
+                Some(ractor::ActorStatus::Stopping) | Some(ractor::ActorStatus::Stopped)
+                    if s.restarts() > 0 =>
+                {
                     Status::Restarting
                 }
                 Some(_) => Status::Stopped,
@@ -239,7 +250,13 @@ pub async fn spawn_root(
     stats: Arc<NodeStats>,
     policy: &Policy,
     children: Vec<ChildSpec>,
-) -> Result<(ractor::ActorRef<ractor_supervisor::SupervisorMsg>, tokio::task::JoinHandle<()>), SpawnErr> {
+) -> Result<
+    (
+        ractor::ActorRef<ractor_supervisor::SupervisorMsg>,
+        tokio::task::JoinHandle<()>,
+    ),
+    SpawnErr,
+> {
     stats.spawning();
     let args = SupervisorArguments {
         child_specs: children,
@@ -264,7 +281,10 @@ mod tests {
         };
         for (n, base_ms) in [(1, 100u64), (2, 200), (3, 400), (5, 1600), (9, 2000)] {
             let d = p.backoff(n).as_millis() as u64;
-            assert!(d >= base_ms && d <= base_ms * 5 / 4 + 1, "restart {n}: {d} ms");
+            assert!(
+                d >= base_ms && d <= base_ms * 5 / 4 + 1,
+                "restart {n}: {d} ms"
+            );
         }
     }
 }

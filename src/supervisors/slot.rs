@@ -99,7 +99,13 @@ impl<Op: Send + 'static, Reply: Send + 'static> Slot<Op, Reply> {
     /// Asks and waits for the answer, within the slot's deadline.
     pub async fn call(&self, op: Op) -> Result<Reply, CallError> {
         let (tx, rx) = oneshot::channel();
-        self.push(Envelope { op, reply: Some(tx) }, true)?;
+        self.push(
+            Envelope {
+                op,
+                reply: Some(tx),
+            },
+            true,
+        )?;
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(reply)) => Ok(reply),
             _ => Err(CallError::Unavailable),

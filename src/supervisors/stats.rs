@@ -91,7 +91,8 @@ impl NodeStats {
     pub fn spawning(&self) {
         if self.spawns.fetch_add(1, Ordering::Relaxed) > 0 {
             self.set_status(Status::Restarting);
-            metrics::counter!("flashsale_actor_restarts_total", "actor" => self.name.clone()).increment(1);
+            metrics::counter!("flashsale_actor_restarts_total", "actor" => self.name.clone())
+                .increment(1);
         }
     }
 

@@ -18,7 +18,10 @@ fn find<'a>(node: &'a Value, name: &str) -> Option<&'a Value> {
     if node["name"] == name {
         return Some(node);
     }
-    node["children"].as_array()?.iter().find_map(|c| find(c, name))
+    node["children"]
+        .as_array()?
+        .iter()
+        .find_map(|c| find(c, name))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,10 +32,23 @@ async fn the_tree_is_live_and_actors_restart_through_their_supervisor() {
     let mut all = Vec::new();
     names(&tree.body, &mut all);
     for expected in [
-        "root", "shards", "inventory", "consumers", "events", "shard-0", "shard-1", "inventory-0", "inventory-1",
-        "order-consumer-0", "order-consumer-1", "notification-consumer-0",
+        "root",
+        "shards",
+        "inventory",
+        "consumers",
+        "events",
+        "shard-0",
+        "shard-1",
+        "inventory-0",
+        "inventory-1",
+        "order-consumer-0",
+        "order-consumer-1",
+        "notification-consumer-0",
     ] {
-        assert!(all.contains(&expected.to_string()), "{expected} missing from {all:?}");
+        assert!(
+            all.contains(&expected.to_string()),
+            "{expected} missing from {all:?}"
+        );
     }
     let shard = find(&tree.body, "shard-0").unwrap();
     assert_eq!(shard["kind"], "actor");
@@ -43,7 +59,9 @@ async fn the_tree_is_live_and_actors_restart_through_their_supervisor() {
     assert!(shard.get("lastError").is_some());
     assert_eq!(find(&tree.body, "shards").unwrap()["kind"], "supervisor");
 
-    let r = app.admin(Method::POST, "/admin/actors/inventory-1/restart", None).await;
+    let r = app
+        .admin(Method::POST, "/admin/actors/inventory-1/restart", None)
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
     let mut restarted = false;
     for _ in 0..50 {
@@ -59,11 +77,21 @@ async fn the_tree_is_live_and_actors_restart_through_their_supervisor() {
     // and it serves again
     let product = app.sale(5, 5).await;
     let (_, token) = app.token_for_new_user();
-    assert_eq!(app.buy(&token, product, "after-restart", None).await.status, StatusCode::CREATED);
+    assert_eq!(
+        app.buy(&token, product, "after-restart", None).await.status,
+        StatusCode::CREATED
+    );
 
-    let r = app.admin(Method::POST, "/admin/actors/no-such-actor/restart", None).await;
+    let r = app
+        .admin(Method::POST, "/admin/actors/no-such-actor/restart", None)
+        .await;
     assert_eq!((r.status, r.error()), (StatusCode::NOT_FOUND, "not_found"));
-    let r = app.client.get(format!("{}/admin/actors", app.admin_address)).send().await.unwrap();
+    let r = app
+        .client
+        .get(format!("{}/admin/actors", app.admin_address))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     app.stop().await;
 }
@@ -75,15 +103,31 @@ async fn health_metrics_page_and_openapi() {
         let c = app.client.clone();
         async move { c.get(url).send().await.unwrap() }
     };
-    assert_eq!(get(format!("{}/healthz", app.address)).await.status(), StatusCode::OK);
-    let ready: Value = get(format!("{}/readyz", app.address)).await.json().await.unwrap();
+    assert_eq!(
+        get(format!("{}/healthz", app.address)).await.status(),
+        StatusCode::OK
+    );
+    let ready: Value = get(format!("{}/readyz", app.address))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["ready"], true);
 
     let product = app.sale(2, 1).await;
     let (_, token) = app.token_for_new_user();
     app.buy(&token, product, "m", None).await;
-    let metrics = get(format!("{}/metrics", app.admin_address)).await.text().await.unwrap();
-    for name in ["flashsale_http_requests_total", "flashsale_orders_total", "flashsale_actor_mailbox", "flashsale_actor_restarts"] {
+    let metrics = get(format!("{}/metrics", app.admin_address))
+        .await
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "flashsale_http_requests_total",
+        "flashsale_orders_total",
+        "flashsale_actor_mailbox",
+        "flashsale_actor_restarts",
+    ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
     assert!(!metrics.contains(&token), "no user data in metrics");
@@ -92,10 +136,26 @@ async fn health_metrics_page_and_openapi() {
     assert_eq!(page.status(), StatusCode::OK);
     assert!(page.text().await.unwrap().contains("/admin/actors"));
 
-    let doc: Value = get(format!("{}/openapi.json", app.address)).await.json().await.unwrap();
+    let doc: Value = get(format!("{}/openapi.json", app.address))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    for path in ["/auth/register", "/auth/login", "/products/{id}", "/orders/flash-sale/{productId}", "/orders/{orderId}", "/users/me/orders", "/healthz", "/readyz"] {
-        assert!(doc["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
+    for path in [
+        "/auth/register",
+        "/auth/login",
+        "/products/{id}",
+        "/orders/flash-sale/{productId}",
+        "/orders/{orderId}",
+        "/users/me/orders",
+        "/healthz",
+        "/readyz",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} missing from the OpenAPI document"
+        );
     }
     app.stop().await;
 }

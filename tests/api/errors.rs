@@ -8,7 +8,10 @@ use crate::helpers::spawn_app;
 fn assert_error(status: StatusCode, body: &Value, want_status: StatusCode, want_code: &str) {
     assert_eq!(status, want_status, "{body:?}");
     assert_eq!(body["error"], want_code, "{body:?}");
-    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body:?}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,16 +28,46 @@ async fn hostile_order_requests_get_json_errors() {
 
     let (s, b) = send(app.client.post(&url).header("Idempotency-Key", "k")).await;
     assert_error(s, &b, StatusCode::UNAUTHORIZED, "unauthorized");
-    let (s, b) = send(app.client.post(&url).bearer_auth("not.a.token").header("Idempotency-Key", "k")).await;
+    let (s, b) = send(
+        app.client
+            .post(&url)
+            .bearer_auth("not.a.token")
+            .header("Idempotency-Key", "k"),
+    )
+    .await;
     assert_error(s, &b, StatusCode::UNAUTHORIZED, "unauthorized");
     let (s, b) = send(app.client.post(&url).bearer_auth(&token)).await;
     assert_error(s, &b, StatusCode::BAD_REQUEST, "invalid_request");
-    let (s, b) = send(app.client.post(&url).bearer_auth(&token).header("Idempotency-Key", "k".repeat(129))).await;
+    let (s, b) = send(
+        app.client
+            .post(&url)
+            .bearer_auth(&token)
+            .header("Idempotency-Key", "k".repeat(129)),
+    )
+    .await;
     assert_error(s, &b, StatusCode::BAD_REQUEST, "invalid_request");
-    let (s, b) = send(app.client.post(&url).bearer_auth(&token).header("Idempotency-Key", "has space")).await;
+    let (s, b) = send(
+        app.client
+            .post(&url)
+            .bearer_auth(&token)
+            .header("Idempotency-Key", "has space"),
+    )
+    .await;
     assert_error(s, &b, StatusCode::BAD_REQUEST, "invalid_request");
-    for body in [json!({"quantity": 0}), json!({"quantity": -1}), json!({"quantity": "two"}), json!({"quantity": 1.5})] {
-        let (s, b) = send(app.client.post(&url).bearer_auth(&token).header("Idempotency-Key", "q").json(&body)).await;
+    for body in [
+        json!({"quantity": 0}),
+        json!({"quantity": -1}),
+        json!({"quantity": "two"}),
+        json!({"quantity": 1.5}),
+    ] {
+        let (s, b) = send(
+            app.client
+                .post(&url)
+                .bearer_auth(&token)
+                .header("Idempotency-Key", "q")
+                .json(&body),
+        )
+        .await;
         assert_error(s, &b, StatusCode::BAD_REQUEST, "invalid_request");
     }
     let (s, b) = send(
@@ -47,8 +80,18 @@ async fn hostile_order_requests_get_json_errors() {
     )
     .await;
     assert_error(s, &b, StatusCode::BAD_REQUEST, "invalid_request");
-    let huge = format!("{{\"quantity\": 1, \"pad\": \"{}\"}}", "x".repeat(64 * 1024));
-    let (s, b) = send(app.client.post(&url).bearer_auth(&token).header("Idempotency-Key", "h").body(huge)).await;
+    let huge = format!(
+        "{{\"quantity\": 1, \"pad\": \"{}\"}}",
+        "x".repeat(64 * 1024)
+    );
+    let (s, b) = send(
+        app.client
+            .post(&url)
+            .bearer_auth(&token)
+            .header("Idempotency-Key", "h")
+            .body(huge),
+    )
+    .await;
     assert_error(s, &b, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
 
     for missing in ["999999", "abc", "-1", "0"] {
@@ -61,38 +104,90 @@ async fn hostile_order_requests_get_json_errors() {
         .await;
         assert_error(s, &b, StatusCode::NOT_FOUND, "not_found");
     }
-    assert_eq!(app.sale_counters(product).await["remaining"], 10, "no bad request reserved stock");
+    assert_eq!(
+        app.sale_counters(product).await["remaining"],
+        10,
+        "no bad request reserved stock"
+    );
     app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_bad_requests_get_json_errors() {
     let app = spawn_app().await;
-    let r = app.client.get(format!("{}/no/such/route", app.address)).send().await.unwrap();
+    let r = app
+        .client
+        .get(format!("{}/no/such/route", app.address))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "not_found");
 
-    for body in [json!({"email": "not-an-email", "password": "long-password"}), json!({"email": "a@b.io", "password": "short"}), json!({"email": 5})] {
+    for body in [
+        json!({"email": "not-an-email", "password": "long-password"}),
+        json!({"email": "a@b.io", "password": "short"}),
+        json!({"email": 5}),
+    ] {
         let r = app.post_json("/auth/register", &body).await;
-        assert_error(r.status, &r.body, StatusCode::BAD_REQUEST, "invalid_request");
+        assert_error(
+            r.status,
+            &r.body,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        );
     }
     let big = json!({"email": "a@b.io", "password": "x".repeat(20_000)});
     let r = app.post_json("/auth/register", &big).await;
-    assert_error(r.status, &r.body, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    assert_error(
+        r.status,
+        &r.body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
 
     let (_, token) = app.token_for_new_user();
     let r = app.get_order(&token, "not-a-uuid").await;
     assert_error(r.status, &r.body, StatusCode::NOT_FOUND, "not_found");
-    let r = app.get_order(&token, &uuid::Uuid::now_v7().to_string()).await;
+    let r = app
+        .get_order(&token, &uuid::Uuid::now_v7().to_string())
+        .await;
     assert_error(r.status, &r.body, StatusCode::NOT_FOUND, "not_found");
-    let r = app.client.get(format!("{}/users/me/orders", app.address)).send().await.unwrap();
+    let r = app
+        .client
+        .get(format!("{}/users/me/orders", app.address))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = app.client.get(format!("{}/products/12345678", app.address)).send().await.unwrap();
+    let r = app
+        .client
+        .get(format!("{}/products/12345678", app.address))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
-    let r = app.admin(reqwest::Method::POST, "/admin/products", Some(json!({"name": "", "priceCents": 1}))).await;
-    assert_error(r.status, &r.body, StatusCode::BAD_REQUEST, "invalid_request");
-    let r = app.admin(reqwest::Method::PUT, "/admin/flash-sales/424242", Some(json!({"stock": 1, "perUserLimit": 1}))).await;
+    let r = app
+        .admin(
+            reqwest::Method::POST,
+            "/admin/products",
+            Some(json!({"name": "", "priceCents": 1})),
+        )
+        .await;
+    assert_error(
+        r.status,
+        &r.body,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    );
+    let r = app
+        .admin(
+            reqwest::Method::PUT,
+            "/admin/flash-sales/424242",
+            Some(json!({"stock": 1, "perUserLimit": 1})),
+        )
+        .await;
     assert_error(r.status, &r.body, StatusCode::NOT_FOUND, "not_found");
     let r = app
         .client
@@ -101,6 +196,10 @@ async fn other_bad_requests_get_json_errors() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "the admin API needs the admin token");
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "the admin API needs the admin token"
+    );
     app.stop().await;
 }

@@ -68,7 +68,9 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     s.admin.listen = "127.0.0.1:0".into();
     s.admin.token = Some(Secret::new(ADMIN_TOKEN));
     s.catalog.url = Secret::new(pg("catalog"));
-    s.shards.urls = (0..options.shards).map(|i| Secret::new(pg(&format!("shard_{i}")))).collect();
+    s.shards.urls = (0..options.shards)
+        .map(|i| Secret::new(pg(&format!("shard_{i}"))))
+        .collect();
     s.shards.pool_size = 2;
     s.inventory.urls = vec![
         Secret::new("redis://127.0.0.1:6379/14"),
@@ -84,7 +86,9 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     s.supervision.max_restarts = 50;
     s.validate().expect("test settings are valid");
 
-    let app = Application::build(s.clone()).await.expect("application starts");
+    let app = Application::build(s.clone())
+        .await
+        .expect("application starts");
     let address = format!("http://{}", app.public_addr);
     let admin_address = format!("http://{}", app.admin_addr);
     let app_state = app.state.clone();
@@ -97,7 +101,12 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap(),
-        shard_urls: s.shards.urls.iter().map(|u| u.expose().to_string()).collect(),
+        shard_urls: s
+            .shards
+            .urls
+            .iter()
+            .map(|u| u.expose().to_string())
+            .collect(),
         settings: s,
         app_state,
         stop,
@@ -119,7 +128,11 @@ impl Reply {
         let headers = r.headers().clone();
         let text = r.text().await.unwrap_or_default();
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Self { status, headers, body }
+        Self {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub fn error(&self) -> &str {
@@ -140,7 +153,10 @@ impl TestApp {
         .await
         {
             if let Ok(ch) = conn.create_channel().await {
-                for q in [&self.settings.queue.orders_queue, &self.settings.queue.notifications_queue] {
+                for q in [
+                    &self.settings.queue.orders_queue,
+                    &self.settings.queue.notifications_queue,
+                ] {
                     let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
                 }
             }
@@ -150,7 +166,12 @@ impl TestApp {
 
     async fn wait_ready(&self) {
         for _ in 0..100 {
-            if let Ok(r) = self.client.get(format!("{}/readyz", self.address)).send().await {
+            if let Ok(r) = self
+                .client
+                .get(format!("{}/readyz", self.address))
+                .send()
+                .await
+            {
                 if r.status() == StatusCode::OK {
                     return;
                 }
@@ -168,15 +189,31 @@ impl TestApp {
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> Reply {
-        Reply::from(self.client.post(format!("{}{path}", self.address)).json(body).send().await.unwrap()).await
+        Reply::from(
+            self.client
+                .post(format!("{}{path}", self.address))
+                .json(body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
     }
 
     pub async fn register(&self, email: &str, password: &str) -> Reply {
-        self.post_json("/auth/register", &json!({ "email": email, "password": password })).await
+        self.post_json(
+            "/auth/register",
+            &json!({ "email": email, "password": password }),
+        )
+        .await
     }
 
     pub async fn login(&self, email: &str, password: &str) -> Reply {
-        self.post_json("/auth/login", &json!({ "email": email, "password": password })).await
+        self.post_json(
+            "/auth/login",
+            &json!({ "email": email, "password": password }),
+        )
+        .await
     }
 
     pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Reply {
@@ -193,7 +230,11 @@ impl TestApp {
     /// A product with a flash sale of `stock` units, `limit` per user, open now.
     pub async fn sale(&self, stock: i64, limit: i64) -> i64 {
         let p = self
-            .admin(reqwest::Method::POST, "/admin/products", Some(json!({"name": "Phone", "priceCents": 19900})))
+            .admin(
+                reqwest::Method::POST,
+                "/admin/products",
+                Some(json!({"name": "Phone", "priceCents": 19900})),
+            )
             .await;
         assert_eq!(p.status, StatusCode::CREATED, "{:?}", p.body);
         let id = p.body["id"].as_i64().unwrap();
@@ -209,7 +250,13 @@ impl TestApp {
     }
 
     pub async fn sale_counters(&self, product: i64) -> Value {
-        let r = self.admin(reqwest::Method::GET, &format!("/admin/flash-sales/{product}"), None).await;
+        let r = self
+            .admin(
+                reqwest::Method::GET,
+                &format!("/admin/flash-sales/{product}"),
+                None,
+            )
+            .await;
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
         r.body
     }
@@ -256,7 +303,10 @@ impl TestApp {
         for (i, url) in self.shard_urls.iter().enumerate() {
             let pool = sqlx::PgPool::connect(url).await.unwrap();
             let rows: Vec<(String, String, String)> =
-                sqlx::query_as("SELECT order_id, user_id, status FROM orders").fetch_all(&pool).await.unwrap();
+                sqlx::query_as("SELECT order_id, user_id, status FROM orders")
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
             all.extend(rows.into_iter().map(|(o, u, s)| (i, o, u, s)));
             pool.close().await;
         }
@@ -266,7 +316,9 @@ impl TestApp {
     /// Terminates every PostgreSQL connection to shard `i` (as a failover would).
     pub async fn kill_shard_connections(&self, i: usize) -> i64 {
         let db = self.shard_urls[i].rsplit('/').next().unwrap().to_string();
-        let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await.unwrap();
+        let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
+            .await
+            .unwrap();
         let killed: Vec<(bool,)> = sqlx::query_as(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
         )

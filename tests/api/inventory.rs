@@ -35,47 +35,129 @@ async fn the_reservation_script_covers_every_outcome() {
     let ann = UserId::new_random();
     let bob = UserId::new_random();
 
-    assert_eq!(call(reserve(product, &ann, "k", 1).1).await, ReserveOutcome::NoSale);
+    assert_eq!(
+        call(reserve(product, &ann, "k", 1).1).await,
+        ReserveOutcome::NoSale
+    );
 
-    let sale = SaleDefinition { stock: 3, per_user_limit: 2, starts_at: None, ends_at: None };
-    let loaded = part.call(InventoryOp::LoadSale { product, sale }).await.unwrap();
+    let sale = SaleDefinition {
+        stock: 3,
+        per_user_limit: 2,
+        starts_at: None,
+        ends_at: None,
+    };
+    let loaded = part
+        .call(InventoryOp::LoadSale { product, sale })
+        .await
+        .unwrap();
     assert!(matches!(loaded, InventoryReply::SaleLoaded(Ok(c)) if c.remaining == 3));
 
     let (first, op) = reserve(product, &ann, "k", 2);
     assert_eq!(call(op).await, ReserveOutcome::Created(first.clone()));
-    assert_eq!(call(reserve(product, &ann, "k", 2).1).await, ReserveOutcome::Replay(first.clone()));
-    assert_eq!(call(reserve(product, &ann, "k2", 1).1).await, ReserveOutcome::LimitReached);
-    assert_eq!(call(reserve(product, &bob, "k", 2).1).await, ReserveOutcome::OutOfStock);
+    assert_eq!(
+        call(reserve(product, &ann, "k", 2).1).await,
+        ReserveOutcome::Replay(first.clone())
+    );
+    assert_eq!(
+        call(reserve(product, &ann, "k2", 1).1).await,
+        ReserveOutcome::LimitReached
+    );
+    assert_eq!(
+        call(reserve(product, &bob, "k", 2).1).await,
+        ReserveOutcome::OutOfStock
+    );
     let (bobs, op) = reserve(product, &bob, "k", 1);
     assert_eq!(call(op).await, ReserveOutcome::Created(bobs.clone()));
-    assert_eq!(call(reserve(product, &bob, "k9", 1).1).await, ReserveOutcome::OutOfStock);
+    assert_eq!(
+        call(reserve(product, &bob, "k9", 1).1).await,
+        ReserveOutcome::OutOfStock
+    );
 
     // Lowering the stock below what is sold is refused.
     let lower = SaleDefinition { stock: 2, ..sale };
-    assert_eq!(part.call(InventoryOp::LoadSale { product, sale: lower }).await.unwrap(), InventoryReply::SaleLoaded(Err(3)));
+    assert_eq!(
+        part.call(InventoryOp::LoadSale {
+            product,
+            sale: lower
+        })
+        .await
+        .unwrap(),
+        InventoryReply::SaleLoaded(Err(3))
+    );
 
     // Releasing gives the units back and frees the key; a claim then says "cancelled".
-    part.call(InventoryOp::Release { product, order: first.clone() }).await.unwrap();
+    part.call(InventoryOp::Release {
+        product,
+        order: first.clone(),
+    })
+    .await
+    .unwrap();
     match part.call(InventoryOp::Counters { product }).await.unwrap() {
         InventoryReply::Counters(Some(c)) => assert_eq!((c.remaining, c.pending), (2, 1)),
         other => panic!("{other:?}"),
     }
-    assert_eq!(part.call(InventoryOp::Claim { product, order: first.clone() }).await.unwrap(), InventoryReply::Claimed(false));
-    assert_eq!(part.call(InventoryOp::Claim { product, order: bobs.clone() }).await.unwrap(), InventoryReply::Claimed(true));
-    assert_eq!(part.call(InventoryOp::Claim { product, order: bobs }).await.unwrap(), InventoryReply::Claimed(true), "a redelivered claim still persists");
+    assert_eq!(
+        part.call(InventoryOp::Claim {
+            product,
+            order: first.clone()
+        })
+        .await
+        .unwrap(),
+        InventoryReply::Claimed(false)
+    );
+    assert_eq!(
+        part.call(InventoryOp::Claim {
+            product,
+            order: bobs.clone()
+        })
+        .await
+        .unwrap(),
+        InventoryReply::Claimed(true)
+    );
+    assert_eq!(
+        part.call(InventoryOp::Claim {
+            product,
+            order: bobs
+        })
+        .await
+        .unwrap(),
+        InventoryReply::Claimed(true),
+        "a redelivered claim still persists"
+    );
     let (again, op) = reserve(product, &ann, "k", 1);
     assert_eq!(call(op).await, ReserveOutcome::Created(again));
 
-    let future = SaleDefinition { stock: 9, per_user_limit: 1, starts_at: Some(now_ms() + 3_600_000), ends_at: None };
+    let future = SaleDefinition {
+        stock: 9,
+        per_user_limit: 1,
+        starts_at: Some(now_ms() + 3_600_000),
+        ends_at: None,
+    };
     let later = ProductId::from_db(987_655);
     let part2 = dir.product_partition(later);
-    part2.call(InventoryOp::LoadSale { product: later, sale: future }).await.unwrap();
+    part2
+        .call(InventoryOp::LoadSale {
+            product: later,
+            sale: future,
+        })
+        .await
+        .unwrap();
     assert_eq!(
         part2.call(reserve(later, &ann, "k", 1).1).await.unwrap(),
         InventoryReply::Reserved(ReserveOutcome::NotActive)
     );
-    let past = SaleDefinition { starts_at: Some(now_ms() - 7_200_000), ends_at: Some(now_ms() - 3_600_000), ..future };
-    part2.call(InventoryOp::LoadSale { product: later, sale: past }).await.unwrap();
+    let past = SaleDefinition {
+        starts_at: Some(now_ms() - 7_200_000),
+        ends_at: Some(now_ms() - 3_600_000),
+        ..future
+    };
+    part2
+        .call(InventoryOp::LoadSale {
+            product: later,
+            sale: past,
+        })
+        .await
+        .unwrap();
     assert_eq!(
         part2.call(reserve(later, &ann, "k", 1).1).await.unwrap(),
         InventoryReply::Reserved(ReserveOutcome::NotActive)

@@ -10,12 +10,21 @@ use crate::helpers::{spawn_app, spawn_app_with, Options};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_sells_exactly_the_stock_and_every_order_lands_once_in_its_shard() {
-    let app = spawn_app_with(Options { shards: 4, ..Options::default() }).await;
+    let app = spawn_app_with(Options {
+        shards: 4,
+        ..Options::default()
+    })
+    .await;
     let stock = 40;
     let product = app.sale(stock, 1).await;
     let buyers: Vec<_> = (0..300).map(|_| app.token_for_new_user()).collect();
 
-    let replies = join_all(buyers.iter().map(|(_, token)| app.buy(token, product, "burst", None))).await;
+    let replies = join_all(
+        buyers
+            .iter()
+            .map(|(_, token)| app.buy(token, product, "burst", None)),
+    )
+    .await;
 
     let mut created = Vec::new();
     for ((user, token), r) in buyers.iter().zip(&replies) {
@@ -37,11 +46,18 @@ async fn a_burst_sells_exactly_the_stock_and_every_order_lands_once_in_its_shard
     }
     let rows = app.all_shard_orders().await;
     assert_eq!(rows.len() as i64, stock, "one row per accepted order");
-    let by_id: HashMap<_, _> = rows.iter().map(|(shard, o, u, s)| (o.clone(), (*shard, u.clone(), s.clone()))).collect();
+    let by_id: HashMap<_, _> = rows
+        .iter()
+        .map(|(shard, o, u, s)| (o.clone(), (*shard, u.clone(), s.clone())))
+        .collect();
     assert_eq!(by_id.len(), rows.len(), "no order stored twice");
     for (user, _, id) in &created {
         let (shard, owner, status) = &by_id[id];
-        assert_eq!(*shard, bucket(user.as_str(), 4), "order in the shard its user hashes to");
+        assert_eq!(
+            *shard,
+            bucket(user.as_str(), 4),
+            "order in the shard its user hashes to"
+        );
         assert_eq!(owner, user.as_str());
         assert_eq!(status, "completed");
     }
@@ -61,10 +77,19 @@ async fn concurrent_requests_with_one_key_make_one_order() {
 
     let replies = join_all((0..8).map(|_| app.buy(&token, product, "same-key", None))).await;
 
-    let ids: HashSet<_> = replies.iter().map(|r| r.body["orderId"].as_str().unwrap().to_string()).collect();
+    let ids: HashSet<_> = replies
+        .iter()
+        .map(|r| r.body["orderId"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids.len(), 1, "one order id for one key");
-    let created = replies.iter().filter(|r| r.status == StatusCode::CREATED).count();
-    let replayed = replies.iter().filter(|r| r.status == StatusCode::OK).count();
+    let created = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED)
+        .count();
+    let replayed = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::OK)
+        .count();
     assert_eq!((created, replayed), (1, 7));
     let id = ids.into_iter().next().unwrap();
     app.wait_settled(&token, &id).await;
@@ -118,13 +143,29 @@ async fn the_per_user_limit_holds_across_keys() {
     let product = app.sale(100, 2).await;
     let (_, token) = app.token_for_new_user();
 
-    assert_eq!(app.buy(&token, product, "a", None).await.status, StatusCode::CREATED);
+    assert_eq!(
+        app.buy(&token, product, "a", None).await.status,
+        StatusCode::CREATED
+    );
     let over = app.buy(&token, product, "b", Some(2)).await;
-    assert_eq!((over.status, over.error()), (StatusCode::CONFLICT, "purchase_limit_reached"));
-    assert_eq!(app.buy(&token, product, "c", None).await.status, StatusCode::CREATED);
+    assert_eq!(
+        (over.status, over.error()),
+        (StatusCode::CONFLICT, "purchase_limit_reached")
+    );
+    assert_eq!(
+        app.buy(&token, product, "c", None).await.status,
+        StatusCode::CREATED
+    );
     let over = app.buy(&token, product, "d", None).await;
-    assert_eq!((over.status, over.error()), (StatusCode::CONFLICT, "purchase_limit_reached"));
-    assert_eq!(app.sale_counters(product).await["remaining"], 98, "rejections reserve nothing");
+    assert_eq!(
+        (over.status, over.error()),
+        (StatusCode::CONFLICT, "purchase_limit_reached")
+    );
+    assert_eq!(
+        app.sale_counters(product).await["remaining"],
+        98,
+        "rejections reserve nothing"
+    );
     app.stop().await;
 }
 
@@ -138,12 +179,19 @@ async fn the_rate_limit_answers_429_with_retry_after() {
         assert_eq!(r.status, StatusCode::CREATED, "request {i}: {:?}", r.body);
     }
     let r = app.buy(&token, product, "k10", None).await;
-    assert_eq!((r.status, r.error()), (StatusCode::TOO_MANY_REQUESTS, "rate_limited"));
+    assert_eq!(
+        (r.status, r.error()),
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+    );
     let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry), "Retry-After {retry}");
 
     let (_, other) = app.token_for_new_user();
-    assert_eq!(app.buy(&other, product, "k0", None).await.status, StatusCode::CREATED, "the limit is per user");
+    assert_eq!(
+        app.buy(&other, product, "k0", None).await.status,
+        StatusCode::CREATED,
+        "the limit is per user"
+    );
     app.stop().await;
 }
 
@@ -161,16 +209,26 @@ async fn sales_outside_their_window_are_not_active() {
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let (_, token) = app.token_for_new_user();
     let r = app.buy(&token, later, "k", None).await;
-    assert_eq!((r.status, r.error()), (StatusCode::CONFLICT, "sale_not_active"));
+    assert_eq!(
+        (r.status, r.error()),
+        (StatusCode::CONFLICT, "sale_not_active")
+    );
 
     let no_sale = app
-        .admin(reqwest::Method::POST, "/admin/products", Some(serde_json::json!({"name": "Quiet", "priceCents": 5})))
+        .admin(
+            reqwest::Method::POST,
+            "/admin/products",
+            Some(serde_json::json!({"name": "Quiet", "priceCents": 5})),
+        )
         .await
         .body["id"]
         .as_i64()
         .unwrap();
     let r = app.buy(&token, no_sale, "k", None).await;
-    assert_eq!((r.status, r.error()), (StatusCode::CONFLICT, "sale_not_active"));
+    assert_eq!(
+        (r.status, r.error()),
+        (StatusCode::CONFLICT, "sale_not_active")
+    );
     app.stop().await;
 }
 
@@ -187,24 +245,47 @@ async fn register_login_and_products() {
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.body["expiresAt"].as_str().unwrap().ends_with('Z'));
     let token = r.body["token"].as_str().unwrap().to_string();
-    for (email, pass) in [("buyer@example.com", "wrong-password"), ("nobody@example.com", "long-password")] {
+    for (email, pass) in [
+        ("buyer@example.com", "wrong-password"),
+        ("nobody@example.com", "long-password"),
+    ] {
         let r = app.login(email, pass).await;
-        assert_eq!((r.status, r.error()), (StatusCode::UNAUTHORIZED, "invalid_credentials"));
+        assert_eq!(
+            (r.status, r.error()),
+            (StatusCode::UNAUTHORIZED, "invalid_credentials")
+        );
     }
 
     let product = app.sale(3, 1).await;
     let r = app.buy(&token, product, "first", None).await;
     assert_eq!(r.status, StatusCode::CREATED);
-    let order = app.wait_settled(&token, r.body["orderId"].as_str().unwrap()).await;
+    let order = app
+        .wait_settled(&token, r.body["orderId"].as_str().unwrap())
+        .await;
     assert_eq!(order["userId"], user.as_str());
 
-    let r = app.client.get(format!("{}/products/{product}", app.address)).send().await.unwrap();
+    let r = app
+        .client
+        .get(format!("{}/products/{product}", app.address))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body, serde_json::json!({"id": product, "name": "Phone", "priceCents": 19900}));
+    assert_eq!(
+        body,
+        serde_json::json!({"id": product, "name": "Phone", "priceCents": 19900})
+    );
     // The second read is served from the cache and says the same.
-    let again: serde_json::Value =
-        app.client.get(format!("{}/products/{product}", app.address)).send().await.unwrap().json().await.unwrap();
+    let again: serde_json::Value = app
+        .client
+        .get(format!("{}/products/{product}", app.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(again, body);
     app.stop().await;
 }

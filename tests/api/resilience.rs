@@ -16,11 +16,15 @@ use crate::helpers::{spawn_app, spawn_app_with, Options, TestApp};
 async fn burst(app: &TestApp, product: i64, buyers: usize) -> Vec<(String, String)> {
     let mut accepted = Vec::new();
     for wave in 0..buyers.div_ceil(50) {
-        let tokens: Vec<_> = (0..50.min(buyers - wave * 50)).map(|_| app.token_for_new_user().1).collect();
+        let tokens: Vec<_> = (0..50.min(buyers - wave * 50))
+            .map(|_| app.token_for_new_user().1)
+            .collect();
         let replies = join_all(tokens.iter().map(|t| app.buy(t, product, "k", None))).await;
         for (t, r) in tokens.iter().zip(replies) {
             match r.status {
-                StatusCode::CREATED => accepted.push((t.clone(), r.body["orderId"].as_str().unwrap().to_string())),
+                StatusCode::CREATED => {
+                    accepted.push((t.clone(), r.body["orderId"].as_str().unwrap().to_string()))
+                }
                 StatusCode::CONFLICT | StatusCode::SERVICE_UNAVAILABLE => {}
                 other => panic!("unexpected {other}: {:?}", r.body),
             }
@@ -32,11 +36,19 @@ async fn burst(app: &TestApp, product: i64, buyers: usize) -> Vec<(String, Strin
 
 async fn assert_all_completed_once(app: &TestApp, accepted: &[(String, String)]) {
     for (token, id) in accepted {
-        assert_eq!(app.wait_settled(token, id).await["status"], "completed", "order {id}");
+        assert_eq!(
+            app.wait_settled(token, id).await["status"],
+            "completed",
+            "order {id}"
+        );
     }
     let rows = app.all_shard_orders().await;
     for (_, id) in accepted {
-        assert_eq!(rows.iter().filter(|r| &r.1 == id).count(), 1, "order {id} stored exactly once");
+        assert_eq!(
+            rows.iter().filter(|r| &r.1 == id).count(),
+            1,
+            "order {id} stored exactly once"
+        );
     }
 }
 
@@ -59,7 +71,11 @@ async fn killing_shard_connections_during_a_sale_loses_nothing() {
     assert!(!accepted.is_empty());
     assert_all_completed_once(&app, &accepted).await;
     let counters = app.sale_counters(product).await;
-    assert_eq!(counters["sold"], accepted.len(), "every sold unit belongs to an accepted order");
+    assert_eq!(
+        counters["sold"],
+        accepted.len(),
+        "every sold unit belongs to an accepted order"
+    );
     assert_eq!(counters["completed"], accepted.len());
     app.stop().await;
 }
@@ -69,25 +85,54 @@ async fn restarting_consumers_during_a_sale_loses_nothing() {
     let app = spawn_app().await;
     let product = app.sale(150, 1).await;
     let restarter = async {
-        for name in ["order-consumer-0", "order-consumer-1", "notification-consumer-0", "shard-0", "order-consumer-0"] {
+        for name in [
+            "order-consumer-0",
+            "order-consumer-1",
+            "notification-consumer-0",
+            "shard-0",
+            "order-consumer-0",
+        ] {
             tokio::time::sleep(Duration::from_millis(120)).await;
-            let r = app.admin(Method::POST, &format!("/admin/actors/{name}/restart"), None).await;
-            assert!(matches!(r.status, StatusCode::ACCEPTED | StatusCode::SERVICE_UNAVAILABLE), "{:?}", r.body);
+            let r = app
+                .admin(Method::POST, &format!("/admin/actors/{name}/restart"), None)
+                .await;
+            assert!(
+                matches!(
+                    r.status,
+                    StatusCode::ACCEPTED | StatusCode::SERVICE_UNAVAILABLE
+                ),
+                "{:?}",
+                r.body
+            );
         }
     };
     let (accepted, ()) = tokio::join!(burst(&app, product, 200), restarter);
     assert_eq!(accepted.len(), 150, "the restarts did not stop intake");
     assert_all_completed_once(&app, &accepted).await;
     let tree = app.admin(Method::GET, "/admin/actors", None).await.body;
-    let consumers = &tree["children"].as_array().unwrap().iter().find(|n| n["name"] == "consumers").unwrap()["children"];
-    let c0 = consumers.as_array().unwrap().iter().find(|n| n["name"] == "order-consumer-0").unwrap();
+    let consumers = &tree["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "consumers")
+        .unwrap()["children"];
+    let c0 = consumers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "order-consumer-0")
+        .unwrap();
     assert!(c0["restarts"].as_u64().unwrap() >= 1, "{c0}");
     app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reconciler_releases_reservations_that_were_never_published() {
-    let app = spawn_app_with(Options { reconcile_after_ms: 800, ..Options::default() }).await;
+    let app = spawn_app_with(Options {
+        reconcile_after_ms: 800,
+        ..Options::default()
+    })
+    .await;
     let product = app.sale(3, 1).await;
     let pid = ProductId::from_db(product);
     let (user, token) = app.token_for_new_user();
@@ -103,8 +148,15 @@ async fn the_reconciler_releases_reservations_that_were_never_published() {
         order: lost.clone(),
         now_ms: now_ms(),
     };
-    let r = dir.product_partition(pid).call(InventoryOp::Reserve(reserve)).await.unwrap();
-    assert_eq!(r, InventoryReply::Reserved(ReserveOutcome::Created(lost.clone())));
+    let r = dir
+        .product_partition(pid)
+        .call(InventoryOp::Reserve(reserve))
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        InventoryReply::Reserved(ReserveOutcome::Created(lost.clone()))
+    );
     assert_eq!(app.sale_counters(product).await["remaining"], 2);
 
     let mut released = false;
@@ -127,9 +179,15 @@ async fn the_reconciler_releases_reservations_that_were_never_published() {
         idempotency_key: "crash".into(),
         created_at: now_ms(),
     };
-    let publish = PublishOp { queue: dir.orders_queue.clone(), payload: serde_json::to_vec(&message).unwrap() };
+    let publish = PublishOp {
+        queue: dir.orders_queue.clone(),
+        payload: serde_json::to_vec(&message).unwrap(),
+    };
     assert_eq!(dir.publisher().call(publish).await, Ok(true));
-    assert_eq!(app.wait_settled(&token, lost.as_str()).await["status"], "cancelled");
+    assert_eq!(
+        app.wait_settled(&token, lost.as_str()).await["status"],
+        "cancelled"
+    );
 
     // The buyer retrying with the same key gets a real order.
     let r = app.buy(&token, product, "crash", None).await;
@@ -151,7 +209,11 @@ async fn orders_are_visible_as_pending_before_their_shard_has_them() {
     let id = r.body["orderId"].as_str().unwrap();
     let now = app.get_order(&token, id).await;
     assert_eq!(now.status, StatusCode::OK);
-    assert!(matches!(now.body["status"].as_str(), Some("pending" | "completed")), "{:?}", now.body);
+    assert!(
+        matches!(now.body["status"].as_str(), Some("pending" | "completed")),
+        "{:?}",
+        now.body
+    );
     assert_eq!(now.body["orderId"], id);
     assert_eq!(app.wait_settled(&token, id).await["status"], "completed");
     let _ = spawn_app;

@@ -64,21 +64,50 @@ pub struct PendingOrder {
 pub enum InventoryOp {
     Reserve(ReserveRequest),
     /// The order message is safely in the queue: the reconciler must leave it alone.
-    MarkPublished { product: ProductId, order: OrderId },
+    MarkPublished {
+        product: ProductId,
+        order: OrderId,
+    },
     /// The publish failed: give the units back and forget the key.
-    Release { product: ProductId, order: OrderId },
+    Release {
+        product: ProductId,
+        order: OrderId,
+    },
     /// A consumer takes the order: `true` to persist it, `false` when it was released
     /// meanwhile and must be recorded as cancelled.
-    Claim { product: ProductId, order: OrderId },
-    RateCheck { user: UserId, window_ms: i64 },
-    LoadSale { product: ProductId, sale: SaleDefinition },
-    Counters { product: ProductId },
-    Lookup { order: OrderId },
-    CacheGet { key: String },
-    CacheSet { key: String, value: String, ttl_secs: u64 },
-    CacheDel { key: String },
+    Claim {
+        product: ProductId,
+        order: OrderId,
+    },
+    RateCheck {
+        user: UserId,
+        window_ms: i64,
+    },
+    LoadSale {
+        product: ProductId,
+        sale: SaleDefinition,
+    },
+    Counters {
+        product: ProductId,
+    },
+    Lookup {
+        order: OrderId,
+    },
+    CacheGet {
+        key: String,
+    },
+    CacheSet {
+        key: String,
+        value: String,
+        ttl_secs: u64,
+    },
+    CacheDel {
+        key: String,
+    },
     /// Releases reservations never published (the reconciler's sweep).
-    ReleaseStale { now_ms: i64 },
+    ReleaseStale {
+        now_ms: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,7 +116,10 @@ pub enum InventoryReply {
     Done,
     Claimed(bool),
     /// Requests counted in the current window, and milliseconds until it resets.
-    Rate { count: i64, reset_ms: i64 },
+    Rate {
+        count: i64,
+        reset_ms: i64,
+    },
     /// `Err(sold)` when the new stock is below what is already sold.
     SaleLoaded(Result<SaleCounters, i64>),
     Counters(Option<SaleCounters>),

@@ -176,7 +176,9 @@ impl Connect for RedisConnect {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(3)))
             .set_response_timeout(Some(Duration::from_secs(5)));
-        let mut con = client.get_multiplexed_async_connection_with_config(&config).await?;
+        let mut con = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
         let mut load = async |body: &str| -> Result<String, redis::RedisError> {
             redis::cmd("SCRIPT")
                 .arg("LOAD")
@@ -275,9 +277,16 @@ impl RedisInventory {
                 c.arg(format!("{}:{key}", self.prefix));
                 c
             }
-            InventoryOp::CacheSet { key, value, ttl_secs } => {
+            InventoryOp::CacheSet {
+                key,
+                value,
+                ttl_secs,
+            } => {
                 let mut c = redis::cmd("SET");
-                c.arg(format!("{}:{key}", self.prefix)).arg(value).arg("EX").arg(*ttl_secs);
+                c.arg(format!("{}:{key}", self.prefix))
+                    .arg(value)
+                    .arg("EX")
+                    .arg(*ttl_secs);
                 c
             }
             InventoryOp::CacheDel { key } => {
@@ -327,8 +336,13 @@ fn decode(op: &InventoryOp, v: Value) -> Result<InventoryReply, ActorProcessingE
     }
     let reply = match op {
         InventoryOp::Reserve(_) => {
-            let Value::Array(items) = &v else { return Err(bad("reserve", &v)) };
-            let code = items.first().and_then(int).ok_or_else(|| bad("reserve", &v))?;
+            let Value::Array(items) = &v else {
+                return Err(bad("reserve", &v));
+            };
+            let code = items
+                .first()
+                .and_then(int)
+                .ok_or_else(|| bad("reserve", &v))?;
             let order = items.get(1).and_then(text).unwrap_or_default();
             let order = || OrderId::parse(&order).map_err(|_| bad("reserve", &v));
             InventoryReply::Reserved(match code {
@@ -341,16 +355,26 @@ fn decode(op: &InventoryOp, v: Value) -> Result<InventoryReply, ActorProcessingE
                 _ => return Err(bad("reserve", &v)),
             })
         }
-        InventoryOp::MarkPublished { .. } | InventoryOp::Release { .. } | InventoryOp::CacheSet { .. } | InventoryOp::CacheDel { .. } => {
-            InventoryReply::Done
+        InventoryOp::MarkPublished { .. }
+        | InventoryOp::Release { .. }
+        | InventoryOp::CacheSet { .. }
+        | InventoryOp::CacheDel { .. } => InventoryReply::Done,
+        InventoryOp::Claim { .. } => {
+            InventoryReply::Claimed(int(&v).ok_or_else(|| bad("claim", &v))? == 1)
         }
-        InventoryOp::Claim { .. } => InventoryReply::Claimed(int(&v).ok_or_else(|| bad("claim", &v))? == 1),
         InventoryOp::RateCheck { .. } => {
-            let n = ints(&v).filter(|n| n.len() == 2).ok_or_else(|| bad("rate", &v))?;
-            InventoryReply::Rate { count: n[0], reset_ms: n[1] }
+            let n = ints(&v)
+                .filter(|n| n.len() == 2)
+                .ok_or_else(|| bad("rate", &v))?;
+            InventoryReply::Rate {
+                count: n[0],
+                reset_ms: n[1],
+            }
         }
         InventoryOp::LoadSale { sale, .. } => {
-            let n = ints(&v).filter(|n| n.len() == 2).ok_or_else(|| bad("load sale", &v))?;
+            let n = ints(&v)
+                .filter(|n| n.len() == 2)
+                .ok_or_else(|| bad("load sale", &v))?;
             InventoryReply::SaleLoaded(if n[0] < 0 {
                 Err(n[1])
             } else {
@@ -379,7 +403,9 @@ fn decode(op: &InventoryOp, v: Value) -> Result<InventoryReply, ActorProcessingE
                 _ => return Err(bad("counters", &v)),
             })
         }
-        InventoryOp::ReleaseStale { .. } => InventoryReply::Released(int(&v).ok_or_else(|| bad("reconcile", &v))?),
+        InventoryOp::ReleaseStale { .. } => {
+            InventoryReply::Released(int(&v).ok_or_else(|| bad("reconcile", &v))?)
+        }
         InventoryOp::Lookup { .. } => InventoryReply::Lookup(text(&v).and_then(|s| {
             let mut parts = s.splitn(4, '|');
             Some(PendingOrder {
@@ -410,7 +436,9 @@ impl Backend for RedisInventory {
         }
         let values: Vec<Value> = pipe.query_async(&mut self.con).await?;
         if values.len() != live.len() {
-            return Err(format!("Redis answered {} of {} commands", values.len(), live.len()).into());
+            return Err(
+                format!("Redis answered {} of {} commands", values.len(), live.len()).into(),
+            );
         }
         let mut replies = Vec::with_capacity(live.len());
         for (e, v) in live.iter().zip(values) {
