@@ -14,26 +14,35 @@ use rand::distr::{Alphanumeric, SampleString};
 use tokio::task::JoinHandle;
 
 use crate::actors::catalog::{CatalogOp, CatalogReply};
+use crate::actors::inventory::local::LocalInventoryConnect;
 use crate::actors::inventory::redis::RedisConnect;
 use crate::actors::orders::{NotificationHandler, OrderHandler};
-use crate::actors::queue::{DeliveryHandler, PublisherConnect, QueueConsumer};
+use crate::actors::queue::amqp::{AmqpPublisherConnect, AmqpSource};
+use crate::actors::queue::local::{LocalPublisherConnect, LocalQueue, LocalSource};
+use crate::actors::queue::{DeliveryHandler, QueueConsumer, QueueSource};
 use crate::actors::reconciler::ReconcilerConnect;
 use crate::auth::Tokens;
 use crate::config::{Mode, Secret, Settings};
 use crate::http::{self, AppState};
 use crate::shards::migrate;
 use crate::shards::postgres::{CatalogConnect, ShardConnect};
-use crate::supervisors::directory::Directory;
+use crate::shards::sqlite::{self, SqliteCatalogConnect, SqliteShardConnect};
+use crate::supervisors::directory::{
+    CatalogSlot, Directory, InventorySlot, PublisherSlot, ShardSlot,
+};
 use crate::supervisors::slot::Slot;
 use crate::supervisors::stats::{Kind, NodeStats};
 use crate::supervisors::{self, leaf, Namer, Policy, TreeNode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error(
-        "embedded mode is not available in this build; start with --config config/cluster.toml"
-    )]
-    EmbeddedUnavailable,
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("embedded storage {path}: {source}")]
+    Embedded { path: String, source: sqlx::Error },
     #[error(transparent)]
     Migrate(#[from] migrate::MigrateError),
     #[error("cannot bind {what} listener {addr}: {source}")]
@@ -97,20 +106,18 @@ fn consumer<H: DeliveryHandler>(
     stats: Arc<NodeStats>,
     settings: &Settings,
     queue: &str,
-    declare: Vec<String>,
+    source: Arc<dyn QueueSource>,
     handler: Arc<H>,
     policy: &Policy,
 ) -> ChildSpec {
-    let url = settings.queue.url.expose().to_string();
     let queue = queue.to_string();
     let (prefetch, max_batch) = (settings.queue.prefetch, settings.queue.max_batch);
     let node = stats.clone();
     leaf(stats, policy, move |cell, id| {
         let actor = QueueConsumer {
             stats: node.clone(),
-            url: url.clone(),
+            source: source.clone(),
             queue: queue.clone(),
-            declare: declare.clone(),
             prefetch,
             max_batch,
             handler: handler.clone(),
@@ -128,14 +135,8 @@ fn random_secret(len: usize) -> String {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
-        if settings.mode == Mode::Embedded {
-            return Err(StartError::EmbeddedUnavailable);
-        }
         let metrics = crate::telemetry::metrics_handle();
-        let report = migrate::migrate_all(&settings).await?;
-        for (db, n) in report.iter().filter(|(_, n)| *n > 0) {
-            tracing::info!(database = %db, applied = n, "migrated");
-        }
+        let backends = Backends::prepare(&settings).await?;
         let public_listener = bind("public", &settings.http.listen)?;
         let admin_listener = bind("admin", &settings.admin.listen)?;
 
@@ -174,41 +175,13 @@ impl Application {
         ));
 
         // shards: the catalog and one actor per PostgreSQL shard
-        let pool_size = settings.shards.pool_size;
-        let mut shard_specs = vec![supervisors::worker(
-            catalog.clone(),
-            Arc::new(CatalogConnect {
-                url: settings.catalog.url.expose().to_string(),
-                pool_size,
-            }),
-            64,
-            None,
-            &policy,
-        )];
+        let mut shard_specs = vec![backends.catalog(&settings, catalog.clone(), &policy)];
         let mut shard_nodes = vec![TreeNode {
             stats: catalog.stats.clone(),
             children: vec![],
         }];
         for (i, s) in shards.iter().enumerate() {
-            let replica = settings
-                .shards
-                .replica_urls
-                .get(i)
-                .map(|u| u.expose().to_string())
-                .filter(|u| !u.is_empty());
-            let connect = ShardConnect {
-                index: i,
-                url: settings.shards.urls[i].expose().to_string(),
-                replica_url: replica,
-                pool_size,
-            };
-            shard_specs.push(supervisors::worker(
-                s.clone(),
-                Arc::new(connect),
-                settings.shards.max_batch,
-                None,
-                &policy,
-            ));
+            shard_specs.push(backends.shard(&settings, i, s.clone(), &policy));
             shard_nodes.push(TreeNode {
                 stats: s.stats.clone(),
                 children: vec![],
@@ -220,19 +193,7 @@ impl Application {
         let mut inventory_specs = Vec::new();
         let mut inventory_nodes = Vec::new();
         for (i, s) in inventory.iter().enumerate() {
-            let connect = RedisConnect {
-                url: inv.urls[i].expose().to_string(),
-                prefix: inv.key_prefix.clone(),
-                stale_ms: inv.reconcile_after_ms,
-                idempotency_ttl_secs: inv.idempotency_ttl_secs,
-            };
-            inventory_specs.push(supervisors::worker(
-                s.clone(),
-                Arc::new(connect),
-                inv.max_batch,
-                None,
-                &policy,
-            ));
+            inventory_specs.push(backends.inventory(&settings, i, s.clone(), &policy));
             inventory_nodes.push(TreeNode {
                 stats: s.stats.clone(),
                 children: vec![],
@@ -255,19 +216,9 @@ impl Application {
         // consumers: order publishers, order consumers, notification consumers
         let mut consumer_specs = Vec::new();
         let mut consumer_nodes = Vec::new();
-        let declare = vec![q.orders_queue.clone(), q.notifications_queue.clone()];
+        let source = backends.source(&settings);
         for p in &publishers {
-            let connect = PublisherConnect {
-                url: q.url.expose().to_string(),
-                declare: declare.clone(),
-            };
-            consumer_specs.push(supervisors::worker(
-                p.clone(),
-                Arc::new(connect),
-                q.max_batch,
-                None,
-                &policy,
-            ));
+            consumer_specs.push(backends.publisher(&settings, p.clone(), &policy));
             consumer_nodes.push(TreeNode {
                 stats: p.stats.clone(),
                 children: vec![],
@@ -282,7 +233,7 @@ impl Application {
                 stats.clone(),
                 &settings,
                 &q.orders_queue,
-                declare.clone(),
+                source.clone(),
                 orders.clone(),
                 &policy,
             ));
@@ -300,7 +251,7 @@ impl Application {
                 stats.clone(),
                 &settings,
                 &q.notifications_queue,
-                declare.clone(),
+                source.clone(),
                 notifications.clone(),
                 &policy,
             ));
@@ -334,11 +285,11 @@ impl Application {
 
         let jwt_secret = match &settings.auth.jwt_secret {
             Some(s) => s.clone(),
-            None => shared_secret(&directory, "jwt_secret").await?,
+            None => backends.jwt_secret(&directory).await?,
         };
         let (admin_token, admin_token_generated) = match &settings.admin.token {
             Some(t) => (t.clone(), false),
-            None => (Secret::new(random_secret(32)), true),
+            None => backends.admin_token()?,
         };
         let state = web::Data::new(AppState {
             directory,
@@ -423,4 +374,209 @@ async fn shared_secret(directory: &Directory, name: &str) -> Result<Secret, Star
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     Err(StartError::Catalog(last))
+}
+
+/// The backends of the deployment's mode: where each actor's connection goes.
+enum Backends {
+    Cluster,
+    Embedded {
+        dir: std::path::PathBuf,
+        queue: Arc<LocalQueue>,
+    },
+}
+
+impl Backends {
+    /// Creates and migrates the databases of the mode.
+    async fn prepare(settings: &Settings) -> Result<Self, StartError> {
+        match settings.mode {
+            Mode::Cluster => {
+                let report = migrate::migrate_all(settings).await?;
+                for (db, n) in report.iter().filter(|(_, n)| *n > 0) {
+                    tracing::info!(database = %db, applied = n, "migrated");
+                }
+                Ok(Backends::Cluster)
+            }
+            Mode::Embedded => {
+                let dir = settings.embedded.data_dir.clone();
+                std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+                let embedded = |path: &std::path::Path| {
+                    let path = path.display().to_string();
+                    move |source| StartError::Embedded { path, source }
+                };
+                let catalog = dir.join("catalog.db");
+                sqlite::migrate(&catalog, sqlite::CATALOG)
+                    .await
+                    .map_err(embedded(&catalog))?;
+                for i in 0..settings.shard_count() {
+                    let shard = dir.join(format!("shard-{i}.db"));
+                    sqlite::migrate(&shard, sqlite::SHARD)
+                        .await
+                        .map_err(embedded(&shard))?;
+                }
+                let path = dir.join("queue.db");
+                let queue = LocalQueue::open(&path).await.map_err(embedded(&path))?;
+                Ok(Backends::Embedded { dir, queue })
+            }
+        }
+    }
+
+    fn catalog(&self, settings: &Settings, slot: Arc<CatalogSlot>, policy: &Policy) -> ChildSpec {
+        match self {
+            Backends::Cluster => {
+                let connect = CatalogConnect {
+                    url: settings.catalog.url.expose().to_string(),
+                    pool_size: settings.shards.pool_size,
+                };
+                supervisors::worker(slot, Arc::new(connect), 64, None, policy)
+            }
+            Backends::Embedded { dir, .. } => {
+                let connect = SqliteCatalogConnect {
+                    path: dir.join("catalog.db"),
+                };
+                supervisors::worker(slot, Arc::new(connect), 64, None, policy)
+            }
+        }
+    }
+
+    fn shard(
+        &self,
+        settings: &Settings,
+        i: usize,
+        slot: Arc<ShardSlot>,
+        policy: &Policy,
+    ) -> ChildSpec {
+        let max = settings.shards.max_batch;
+        match self {
+            Backends::Cluster => {
+                let replica_url = settings
+                    .shards
+                    .replica_urls
+                    .get(i)
+                    .map(|u| u.expose().to_string())
+                    .filter(|u| !u.is_empty());
+                let connect = ShardConnect {
+                    index: i,
+                    url: settings.shards.urls[i].expose().to_string(),
+                    replica_url,
+                    pool_size: settings.shards.pool_size,
+                };
+                supervisors::worker(slot, Arc::new(connect), max, None, policy)
+            }
+            Backends::Embedded { dir, .. } => {
+                let connect = SqliteShardConnect {
+                    path: dir.join(format!("shard-{i}.db")),
+                };
+                supervisors::worker(slot, Arc::new(connect), max, None, policy)
+            }
+        }
+    }
+
+    fn inventory(
+        &self,
+        settings: &Settings,
+        i: usize,
+        slot: Arc<InventorySlot>,
+        policy: &Policy,
+    ) -> ChildSpec {
+        let inv = &settings.inventory;
+        match self {
+            Backends::Cluster => {
+                let connect = RedisConnect {
+                    url: inv.urls[i].expose().to_string(),
+                    prefix: inv.key_prefix.clone(),
+                    stale_ms: inv.reconcile_after_ms,
+                    idempotency_ttl_secs: inv.idempotency_ttl_secs,
+                };
+                supervisors::worker(slot, Arc::new(connect), inv.max_batch, None, policy)
+            }
+            Backends::Embedded { dir, .. } => {
+                let connect = LocalInventoryConnect {
+                    path: dir.join(format!("inventory-{i}.db")),
+                    stale_ms: inv.reconcile_after_ms,
+                };
+                supervisors::worker(slot, Arc::new(connect), inv.max_batch, None, policy)
+            }
+        }
+    }
+
+    fn publisher(
+        &self,
+        settings: &Settings,
+        slot: Arc<PublisherSlot>,
+        policy: &Policy,
+    ) -> ChildSpec {
+        let q = &settings.queue;
+        match self {
+            Backends::Cluster => {
+                let declare = vec![q.orders_queue.clone(), q.notifications_queue.clone()];
+                let connect = AmqpPublisherConnect {
+                    url: q.url.expose().to_string(),
+                    declare,
+                };
+                supervisors::worker(slot, Arc::new(connect), q.max_batch, None, policy)
+            }
+            Backends::Embedded { queue, .. } => {
+                let connect = LocalPublisherConnect {
+                    queue: queue.clone(),
+                };
+                supervisors::worker(slot, Arc::new(connect), q.max_batch, None, policy)
+            }
+        }
+    }
+
+    fn source(&self, settings: &Settings) -> Arc<dyn QueueSource> {
+        let q = &settings.queue;
+        match self {
+            Backends::Cluster => Arc::new(AmqpSource {
+                url: q.url.expose().to_string(),
+                declare: vec![q.orders_queue.clone(), q.notifications_queue.clone()],
+            }),
+            Backends::Embedded { queue, .. } => Arc::new(LocalSource {
+                queue: queue.clone(),
+            }),
+        }
+    }
+
+    /// Without a configured admin token: in cluster mode one for this run; in embedded
+    /// mode one generated on first start and kept in the data directory (mode 0600).
+    fn admin_token(&self) -> Result<(Secret, bool), StartError> {
+        match self {
+            Backends::Cluster => Ok((Secret::new(random_secret(32)), true)),
+            Backends::Embedded { dir, .. } => Ok((stored_secret(&dir.join("admin-token"))?, true)),
+        }
+    }
+
+    /// Without a configured JWT key: kept in the catalog (cluster mode, shared by every
+    /// pod) or in the data directory (embedded mode, where the load tester reads it).
+    async fn jwt_secret(&self, directory: &Directory) -> Result<Secret, StartError> {
+        match self {
+            Backends::Cluster => shared_secret(directory, "jwt_secret").await,
+            Backends::Embedded { dir, .. } => stored_secret(&dir.join("jwt-secret")),
+        }
+    }
+}
+
+/// A secret kept in a file readable by its owner only, generated when missing.
+fn stored_secret(path: &std::path::Path) -> Result<Secret, StartError> {
+    let err = |source| StartError::DataDir {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(t) if t.trim().len() >= 16 => return Ok(Secret::new(t.trim())),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let value = random_secret(40);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(err)?;
+    std::io::Write::write_all(&mut file, value.as_bytes()).map_err(err)?;
+    Ok(Secret::new(value))
 }

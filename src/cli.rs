@@ -24,7 +24,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the public and admin APIs (cluster mode with a config file).
+    /// Serve the public and admin APIs: embedded mode (data under ./data) without a
+    /// config file, cluster mode with config/cluster.toml.
     Serve {
         /// Settings file; environment variables FLASHSALE__SECTION__KEY override it.
         #[arg(long, short)]
@@ -82,6 +83,8 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 async fn serve(settings: Settings) -> ExitCode {
+    let settings_mode = settings.mode;
+    let data_dir = settings.embedded.data_dir.clone();
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => {
@@ -89,13 +92,27 @@ async fn serve(settings: Settings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("flashsale is serving");
-    println!("  public API  http://{}", app.public_addr);
-    println!("  admin API   http://{}/admin", app.admin_addr);
+    let embedded = settings_mode == crate::config::Mode::Embedded;
+    let mode = if embedded { "embedded" } else { "cluster" };
+    println!("flashsale is serving ({mode} mode)");
+    println!("  public API   http://{}", app.public_addr);
+    println!("  admin API    http://{}/admin", app.admin_addr);
     if app.admin_token_generated {
+        let kept = if embedded {
+            format!("kept in {}", data_dir.join("admin-token").display())
+        } else {
+            "generated for this run".to_string()
+        };
+        println!("  admin token  {}  ({kept}; FLASHSALE__ADMIN__TOKEN sets one)", app.admin_token.expose());
+    }
+    if embedded {
+        println!("  demo sale    cargo run --release -p flashsale-load -- burst --buyers 2000 --stock 100 \\");
         println!(
-            "  admin token {}  (generated for this run; set FLASHSALE__ADMIN__TOKEN to choose one)",
-            app.admin_token.expose()
+            "                 --target http://{} --admin-url http://{} --admin-token {} --jwt-secret-file {}",
+            app.public_addr,
+            app.admin_addr,
+            app.admin_token.expose(),
+            data_dir.join("jwt-secret").display()
         );
     }
     let stop = app.stop_handle();

@@ -64,6 +64,16 @@ pub struct Settings {
     pub queue: QueueSettings,
     pub limits: LimitSettings,
     pub supervision: SupervisionSettings,
+    pub embedded: EmbeddedSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedSettings {
+    /// Where embedded mode keeps its SQLite files and its admin token.
+    pub data_dir: std::path::PathBuf,
+    pub shards: usize,
+    pub partitions: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -213,6 +223,11 @@ inbox_capacity = 8192
 call_timeout_ms = 3000
 max_quantity = 10
 
+[embedded]
+data_dir = "data"
+shards = 4
+partitions = 2
+
 [supervision]
 max_restarts = 10
 window_secs = 30
@@ -335,6 +350,8 @@ impl Settings {
             ),
             ("limits.max_quantity", self.limits.max_quantity as usize),
             ("shards.pool_size", self.shards.pool_size as usize),
+            ("embedded.shards", self.embedded.shards),
+            ("embedded.partitions", self.embedded.partitions),
         ];
         for (what, value) in positive {
             if value == 0 {
@@ -353,11 +370,17 @@ impl Settings {
     }
 
     pub fn shard_count(&self) -> usize {
-        self.shards.urls.len()
+        match self.mode {
+            Mode::Cluster => self.shards.urls.len(),
+            Mode::Embedded => self.embedded.shards,
+        }
     }
 
     pub fn partition_count(&self) -> usize {
-        self.inventory.urls.len()
+        match self.mode {
+            Mode::Cluster => self.inventory.urls.len(),
+            Mode::Embedded => self.embedded.partitions,
+        }
     }
 }
 

@@ -42,6 +42,10 @@ struct Cli {
         hide_env_values = true
     )]
     jwt_secret: Option<String>,
+    /// A file holding the server's JWT signing key (embedded mode keeps it in
+    /// data/jwt-secret).
+    #[arg(long, global = true)]
+    jwt_secret_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     scenario: Scenario,
 }

@@ -7,27 +7,28 @@
 use std::sync::Arc;
 
 use futures_util::future::try_join_all;
-use lapin::message::Delivery;
 use ractor::ActorProcessingErr;
 
 use crate::actors::inventory::{InventoryOp, InventoryReply};
-use crate::actors::queue::{DeliveryHandler, Outbound};
+use crate::actors::queue::{DeliveryHandler, Outbound, QueueMessage};
 use crate::actors::shard::{OrderMessage, OrderStatus, ShardOp};
 use crate::domain::{OrderId, ProductId};
 use crate::supervisors::directory::Directory;
 
-fn parse_orders(batch: &[Delivery]) -> Vec<OrderMessage> {
+fn parse_orders(batch: &[QueueMessage]) -> Vec<OrderMessage> {
     batch
         .iter()
-        .filter_map(|d| match serde_json::from_slice::<OrderMessage>(&d.data) {
-            Ok(o) => Some(o),
-            Err(e) => {
-                // A message nobody can read would block the queue for ever.
-                tracing::error!(error = %e, "dropping an unreadable order message");
-                metrics::counter!("flashsale_queue_poison_messages_total").increment(1);
-                None
-            }
-        })
+        .filter_map(
+            |d| match serde_json::from_slice::<OrderMessage>(&d.payload) {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    // A message nobody can read would block the queue for ever.
+                    tracing::error!(error = %e, "dropping an unreadable order message");
+                    metrics::counter!("flashsale_queue_poison_messages_total").increment(1);
+                    None
+                }
+            },
+        )
         .collect()
 }
 
@@ -37,7 +38,11 @@ pub struct OrderHandler {
 
 #[ractor::async_trait]
 impl DeliveryHandler for OrderHandler {
-    async fn handle(&self, out: &Outbound, batch: &[Delivery]) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        out: &dyn Outbound,
+        batch: &[QueueMessage],
+    ) -> Result<(), ActorProcessingErr> {
         let dir = &self.directory;
         let orders = parse_orders(batch);
         let claims = try_join_all(orders.iter().map(|o| async move {
@@ -96,7 +101,11 @@ pub struct NotificationHandler {
 
 #[ractor::async_trait]
 impl DeliveryHandler for NotificationHandler {
-    async fn handle(&self, _out: &Outbound, batch: &[Delivery]) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _out: &dyn Outbound,
+        batch: &[QueueMessage],
+    ) -> Result<(), ActorProcessingErr> {
         let dir = &self.directory;
         let orders = parse_orders(batch);
         try_join_all(orders.iter().map(|o| async move {

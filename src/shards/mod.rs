@@ -4,3 +4,4 @@
 pub mod hash;
 pub mod migrate;
 pub mod postgres;
+pub mod sqlite;

@@ -143,6 +143,11 @@ impl NodeStats {
         self.mailbox.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// For mailboxes that die with the actor (queued messages of a stopped consumer).
+    pub fn mailbox_reset(&self) {
+        self.mailbox.store(0, Ordering::Relaxed);
+    }
+
     pub fn mailbox(&self) -> i64 {
         self.mailbox.load(Ordering::Relaxed).max(0)
     }

@@ -3,6 +3,7 @@
 //! to `hash(userId) % P`. The cluster backend is Redis ([`redis`]); every reservation
 //! is one atomic script: idempotency, sale window, per-user limit and stock together.
 
+pub mod local;
 pub mod redis;
 
 use crate::domain::{IdempotencyKey, OrderId, ProductId, Quantity, UserId};

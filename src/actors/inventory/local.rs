@@ -1,0 +1,508 @@
+//! The embedded backend of an inventory partition: the partition actor owns its
+//! state in memory and makes each batch durable in its own SQLite file (one
+//! transaction) before answering, so a restart, or `kill -9`, rebuilds the same state.
+//! The operations mirror the Redis scripts step for step.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use ractor::ActorProcessingErr;
+use sqlx::sqlite::SqlitePool;
+use sqlx::Row;
+
+use super::{
+    InventoryOp, InventoryReply, PendingOrder, ReserveOutcome, ReserveRequest, SaleCounters,
+    SaleDefinition,
+};
+use crate::actors::queue::local::sqlite_pool;
+use crate::actors::worker::{Backend, Batch, Connect};
+use crate::domain::{now_ms, OrderId};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sales (pid INTEGER PRIMARY KEY, stock INTEGER NOT NULL, remaining INTEGER NOT NULL, lim INTEGER NOT NULL, starts INTEGER NOT NULL, ends INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS idem (pid INTEGER NOT NULL, uid TEXT NOT NULL, key TEXT NOT NULL, oid TEXT NOT NULL, PRIMARY KEY (pid, uid, key));
+CREATE TABLE IF NOT EXISTS bought (pid INTEGER NOT NULL, uid TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (pid, uid));
+CREATE TABLE IF NOT EXISTS resv (oid TEXT PRIMARY KEY, pid INTEGER NOT NULL, published INTEGER NOT NULL, ts INTEGER NOT NULL, qty INTEGER NOT NULL, uid TEXT NOT NULL, key TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS released (oid TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS ord (oid TEXT PRIMARY KEY, uid TEXT NOT NULL, pid INTEGER NOT NULL, qty INTEGER NOT NULL, created INTEGER NOT NULL);
+";
+
+#[derive(Debug, Clone, Copy)]
+struct Sale {
+    stock: i64,
+    remaining: i64,
+    limit: i64,
+    starts: i64,
+    ends: i64,
+}
+
+#[derive(Debug, Clone)]
+struct Reservation {
+    pid: i64,
+    published: bool,
+    ts: i64,
+    qty: i64,
+    uid: String,
+    key: String,
+}
+
+type IdemKey = (i64, String, String);
+
+/// What a batch changed, to be written before anyone hears of it.
+enum Change {
+    Sale(i64),
+    Idem(IdemKey),
+    Bought(i64, String),
+    Resv(String),
+    Released(String),
+    Ord(String),
+}
+
+pub struct LocalInventoryConnect {
+    pub path: PathBuf,
+    pub stale_ms: u64,
+}
+
+pub struct LocalInventory {
+    pool: SqlitePool,
+    stale_ms: i64,
+    sales: HashMap<i64, Sale>,
+    idem: HashMap<IdemKey, String>,
+    bought: HashMap<(i64, String), i64>,
+    resv: HashMap<String, Reservation>,
+    released: HashSet<String>,
+    orders: HashMap<String, PendingOrder>,
+    rate: HashMap<String, (i64, i64)>,
+    cache: HashMap<String, (String, i64)>,
+    changes: Vec<Change>,
+}
+
+#[ractor::async_trait]
+impl Connect for LocalInventoryConnect {
+    type Backend = LocalInventory;
+
+    async fn connect(&self) -> Result<LocalInventory, ActorProcessingErr> {
+        let pool = sqlite_pool(&self.path, 1).await?;
+        sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+        let mut inv = LocalInventory {
+            pool,
+            stale_ms: self.stale_ms as i64,
+            sales: HashMap::new(),
+            idem: HashMap::new(),
+            bought: HashMap::new(),
+            resv: HashMap::new(),
+            released: HashSet::new(),
+            orders: HashMap::new(),
+            rate: HashMap::new(),
+            cache: HashMap::new(),
+            changes: Vec::new(),
+        };
+        inv.load().await?;
+        Ok(inv)
+    }
+}
+
+impl LocalInventory {
+    /// Rebuilds the state from the partition's file.
+    async fn load(&mut self) -> Result<(), sqlx::Error> {
+        let p = &self.pool;
+        for r in sqlx::query("SELECT pid, stock, remaining, lim, starts, ends FROM sales")
+            .fetch_all(p)
+            .await?
+        {
+            let sale = Sale {
+                stock: r.get(1),
+                remaining: r.get(2),
+                limit: r.get(3),
+                starts: r.get(4),
+                ends: r.get(5),
+            };
+            self.sales.insert(r.get(0), sale);
+        }
+        for r in sqlx::query("SELECT pid, uid, key, oid FROM idem")
+            .fetch_all(p)
+            .await?
+        {
+            self.idem.insert((r.get(0), r.get(1), r.get(2)), r.get(3));
+        }
+        for r in sqlx::query("SELECT pid, uid, n FROM bought")
+            .fetch_all(p)
+            .await?
+        {
+            self.bought.insert((r.get(0), r.get(1)), r.get(2));
+        }
+        for r in sqlx::query("SELECT oid, pid, published, ts, qty, uid, key FROM resv")
+            .fetch_all(p)
+            .await?
+        {
+            let rv = Reservation {
+                pid: r.get(1),
+                published: r.get::<i64, _>(2) != 0,
+                ts: r.get(3),
+                qty: r.get(4),
+                uid: r.get(5),
+                key: r.get(6),
+            };
+            self.resv.insert(r.get(0), rv);
+        }
+        for r in sqlx::query("SELECT oid FROM released").fetch_all(p).await? {
+            self.released.insert(r.get(0));
+        }
+        for r in sqlx::query("SELECT oid, uid, pid, qty, created FROM ord")
+            .fetch_all(p)
+            .await?
+        {
+            let o = PendingOrder {
+                user: r.get(1),
+                product: r.get(2),
+                quantity: r.get(3),
+                created_at: r.get(4),
+            };
+            self.orders.insert(r.get(0), o);
+        }
+        Ok(())
+    }
+
+    /// Gives a reservation's units back and forgets its key (the scripts' `release`).
+    fn release(&mut self, oid: &str) -> bool {
+        let Some(rv) = self.resv.remove(oid) else {
+            return false;
+        };
+        if let Some(sale) = self.sales.get_mut(&rv.pid) {
+            sale.remaining += rv.qty;
+            self.changes.push(Change::Sale(rv.pid));
+        }
+        let b = (rv.pid, rv.uid.clone());
+        if let Some(n) = self.bought.get_mut(&b) {
+            *n -= rv.qty;
+        }
+        self.changes.push(Change::Bought(b.0, b.1));
+        self.released.insert(oid.to_string());
+        self.changes.push(Change::Released(oid.to_string()));
+        let ik = (rv.pid, rv.uid, rv.key);
+        if self.idem.get(&ik).is_some_and(|o| o == oid) {
+            self.idem.remove(&ik);
+            self.changes.push(Change::Idem(ik));
+        }
+        self.orders.remove(oid);
+        self.changes.push(Change::Ord(oid.to_string()));
+        self.changes.push(Change::Resv(oid.to_string()));
+        true
+    }
+
+    fn reserve(&mut self, r: &ReserveRequest) -> ReserveOutcome {
+        let pid = r.product.get();
+        let uid = r.user.to_string();
+        let qty = i64::from(r.quantity.get());
+        let ik = (pid, uid.clone(), r.key.as_str().to_string());
+        if let Some(prev) = self.idem.get(&ik).cloned() {
+            let stale = self
+                .resv
+                .get(&prev)
+                .is_some_and(|rv| !rv.published && r.now_ms - rv.ts > self.stale_ms);
+            if stale {
+                self.release(&prev);
+            } else {
+                return OrderId::parse(&prev)
+                    .map(ReserveOutcome::Replay)
+                    .unwrap_or(ReserveOutcome::NoSale);
+            }
+        }
+        let Some(sale) = self.sales.get(&pid).copied() else {
+            return ReserveOutcome::NoSale;
+        };
+        if (sale.starts > 0 && r.now_ms < sale.starts) || (sale.ends > 0 && r.now_ms >= sale.ends) {
+            return ReserveOutcome::NotActive;
+        }
+        let bought = self.bought.get(&(pid, uid.clone())).copied().unwrap_or(0);
+        if bought + qty > sale.limit {
+            return ReserveOutcome::LimitReached;
+        }
+        if sale.remaining < qty {
+            return ReserveOutcome::OutOfStock;
+        }
+        let oid = r.order.to_string();
+        self.sales.get_mut(&pid).expect("checked").remaining -= qty;
+        self.bought.insert((pid, uid.clone()), bought + qty);
+        self.idem.insert(ik.clone(), oid.clone());
+        let rv = Reservation {
+            pid,
+            published: false,
+            ts: r.now_ms,
+            qty,
+            uid: uid.clone(),
+            key: ik.2.clone(),
+        };
+        self.resv.insert(oid.clone(), rv);
+        let pending = PendingOrder {
+            user: uid.clone(),
+            product: pid,
+            quantity: qty,
+            created_at: r.now_ms,
+        };
+        self.orders.insert(oid.clone(), pending);
+        self.changes.extend([
+            Change::Sale(pid),
+            Change::Bought(pid, uid),
+            Change::Idem(ik),
+            Change::Resv(oid.clone()),
+            Change::Ord(oid),
+        ]);
+        ReserveOutcome::Created(r.order.clone())
+    }
+
+    fn load_sale(&mut self, pid: i64, def: &SaleDefinition) -> Result<SaleCounters, i64> {
+        let sold = self
+            .sales
+            .get(&pid)
+            .map(|s| s.stock - s.remaining)
+            .unwrap_or(0);
+        if def.stock < sold {
+            return Err(sold);
+        }
+        let sale = Sale {
+            stock: def.stock,
+            remaining: def.stock - sold,
+            limit: def.per_user_limit,
+            starts: def.starts_at.unwrap_or(0),
+            ends: def.ends_at.unwrap_or(0),
+        };
+        self.sales.insert(pid, sale);
+        self.changes.push(Change::Sale(pid));
+        Ok(self.counters(pid).expect("just loaded"))
+    }
+
+    fn counters(&self, pid: i64) -> Option<SaleCounters> {
+        let s = self.sales.get(&pid)?;
+        let pending = self
+            .resv
+            .values()
+            .filter(|r| r.pid == pid)
+            .map(|r| r.qty)
+            .sum();
+        Some(SaleCounters {
+            stock: s.stock,
+            remaining: s.remaining,
+            pending,
+            per_user_limit: s.limit,
+            starts_at: (s.starts > 0).then_some(s.starts),
+            ends_at: (s.ends > 0).then_some(s.ends),
+        })
+    }
+
+    fn apply(&mut self, op: &InventoryOp) -> InventoryReply {
+        match op {
+            InventoryOp::Reserve(r) => InventoryReply::Reserved(self.reserve(r)),
+            InventoryOp::MarkPublished { order, .. } => {
+                if let Some(rv) = self.resv.get_mut(order.as_str()) {
+                    if !rv.published {
+                        rv.published = true;
+                        self.changes.push(Change::Resv(order.to_string()));
+                    }
+                }
+                InventoryReply::Done
+            }
+            InventoryOp::Release { order, .. } => {
+                self.release(order.as_str());
+                InventoryReply::Done
+            }
+            InventoryOp::Claim { order, .. } => {
+                let claimed = if self.resv.remove(order.as_str()).is_some() {
+                    self.changes.push(Change::Resv(order.to_string()));
+                    true
+                } else {
+                    !self.released.contains(order.as_str())
+                };
+                InventoryReply::Claimed(claimed)
+            }
+            InventoryOp::RateCheck { user, window_ms } => {
+                let now = now_ms();
+                let entry = self.rate.entry(user.to_string()).or_insert((now, 0));
+                if now - entry.0 >= *window_ms {
+                    *entry = (now, 0);
+                }
+                entry.1 += 1;
+                InventoryReply::Rate {
+                    count: entry.1,
+                    reset_ms: entry.0 + window_ms - now,
+                }
+            }
+            InventoryOp::LoadSale { product, sale } => {
+                InventoryReply::SaleLoaded(self.load_sale(product.get(), sale))
+            }
+            InventoryOp::Counters { product } => {
+                InventoryReply::Counters(self.counters(product.get()))
+            }
+            InventoryOp::Lookup { order } => {
+                InventoryReply::Lookup(self.orders.get(order.as_str()).cloned())
+            }
+            InventoryOp::CacheGet { key } => {
+                let hit = self
+                    .cache
+                    .get(key)
+                    .filter(|(_, exp)| *exp > now_ms())
+                    .map(|(v, _)| v.clone());
+                InventoryReply::Cached(hit)
+            }
+            InventoryOp::CacheSet {
+                key,
+                value,
+                ttl_secs,
+            } => {
+                self.cache.insert(
+                    key.clone(),
+                    (value.clone(), now_ms() + *ttl_secs as i64 * 1000),
+                );
+                InventoryReply::Done
+            }
+            InventoryOp::CacheDel { key } => {
+                self.cache.remove(key);
+                InventoryReply::Done
+            }
+            InventoryOp::ReleaseStale { now_ms } => {
+                let stale: Vec<String> = self
+                    .resv
+                    .iter()
+                    .filter(|(_, r)| !r.published && now_ms - r.ts > self.stale_ms)
+                    .map(|(oid, _)| oid.clone())
+                    .collect();
+                for oid in &stale {
+                    self.release(oid);
+                }
+                // Accepted orders are looked up here only until their shard has them.
+                let expired: Vec<String> = self
+                    .orders
+                    .iter()
+                    .filter(|(_, o)| now_ms - o.created_at > 3_600_000)
+                    .map(|(oid, _)| oid.clone())
+                    .collect();
+                for oid in expired {
+                    self.orders.remove(&oid);
+                    self.changes.push(Change::Ord(oid));
+                }
+                InventoryReply::Released(stale.len() as i64)
+            }
+        }
+    }
+
+    /// Writes every change of the batch in one transaction.
+    async fn persist(&mut self) -> Result<(), sqlx::Error> {
+        if self.changes.is_empty() {
+            return Ok(());
+        }
+        let changes = std::mem::take(&mut self.changes);
+        let mut tx = self.pool.begin().await?;
+        for c in changes {
+            match c {
+                Change::Sale(pid) => {
+                    if let Some(s) = self.sales.get(&pid) {
+                        sqlx::query("INSERT OR REPLACE INTO sales (pid, stock, remaining, lim, starts, ends) VALUES (?, ?, ?, ?, ?, ?)")
+                            .bind(pid)
+                            .bind(s.stock)
+                            .bind(s.remaining)
+                            .bind(s.limit)
+                            .bind(s.starts)
+                            .bind(s.ends)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                Change::Idem(k) => {
+                    match self.idem.get(&k) {
+                        Some(oid) => {
+                            sqlx::query("INSERT OR REPLACE INTO idem (pid, uid, key, oid) VALUES (?, ?, ?, ?)")
+                            .bind(k.0)
+                            .bind(&k.1)
+                            .bind(&k.2)
+                            .bind(oid)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        None => {
+                            sqlx::query("DELETE FROM idem WHERE pid = ? AND uid = ? AND key = ?")
+                                .bind(k.0)
+                                .bind(&k.1)
+                                .bind(&k.2)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                    }
+                }
+                Change::Bought(pid, uid) => {
+                    let n = self.bought.get(&(pid, uid.clone())).copied().unwrap_or(0);
+                    sqlx::query("INSERT OR REPLACE INTO bought (pid, uid, n) VALUES (?, ?, ?)")
+                        .bind(pid)
+                        .bind(&uid)
+                        .bind(n)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Change::Resv(oid) => match self.resv.get(&oid) {
+                    Some(r) => {
+                        sqlx::query(
+                            "INSERT OR REPLACE INTO resv (oid, pid, published, ts, qty, uid, key) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        )
+                        .bind(&oid)
+                        .bind(r.pid)
+                        .bind(i64::from(r.published))
+                        .bind(r.ts)
+                        .bind(r.qty)
+                        .bind(&r.uid)
+                        .bind(&r.key)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    None => {
+                        sqlx::query("DELETE FROM resv WHERE oid = ?")
+                            .bind(&oid)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                },
+                Change::Released(oid) => {
+                    sqlx::query("INSERT OR IGNORE INTO released (oid) VALUES (?)")
+                        .bind(&oid)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Change::Ord(oid) => match self.orders.get(&oid) {
+                    Some(o) => {
+                        sqlx::query("INSERT OR REPLACE INTO ord (oid, uid, pid, qty, created) VALUES (?, ?, ?, ?, ?)")
+                            .bind(&oid)
+                            .bind(&o.user)
+                            .bind(o.product)
+                            .bind(o.quantity)
+                            .bind(o.created_at)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    None => {
+                        sqlx::query("DELETE FROM ord WHERE oid = ?")
+                            .bind(&oid)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                },
+            }
+        }
+        tx.commit().await
+    }
+}
+
+#[ractor::async_trait]
+impl Backend for LocalInventory {
+    type Op = InventoryOp;
+    type Reply = InventoryReply;
+
+    async fn process(&mut self, batch: Batch<Self>) -> Result<(), ActorProcessingErr> {
+        let live: Vec<_> = batch.into_iter().filter(|e| !e.abandoned()).collect();
+        let replies: Vec<InventoryReply> = live.iter().map(|e| self.apply(&e.op)).collect();
+        // Durable before anyone hears of it. On failure the actor restarts and rebuilds
+        // its memory from the file, so the unanswered batch leaves no trace.
+        self.persist().await?;
+        for (e, r) in live.into_iter().zip(replies) {
+            e.answer(r);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,200 @@
+//! RabbitMQ: durable queues, persistent messages, publisher confirms, prefetch.
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use ractor::ActorProcessingErr;
+
+use super::{
+    AckToken, Acknowledge, Batch, Outbound, PublishOp, PublishReply, QueueMessage, QueueSource,
+    Subscription,
+};
+use crate::actors::worker::{Backend, Batch as WorkBatch, Connect};
+
+async fn open(url: &str, declare: &[String]) -> Result<(Connection, Channel), lapin::Error> {
+    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    for q in declare {
+        channel
+            .queue_declare(
+                q.as_str().into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok((conn, channel))
+}
+
+/// Publishes a batch and waits for all its confirms together.
+async fn publish_all(
+    channel: &Channel,
+    messages: &[(&str, &[u8])],
+) -> Result<Vec<bool>, lapin::Error> {
+    let mut confirms = Vec::with_capacity(messages.len());
+    for (queue, payload) in messages {
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into());
+        confirms.push(
+            channel
+                .basic_publish(
+                    "".into(),
+                    (*queue).into(),
+                    BasicPublishOptions::default(),
+                    payload,
+                    props,
+                )
+                .await?,
+        );
+    }
+    let mut acked = Vec::with_capacity(confirms.len());
+    for c in confirms {
+        acked.push(c.await?.is_ack());
+    }
+    Ok(acked)
+}
+
+pub struct AmqpPublisherConnect {
+    pub url: String,
+    pub declare: Vec<String>,
+}
+
+pub struct AmqpPublisher {
+    _conn: Connection,
+    channel: Channel,
+}
+
+#[ractor::async_trait]
+impl Connect for AmqpPublisherConnect {
+    type Backend = AmqpPublisher;
+
+    async fn connect(&self) -> Result<AmqpPublisher, ActorProcessingErr> {
+        let (conn, channel) = open(&self.url, &self.declare).await?;
+        Ok(AmqpPublisher {
+            _conn: conn,
+            channel,
+        })
+    }
+}
+
+#[ractor::async_trait]
+impl Backend for AmqpPublisher {
+    type Op = PublishOp;
+    type Reply = PublishReply;
+
+    async fn process(&mut self, batch: WorkBatch<Self>) -> Result<(), ActorProcessingErr> {
+        let live: Vec<_> = batch.into_iter().filter(|e| !e.abandoned()).collect();
+        let messages: Vec<(&str, &[u8])> = live
+            .iter()
+            .map(|e| (e.op.queue.as_str(), e.op.payload.as_slice()))
+            .collect();
+        let acked = publish_all(&self.channel, &messages).await?;
+        for (e, ok) in live.into_iter().zip(acked) {
+            e.answer(ok);
+        }
+        Ok(())
+    }
+}
+
+struct AmqpOutbound {
+    _conn: Connection,
+    channel: Channel,
+}
+
+#[ractor::async_trait]
+impl Outbound for AmqpOutbound {
+    async fn publish(&self, messages: &[(&str, &[u8])]) -> Result<(), ActorProcessingErr> {
+        let acked = publish_all(&self.channel, messages).await?;
+        if acked.iter().all(|a| *a) {
+            Ok(())
+        } else {
+            Err("the broker refused a follow-up message".into())
+        }
+    }
+}
+
+struct AmqpAcker {
+    _channel: Channel,
+}
+
+#[ractor::async_trait]
+impl Acknowledge for AmqpAcker {
+    async fn ack(&self, batch: &[QueueMessage]) -> Result<(), ActorProcessingErr> {
+        // Deliveries arrive in order on one channel: one ack covers the whole batch.
+        if let Some(QueueMessage {
+            ack: AckToken::Amqp(acker),
+            ..
+        }) = batch.last()
+        {
+            acker.ack(BasicAckOptions { multiple: true }).await?;
+        }
+        Ok(())
+    }
+}
+
+pub struct AmqpSource {
+    pub url: String,
+    /// Queues declared before consuming (the consumed one and those published to).
+    pub declare: Vec<String>,
+}
+
+#[ractor::async_trait]
+impl QueueSource for AmqpSource {
+    async fn subscribe(
+        &self,
+        consumer: &str,
+        queue: &str,
+        prefetch: u16,
+        max_batch: usize,
+    ) -> Result<Subscription, ActorProcessingErr> {
+        let mut declare = self.declare.clone();
+        declare.push(queue.to_string());
+        let (conn, out) = open(&self.url, &declare).await?;
+        let consume = conn.create_channel().await?;
+        consume
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        let tag = format!("{consumer}-{}", uuid::Uuid::new_v4().simple());
+        let stream = consume
+            .basic_consume(
+                queue.into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let batches = stream
+            .ready_chunks(max_batch)
+            .map(|chunk| {
+                let mut messages = Vec::with_capacity(chunk.len());
+                for item in chunk {
+                    let d = item.map_err(|e| e.to_string())?;
+                    messages.push(QueueMessage {
+                        payload: d.data,
+                        ack: AckToken::Amqp(d.acker),
+                    });
+                }
+                Ok(Batch {
+                    messages,
+                    guard: None,
+                })
+            })
+            .boxed();
+        Ok(Subscription {
+            batches,
+            out: Box::new(AmqpOutbound {
+                _conn: conn,
+                channel: out,
+            }),
+            acker: Box::new(AmqpAcker { _channel: consume }),
+        })
+    }
+}

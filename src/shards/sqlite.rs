@@ -1,0 +1,356 @@
+//! The SQLite backends of embedded mode: one file per order shard and one for the
+//! catalog, under the data directory. Same operations, same statuses, same
+//! idempotency as the PostgreSQL backends.
+
+use std::path::{Path, PathBuf};
+
+use ractor::ActorProcessingErr;
+use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::Row;
+
+use crate::actors::catalog::{CatalogOp, CatalogReply, Product};
+use crate::actors::inventory::SaleDefinition;
+use crate::actors::queue::local::sqlite_pool;
+use crate::actors::shard::{OrderStatus, OrderView, ShardOp, ShardReply};
+use crate::actors::worker::{Backend, Batch, Connect};
+use crate::domain::{now_ms, rfc3339};
+use crate::shards::migrate::Migration;
+
+pub const CATALOG: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    sql: include_str!("../../migrations/sqlite/catalog/0001_init.sql"),
+}];
+
+pub const SHARD: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    sql: include_str!("../../migrations/sqlite/shard/0001_init.sql"),
+}];
+
+/// Applies the migrations `path` has not applied yet; returns how many.
+pub async fn migrate(path: &Path, set: &[Migration]) -> Result<usize, sqlx::Error> {
+    let pool = sqlite_pool(path, 1).await?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS flashsale_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+    )
+    .execute(&pool)
+    .await?;
+    let applied: Vec<i64> = sqlx::query("SELECT version FROM flashsale_migrations")
+        .fetch_all(&pool)
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut n = 0;
+    for m in set.iter().filter(|m| !applied.contains(&m.version)) {
+        let mut tx = pool.begin().await?;
+        sqlx::raw_sql(m.sql).execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO flashsale_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+        )
+        .bind(m.version)
+        .bind(m.name)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        n += 1;
+    }
+    pool.close().await;
+    Ok(n)
+}
+
+pub struct SqliteShardConnect {
+    pub path: PathBuf,
+}
+
+pub struct SqliteShard {
+    pool: SqlitePool,
+}
+
+#[ractor::async_trait]
+impl Connect for SqliteShardConnect {
+    type Backend = SqliteShard;
+
+    async fn connect(&self) -> Result<SqliteShard, ActorProcessingErr> {
+        Ok(SqliteShard {
+            pool: sqlite_pool(&self.path, 2).await?,
+        })
+    }
+}
+
+fn order_view(row: &SqliteRow) -> Result<OrderView, sqlx::Error> {
+    let status: String = row.try_get("status")?;
+    Ok(OrderView {
+        order_id: row.try_get("order_id")?,
+        user_id: row.try_get("user_id")?,
+        product_id: row.try_get("product_id")?,
+        quantity: row.try_get("quantity")?,
+        status: OrderStatus::parse(&status).unwrap_or(OrderStatus::Pending),
+        created_at: rfc3339(row.try_get("created_at")?),
+    })
+}
+
+const ORDER_COLUMNS: &str = "order_id, user_id, product_id, quantity, status, created_at";
+
+impl SqliteShard {
+    async fn commit_writes(&self, batch: &Batch<Self>) -> Result<(), sqlx::Error> {
+        if !batch
+            .iter()
+            .any(|e| matches!(e.op, ShardOp::Insert { .. } | ShardOp::Notified { .. }))
+        {
+            return Ok(());
+        }
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        for e in batch {
+            match &e.op {
+                ShardOp::Insert { order, status } => {
+                    sqlx::query(
+                        "INSERT OR IGNORE INTO orders (order_id, user_id, product_id, quantity, idempotency_key, status, created_at, updated_at) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    )
+                    .bind(&order.order_id)
+                    .bind(&order.user_id)
+                    .bind(order.product_id)
+                    .bind(order.quantity)
+                    .bind(&order.idempotency_key)
+                    .bind(status.as_str())
+                    .bind(order.created_at)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                ShardOp::Notified {
+                    order,
+                    user,
+                    channel,
+                } => {
+                    sqlx::query("INSERT OR IGNORE INTO notifications (order_id, user_id, channel, delivered_at) VALUES (?, ?, ?, ?)")
+                        .bind(order.as_str())
+                        .bind(user)
+                        .bind(channel)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                _ => {}
+            }
+        }
+        tx.commit().await
+    }
+
+    async fn read(&self, op: &ShardOp) -> Result<ShardReply, sqlx::Error> {
+        let pool = &self.pool;
+        Ok(match op {
+            ShardOp::Insert { .. } | ShardOp::Notified { .. } => ShardReply::Done,
+            ShardOp::Get { order, user } => {
+                let sql = format!(
+                    "SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = ? AND user_id = ?"
+                );
+                let row = sqlx::query(&sql)
+                    .bind(order.as_str())
+                    .bind(user)
+                    .fetch_optional(pool)
+                    .await?;
+                ShardReply::Order(row.as_ref().map(order_view).transpose()?)
+            }
+            ShardOp::List { user } => {
+                let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = ? ORDER BY created_at DESC LIMIT 1000");
+                let rows = sqlx::query(&sql).bind(user).fetch_all(pool).await?;
+                ShardReply::Orders(rows.iter().map(order_view).collect::<Result<_, _>>()?)
+            }
+            ShardOp::CreateUser { user, email } => {
+                sqlx::query(
+                    "INSERT OR IGNORE INTO users (user_id, email, created_at) VALUES (?, ?, ?)",
+                )
+                .bind(user)
+                .bind(email)
+                .bind(now_ms())
+                .execute(pool)
+                .await?;
+                ShardReply::Done
+            }
+            ShardOp::ProductTotals { product } => {
+                let row = sqlx::query(
+                    "SELECT COALESCE(SUM(CASE WHEN status = 'completed' THEN quantity END), 0) AS completed, \
+                            COALESCE(SUM(CASE WHEN status = 'cancelled' THEN quantity END), 0) AS cancelled \
+                     FROM orders WHERE product_id = ?",
+                )
+                .bind(product)
+                .fetch_one(pool)
+                .await?;
+                ShardReply::Totals {
+                    completed: row.try_get("completed")?,
+                    cancelled: row.try_get("cancelled")?,
+                }
+            }
+        })
+    }
+}
+
+#[ractor::async_trait]
+impl Backend for SqliteShard {
+    type Op = ShardOp;
+    type Reply = ShardReply;
+
+    async fn process(&mut self, batch: Batch<Self>) -> Result<(), ActorProcessingErr> {
+        self.commit_writes(&batch).await?;
+        for e in batch {
+            if e.abandoned() {
+                continue;
+            }
+            let reply = self.read(&e.op).await?;
+            e.answer(reply);
+        }
+        Ok(())
+    }
+}
+
+pub struct SqliteCatalogConnect {
+    pub path: PathBuf,
+}
+
+pub struct SqliteCatalog {
+    pool: SqlitePool,
+}
+
+#[ractor::async_trait]
+impl Connect for SqliteCatalogConnect {
+    type Backend = SqliteCatalog;
+
+    async fn connect(&self) -> Result<SqliteCatalog, ActorProcessingErr> {
+        Ok(SqliteCatalog {
+            pool: sqlite_pool(&self.path, 2).await?,
+        })
+    }
+}
+
+fn product(row: &SqliteRow) -> Result<Product, sqlx::Error> {
+    Ok(Product {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        price_cents: row.try_get("price_cents")?,
+    })
+}
+
+impl SqliteCatalog {
+    async fn serve(&self, op: &CatalogOp) -> Result<CatalogReply, sqlx::Error> {
+        let pool = &self.pool;
+        Ok(match op {
+            CatalogOp::CreateProduct { name, price_cents } => {
+                let now = now_ms();
+                let row = sqlx::query(
+                    "INSERT INTO products (name, price_cents, created_at, updated_at) VALUES (?, ?, ?, ?) RETURNING id, name, price_cents",
+                )
+                .bind(name.as_str())
+                .bind(price_cents)
+                .bind(now)
+                .bind(now)
+                .fetch_one(pool)
+                .await?;
+                CatalogReply::Product(Some(product(&row)?))
+            }
+            CatalogOp::GetProduct(id) => {
+                let row = sqlx::query("SELECT id, name, price_cents FROM products WHERE id = ?")
+                    .bind(id.get())
+                    .fetch_optional(pool)
+                    .await?;
+                CatalogReply::Product(row.as_ref().map(product).transpose()?)
+            }
+            CatalogOp::PutSale { product, sale } => {
+                let done = sqlx::query(
+                    "INSERT INTO flash_sales (product_id, stock, per_user_limit, starts_at, ends_at, updated_at) \
+                     SELECT id, ?, ?, ?, ?, ? FROM products WHERE id = ? \
+                     ON CONFLICT (product_id) DO UPDATE SET stock = excluded.stock, per_user_limit = excluded.per_user_limit, \
+                       starts_at = excluded.starts_at, ends_at = excluded.ends_at, updated_at = excluded.updated_at",
+                )
+                .bind(sale.stock)
+                .bind(sale.per_user_limit)
+                .bind(sale.starts_at)
+                .bind(sale.ends_at)
+                .bind(now_ms())
+                .bind(product.get())
+                .execute(pool)
+                .await?;
+                CatalogReply::SaleStored(done.rows_affected() == 1)
+            }
+            CatalogOp::GetSale(id) => {
+                let row = sqlx::query("SELECT stock, per_user_limit, starts_at, ends_at FROM flash_sales WHERE product_id = ?")
+                    .bind(id.get())
+                    .fetch_optional(pool)
+                    .await?;
+                CatalogReply::Sale(match row {
+                    Some(r) => Some(SaleDefinition {
+                        stock: r.try_get("stock")?,
+                        per_user_limit: r.try_get("per_user_limit")?,
+                        starts_at: r.try_get("starts_at")?,
+                        ends_at: r.try_get("ends_at")?,
+                    }),
+                    None => None,
+                })
+            }
+            CatalogOp::CreateCredential {
+                email,
+                user,
+                password_hash,
+            } => {
+                let r = sqlx::query("INSERT INTO credentials (email, user_id, password_hash, created_at) VALUES (?, ?, ?, ?)")
+                    .bind(email.as_str())
+                    .bind(user)
+                    .bind(password_hash)
+                    .bind(now_ms())
+                    .execute(pool)
+                    .await;
+                match r {
+                    Ok(_) => CatalogReply::Created(true),
+                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                        CatalogReply::Created(false)
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            CatalogOp::GetCredential(email) => {
+                let row =
+                    sqlx::query("SELECT user_id, password_hash FROM credentials WHERE email = ?")
+                        .bind(email.as_str())
+                        .fetch_optional(pool)
+                        .await?;
+                CatalogReply::Credential(match row {
+                    Some(r) => Some((r.try_get("user_id")?, r.try_get("password_hash")?)),
+                    None => None,
+                })
+            }
+            CatalogOp::Secret { name, candidate } => {
+                sqlx::query("INSERT OR IGNORE INTO secrets (name, value) VALUES (?, ?)")
+                    .bind(name)
+                    .bind(candidate)
+                    .execute(pool)
+                    .await?;
+                let row = sqlx::query("SELECT value FROM secrets WHERE name = ?")
+                    .bind(name)
+                    .fetch_one(pool)
+                    .await?;
+                CatalogReply::Secret(row.try_get("value")?)
+            }
+        })
+    }
+}
+
+#[ractor::async_trait]
+impl Backend for SqliteCatalog {
+    type Op = CatalogOp;
+    type Reply = CatalogReply;
+
+    async fn process(&mut self, batch: Batch<Self>) -> Result<(), ActorProcessingErr> {
+        for e in batch {
+            if e.abandoned() {
+                continue;
+            }
+            let reply = self.serve(&e.op).await?;
+            e.answer(reply);
+        }
+        Ok(())
+    }
+}
