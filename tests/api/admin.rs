@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, Mode};
 
 fn names(node: &Value, out: &mut Vec<String>) {
     out.push(node["name"].as_str().unwrap().to_string());
@@ -24,9 +24,9 @@ fn find<'a>(node: &'a Value, name: &str) -> Option<&'a Value> {
         .find_map(|c| find(c, name))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_tree_is_live_and_actors_restart_through_their_supervisor() {
-    let app = spawn_app().await;
+in_both_modes!(the_tree_is_live_and_actors_restart_through_their_supervisor);
+async fn the_tree_is_live_and_actors_restart_through_their_supervisor(mode: Mode) {
+    let app = spawn_app(mode).await;
     let tree = app.admin(Method::GET, "/admin/actors", None).await;
     assert_eq!(tree.status, StatusCode::OK);
     let mut all = Vec::new();
@@ -96,9 +96,9 @@ async fn the_tree_is_live_and_actors_restart_through_their_supervisor() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_metrics_page_and_openapi() {
-    let app = spawn_app().await;
+in_both_modes!(health_metrics_page_and_openapi);
+async fn health_metrics_page_and_openapi(mode: Mode) {
+    let app = spawn_app(mode).await;
     let get = |url: String| {
         let c = app.client.clone();
         async move { c.get(url).send().await.unwrap() }

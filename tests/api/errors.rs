@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, Mode};
 
 fn assert_error(status: StatusCode, body: &Value, want_status: StatusCode, want_code: &str) {
     assert_eq!(status, want_status, "{body:?}");
@@ -14,9 +14,9 @@ fn assert_error(status: StatusCode, body: &Value, want_status: StatusCode, want_
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_order_requests_get_json_errors() {
-    let app = spawn_app().await;
+in_both_modes!(hostile_order_requests_get_json_errors);
+async fn hostile_order_requests_get_json_errors(mode: Mode) {
+    let app = spawn_app(mode).await;
     let product = app.sale(10, 5).await;
     let (_, token) = app.token_for_new_user();
     let url = format!("{}/orders/flash-sale/{product}", app.address);
@@ -112,9 +112,9 @@ async fn hostile_order_requests_get_json_errors() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn other_bad_requests_get_json_errors() {
-    let app = spawn_app().await;
+in_both_modes!(other_bad_requests_get_json_errors);
+async fn other_bad_requests_get_json_errors(mode: Mode) {
+    let app = spawn_app(mode).await;
     let r = app
         .client
         .get(format!("{}/no/such/route", app.address))

@@ -21,10 +21,14 @@ pub struct TestApp {
     pub settings: Settings,
     pub app_state: actix_web::web::Data<flashsale::http::AppState>,
     pub shard_urls: Vec<String>,
+    pub mode: Mode,
     stop: StopHandle,
 }
 
+pub use flashsale::config::Mode;
+
 pub struct Options {
+    pub mode: Mode,
     pub shards: usize,
     pub reconcile_after_ms: u64,
 }
@@ -32,10 +36,29 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
+            mode: Mode::Cluster,
             shards: 2,
             reconcile_after_ms: 15_000,
         }
     }
+}
+
+/// Runs a scenario `async fn name(mode: Mode)` once per mode, as `name::cluster` and
+/// `name::embedded`.
+#[macro_export]
+macro_rules! in_both_modes {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster() {
+                super::$name($crate::helpers::Mode::Cluster).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$name($crate::helpers::Mode::Embedded).await
+            }
+        }
+    };
 }
 
 fn init_logging() {
@@ -47,8 +70,8 @@ fn init_logging() {
     });
 }
 
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with(Options::default()).await
+pub async fn spawn_app(mode: Mode) -> TestApp {
+    spawn_app_with(Options { mode, ..Options::default() }).await
 }
 
 pub async fn spawn_app_with(options: Options) -> TestApp {
@@ -84,6 +107,9 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     s.supervision.backoff_base_ms = 50;
     s.supervision.backoff_max_ms = 1000;
     s.supervision.max_restarts = 50;
+    s.mode = options.mode;
+    s.embedded.shards = options.shards;
+    s.embedded.data_dir = std::env::temp_dir().join(format!("fs_test_{id}"));
     s.validate().expect("test settings are valid");
 
     let app = Application::build(s.clone())
@@ -107,6 +133,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
             .iter()
             .map(|u| u.expose().to_string())
             .collect(),
+        mode: s.mode,
         settings: s,
         app_state,
         stop,
@@ -143,8 +170,11 @@ impl Reply {
 impl TestApp {
     pub async fn stop(self) {
         self.stop.stop().await;
-        let c = self.client.clone();
-        drop(c);
+        if self.mode == Mode::Embedded {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let _ = std::fs::remove_dir_all(&self.settings.embedded.data_dir);
+            return;
+        }
         // The queues belong to this test only.
         if let Ok(conn) = lapin::Connection::connect(
             self.settings.queue.url.expose(),
@@ -300,15 +330,26 @@ impl TestApp {
     /// Every order row of every shard: (shard index, order id, user id, status).
     pub async fn all_shard_orders(&self) -> Vec<(usize, String, String, String)> {
         let mut all = Vec::new();
-        for (i, url) in self.shard_urls.iter().enumerate() {
-            let pool = sqlx::PgPool::connect(url).await.unwrap();
-            let rows: Vec<(String, String, String)> =
-                sqlx::query_as("SELECT order_id, user_id, status FROM orders")
-                    .fetch_all(&pool)
-                    .await
-                    .unwrap();
+        let sql = "SELECT order_id, user_id, status FROM orders";
+        for i in 0..self.settings.shard_count() {
+            let rows: Vec<(String, String, String)> = match self.mode {
+                Mode::Cluster => {
+                    let pool = sqlx::PgPool::connect(&self.shard_urls[i]).await.unwrap();
+                    let rows = sqlx::query_as(sql).fetch_all(&pool).await.unwrap();
+                    pool.close().await;
+                    rows
+                }
+                Mode::Embedded => {
+                    let path = self.settings.embedded.data_dir.join(format!("shard-{i}.db"));
+                    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+                        .await
+                        .unwrap();
+                    let rows = sqlx::query_as(sql).fetch_all(&pool).await.unwrap();
+                    pool.close().await;
+                    rows
+                }
+            };
             all.extend(rows.into_iter().map(|(o, u, s)| (i, o, u, s)));
-            pool.close().await;
         }
         all
     }

@@ -5,7 +5,7 @@ use flashsale::actors::inventory::{
 };
 use flashsale::domain::{now_ms, IdempotencyKey, OrderId, ProductId, Quantity, UserId};
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, Mode};
 
 fn reserve(product: ProductId, user: &UserId, key: &str, qty: u32) -> (OrderId, InventoryOp) {
     let order = OrderId::generate();
@@ -20,9 +20,9 @@ fn reserve(product: ProductId, user: &UserId, key: &str, qty: u32) -> (OrderId, 
     (order, op)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_reservation_script_covers_every_outcome() {
-    let app = spawn_app().await;
+in_both_modes!(the_reservation_script_covers_every_outcome);
+async fn the_reservation_script_covers_every_outcome(mode: Mode) {
+    let app = spawn_app(mode).await;
     let dir = &app.app_state.directory;
     let product = ProductId::from_db(987_654);
     let part = dir.product_partition(product);

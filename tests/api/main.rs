@@ -1,8 +1,10 @@
 //! HTTP integration scenarios against the real services.
 
+#[macro_use]
+mod helpers;
+
 mod admin;
 mod errors;
-mod helpers;
 mod inventory;
 mod orders;
 mod resilience;

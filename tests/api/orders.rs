@@ -6,12 +6,13 @@ use flashsale::shards::hash::bucket;
 use futures_util::future::join_all;
 use reqwest::StatusCode;
 
-use crate::helpers::{spawn_app, spawn_app_with, Options};
+use crate::helpers::{spawn_app, spawn_app_with, Options, Mode};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_sells_exactly_the_stock_and_every_order_lands_once_in_its_shard() {
+in_both_modes!(a_burst_sells_exactly_the_stock_and_every_order_lands_once_in_its_shard);
+async fn a_burst_sells_exactly_the_stock_and_every_order_lands_once_in_its_shard(mode: Mode) {
     let app = spawn_app_with(Options {
         shards: 4,
+        mode,
         ..Options::default()
     })
     .await;
@@ -69,9 +70,9 @@ async fn a_burst_sells_exactly_the_stock_and_every_order_lands_once_in_its_shard
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_requests_with_one_key_make_one_order() {
-    let app = spawn_app().await;
+in_both_modes!(concurrent_requests_with_one_key_make_one_order);
+async fn concurrent_requests_with_one_key_make_one_order(mode: Mode) {
+    let app = spawn_app(mode).await;
     let product = app.sale(100, 5).await;
     let (_, token) = app.token_for_new_user();
 
@@ -98,9 +99,9 @@ async fn concurrent_requests_with_one_key_make_one_order() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replay_answers_200_with_the_same_body_and_orders_settle_for_their_owner_only() {
-    let app = spawn_app().await;
+in_both_modes!(a_replay_answers_200_with_the_same_body_and_orders_settle_for_their_owner_only);
+async fn a_replay_answers_200_with_the_same_body_and_orders_settle_for_their_owner_only(mode: Mode) {
+    let app = spawn_app(mode).await;
     let product = app.sale(10, 3).await;
     let (_, token) = app.token_for_new_user();
 
@@ -137,9 +138,9 @@ async fn a_replay_answers_200_with_the_same_body_and_orders_settle_for_their_own
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_per_user_limit_holds_across_keys() {
-    let app = spawn_app().await;
+in_both_modes!(the_per_user_limit_holds_across_keys);
+async fn the_per_user_limit_holds_across_keys(mode: Mode) {
+    let app = spawn_app(mode).await;
     let product = app.sale(100, 2).await;
     let (_, token) = app.token_for_new_user();
 
@@ -169,9 +170,9 @@ async fn the_per_user_limit_holds_across_keys() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_rate_limit_answers_429_with_retry_after() {
-    let app = spawn_app().await;
+in_both_modes!(the_rate_limit_answers_429_with_retry_after);
+async fn the_rate_limit_answers_429_with_retry_after(mode: Mode) {
+    let app = spawn_app(mode).await;
     let product = app.sale(1000, 1000).await;
     let (_, token) = app.token_for_new_user();
     for i in 0..10 {
@@ -195,9 +196,9 @@ async fn the_rate_limit_answers_429_with_retry_after() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sales_outside_their_window_are_not_active() {
-    let app = spawn_app().await;
+in_both_modes!(sales_outside_their_window_are_not_active);
+async fn sales_outside_their_window_are_not_active(mode: Mode) {
+    let app = spawn_app(mode).await;
     let later = app.sale(5, 1).await;
     let r = app
         .admin(
@@ -232,9 +233,9 @@ async fn sales_outside_their_window_are_not_active() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn register_login_and_products() {
-    let app = spawn_app().await;
+in_both_modes!(register_login_and_products);
+async fn register_login_and_products(mode: Mode) {
+    let app = spawn_app(mode).await;
     let r = app.register("Buyer@Example.com", "long-password").await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let user = r.body["userId"].as_str().unwrap().to_string();

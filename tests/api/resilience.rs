@@ -10,7 +10,7 @@ use flashsale::domain::{now_ms, IdempotencyKey, OrderId, ProductId, Quantity};
 use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
 
-use crate::helpers::{spawn_app, spawn_app_with, Options, TestApp};
+use crate::helpers::{spawn_app, spawn_app_with, Options, TestApp, Mode};
 
 /// Buys with `buyers` fresh users in waves; returns (token, order id) of each 201.
 async fn burst(app: &TestApp, product: i64, buyers: usize) -> Vec<(String, String)> {
@@ -54,7 +54,7 @@ async fn assert_all_completed_once(app: &TestApp, accepted: &[(String, String)])
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_shard_connections_during_a_sale_loses_nothing() {
-    let app = spawn_app().await;
+    let app = spawn_app(Mode::Cluster).await;
     let product = app.sale(150, 1).await;
     let killer = async {
         let mut killed = 0;
@@ -80,9 +80,9 @@ async fn killing_shard_connections_during_a_sale_loses_nothing() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restarting_consumers_during_a_sale_loses_nothing() {
-    let app = spawn_app().await;
+in_both_modes!(restarting_consumers_during_a_sale_loses_nothing);
+async fn restarting_consumers_during_a_sale_loses_nothing(mode: Mode) {
+    let app = spawn_app(mode).await;
     let product = app.sale(150, 1).await;
     let restarter = async {
         for name in [
@@ -126,10 +126,11 @@ async fn restarting_consumers_during_a_sale_loses_nothing() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_reconciler_releases_reservations_that_were_never_published() {
+in_both_modes!(the_reconciler_releases_reservations_that_were_never_published);
+async fn the_reconciler_releases_reservations_that_were_never_published(mode: Mode) {
     let app = spawn_app_with(Options {
         reconcile_after_ms: 800,
+        mode,
         ..Options::default()
     })
     .await;
@@ -198,9 +199,9 @@ async fn the_reconciler_releases_reservations_that_were_never_published() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orders_are_visible_as_pending_before_their_shard_has_them() {
-    let app = spawn_app().await;
+in_both_modes!(orders_are_visible_as_pending_before_their_shard_has_them);
+async fn orders_are_visible_as_pending_before_their_shard_has_them(mode: Mode) {
+    let app = spawn_app(mode).await;
     let product = app.sale(5, 1).await;
     // Stop the order consumers' progress by restarting the shards repeatedly is racy;
     // instead read straight after the 201: the order is either pending or completed.
@@ -216,6 +217,5 @@ async fn orders_are_visible_as_pending_before_their_shard_has_them() {
     );
     assert_eq!(now.body["orderId"], id);
     assert_eq!(app.wait_settled(&token, id).await["status"], "completed");
-    let _ = spawn_app;
     app.stop().await;
 }
