@@ -103,7 +103,10 @@ async fn serve(settings: Settings) -> ExitCode {
         } else {
             "generated for this run".to_string()
         };
-        println!("  admin token  {}  ({kept}; FLASHSALE__ADMIN__TOKEN sets one)", app.admin_token.expose());
+        println!(
+            "  admin token  {}  ({kept}; FLASHSALE__ADMIN__TOKEN sets one)",
+            app.admin_token.expose()
+        );
     }
     if embedded {
         println!("  demo sale    cargo run --release -p flashsale-load -- burst --buyers 2000 --stock 100 \\");

@@ -71,7 +71,11 @@ fn init_logging() {
 }
 
 pub async fn spawn_app(mode: Mode) -> TestApp {
-    spawn_app_with(Options { mode, ..Options::default() }).await
+    spawn_app_with(Options {
+        mode,
+        ..Options::default()
+    })
+    .await
 }
 
 pub async fn spawn_app_with(options: Options) -> TestApp {
@@ -340,7 +344,11 @@ impl TestApp {
                     rows
                 }
                 Mode::Embedded => {
-                    let path = self.settings.embedded.data_dir.join(format!("shard-{i}.db"));
+                    let path = self
+                        .settings
+                        .embedded
+                        .data_dir
+                        .join(format!("shard-{i}.db"));
                     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
                         .await
                         .unwrap();

@@ -6,7 +6,7 @@ use flashsale::shards::hash::bucket;
 use futures_util::future::join_all;
 use reqwest::StatusCode;
 
-use crate::helpers::{spawn_app, spawn_app_with, Options, Mode};
+use crate::helpers::{spawn_app, spawn_app_with, Mode, Options};
 
 in_both_modes!(a_burst_sells_exactly_the_stock_and_every_order_lands_once_in_its_shard);
 async fn a_burst_sells_exactly_the_stock_and_every_order_lands_once_in_its_shard(mode: Mode) {
@@ -100,7 +100,9 @@ async fn concurrent_requests_with_one_key_make_one_order(mode: Mode) {
 }
 
 in_both_modes!(a_replay_answers_200_with_the_same_body_and_orders_settle_for_their_owner_only);
-async fn a_replay_answers_200_with_the_same_body_and_orders_settle_for_their_owner_only(mode: Mode) {
+async fn a_replay_answers_200_with_the_same_body_and_orders_settle_for_their_owner_only(
+    mode: Mode,
+) {
     let app = spawn_app(mode).await;
     let product = app.sale(10, 3).await;
     let (_, token) = app.token_for_new_user();

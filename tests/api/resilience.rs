@@ -10,7 +10,7 @@ use flashsale::domain::{now_ms, IdempotencyKey, OrderId, ProductId, Quantity};
 use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
 
-use crate::helpers::{spawn_app, spawn_app_with, Options, TestApp, Mode};
+use crate::helpers::{spawn_app, spawn_app_with, Mode, Options, TestApp};
 
 /// Buys with `buyers` fresh users in waves; returns (token, order id) of each 201.
 async fn burst(app: &TestApp, product: i64, buyers: usize) -> Vec<(String, String)> {
