@@ -11,7 +11,7 @@ psql -w -h 127.0.0.1 -U postgres -Atc "SELECT datname FROM pg_database WHERE dat
 redis-cli -n 14 flushdb >/dev/null
 redis-cli -n 15 flushdb >/dev/null
 if command -v rabbitmqctl >/dev/null; then
-  rabbitmqctl -q list_queues name 2>/dev/null | grep '^fstest\.' | while read -r q; do
+  rabbitmqctl -q list_queues name 2>/dev/null | { grep '^fstest\.' || true; } | while read -r q; do
     rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
   done
 fi
