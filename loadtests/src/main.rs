@@ -142,10 +142,14 @@ async fn main() {
         concurrency,
         ref report_json,
     } = cli.scenario;
-    let secret = cli
-        .jwt_secret
-        .clone()
-        .unwrap_or_else(|| fail("--jwt-secret is required to mint buyer tokens"));
+    let secret = match (&cli.jwt_secret, &cli.jwt_secret_file) {
+        (Some(s), _) => s.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .unwrap_or_else(|e| fail(format!("cannot read {}: {e}", path.display())))
+            .trim()
+            .to_string(),
+        (None, None) => fail("--jwt-secret or --jwt-secret-file is required to mint buyer tokens"),
+    };
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .timeout(Duration::from_secs(30))
