@@ -18,8 +18,9 @@ pub struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "FLASHSALE_LOG_JSON")]
     pub log_json: bool,
+    /// What to do; `serve` when omitted.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -47,7 +48,7 @@ fn load(config: Option<PathBuf>) -> Result<Settings, ExitCode> {
 
 pub async fn run(cli: Cli) -> ExitCode {
     crate::telemetry::init_logging(cli.log_json);
-    match cli.command {
+    match cli.command.unwrap_or(Command::Serve { config: None }) {
         Command::Serve { config } => {
             let settings = match load(config) {
                 Ok(s) => s,
