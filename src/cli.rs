@@ -37,6 +37,18 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Print the live supervisor tree of a running server.
+    Tree {
+        /// The server's admin listener.
+        #[arg(long, default_value = "http://127.0.0.1:9090")]
+        admin_url: String,
+        /// The admin token (embedded mode keeps it in data/admin-token).
+        #[arg(long, env = "FLASHSALE__ADMIN__TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// Redraw every second.
+        #[arg(long)]
+        watch: bool,
+    },
 }
 
 fn load(config: Option<PathBuf>) -> Result<Settings, ExitCode> {
@@ -47,7 +59,9 @@ fn load(config: Option<PathBuf>) -> Result<Settings, ExitCode> {
 }
 
 pub async fn run(cli: Cli) -> ExitCode {
-    crate::telemetry::init_logging(cli.log_json);
+    if !matches!(cli.command, Some(Command::Tree { .. })) {
+        crate::telemetry::init_logging(cli.log_json);
+    }
     match cli.command.unwrap_or(Command::Serve { config: None }) {
         Command::Serve { config } => {
             let settings = match load(config) {
@@ -55,6 +69,22 @@ pub async fn run(cli: Cli) -> ExitCode {
                 Err(code) => return code,
             };
             serve(settings).await
+        }
+        Command::Tree { admin_url, admin_token, watch } => {
+            let token = match admin_token.or_else(|| std::fs::read_to_string("data/admin-token").ok()) {
+                Some(t) => t.trim().to_string(),
+                None => {
+                    eprintln!("flashsale: --admin-token (or FLASHSALE__ADMIN__TOKEN) is required");
+                    return ExitCode::from(2);
+                }
+            };
+            match crate::tree::run(&admin_url, &token, watch).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("flashsale: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Migrate { config } => {
             let settings = match load(config) {

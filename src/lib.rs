@@ -20,3 +20,4 @@ pub mod http;
 pub mod shards;
 pub mod supervisors;
 pub mod telemetry;
+pub mod tree;

@@ -62,6 +62,24 @@ async fn a_burst_sells_exactly_the_stock_and_every_order_lands_once_in_its_shard
         assert_eq!(owner, user.as_str());
         assert_eq!(status, "completed");
     }
+    // Each order was consumed once: no message was handed out twice.
+    let mut consumed = 0;
+    for _ in 0..50 {
+        let tree = app.admin(reqwest::Method::GET, "/admin/actors", None).await.body;
+        let consumers = tree["children"].as_array().unwrap().iter().find(|n| n["name"] == "consumers").unwrap();
+        consumed = consumers["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["name"].as_str().unwrap().starts_with("order-consumer-"))
+            .map(|n| n["processed"].as_i64().unwrap())
+            .sum::<i64>();
+        if consumed >= stock {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(consumed, stock, "order messages consumed exactly once each");
     let counters = app.sale_counters(product).await;
     assert_eq!(counters["remaining"], 0);
     assert_eq!(counters["sold"], stock);

@@ -27,6 +27,9 @@ pub struct LocalQueue {
     pool: SqlitePool,
     leased: Mutex<HashSet<i64>>,
     wakeups: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Orders leases against acknowledgements: a lease must not read rows that an
+    /// acknowledgement is deleting (they would be delivered twice).
+    turn: tokio::sync::Mutex<()>,
 }
 
 /// Opens (creating when missing) a SQLite database tuned for a durable journal.
@@ -56,6 +59,7 @@ impl LocalQueue {
             pool,
             leased: Mutex::new(HashSet::new()),
             wakeups: Mutex::new(HashMap::new()),
+            turn: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -91,6 +95,7 @@ impl LocalQueue {
 
     /// Leases up to `max` messages of `queue` that nobody holds.
     async fn lease(&self, queue: &str, max: usize) -> Result<Vec<(i64, Vec<u8>)>, sqlx::Error> {
+        let _turn = self.turn.lock().await;
         let skip = self.leased.lock().unwrap().len();
         let rows =
             sqlx::query("SELECT id, payload FROM messages WHERE queue = ? ORDER BY id LIMIT ?")
@@ -110,6 +115,7 @@ impl LocalQueue {
     }
 
     async fn ack(&self, ids: &[i64]) -> Result<(), sqlx::Error> {
+        let _turn = self.turn.lock().await;
         let mut tx = self.pool.begin().await?;
         for id in ids {
             sqlx::query("DELETE FROM messages WHERE id = ?")

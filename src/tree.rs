@@ -1,0 +1,101 @@
+//! `flashsale tree`: the live supervisor tree in a terminal, drawn with box-drawing
+//! lines, coloured by status when stdout is a terminal.
+
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use serde_json::Value;
+
+fn colour(status: &str) -> &'static str {
+    match status {
+        "running" => "\x1b[32m",
+        "starting" => "\x1b[34m",
+        "restarting" => "\x1b[33m",
+        "failed" => "\x1b[31m",
+        _ => "\x1b[90m",
+    }
+}
+
+/// Renders a tree as `/admin/actors` returns it.
+pub fn render(node: &Value, colours: bool) -> String {
+    let mut out = String::new();
+    line(&mut out, node, "", "", colours);
+    out
+}
+
+fn line(out: &mut String, node: &Value, lead: &str, child_lead: &str, colours: bool) {
+    let name = node["name"].as_str().unwrap_or("?");
+    let status = node["status"].as_str().unwrap_or("?");
+    let (on, off) = if colours { (colour(status), "\x1b[0m") } else { ("", "") };
+    let _ = write!(out, "{lead}{name}  {on}{status}{off}  restarts {}", node["restarts"]);
+    if node["kind"] == "supervisor" {
+        let _ = write!(out, "  [{} max {}/{}s]", node["strategy"].as_str().unwrap_or("?"), node["maxRestarts"], node["windowSeconds"]);
+    } else {
+        let _ = write!(
+            out,
+            "  mailbox {}  processed {}  up {}s",
+            node["mailbox"], node["processed"], node["uptimeSeconds"]
+        );
+        if let Some(e) = node["lastError"].as_str() {
+            let _ = write!(out, "  last error: {e}");
+        }
+    }
+    out.push('\n');
+    let children = node["children"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    for (i, c) in children.iter().enumerate() {
+        let last = i + 1 == children.len();
+        let (branch, next) = if last { ("└── ", "    ") } else { ("├── ", "│   ") };
+        line(out, c, &format!("{child_lead}{branch}"), &format!("{child_lead}{next}"), colours);
+    }
+}
+
+/// Fetches and prints the tree; with `watch`, redraws it every second until Ctrl-C.
+pub async fn run(admin_url: &str, token: &str, watch: bool) -> Result<(), String> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().map_err(|e| e.to_string())?;
+    let url = format!("{}/admin/actors", admin_url.trim_end_matches('/'));
+    let tty = std::io::stdout().is_terminal();
+    loop {
+        let r = client.get(&url).bearer_auth(token).send().await.map_err(|e| format!("cannot reach {url}: {e}"))?;
+        let status = r.status();
+        if !status.is_success() {
+            return Err(format!("{url} answered {status}{}", if status == 401 { " (check the admin token)" } else { "" }));
+        }
+        let tree: Value = r.json().await.map_err(|e| format!("{url}: {e}"))?;
+        if watch && tty {
+            print!("\x1b[2J\x1b[H");
+        }
+        print!("{}", render(&tree, tty));
+        if !watch {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_branches_and_fields() {
+        let tree = serde_json::json!({
+            "name": "root", "kind": "supervisor", "status": "running", "restarts": 0,
+            "strategy": "one_for_one", "maxRestarts": 10, "windowSeconds": 30,
+            "children": [
+                {"name": "shard-0", "kind": "actor", "status": "failed", "restarts": 2, "mailbox": 3,
+                 "processed": 40, "uptimeSeconds": 0.0, "lastError": "connection reset", "children": []},
+                {"name": "shard-1", "kind": "actor", "status": "running", "restarts": 0, "mailbox": 0,
+                 "processed": 7, "uptimeSeconds": 12.5, "lastError": null, "children": []}
+            ]
+        });
+        let text = render(&tree, false);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("root  running"));
+        assert!(lines[1].starts_with("├── shard-0  failed  restarts 2  mailbox 3"), "{}", lines[1]);
+        assert!(lines[1].ends_with("last error: connection reset"));
+        assert!(lines[2].starts_with("└── shard-1  running"), "{}", lines[2]);
+        assert!(render(&tree, true).contains("\x1b[31mfailed"));
+    }
+}
