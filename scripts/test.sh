@@ -4,6 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
+# The admin page is tested in a real headless browser.
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "installing chromium"
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo=sudo; fi
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 
 # Leftovers of interrupted runs: test databases, test queues, the test Redis databases.
 psql -w -h 127.0.0.1 -U postgres -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'fs\_test\_%'" |

@@ -467,6 +467,7 @@ impl Backends {
             }
             Backends::Embedded { dir, .. } => {
                 let connect = SqliteShardConnect {
+                    index: i,
                     path: dir.join(format!("shard-{i}.db")),
                 };
                 supervisors::worker(slot, Arc::new(connect), max, None, policy)

@@ -70,8 +70,14 @@ pub async fn run(cli: Cli) -> ExitCode {
             };
             serve(settings).await
         }
-        Command::Tree { admin_url, admin_token, watch } => {
-            let token = match admin_token.or_else(|| std::fs::read_to_string("data/admin-token").ok()) {
+        Command::Tree {
+            admin_url,
+            admin_token,
+            watch,
+        } => {
+            let token = match admin_token
+                .or_else(|| std::fs::read_to_string("data/admin-token").ok())
+            {
                 Some(t) => t.trim().to_string(),
                 None => {
                     eprintln!("flashsale: --admin-token (or FLASHSALE__ADMIN__TOKEN) is required");

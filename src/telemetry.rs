@@ -61,9 +61,24 @@ pub fn record_gauges(state: &AppState) {
         node.children.iter().for_each(walk);
     }
     walk(&state.tree);
+    if let Some((cpu, rss)) = process_usage() {
+        metrics::gauge!("flashsale_process_cpu_seconds_total").set(cpu);
+        metrics::gauge!("flashsale_process_resident_memory_bytes").set(rss);
+    }
     metrics::gauge!("flashsale_ready").set(if state.directory.order_path_ready() {
         1.0
     } else {
         0.0
     });
+}
+
+/// CPU seconds used and resident memory of this process (Linux `/proc`).
+fn process_usage() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some((ticks / 100.0, pages * 4096.0))
 }

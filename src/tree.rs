@@ -27,10 +27,24 @@ pub fn render(node: &Value, colours: bool) -> String {
 fn line(out: &mut String, node: &Value, lead: &str, child_lead: &str, colours: bool) {
     let name = node["name"].as_str().unwrap_or("?");
     let status = node["status"].as_str().unwrap_or("?");
-    let (on, off) = if colours { (colour(status), "\x1b[0m") } else { ("", "") };
-    let _ = write!(out, "{lead}{name}  {on}{status}{off}  restarts {}", node["restarts"]);
+    let (on, off) = if colours {
+        (colour(status), "\x1b[0m")
+    } else {
+        ("", "")
+    };
+    let _ = write!(
+        out,
+        "{lead}{name}  {on}{status}{off}  restarts {}",
+        node["restarts"]
+    );
     if node["kind"] == "supervisor" {
-        let _ = write!(out, "  [{} max {}/{}s]", node["strategy"].as_str().unwrap_or("?"), node["maxRestarts"], node["windowSeconds"]);
+        let _ = write!(
+            out,
+            "  [{} max {}/{}s]",
+            node["strategy"].as_str().unwrap_or("?"),
+            node["maxRestarts"],
+            node["windowSeconds"]
+        );
     } else {
         let _ = write!(
             out,
@@ -42,24 +56,52 @@ fn line(out: &mut String, node: &Value, lead: &str, child_lead: &str, colours: b
         }
     }
     out.push('\n');
-    let children = node["children"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let children = node["children"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
     for (i, c) in children.iter().enumerate() {
         let last = i + 1 == children.len();
-        let (branch, next) = if last { ("└── ", "    ") } else { ("├── ", "│   ") };
-        line(out, c, &format!("{child_lead}{branch}"), &format!("{child_lead}{next}"), colours);
+        let (branch, next) = if last {
+            ("└── ", "    ")
+        } else {
+            ("├── ", "│   ")
+        };
+        line(
+            out,
+            c,
+            &format!("{child_lead}{branch}"),
+            &format!("{child_lead}{next}"),
+            colours,
+        );
     }
 }
 
 /// Fetches and prints the tree; with `watch`, redraws it every second until Ctrl-C.
 pub async fn run(admin_url: &str, token: &str, watch: bool) -> Result<(), String> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().map_err(|e| e.to_string())?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())?;
     let url = format!("{}/admin/actors", admin_url.trim_end_matches('/'));
     let tty = std::io::stdout().is_terminal();
     loop {
-        let r = client.get(&url).bearer_auth(token).send().await.map_err(|e| format!("cannot reach {url}: {e}"))?;
+        let r = client
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach {url}: {e}"))?;
         let status = r.status();
         if !status.is_success() {
-            return Err(format!("{url} answered {status}{}", if status == 401 { " (check the admin token)" } else { "" }));
+            return Err(format!(
+                "{url} answered {status}{}",
+                if status == 401 {
+                    " (check the admin token)"
+                } else {
+                    ""
+                }
+            ));
         }
         let tree: Value = r.json().await.map_err(|e| format!("{url}: {e}"))?;
         if watch && tty {
@@ -93,7 +135,11 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("root  running"));
-        assert!(lines[1].starts_with("├── shard-0  failed  restarts 2  mailbox 3"), "{}", lines[1]);
+        assert!(
+            lines[1].starts_with("├── shard-0  failed  restarts 2  mailbox 3"),
+            "{}",
+            lines[1]
+        );
         assert!(lines[1].ends_with("last error: connection reset"));
         assert!(lines[2].starts_with("└── shard-1  running"), "{}", lines[2]);
         assert!(render(&tree, true).contains("\x1b[31mfailed"));

@@ -62,10 +62,12 @@ pub async fn migrate(path: &Path, set: &[Migration]) -> Result<usize, sqlx::Erro
 }
 
 pub struct SqliteShardConnect {
+    pub index: usize,
     pub path: PathBuf,
 }
 
 pub struct SqliteShard {
+    index: usize,
     pool: SqlitePool,
 }
 
@@ -75,6 +77,7 @@ impl Connect for SqliteShardConnect {
 
     async fn connect(&self) -> Result<SqliteShard, ActorProcessingErr> {
         Ok(SqliteShard {
+            index: self.index,
             pool: sqlite_pool(&self.path, 2).await?,
         })
     }
@@ -103,6 +106,7 @@ impl SqliteShard {
             return Ok(());
         }
         let now = now_ms();
+        let started = std::time::Instant::now();
         let mut tx = self.pool.begin().await?;
         for e in batch {
             match &e.op {
@@ -138,7 +142,10 @@ impl SqliteShard {
                 _ => {}
             }
         }
-        tx.commit().await
+        tx.commit().await?;
+        metrics::histogram!("flashsale_shard_write_seconds", "shard" => self.index.to_string())
+            .record(started.elapsed().as_secs_f64());
+        Ok(())
     }
 
     async fn read(&self, op: &ShardOp) -> Result<ShardReply, sqlx::Error> {

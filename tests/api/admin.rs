@@ -116,7 +116,9 @@ async fn health_metrics_page_and_openapi(mode: Mode) {
 
     let product = app.sale(2, 1).await;
     let (_, token) = app.token_for_new_user();
-    app.buy(&token, product, "m", None).await;
+    let order = app.buy(&token, product, "m", None).await;
+    app.wait_settled(&token, order.body["orderId"].as_str().unwrap())
+        .await;
     let metrics = get(format!("{}/metrics", app.admin_address))
         .await
         .text()
@@ -127,6 +129,9 @@ async fn health_metrics_page_and_openapi(mode: Mode) {
         "flashsale_orders_total",
         "flashsale_actor_mailbox",
         "flashsale_actor_restarts",
+        "flashsale_process_resident_memory_bytes",
+        "flashsale_shard_write_seconds",
+        "flashsale_actor_batch_size",
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
@@ -157,5 +162,76 @@ async fn health_metrics_page_and_openapi(mode: Mode) {
             "{path} missing from the OpenAPI document"
         );
     }
+    app.stop().await;
+}
+
+/// Runs headless Chromium (Debian's `chromium`) against a page; returns its stdout.
+async fn chromium(args: &[String]) -> String {
+    let profile =
+        std::env::temp_dir().join(format!("fs_chromium_{}", uuid::Uuid::new_v4().simple()));
+    let mut cmd = tokio::process::Command::new("chromium");
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--virtual-time-budget=8000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .args(args)
+    .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(90), cmd.output())
+        .await
+        .expect("chromium finished in time")
+        .expect("chromium is installed (scripts/test.sh installs it)");
+    let _ = std::fs::remove_dir_all(&profile);
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+in_both_modes!(the_admin_page_draws_every_actor_in_a_real_browser);
+async fn the_admin_page_draws_every_actor_in_a_real_browser(mode: Mode) {
+    let app = spawn_app(mode).await;
+    let tree = app.admin(Method::GET, "/admin/actors", None).await.body;
+    let mut all = Vec::new();
+    names(&tree, &mut all);
+    let url = format!(
+        "{}/admin#token={}",
+        app.admin_address,
+        crate::helpers::ADMIN_TOKEN
+    );
+
+    let dom = chromium(&["--dump-dom".into(), url.clone()]).await;
+    for name in &all {
+        assert!(
+            dom.contains(&format!("data-name=\"{name}\"")),
+            "{name} not drawn; DOM: {dom}"
+        );
+    }
+    assert!(dom.contains("status running"), "statuses are drawn");
+    assert!(dom.contains(">restart<"), "restart buttons are drawn");
+
+    let shot =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("admin-page-{mode:?}.png"));
+    let _ = std::fs::remove_file(&shot);
+    chromium(&[
+        "--window-size=1280,1000".into(),
+        format!("--screenshot={}", shot.display()),
+        url,
+    ])
+    .await;
+    let png = std::fs::read(&shot).expect("a screenshot was written");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "a real screenshot ({} bytes)",
+        png.len()
+    );
     app.stop().await;
 }

@@ -65,8 +65,16 @@ async fn a_burst_sells_exactly_the_stock_and_every_order_lands_once_in_its_shard
     // Each order was consumed once: no message was handed out twice.
     let mut consumed = 0;
     for _ in 0..50 {
-        let tree = app.admin(reqwest::Method::GET, "/admin/actors", None).await.body;
-        let consumers = tree["children"].as_array().unwrap().iter().find(|n| n["name"] == "consumers").unwrap();
+        let tree = app
+            .admin(reqwest::Method::GET, "/admin/actors", None)
+            .await
+            .body;
+        let consumers = tree["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == "consumers")
+            .unwrap();
         consumed = consumers["children"]
             .as_array()
             .unwrap()
