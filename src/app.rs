@@ -378,7 +378,9 @@ async fn shared_secret(directory: &Directory, name: &str) -> Result<Secret, Star
 
 /// The backends of the deployment's mode: where each actor's connection goes.
 enum Backends {
-    Cluster,
+    /// `deployment` scopes every Redis key to this catalog, so a re-created catalog
+    /// never meets the inventory of an earlier one.
+    Cluster { deployment: String },
     Embedded {
         dir: std::path::PathBuf,
         queue: Arc<LocalQueue>,
@@ -394,7 +396,14 @@ impl Backends {
                 for (db, n) in report.iter().filter(|(_, n)| *n > 0) {
                     tracing::info!(database = %db, applied = n, "migrated");
                 }
-                Ok(Backends::Cluster)
+                let deployment =
+                    migrate::deployment_id(settings.catalog.url.expose(), &random_secret(12))
+                        .await
+                        .map_err(|source| migrate::MigrateError {
+                            database: "catalog".into(),
+                            source,
+                        })?;
+                Ok(Backends::Cluster { deployment })
             }
             Mode::Embedded => {
                 let dir = settings.embedded.data_dir.clone();
@@ -425,7 +434,7 @@ impl Backends {
 
     fn catalog(&self, settings: &Settings, slot: Arc<CatalogSlot>, policy: &Policy) -> ChildSpec {
         match self {
-            Backends::Cluster => {
+            Backends::Cluster { .. } => {
                 let connect = CatalogConnect {
                     url: settings.catalog.url.expose().to_string(),
                     pool_size: settings.shards.pool_size,
@@ -450,7 +459,7 @@ impl Backends {
     ) -> ChildSpec {
         let max = settings.shards.max_batch;
         match self {
-            Backends::Cluster => {
+            Backends::Cluster { .. } => {
                 let replica_url = settings
                     .shards
                     .replica_urls
@@ -484,10 +493,10 @@ impl Backends {
     ) -> ChildSpec {
         let inv = &settings.inventory;
         match self {
-            Backends::Cluster => {
+            Backends::Cluster { deployment } => {
                 let connect = RedisConnect {
                     url: inv.urls[i].expose().to_string(),
-                    prefix: inv.key_prefix.clone(),
+                    prefix: format!("{}:{deployment}", inv.key_prefix),
                     stale_ms: inv.reconcile_after_ms,
                     idempotency_ttl_secs: inv.idempotency_ttl_secs,
                 };
@@ -511,7 +520,7 @@ impl Backends {
     ) -> ChildSpec {
         let q = &settings.queue;
         match self {
-            Backends::Cluster => {
+            Backends::Cluster { .. } => {
                 let declare = vec![q.orders_queue.clone(), q.notifications_queue.clone()];
                 let connect = AmqpPublisherConnect {
                     url: q.url.expose().to_string(),
@@ -531,7 +540,7 @@ impl Backends {
     fn source(&self, settings: &Settings) -> Arc<dyn QueueSource> {
         let q = &settings.queue;
         match self {
-            Backends::Cluster => Arc::new(AmqpSource {
+            Backends::Cluster { .. } => Arc::new(AmqpSource {
                 url: q.url.expose().to_string(),
                 declare: vec![q.orders_queue.clone(), q.notifications_queue.clone()],
             }),
@@ -545,7 +554,7 @@ impl Backends {
     /// mode one generated on first start and kept in the data directory (mode 0600).
     fn admin_token(&self) -> Result<(Secret, bool), StartError> {
         match self {
-            Backends::Cluster => Ok((Secret::new(random_secret(32)), true)),
+            Backends::Cluster { .. } => Ok((Secret::new(random_secret(32)), true)),
             Backends::Embedded { dir, .. } => Ok((stored_secret(&dir.join("admin-token"))?, true)),
         }
     }
@@ -554,7 +563,7 @@ impl Backends {
     /// pod) or in the data directory (embedded mode, where the load tester reads it).
     async fn jwt_secret(&self, directory: &Directory) -> Result<Secret, StartError> {
         match self {
-            Backends::Cluster => shared_secret(directory, "jwt_secret").await,
+            Backends::Cluster { .. } => shared_secret(directory, "jwt_secret").await,
             Backends::Embedded { dir, .. } => stored_secret(&dir.join("jwt-secret")),
         }
     }

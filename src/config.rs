@@ -221,7 +221,7 @@ max_batch = 1000
 rate_per_minute = 10
 inbox_capacity = 8192
 call_timeout_ms = 3000
-max_quantity = 10
+max_quantity = 10000
 
 [embedded]
 data_dir = "data"

@@ -268,7 +268,7 @@ async fn restart(
     tracing::warn!(actor = %name, "restart requested by an operator");
     // A stopped child is restarted by its supervisor (every child is permanent).
     cell.stop(Some("restart requested by an operator".into()));
-    Ok(HttpResponse::Accepted().json(json!({ "name": node.stats.name, "status": "restarting" })))
+    Ok(HttpResponse::Ok().json(json!({ "name": node.stats.name, "status": "restarting" })))
 }
 
 async fn page(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {

@@ -135,3 +135,20 @@ pub async fn migrate_all(settings: &Settings) -> Result<Vec<(String, usize)>, Mi
     }
     Ok(report)
 }
+
+/// The id of this deployment, stored in the catalog on first start.
+pub async fn deployment_id(catalog_url: &str, candidate: &str) -> Result<String, sqlx::Error> {
+    let mut con = PgConnectOptions::from_str(catalog_url)?.connect().await?;
+    sqlx::query(
+        "INSERT INTO secrets (name, value) VALUES ('deployment', $1) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(candidate)
+    .execute(&mut con)
+    .await?;
+    let id: String = sqlx::query("SELECT value FROM secrets WHERE name = 'deployment'")
+        .fetch_one(&mut con)
+        .await?
+        .get(0);
+    con.close().await?;
+    Ok(id)
+}

@@ -62,7 +62,7 @@ async fn the_tree_is_live_and_actors_restart_through_their_supervisor(mode: Mode
     let r = app
         .admin(Method::POST, "/admin/actors/inventory-1/restart", None)
         .await;
-    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let mut restarted = false;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
