@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use crate::actors::catalog::{CatalogOp, CatalogReply};
 use crate::actors::inventory::local::LocalInventoryConnect;
 use crate::actors::inventory::redis::RedisConnect;
-use crate::actors::orders::{NotificationHandler, OrderHandler};
+use crate::actors::orders::{NotificationHandler, OrderHandler, Webhook};
 use crate::actors::queue::amqp::{AmqpPublisherConnect, AmqpSource};
 use crate::actors::queue::local::{LocalPublisherConnect, LocalQueue, LocalSource};
 use crate::actors::queue::{DeliveryHandler, QueueConsumer, QueueSource};
@@ -242,8 +242,22 @@ impl Application {
                 children: vec![],
             });
         }
+        let webhook = settings
+            .notifications
+            .webhook_url
+            .as_ref()
+            .map(|url| Webhook {
+                client: reqwest::Client::builder()
+                    .timeout(Duration::from_millis(
+                        settings.notifications.webhook_timeout_ms,
+                    ))
+                    .build()
+                    .expect("an HTTP client"),
+                url: url.clone(),
+            });
         let notifications = Arc::new(NotificationHandler {
             directory: directory.clone(),
+            webhook,
         });
         for i in 0..q.notification_consumers {
             let stats = namer.node(&format!("notification-consumer-{i}"), Kind::Actor);

@@ -65,6 +65,16 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub supervision: SupervisionSettings,
     pub embedded: EmbeddedSettings,
+    pub notifications: NotificationSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationSettings {
+    /// When set, every order confirmation is also POSTed here as JSON (at least once;
+    /// the `Idempotency-Key` header carries the order id).
+    pub webhook_url: Option<String>,
+    pub webhook_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -223,6 +233,9 @@ inbox_capacity = 8192
 call_timeout_ms = 3000
 max_quantity = 10000
 
+[notifications]
+webhook_timeout_ms = 5000
+
 [embedded]
 data_dir = "data"
 shards = 4
@@ -356,6 +369,11 @@ impl Settings {
         for (what, value) in positive {
             if value == 0 {
                 return bad(format!("{what} must be greater than zero"));
+            }
+        }
+        if let Some(url) = &self.notifications.webhook_url {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                return bad("notifications.webhook_url must be an http:// or https:// URL".into());
             }
         }
         if self.inventory.key_prefix.is_empty()

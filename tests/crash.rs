@@ -236,3 +236,51 @@ async fn kill_9_during_a_burst_loses_no_accepted_order_and_sells_nothing_twice()
     server.child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_process_exits_non_zero_when_the_supervisor_tree_gives_up() {
+    // An inventory partition that can never connect: its supervisor escalates, the
+    // root gives up, and the process exits so that its orchestrator can restart it.
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let db = |name: &str| {
+        format!(
+            "postgres://postgres@127.0.0.1:5432/fs_test_giveup_{}_{name}",
+            &id[..8]
+        )
+    };
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .args([
+            "serve",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/cluster.toml"),
+        ])
+        .env(
+            "FLASHSALE__HTTP__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env(
+            "FLASHSALE__ADMIN__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("FLASHSALE__ADMIN__TOKEN", ADMIN)
+        .env("FLASHSALE__CATALOG__URL", db("catalog"))
+        .env(
+            "FLASHSALE__SHARDS__URLS",
+            format!("[\"{}\"]", db("shard_0")),
+        )
+        .env(
+            "FLASHSALE__INVENTORY__URLS",
+            format!("[\"redis://127.0.0.1:{}/0\"]", free_port()),
+        )
+        .env("FLASHSALE__SUPERVISION__MAX_RESTARTS", "3")
+        .env("FLASHSALE__SUPERVISION__BACKOFF_BASE_MS", "20")
+        .env("FLASHSALE__SUPERVISION__BACKOFF_MAX_MS", "100")
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("the flashsale binary runs");
+    assert!(!out.status.success(), "exit status {:?}", out.status);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("gave up"), "says why: {stderr}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+}

@@ -97,6 +97,39 @@ impl DeliveryHandler for OrderHandler {
 
 pub struct NotificationHandler {
     pub directory: Arc<Directory>,
+    /// Where confirmations are POSTed, if anywhere.
+    pub webhook: Option<Webhook>,
+}
+
+pub struct Webhook {
+    pub client: reqwest::Client,
+    pub url: String,
+}
+
+impl Webhook {
+    async fn deliver(&self, order: &OrderMessage) -> Result<(), String> {
+        let body = serde_json::json!({
+            "type": "order.confirmed",
+            "orderId": order.order_id,
+            "userId": order.user_id,
+            "productId": order.product_id,
+            "quantity": order.quantity,
+            "createdAt": crate::domain::rfc3339(order.created_at),
+        });
+        let r = self
+            .client
+            .post(&self.url)
+            .header("Idempotency-Key", &order.order_id)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| format!("webhook: {e}"))?;
+        if r.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("webhook answered {}", r.status()))
+        }
+    }
 }
 
 #[ractor::async_trait]
@@ -108,13 +141,19 @@ impl DeliveryHandler for NotificationHandler {
     ) -> Result<(), ActorProcessingErr> {
         let dir = &self.directory;
         let orders = parse_orders(batch);
+        let webhook = self.webhook.as_ref();
+        // Delivered before it is recorded: a failed delivery is retried on redelivery.
+        if let Some(hook) = webhook {
+            try_join_all(orders.iter().map(|o| hook.deliver(o))).await?;
+        }
+        let channel = if webhook.is_some() { "webhook" } else { "log" };
         try_join_all(orders.iter().map(|o| async move {
             let order = OrderId::parse(&o.order_id).map_err(|e| e.to_string())?;
             dir.shard(&o.user_id)
                 .call(ShardOp::Notified {
                     order,
                     user: o.user_id.clone(),
-                    channel: "log".into(),
+                    channel: channel.into(),
                 })
                 .await
                 .map_err(|e| format!("record notification: {e}"))

@@ -31,6 +31,7 @@ pub struct Options {
     pub mode: Mode,
     pub shards: usize,
     pub reconcile_after_ms: u64,
+    pub webhook_url: Option<String>,
 }
 
 impl Default for Options {
@@ -39,6 +40,7 @@ impl Default for Options {
             mode: Mode::Cluster,
             shards: 2,
             reconcile_after_ms: 15_000,
+            webhook_url: None,
         }
     }
 }
@@ -112,6 +114,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     s.supervision.backoff_max_ms = 1000;
     s.supervision.max_restarts = 50;
     s.mode = options.mode;
+    s.notifications.webhook_url = options.webhook_url;
     s.embedded.shards = options.shards;
     s.embedded.data_dir = std::env::temp_dir().join(format!("fs_test_{id}"));
     s.validate().expect("test settings are valid");

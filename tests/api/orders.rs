@@ -318,3 +318,82 @@ async fn register_login_and_products(mode: Mode) {
     assert_eq!(again, body);
     app.stop().await;
 }
+
+in_both_modes!(confirmations_reach_the_webhook_at_least_once);
+async fn confirmations_reach_the_webhook_at_least_once(mode: Mode) {
+    use std::sync::{Arc, Mutex};
+
+    use actix_web::{web, App, HttpResponse, HttpServer};
+
+    // A receiver that fails its first delivery, so the confirmation must come again.
+    let received: Arc<Mutex<Vec<(serde_json::Value, String)>>> = Arc::default();
+    let sink = received.clone();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    let server = HttpServer::new(move || {
+        let sink = sink.clone();
+        App::new().route(
+            "/hook",
+            web::post().to(
+                move |req: actix_web::HttpRequest, body: web::Json<serde_json::Value>| {
+                    let sink = sink.clone();
+                    async move {
+                        let key = req
+                            .headers()
+                            .get("Idempotency-Key")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        let mut seen = sink.lock().unwrap();
+                        seen.push((body.into_inner(), key));
+                        if seen.len() == 1 {
+                            HttpResponse::InternalServerError().finish()
+                        } else {
+                            HttpResponse::NoContent().finish()
+                        }
+                    }
+                },
+            ),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+
+    let app = spawn_app_with(Options {
+        mode,
+        webhook_url: Some(hook),
+        ..Options::default()
+    })
+    .await;
+    let product = app.sale(5, 1).await;
+    let (user, token) = app.token_for_new_user();
+    let r = app.buy(&token, product, "hook", None).await;
+    let id = r.body["orderId"].as_str().unwrap().to_string();
+
+    let mut deliveries = Vec::new();
+    for _ in 0..100 {
+        deliveries = received.lock().unwrap().clone();
+        if deliveries.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        deliveries.len() >= 2,
+        "a refused delivery is retried: {deliveries:?}"
+    );
+    for (body, key) in &deliveries {
+        assert_eq!(body["type"], "order.confirmed");
+        assert_eq!(body["orderId"], id.as_str());
+        assert_eq!(body["userId"], user.as_str());
+        assert_eq!(body["productId"], product);
+        assert_eq!(key, &id, "the order id is the receiver's idempotency key");
+    }
+    app.stop().await;
+    handle.stop(false).await;
+}
