@@ -59,7 +59,7 @@ fn load(config: Option<PathBuf>) -> Result<Settings, ExitCode> {
 }
 
 pub async fn run(cli: Cli) -> ExitCode {
-    if !matches!(cli.command, Some(Command::Tree { .. })) {
+    if matches!(cli.command, Some(Command::Migrate { .. })) {
         crate::telemetry::init_logging(cli.log_json);
     }
     match cli.command.unwrap_or(Command::Serve { config: None }) {
@@ -68,7 +68,26 @@ pub async fn run(cli: Cli) -> ExitCode {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            serve(settings).await
+            let provider = match &settings.telemetry.otlp_endpoint {
+                Some(endpoint) => match crate::telemetry::otlp_provider(
+                    endpoint,
+                    &settings.telemetry.service_name,
+                ) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        eprintln!("flashsale: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => None,
+            };
+            crate::telemetry::init(cli.log_json, provider.as_ref());
+            let code = serve(settings).await;
+            if let Some(p) = provider {
+                // Send the spans still buffered.
+                let _ = tokio::task::spawn_blocking(move || p.shutdown()).await;
+            }
+            code
         }
         Command::Tree {
             admin_url,

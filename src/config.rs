@@ -66,6 +66,15 @@ pub struct Settings {
     pub supervision: SupervisionSettings,
     pub embedded: EmbeddedSettings,
     pub notifications: NotificationSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// OTLP/HTTP traces endpoint (for example http://jaeger:4318/v1/traces); none: no export.
+    pub otlp_endpoint: Option<String>,
+    pub service_name: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -235,6 +244,9 @@ max_quantity = 10000
 
 [notifications]
 webhook_timeout_ms = 5000
+
+[telemetry]
+service_name = "flashsale"
 
 [embedded]
 data_dir = "data"

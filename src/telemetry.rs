@@ -1,27 +1,139 @@
-//! Logging (plain or JSON, filtered by `RUST_LOG`) and the Prometheus recorder.
+//! Logging (plain or JSON, filtered by `RUST_LOG`), traces (OpenTelemetry, exported over
+//! OTLP when an endpoint is configured, W3C `traceparent` carried across the order queue)
+//! and the Prometheus recorder.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::http::AppState;
 use crate::supervisors::TreeNode;
 
-/// Installs the global subscriber once; `json` selects JSON lines.
+/// Installs the global subscriber once; `json` selects JSON lines. Without a tracer
+/// provider, only logs are produced.
 pub fn init_logging(json: bool) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn"));
+    init(json, None);
+}
+
+/// Installs logging, and trace export through `provider` when given.
+pub fn init(json: bool, provider: Option<&SdkTracerProvider>) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let filter = || {
+        EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn"))
+    };
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().try_init()
+    let fmt = if json {
+        fmt.json().with_filter(filter()).boxed()
     } else {
-        builder.try_init()
+        fmt.with_filter(filter()).boxed()
     };
+    let otel = provider.map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("flashsale"))
+            .with_filter(EnvFilter::new("flashsale=debug,warn"))
+    });
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init();
+    if let Some(p) = provider {
+        opentelemetry::global::set_tracer_provider(p.clone());
+    }
+}
+
+/// Starts a span of one order's work in the trace named by `traceparent` (a new trace
+/// without one). The span ends when the returned context is dropped.
+pub fn start_order_span(
+    name: &'static str,
+    traceparent: Option<&str>,
+    order_id: &str,
+) -> opentelemetry::Context {
+    use opentelemetry::trace::{Span as _, Tracer as _};
+    let parent = match traceparent {
+        Some(tp) => {
+            let carrier: HashMap<String, String> =
+                [("traceparent".to_string(), tp.to_string())].into();
+            TraceContextPropagator::new().extract(&carrier)
+        }
+        None => opentelemetry::Context::new(),
+    };
+    let mut span = opentelemetry::global::tracer("flashsale").start_with_context(name, &parent);
+    span.set_attribute(opentelemetry::KeyValue::new(
+        "order_id",
+        order_id.to_string(),
+    ));
+    parent.with_span(span)
+}
+
+/// Starts a child span of `parent`; it ends when the returned context is dropped.
+pub fn start_child_span(
+    parent: &opentelemetry::Context,
+    name: &'static str,
+) -> opentelemetry::Context {
+    use opentelemetry::trace::Tracer as _;
+    let span = opentelemetry::global::tracer("flashsale").start_with_context(name, parent);
+    parent.with_span(span)
+}
+
+/// The W3C `traceparent` of a span context, when it belongs to a trace.
+pub fn traceparent_of(cx: &opentelemetry::Context) -> Option<String> {
+    if !cx.span().span_context().is_valid() {
+        return None;
+    }
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(cx, &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// A tracer provider exporting to an OTLP/HTTP endpoint.
+pub fn otlp_provider(endpoint: &str, service: &str) -> Result<SdkTracerProvider, String> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpJson)
+        .with_endpoint(endpoint)
+        .build()
+        .map_err(|e| format!("OTLP exporter for {endpoint}: {e}"))?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service.to_string())
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
+}
+
+/// The W3C `traceparent` of the current span, when it belongs to a trace.
+pub fn current_traceparent() -> Option<String> {
+    let cx = tracing::Span::current().context();
+    if !cx.span().span_context().is_valid() {
+        return None;
+    }
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// Makes `span` continue the trace named by a W3C `traceparent`.
+pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
+    let Some(tp) = traceparent else { return };
+    let carrier: HashMap<String, String> = [("traceparent".to_string(), tp.to_string())].into();
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+    }
 }
 
 /// The process-wide Prometheus recorder (installed on first use).

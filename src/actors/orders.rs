@@ -14,6 +14,7 @@ use crate::actors::queue::{DeliveryHandler, Outbound, QueueMessage};
 use crate::actors::shard::{OrderMessage, OrderStatus, ShardOp};
 use crate::domain::{OrderId, ProductId};
 use crate::supervisors::directory::Directory;
+use crate::telemetry::{start_child_span, start_order_span, traceparent_of};
 
 fn parse_orders(batch: &[QueueMessage]) -> Vec<OrderMessage> {
     batch
@@ -45,7 +46,14 @@ impl DeliveryHandler for OrderHandler {
     ) -> Result<(), ActorProcessingErr> {
         let dir = &self.directory;
         let orders = parse_orders(batch);
-        let claims = try_join_all(orders.iter().map(|o| async move {
+        // One span per order, in the trace of the request that accepted it; each ends
+        // when this batch is done with it.
+        let spans: Vec<_> = orders
+            .iter()
+            .map(|o| start_order_span("consume_order", o.traceparent.as_deref(), &o.order_id))
+            .collect();
+        let claims = try_join_all(orders.iter().zip(&spans).map(|(o, cx)| async move {
+            let _claim = start_child_span(cx, "inventory_claim");
             let product = ProductId::from_db(o.product_id);
             let order = OrderId::parse(&o.order_id).map_err(|e| e.to_string())?;
             match dir
@@ -59,34 +67,42 @@ impl DeliveryHandler for OrderHandler {
             }
         }))
         .await?;
-        try_join_all(orders.iter().zip(&claims).map(|(o, claimed)| async move {
-            let status = if *claimed {
-                OrderStatus::Completed
-            } else {
-                OrderStatus::Cancelled
-            };
-            dir.shard(&o.user_id)
-                .call(ShardOp::Insert {
-                    order: o.clone(),
-                    status,
-                })
-                .await
-                .map_err(|e| format!("shard write: {e}"))
-        }))
+        try_join_all(
+            orders
+                .iter()
+                .zip(&claims)
+                .zip(&spans)
+                .map(|((o, claimed), cx)| {
+                    let status = if *claimed {
+                        OrderStatus::Completed
+                    } else {
+                        OrderStatus::Cancelled
+                    };
+                    async move {
+                        let _write = start_child_span(cx, "shard_write");
+                        dir.shard(&o.user_id)
+                            .call(ShardOp::Insert {
+                                order: o.clone(),
+                                status,
+                            })
+                            .await
+                            .map_err(|e| format!("shard write: {e}"))
+                    }
+                }),
+        )
         .await?;
-        for (o, claimed) in orders.iter().zip(&claims) {
+        let mut confirmations = Vec::new();
+        for ((o, claimed), span) in orders.iter().zip(&claims).zip(&spans) {
             let outcome = if *claimed { "completed" } else { "cancelled" };
             metrics::counter!("flashsale_orders_persisted_total", "status" => outcome).increment(1);
             if !*claimed {
                 tracing::warn!(order_id = %o.order_id, "order was released before it was persisted; recorded as cancelled");
+                continue;
             }
+            let mut confirmation = o.clone();
+            confirmation.traceparent = traceparent_of(span).or_else(|| o.traceparent.clone());
+            confirmations.push(serde_json::to_vec(&confirmation).expect("orders serialise"));
         }
-        let confirmations: Vec<Vec<u8>> = orders
-            .iter()
-            .zip(&claims)
-            .filter(|(_, c)| **c)
-            .map(|(o, _)| serde_json::to_vec(o).expect("orders serialise"))
-            .collect();
         let messages: Vec<(&str, &[u8])> = confirmations
             .iter()
             .map(|p| (dir.notifications_queue.as_str(), p.as_slice()))
@@ -141,6 +157,16 @@ impl DeliveryHandler for NotificationHandler {
     ) -> Result<(), ActorProcessingErr> {
         let dir = &self.directory;
         let orders = parse_orders(batch);
+        let _spans: Vec<_> = orders
+            .iter()
+            .map(|o| {
+                start_order_span(
+                    "deliver_confirmation",
+                    o.traceparent.as_deref(),
+                    &o.order_id,
+                )
+            })
+            .collect();
         let webhook = self.webhook.as_ref();
         // Delivered before it is recorded: a failed delivery is retried on redelivery.
         if let Some(hook) = webhook {

@@ -43,6 +43,9 @@ pub struct OrderMessage {
     pub quantity: i64,
     pub idempotency_key: String,
     pub created_at: i64,
+    /// The W3C trace context of the request that accepted the order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// An order as the API shows it.

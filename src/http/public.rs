@@ -6,6 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::future::join_all;
 use serde::Deserialize;
 use serde_json::json;
+use tracing::Instrument;
 
 use super::error::ApiError;
 use super::{json_body, method_not_allowed, read_body, AppState};
@@ -199,14 +200,23 @@ fn accepted(order: &OrderId, status: actix_web::http::StatusCode) -> HttpRespons
         .json(json!({ "orderId": order, "status": "pending" }))
 }
 
-#[tracing::instrument(skip_all, fields(product_id = %product, order_id))]
 async fn flash_sale(
     state: web::Data<AppState>,
     req: HttpRequest,
     product: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let result = place_order(&state, &req, &product, payload).await;
+    // The order's trace starts here, or continues the caller's W3C `traceparent`.
+    let span =
+        tracing::info_span!("place_order", product_id = %product, order_id = tracing::field::Empty);
+    let incoming = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok());
+    crate::telemetry::continue_trace(&span, incoming);
+    let result = place_order(&state, &req, &product, payload)
+        .instrument(span)
+        .await;
     let outcome = match &result {
         Ok(r) if r.status().as_u16() == 201 => "accepted",
         Ok(_) => "replayed",
@@ -271,7 +281,12 @@ async fn place_order(
         now_ms: now,
     };
     let partition = dir.product_partition(product);
-    let outcome = match partition.call(InventoryOp::Reserve(request)).await? {
+    let reserve = tracing::info_span!("inventory_reserve");
+    let outcome = match partition
+        .call(InventoryOp::Reserve(request))
+        .instrument(reserve)
+        .await?
+    {
         InventoryReply::Reserved(o) => o,
         other => return Err(unexpected("reserve", other)),
     };
@@ -299,12 +314,15 @@ async fn place_order(
         quantity: i64::from(quantity.get()),
         idempotency_key: key.as_str().to_string(),
         created_at: now,
+        traceparent: crate::telemetry::current_traceparent(),
     };
     let publish = PublishOp {
         queue: dir.orders_queue.clone(),
         payload: serde_json::to_vec(&message).expect("orders serialise"),
+        traceparent: message.traceparent.clone(),
     };
-    match dir.publisher().call(publish).await {
+    let publishing = tracing::info_span!("queue_publish");
+    match dir.publisher().call(publish).instrument(publishing).await {
         Ok(true) => {
             partition.tell(InventoryOp::MarkPublished {
                 product,
@@ -363,6 +381,7 @@ async fn get_order(
                     quantity: p.quantity,
                     idempotency_key: String::new(),
                     created_at: p.created_at,
+                    traceparent: None,
                 };
                 return Ok(HttpResponse::Ok().json(OrderView::new(&message, OrderStatus::Pending)));
             }

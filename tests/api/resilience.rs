@@ -176,10 +176,12 @@ async fn the_reconciler_releases_reservations_that_were_never_published(mode: Mo
         quantity: 1,
         idempotency_key: "crash".into(),
         created_at: now_ms(),
+        traceparent: None,
     };
     let publish = PublishOp {
         queue: dir.orders_queue.clone(),
         payload: serde_json::to_vec(&message).unwrap(),
+        traceparent: None,
     };
     assert_eq!(dir.publisher().call(publish).await, Ok(true));
     assert_eq!(

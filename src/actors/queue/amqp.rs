@@ -5,7 +5,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use ractor::ActorProcessingErr;
 
@@ -36,13 +36,18 @@ async fn open(url: &str, declare: &[String]) -> Result<(Connection, Channel), la
 /// Publishes a batch and waits for all its confirms together.
 async fn publish_all(
     channel: &Channel,
-    messages: &[(&str, &[u8])],
+    messages: &[(&str, &[u8], Option<&str>)],
 ) -> Result<Vec<bool>, lapin::Error> {
     let mut confirms = Vec::with_capacity(messages.len());
-    for (queue, payload) in messages {
-        let props = BasicProperties::default()
+    for (queue, payload, traceparent) in messages {
+        let mut props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into());
+        if let Some(tp) = traceparent {
+            let mut headers = FieldTable::default();
+            headers.insert("traceparent".into(), AMQPValue::LongString((*tp).into()));
+            props = props.with_headers(headers);
+        }
         confirms.push(
             channel
                 .basic_publish(
@@ -92,9 +97,15 @@ impl Backend for AmqpPublisher {
 
     async fn process(&mut self, batch: WorkBatch<Self>) -> Result<(), ActorProcessingErr> {
         let live: Vec<_> = batch.into_iter().filter(|e| !e.abandoned()).collect();
-        let messages: Vec<(&str, &[u8])> = live
+        let messages: Vec<(&str, &[u8], Option<&str>)> = live
             .iter()
-            .map(|e| (e.op.queue.as_str(), e.op.payload.as_slice()))
+            .map(|e| {
+                (
+                    e.op.queue.as_str(),
+                    e.op.payload.as_slice(),
+                    e.op.traceparent.as_deref(),
+                )
+            })
             .collect();
         let acked = publish_all(&self.channel, &messages).await?;
         for (e, ok) in live.into_iter().zip(acked) {
@@ -112,7 +123,8 @@ struct AmqpOutbound {
 #[ractor::async_trait]
 impl Outbound for AmqpOutbound {
     async fn publish(&self, messages: &[(&str, &[u8])]) -> Result<(), ActorProcessingErr> {
-        let acked = publish_all(&self.channel, messages).await?;
+        let messages: Vec<_> = messages.iter().map(|(q, p)| (*q, *p, None)).collect();
+        let acked = publish_all(&self.channel, &messages).await?;
         if acked.iter().all(|a| *a) {
             Ok(())
         } else {

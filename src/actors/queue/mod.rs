@@ -21,6 +21,8 @@ use crate::supervisors::stats::{NodeStats, Status};
 pub struct PublishOp {
     pub queue: String,
     pub payload: Vec<u8>,
+    /// Sent as the message's `traceparent` header too, for tools that read headers.
+    pub traceparent: Option<String>,
 }
 
 /// `true` once the queue has durably accepted the message; `false` when it refused.
