@@ -56,10 +56,13 @@ impl Policy {
         raw.mul_f64(1.0 + jitter)
     }
 
-    fn options(&self) -> SupervisorOptions {
+    /// The intensity limit scales with the number of children, so that one backend
+    /// outage that fails every child of a subtree (all shards when PostgreSQL is down)
+    /// is ridden out with backoff instead of escalating at once.
+    fn options(&self, children: usize) -> SupervisorOptions {
         SupervisorOptions {
             strategy: SupervisorStrategy::OneForOne,
-            max_restarts: self.max_restarts,
+            max_restarts: self.max_restarts * children.max(1),
             max_window: self.window,
             reset_after: Some(self.window),
         }
@@ -136,7 +139,7 @@ impl TreeNode {
         });
         let supervisor = (s.kind == Kind::Supervisor).then(|| SupervisorFields {
             strategy: "one_for_one",
-            max_restarts: policy.max_restarts,
+            max_restarts: policy.max_restarts * self.children.len().max(1),
             window_seconds: policy.window.as_secs(),
         });
         NodeView {
@@ -233,7 +236,7 @@ pub fn supervisor(stats: Arc<NodeStats>, policy: &Policy, children: Vec<ChildSpe
     leaf(stats, policy, move |cell, id| {
         let args = SupervisorArguments {
             child_specs: children.clone(),
-            options: p.options(),
+            options: p.options(children.len()),
         };
         let node = node.clone();
         async move {
@@ -259,8 +262,8 @@ pub async fn spawn_root(
 > {
     stats.spawning();
     let args = SupervisorArguments {
+        options: policy.options(children.len()),
         child_specs: children,
-        options: policy.options(),
     };
     let (r, handle) = Supervisor::spawn(stats.actor_name.clone(), args).await?;
     stats.started(r.get_cell());

@@ -235,3 +235,110 @@ async fn the_admin_page_draws_every_actor_in_a_real_browser(mode: Mode) {
     );
     app.stop().await;
 }
+
+async fn ready(app: &crate::helpers::TestApp) -> bool {
+    let r = app
+        .client
+        .get(format!("{}/readyz", app.address))
+        .send()
+        .await
+        .unwrap();
+    r.status() == StatusCode::OK
+}
+
+async fn wait_ready_is(app: &crate::helpers::TestApp, want: bool) {
+    for _ in 0..100 {
+        if ready(app).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("/readyz never became {want}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_an_inventory_outage_and_recovery() {
+    use crate::helpers::{spawn_app_with, Options, Proxy};
+    let redis = Proxy::start("127.0.0.1:6379").await;
+    let urls = vec![
+        format!("redis://127.0.0.1:{}/14", redis.port),
+        format!("redis://127.0.0.1:{}/15", redis.port),
+    ];
+    let app = spawn_app_with(Options {
+        inventory_urls: Some(urls),
+        ..Options::default()
+    })
+    .await;
+    let product = app.sale(10, 5).await;
+    let (_, token) = app.token_for_new_user();
+
+    redis.cut();
+    wait_ready_is(&app, false).await;
+    let r = app.buy(&token, product, "during", None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    assert!(r.headers.contains_key("retry-after"));
+    let tree = app.admin(Method::GET, "/admin/actors", None).await.body;
+    let partition = find(&tree, "inventory-0").unwrap();
+    assert_ne!(
+        partition["status"], "running",
+        "the outage shows in the tree: {partition}"
+    );
+    assert!(partition["lastError"].is_string());
+
+    redis.restore();
+    wait_ready_is(&app, true).await;
+    let r = app.buy(&token, product, "after", None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_outage_delays_persistence_but_not_intake() {
+    use crate::helpers::{spawn_app_with, Options, Proxy};
+    let postgres = Proxy::start("127.0.0.1:5432").await;
+    let app = spawn_app_with(Options {
+        postgres_port: Some(postgres.port),
+        ..Options::default()
+    })
+    .await;
+    let product = app.sale(10, 5).await;
+    let (_, token) = app.token_for_new_user();
+
+    postgres.cut();
+    let r = app.buy(&token, product, "during", None).await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "intake stays open: {:?}",
+        r.body
+    );
+    assert!(
+        ready(&app).await,
+        "a shard outage does not make the order path unready"
+    );
+    let id = r.body["orderId"].as_str().unwrap().to_string();
+    let mut shown = false;
+    for _ in 0..50 {
+        let tree = app.admin(Method::GET, "/admin/actors", None).await.body;
+        let shards = find(&tree, "shards").unwrap();
+        if shards["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] != "catalog" && s["status"] != "running")
+        {
+            shown = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(shown, "the outage shows in the tree");
+
+    postgres.restore();
+    assert_eq!(
+        app.wait_settled(&token, &id).await["status"],
+        "completed",
+        "persisted after recovery"
+    );
+    app.stop().await;
+}

@@ -32,6 +32,10 @@ pub struct Options {
     pub shards: usize,
     pub reconcile_after_ms: u64,
     pub webhook_url: Option<String>,
+    /// Replaces the Redis URLs of the inventory partitions (for example through a proxy).
+    pub inventory_urls: Option<Vec<String>>,
+    /// Routes the shards' PostgreSQL connections through this port (a proxy).
+    pub postgres_port: Option<u16>,
 }
 
 impl Default for Options {
@@ -41,6 +45,8 @@ impl Default for Options {
             shards: 2,
             reconcile_after_ms: 15_000,
             webhook_url: None,
+            inventory_urls: None,
+            postgres_port: None,
         }
     }
 }
@@ -115,6 +121,22 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     s.supervision.max_restarts = 50;
     s.mode = options.mode;
     s.notifications.webhook_url = options.webhook_url;
+    if let Some(urls) = options.inventory_urls {
+        s.inventory.urls = urls.into_iter().map(Secret::new).collect();
+    }
+    if let Some(port) = options.postgres_port {
+        s.shards.urls = s
+            .shards
+            .urls
+            .iter()
+            .map(|u| {
+                Secret::new(
+                    u.expose()
+                        .replace("127.0.0.1:5432", &format!("127.0.0.1:{port}")),
+                )
+            })
+            .collect();
+    }
     s.embedded.shards = options.shards;
     s.embedded.data_dir = std::env::temp_dir().join(format!("fs_test_{id}"));
     s.validate().expect("test settings are valid");
@@ -380,5 +402,58 @@ impl TestApp {
         .unwrap();
         pool.close().await;
         killed.len() as i64
+    }
+}
+
+/// A TCP proxy to a real service that a test can cut (refusing and dropping every
+/// connection, as an outage would) and restore.
+pub struct Proxy {
+    pub port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    pub async fn start(target: &'static str) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> =
+            Default::default();
+        let (flag, conns) = (up.clone(), connections.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !flag.load(SeqCst) {
+                    continue; // dropped: the connection is refused
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self {
+            port,
+            up,
+            connections,
+        }
+    }
+
+    /// The service goes away: open connections break, new ones are refused.
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.connections.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
