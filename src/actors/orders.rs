@@ -16,6 +16,14 @@ use crate::domain::{OrderId, ProductId};
 use crate::supervisors::directory::Directory;
 use crate::telemetry::{start_child_span, start_order_span, traceparent_of};
 
+/// How far behind a consumer is: the age of the oldest order in its batch.
+fn record_lag(queue: &'static str, orders: &[OrderMessage]) {
+    if let Some(oldest) = orders.iter().map(|o| o.created_at).min() {
+        let lag = (crate::domain::now_ms() - oldest).max(0) as f64 / 1000.0;
+        metrics::gauge!("flashsale_consumer_lag_seconds", "queue" => queue).set(lag);
+    }
+}
+
 fn parse_orders(batch: &[QueueMessage]) -> Vec<OrderMessage> {
     batch
         .iter()
@@ -46,6 +54,7 @@ impl DeliveryHandler for OrderHandler {
     ) -> Result<(), ActorProcessingErr> {
         let dir = &self.directory;
         let orders = parse_orders(batch);
+        record_lag("orders", &orders);
         // One span per order, in the trace of the request that accepted it; each ends
         // when this batch is done with it.
         let spans: Vec<_> = orders
@@ -157,6 +166,7 @@ impl DeliveryHandler for NotificationHandler {
     ) -> Result<(), ActorProcessingErr> {
         let dir = &self.directory;
         let orders = parse_orders(batch);
+        record_lag("notifications", &orders);
         let _spans: Vec<_> = orders
             .iter()
             .map(|o| {

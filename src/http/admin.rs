@@ -283,6 +283,28 @@ async fn metrics(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRes
         admin(&state, &req)?;
     }
     crate::telemetry::record_gauges(&state);
+    // Remaining stock of the sales open now.
+    let now = now_ms();
+    let partitions = join_all(
+        state
+            .directory
+            .inventory
+            .iter()
+            .map(|p| p.call(InventoryOp::Sales)),
+    )
+    .await;
+    for reply in partitions {
+        if let Ok(InventoryReply::Sales(sales)) = reply {
+            for (pid, stock, remaining, starts, ends) in sales {
+                if starts.is_none_or(|s| now >= s) && ends.is_none_or(|e| now < e) {
+                    let product = pid.to_string();
+                    metrics::gauge!("flashsale_sale_remaining", "product" => product.clone())
+                        .set(remaining as f64);
+                    metrics::gauge!("flashsale_sale_stock", "product" => product).set(stock as f64);
+                }
+            }
+        }
+    }
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render()))

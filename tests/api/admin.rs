@@ -132,6 +132,9 @@ async fn health_metrics_page_and_openapi(mode: Mode) {
         "flashsale_process_resident_memory_bytes",
         "flashsale_shard_write_seconds",
         "flashsale_actor_batch_size",
+        "flashsale_sale_remaining",
+        "flashsale_queue_depth",
+        "flashsale_consumer_lag_seconds",
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }

@@ -359,6 +359,18 @@ impl LocalInventory {
                 self.cache.remove(key);
                 InventoryReply::Done
             }
+            InventoryOp::Sales => {
+                let sales = self.sales.iter().map(|(pid, s)| {
+                    (
+                        *pid,
+                        s.stock,
+                        s.remaining,
+                        (s.starts > 0).then_some(s.starts),
+                        (s.ends > 0).then_some(s.ends),
+                    )
+                });
+                InventoryReply::Sales(sales.collect())
+            }
             InventoryOp::ReleaseStale { now_ms } => {
                 let stale: Vec<String> = self
                     .resv

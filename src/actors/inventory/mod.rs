@@ -109,6 +109,8 @@ pub enum InventoryOp {
     ReleaseStale {
         now_ms: i64,
     },
+    /// Every sale of the partition: (product id, stock, remaining, starts, ends).
+    Sales,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,4 +129,5 @@ pub enum InventoryReply {
     Lookup(Option<PendingOrder>),
     Cached(Option<String>),
     Released(i64),
+    Sales(Vec<(i64, i64, i64, Option<i64>, Option<i64>)>),
 }

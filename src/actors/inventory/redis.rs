@@ -141,6 +141,20 @@ if ttl < 0 then redis.call('PEXPIRE', rk, ARGV[3]) ttl = tonumber(ARGV[3]) end
 return {c, ttl}
 "#;
 
+/// ARGV: prefix. Returns a flat list of {pid, stock, remaining, starts, ends}.
+const SALES: &str = r#"
+local out = {}
+for _, pid in ipairs(redis.call('SMEMBERS', k('sales'))) do
+  local s = redis.call('HMGET', k('sale', pid), 'stock', 'remaining', 'starts', 'ends')
+  if s[1] then
+    for _, v in ipairs({tonumber(pid), tonumber(s[1]), tonumber(s[2]), tonumber(s[3]), tonumber(s[4])}) do
+      out[#out + 1] = v
+    end
+  end
+end
+return out
+"#;
+
 struct Scripts {
     reserve: String,
     mark: String,
@@ -150,6 +164,7 @@ struct Scripts {
     load_sale: String,
     counters: String,
     rate: String,
+    sales: String,
 }
 
 pub struct RedisConnect {
@@ -195,6 +210,7 @@ impl Connect for RedisConnect {
             load_sale: load(LOAD_SALE).await?,
             counters: load(COUNTERS).await?,
             rate: load(RATE).await?,
+            sales: load(SALES).await?,
         };
         Ok(RedisInventory {
             con,
@@ -262,6 +278,7 @@ impl RedisInventory {
                 c.arg(product.get());
                 c
             }
+            InventoryOp::Sales => self.script(&s.sales),
             InventoryOp::ReleaseStale { now_ms } => {
                 let mut c = self.script(&s.release_stale);
                 c.arg(*now_ms).arg(self.stale_ms);
@@ -416,6 +433,13 @@ fn decode(op: &InventoryOp, v: Value) -> Result<InventoryReply, ActorProcessingE
             })
         })),
         InventoryOp::CacheGet { .. } => InventoryReply::Cached(text(&v)),
+        InventoryOp::Sales => {
+            let n = ints(&v).ok_or_else(|| bad("sales", &v))?;
+            let sales = n
+                .chunks_exact(5)
+                .map(|c| (c[0], c[1], c[2], opt_ms(c[3]), opt_ms(c[4])));
+            InventoryReply::Sales(sales.collect())
+        }
     };
     Ok(reply)
 }

@@ -150,6 +150,18 @@ impl Acknowledge for AmqpAcker {
         }
         Ok(())
     }
+
+    async fn depth(&self, queue: &str) -> Result<u64, ActorProcessingErr> {
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let q = self
+            ._channel
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await?;
+        Ok(u64::from(q.message_count()))
+    }
 }
 
 pub struct AmqpSource {

@@ -218,6 +218,10 @@ impl Acknowledge for LocalAcker {
         }
         Ok(())
     }
+
+    async fn depth(&self, queue: &str) -> Result<u64, ActorProcessingErr> {
+        Ok(self.leases.queue.depth(queue).await? as u64)
+    }
 }
 
 pub struct LocalSource {

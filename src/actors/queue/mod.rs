@@ -51,6 +51,9 @@ pub trait Outbound: Send + Sync {
 #[ractor::async_trait]
 pub trait Acknowledge: Send + Sync {
     async fn ack(&self, batch: &[QueueMessage]) -> Result<(), ActorProcessingErr>;
+
+    /// Messages of `queue` waiting to be delivered.
+    async fn depth(&self, queue: &str) -> Result<u64, ActorProcessingErr>;
 }
 
 /// An open subscription: batches of messages, and the means to answer them.
@@ -108,6 +111,7 @@ pub struct ConsumerState {
     acker: Box<dyn Acknowledge>,
     batches: Option<BoxStream<'static, Result<Batch, String>>>,
     reader: Option<JoinHandle<()>>,
+    depth_read: std::time::Instant,
 }
 
 impl Drop for ConsumerState {
@@ -146,6 +150,7 @@ impl<H: DeliveryHandler> Actor for QueueConsumer<H> {
                 acker: s.acker,
                 batches: Some(s.batches),
                 reader: None,
+                depth_read: std::time::Instant::now() - std::time::Duration::from_secs(60),
             }),
             Err(e) => {
                 self.stats.failed(&e);
@@ -205,6 +210,12 @@ impl<H: DeliveryHandler> Actor for QueueConsumer<H> {
                     Ok(()) => {
                         state.acker.ack(&batch.messages).await?;
                         self.stats.add_processed(n as u64);
+                        if state.depth_read.elapsed() >= std::time::Duration::from_secs(1) {
+                            state.depth_read = std::time::Instant::now();
+                            let depth = state.acker.depth(&self.queue).await?;
+                            metrics::gauge!("flashsale_queue_depth", "queue" => self.queue.clone())
+                                .set(depth as f64);
+                        }
                         Ok(())
                     }
                     Err(e) => Err(e),
