@@ -23,4 +23,4 @@ if command -v rabbitmqctl >/dev/null; then
   done
 fi
 
-cargo test --locked -- --test-threads 2 "$@"
+cargo test --locked --workspace -- --test-threads 2 "$@"

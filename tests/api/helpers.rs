@@ -13,6 +13,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789-0123456789";
 
 pub struct TestApp {
     pub address: String,
@@ -102,6 +103,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     s.http.workers = 2;
     s.admin.listen = "127.0.0.1:0".into();
     s.admin.token = Some(Secret::new(ADMIN_TOKEN));
+    s.auth.jwt_secret = Some(Secret::new(JWT_SECRET));
     s.catalog.url = Secret::new(pg("catalog"));
     s.shards.urls = (0..options.shards)
         .map(|i| Secret::new(pg(&format!("shard_{i}"))))

@@ -1,0 +1,600 @@
+//! `flashsale-load`: flash-sale scenarios against a running flashsale, with open-loop
+//! scheduling, latency per outcome, reports, and the invariants a sale must keep.
+//!
+//! Buyers get tokens minted with the server's JWT signing key (`--jwt-secret`, the
+//! server's FLASHSALE__AUTH__JWT_SECRET, or `--jwt-secret-file`, which embedded mode
+//! keeps in data/jwt-secret), so 100,000 buyers cost no argon2 registrations.
+//! Sales and products are created through the admin API.
+
+pub mod invariants;
+pub mod report;
+pub mod schedule;
+pub mod stats;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use rand::Rng;
+use serde_json::{json, Value};
+
+use invariants::{Attempt, Counters, Plan};
+use report::Report;
+use stats::{Outcome, Recorder};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flashsale-load",
+    version,
+    about = "Flash-sale load scenarios that check the sale stayed correct"
+)]
+pub struct Cli {
+    /// Public URL of the server.
+    #[arg(long, default_value = "http://127.0.0.1:8080", global = true)]
+    pub target: String,
+    /// Admin URL of the server.
+    #[arg(long, default_value = "http://127.0.0.1:9090", global = true)]
+    pub admin_url: String,
+    #[arg(
+        long,
+        env = "FLASHSALE__ADMIN__TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// The server's JWT signing key, to mint buyer tokens.
+    #[arg(
+        long,
+        env = "FLASHSALE__AUTH__JWT_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+    /// A file holding the server's JWT signing key (embedded mode: data/jwt-secret).
+    #[arg(long, global = true)]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Most requests in flight at once (open loop: later ones start late, and that
+    /// lateness counts in their latency).
+    #[arg(long, default_value_t = 512, global = true)]
+    pub max_in_flight: usize,
+    /// How long to wait for every accepted order to complete.
+    #[arg(long, default_value_t = 120, global = true)]
+    pub deadline_secs: u64,
+    /// Write the report as JSON.
+    #[arg(long, global = true)]
+    pub report_json: Option<PathBuf>,
+    /// Write a self-contained HTML report with charts.
+    #[arg(long, global = true)]
+    pub report_html: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Scenario {
+    /// N buyers on S units, all arriving within a short window.
+    Burst {
+        #[arg(long, default_value_t = 10_000)]
+        buyers: usize,
+        #[arg(long, default_value_t = 1_000)]
+        stock: i64,
+        /// The arrivals are spread over this window.
+        #[arg(long, default_value_t = 1_000)]
+        window_ms: u64,
+    },
+    /// A constant arrival rate R for D seconds over K sales (a new buyer each request).
+    Steady {
+        #[arg(long, default_value_t = 1_000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+        #[arg(long, default_value_t = 4)]
+        sales: usize,
+        /// Units per sale (default: enough for every buyer).
+        #[arg(long)]
+        stock: Option<i64>,
+    },
+    /// Every buyer sends its request 1 + k times with the same Idempotency-Key, with jitter.
+    RetryStorm {
+        #[arg(long, default_value_t = 2_000)]
+        buyers: usize,
+        #[arg(long, default_value_t = 500)]
+        stock: i64,
+        /// Retries per buyer (at most 9: the rate limit allows 10 requests a minute).
+        #[arg(long, default_value_t = 3)]
+        retries: usize,
+        #[arg(long, default_value_t = 50)]
+        jitter_ms: u64,
+    },
+    /// One hot product among many quiet ones, at a constant rate.
+    HotAndCold {
+        #[arg(long, default_value_t = 1_000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+        /// Quiet products beside the hot one.
+        #[arg(long, default_value_t = 20)]
+        cold: usize,
+        /// Share of buyers going for the hot product.
+        #[arg(long, default_value_t = 0.9)]
+        hot_share: f64,
+        #[arg(long, default_value_t = 1_000)]
+        hot_stock: i64,
+        #[arg(long, default_value_t = 100)]
+        cold_stock: i64,
+    },
+}
+
+#[derive(serde::Serialize)]
+struct Claims {
+    sub: String,
+    iat: u64,
+    exp: u64,
+}
+
+/// Mints a buyer token the way the server signs them.
+pub fn mint(secret: &str, user: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = Claims {
+        sub: user.into(),
+        iat: now,
+        exp: now + 3600,
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing")
+}
+
+/// Why a run could not be made (as opposed to a run that found violations).
+#[derive(Debug)]
+pub struct Failure(pub String);
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+struct Target {
+    client: reqwest::Client,
+    public: String,
+    admin: String,
+    admin_token: String,
+}
+
+impl Target {
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, Failure> {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.admin))
+            .bearer_auth(&self.admin_token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req
+            .send()
+            .await
+            .map_err(|e| Failure(format!("admin API unreachable: {e}")))?;
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(Failure(format!("admin {path} answered {status}: {body}")));
+        }
+        Ok(body)
+    }
+
+    async fn open_sale(
+        &self,
+        name: &str,
+        stock: i64,
+        per_user_limit: i64,
+    ) -> Result<Plan, Failure> {
+        let p = self
+            .admin(
+                reqwest::Method::POST,
+                "/admin/products",
+                Some(json!({"name": name, "priceCents": 999})),
+            )
+            .await?;
+        let product = p["id"]
+            .as_i64()
+            .ok_or_else(|| Failure(format!("no product id in {p}")))?;
+        let body = json!({"stock": stock, "perUserLimit": per_user_limit});
+        self.admin(
+            reqwest::Method::PUT,
+            &format!("/admin/flash-sales/{product}"),
+            Some(body),
+        )
+        .await?;
+        Ok(Plan {
+            product,
+            stock,
+            per_user_limit,
+        })
+    }
+
+    async fn buy(&self, token: &str, product: i64, key: &str) -> (Outcome, Option<String>) {
+        let url = format!("{}/orders/flash-sale/{product}", self.public);
+        let r = match self
+            .client
+            .post(url)
+            .bearer_auth(token)
+            .header("Idempotency-Key", key)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => return (Outcome::Error, None),
+        };
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        let order = body["orderId"].as_str().map(str::to_string);
+        let outcome = match status {
+            201 => Outcome::Created,
+            200 => Outcome::Replayed,
+            409 => Outcome::Conflict(body["error"].as_str().unwrap_or("conflict").to_string()),
+            429 => Outcome::RateLimited,
+            503 => Outcome::Unavailable,
+            other => Outcome::Status(other),
+        };
+        (outcome, order)
+    }
+}
+
+/// One request to make: who buys what with which key, when.
+#[derive(Clone)]
+struct Request {
+    buyer: usize,
+    product: i64,
+    key: String,
+    at: Duration,
+}
+
+/// Builds the plans and the requests of a scenario.
+async fn prepare(
+    target: &Target,
+    scenario: &Scenario,
+) -> Result<(Vec<Plan>, Vec<Request>, Value), Failure> {
+    let mut rng = rand::rng();
+    Ok(match scenario.clone() {
+        Scenario::Burst {
+            buyers,
+            stock,
+            window_ms,
+        } => {
+            let plan = target.open_sale("Burst item", stock, 1).await?;
+            let at = schedule::burst(buyers, Duration::from_millis(window_ms));
+            let reqs = at
+                .into_iter()
+                .enumerate()
+                .map(|(b, at)| Request {
+                    buyer: b,
+                    product: plan.product,
+                    key: "burst".into(),
+                    at,
+                })
+                .collect();
+            (
+                vec![plan],
+                reqs,
+                json!({"buyers": buyers, "stock": stock, "windowMs": window_ms}),
+            )
+        }
+        Scenario::Steady {
+            rate,
+            duration_secs,
+            sales,
+            stock,
+        } => {
+            let at = schedule::constant_rate(rate, Duration::from_secs(duration_secs));
+            let per_sale = stock.unwrap_or(at.len() as i64);
+            let mut plans = Vec::new();
+            for i in 0..sales.max(1) {
+                plans.push(
+                    target
+                        .open_sale(&format!("Steady item {i}"), per_sale, 1)
+                        .await?,
+                );
+            }
+            let reqs = at
+                .into_iter()
+                .enumerate()
+                .map(|(b, at)| Request {
+                    buyer: b,
+                    product: plans[b % plans.len()].product,
+                    key: "steady".into(),
+                    at,
+                })
+                .collect();
+            (
+                plans,
+                reqs,
+                json!({"rate": rate, "durationSecs": duration_secs, "sales": sales, "stockPerSale": per_sale}),
+            )
+        }
+        Scenario::RetryStorm {
+            buyers,
+            stock,
+            retries,
+            jitter_ms,
+        } => {
+            if retries > 9 {
+                return Err(Failure(
+                    "--retries is at most 9 (10 requests a minute per buyer)".into(),
+                ));
+            }
+            let plan = target.open_sale("Retry-storm item", stock, 1).await?;
+            let first = schedule::burst(buyers, Duration::from_millis(1000));
+            let mut reqs = Vec::new();
+            for (b, at) in first.into_iter().enumerate() {
+                for _ in 0..=retries {
+                    let jitter = Duration::from_millis(rng.random_range(0..=jitter_ms));
+                    reqs.push(Request {
+                        buyer: b,
+                        product: plan.product,
+                        key: format!("storm-{b}"),
+                        at: at + jitter,
+                    });
+                }
+            }
+            reqs.sort_by_key(|r| r.at);
+            (
+                vec![plan],
+                reqs,
+                json!({"buyers": buyers, "stock": stock, "retries": retries, "jitterMs": jitter_ms}),
+            )
+        }
+        Scenario::HotAndCold {
+            rate,
+            duration_secs,
+            cold,
+            hot_share,
+            hot_stock,
+            cold_stock,
+        } => {
+            let mut plans = vec![target.open_sale("Hot item", hot_stock, 1).await?];
+            for i in 0..cold {
+                plans.push(
+                    target
+                        .open_sale(&format!("Cold item {i}"), cold_stock, 1)
+                        .await?,
+                );
+            }
+            let at = schedule::constant_rate(rate, Duration::from_secs(duration_secs));
+            let reqs = at
+                .into_iter()
+                .enumerate()
+                .map(|(b, at)| {
+                    let product = if cold == 0 || rng.random_bool(hot_share.clamp(0.0, 1.0)) {
+                        plans[0].product
+                    } else {
+                        plans[1 + rng.random_range(0..cold)].product
+                    };
+                    Request {
+                        buyer: b,
+                        product,
+                        key: "hc".into(),
+                        at,
+                    }
+                })
+                .collect();
+            let params = json!({"rate": rate, "durationSecs": duration_secs, "cold": cold, "hotShare": hot_share, "hotStock": hot_stock, "coldStock": cold_stock});
+            (plans, reqs, params)
+        }
+    })
+}
+
+fn scenario_name(s: &Scenario) -> &'static str {
+    match s {
+        Scenario::Burst { .. } => "burst",
+        Scenario::Steady { .. } => "steady",
+        Scenario::RetryStorm { .. } => "retry-storm",
+        Scenario::HotAndCold { .. } => "hot-and-cold",
+    }
+}
+
+/// Runs the scenario and checks the sale; the report's `violations` say what broke.
+pub async fn run(cli: &Cli) -> Result<Report, Failure> {
+    let secret = match (&cli.jwt_secret, &cli.jwt_secret_file) {
+        (Some(s), _) => s.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| Failure(format!("cannot read {}: {e}", path.display())))?
+            .trim()
+            .to_string(),
+        (None, None) => {
+            return Err(Failure(
+                "--jwt-secret or --jwt-secret-file is required to mint buyer tokens".into(),
+            ))
+        }
+    };
+    let admin_token = cli
+        .admin_token
+        .clone()
+        .ok_or_else(|| Failure("--admin-token is required".into()))?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(cli.max_in_flight)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| Failure(e.to_string()))?;
+    let target = Arc::new(Target {
+        client,
+        public: cli.target.trim_end_matches('/').to_string(),
+        admin: cli.admin_url.trim_end_matches('/').to_string(),
+        admin_token,
+    });
+    let (plans, requests, parameters) = prepare(&target, &cli.scenario).await?;
+    let buyers = requests.iter().map(|r| r.buyer).max().map_or(0, |b| b + 1);
+    let tokens: Arc<Vec<String>> = Arc::new(
+        (0..buyers)
+            .map(|_| mint(&secret, &uuid::Uuid::new_v4().to_string()))
+            .collect(),
+    );
+
+    let progress = if cli.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let bar = indicatif::ProgressBar::new(requests.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {elapsed_precise} [{bar:40}] {pos}/{len} requests {per_sec}",
+            )
+            .expect("a valid template"),
+        );
+        bar
+    };
+    let offsets: Vec<Duration> = requests.iter().map(|r| r.at).collect();
+    let started = Instant::now();
+    let reqs = Arc::new(requests);
+    let results = schedule::run(&offsets, cli.max_in_flight, |i, intended| {
+        let (target, tokens, reqs, progress) = (
+            target.clone(),
+            tokens.clone(),
+            reqs.clone(),
+            progress.clone(),
+        );
+        async move {
+            let r = &reqs[i];
+            let (outcome, order_id) = target.buy(&tokens[r.buyer], r.product, &r.key).await;
+            let latency = tokio::time::Instant::now().duration_since(intended);
+            progress.inc(1);
+            let attempt = Attempt {
+                buyer: r.buyer,
+                key: r.key.clone(),
+                product: r.product,
+                outcome,
+                order_id,
+            };
+            (attempt, r.at, latency)
+        }
+    })
+    .await;
+    let seconds = started.elapsed().as_secs_f64();
+    progress.finish_and_clear();
+
+    let mut recorder = Recorder::new();
+    let mut attempts = Vec::with_capacity(results.len());
+    for (attempt, at, latency) in results {
+        recorder.record(
+            &attempt.outcome,
+            at.as_millis() as u64,
+            latency.as_micros() as u64,
+        );
+        attempts.push(attempt);
+    }
+    let accepted = recorder.count("201");
+
+    // Every accepted order must complete: wait for the server's counters to settle.
+    let deadline = Instant::now() + Duration::from_secs(cli.deadline_secs);
+    let mut counters: HashMap<i64, Counters> = HashMap::new();
+    let completed_after = loop {
+        counters.clear();
+        for plan in &plans {
+            let c = target
+                .admin(
+                    reqwest::Method::GET,
+                    &format!("/admin/flash-sales/{}", plan.product),
+                    None,
+                )
+                .await?;
+            let c: Counters =
+                serde_json::from_value(c).map_err(|e| Failure(format!("admin counters: {e}")))?;
+            counters.insert(plan.product, c);
+        }
+        let settled = plans.iter().all(|p| {
+            let c = &counters[&p.product];
+            let sold = attempts
+                .iter()
+                .filter(|a| a.product == p.product && a.outcome == Outcome::Created)
+                .count() as i64;
+            c.pending == 0 && c.completed >= sold
+        });
+        if settled {
+            break Some(started.elapsed().as_secs_f64());
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut violations = invariants::check(&plans, &attempts, &counters);
+    if completed_after.is_none() {
+        violations.push(format!(
+            "not every accepted order completed within {} s",
+            cli.deadline_secs
+        ));
+    }
+
+    let status_counts: BTreeMap<String, u64> = ["201", "200", "409", "429", "503", "error"]
+        .iter()
+        .map(|l| (l.to_string(), recorder.count(l)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    Ok(Report {
+        scenario: scenario_name(&cli.scenario).into(),
+        parameters,
+        seconds,
+        requests: recorder.total(),
+        requests_per_second: recorder.total() as f64 / seconds,
+        accepted,
+        accepted_per_second: accepted as f64 / seconds,
+        status_counts,
+        latency_ms: recorder.overall(),
+        latency_by_outcome_ms: recorder
+            .percentiles()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        timeline: recorder.seconds(),
+        completed_after_seconds: completed_after,
+        violations,
+    })
+}
+
+/// Runs, prints and writes the reports; returns the process exit code (0 clean, 1
+/// violations, 2 the run could not be made).
+pub async fn main_with(cli: Cli) -> i32 {
+    let report = match run(&cli).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("flashsale-load: {e}");
+            return 2;
+        }
+    };
+    print!("{}", report.summary());
+    if let Some(path) = &cli.report_json {
+        if let Err(e) = std::fs::write(
+            path,
+            serde_json::to_vec_pretty(&report).expect("reports serialise"),
+        ) {
+            eprintln!("flashsale-load: cannot write {}: {e}", path.display());
+            return 2;
+        }
+    }
+    if let Some(path) = &cli.report_html {
+        if let Err(e) = std::fs::write(path, report.html()) {
+            eprintln!("flashsale-load: cannot write {}: {e}", path.display());
+            return 2;
+        }
+    }
+    if report.violations.is_empty() {
+        0
+    } else {
+        1
+    }
+}
