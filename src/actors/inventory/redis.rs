@@ -19,141 +19,35 @@ use super::{InventoryOp, InventoryReply, PendingOrder, ReserveOutcome, SaleCount
 use crate::actors::worker::{Backend, Batch, Connect};
 use crate::domain::OrderId;
 
-const COMMON: &str = r#"
-local P = ARGV[1]
-local function k(...) return P .. ':' .. table.concat({...}, ':') end
-local function parse(st)
-  local s, ts, q, u, key = string.match(st, '^(%a)|(%d+)|(%d+)|([^|]*)|(.*)$')
-  return s, tonumber(ts), tonumber(q), u, key
-end
-local function release(pid, oid, st)
-  local s, ts, q, u, key = parse(st)
-  redis.call('HINCRBY', k('sale', pid), 'remaining', q)
-  redis.call('DECRBY', k('bought', pid, u), q)
-  redis.call('HDEL', k('resv', pid), oid)
-  redis.call('SADD', k('rel', pid), oid)
-  local ik = k('idem', pid, u, key)
-  if redis.call('GET', ik) == oid then redis.call('DEL', ik) end
-  redis.call('DEL', k('ord', oid))
-end
-"#;
+const COMMON: &str = include_str!("lua/common.lua");
 
 /// ARGV: prefix, pid, uid, key, qty, oid, now, stale_ms, ttl.
 /// Returns {code, order id}: 0 created, 1 replay, 2 out of stock, 3 limit, 4 not active, 5 no sale.
-const RESERVE: &str = r#"
-local pid, uid, key, oid = ARGV[2], ARGV[3], ARGV[4], ARGV[6]
-local qty, now, stale = tonumber(ARGV[5]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local ik = k('idem', pid, uid, key)
-local prev = redis.call('GET', ik)
-if prev then
-  local st = redis.call('HGET', k('resv', pid), prev)
-  local s, ts = nil, nil
-  if st then s, ts = parse(st) end
-  if s == 'R' and now - ts > stale then
-    release(pid, prev, st)
-  else
-    return {1, prev}
-  end
-end
-local sk = k('sale', pid)
-local sale = redis.call('HMGET', sk, 'remaining', 'limit', 'starts', 'ends')
-if not sale[1] then return {5, ''} end
-local remaining, limit, starts, ends = tonumber(sale[1]), tonumber(sale[2]), tonumber(sale[3]), tonumber(sale[4])
-if (starts > 0 and now < starts) or (ends > 0 and now >= ends) then return {4, ''} end
-local bk = k('bought', pid, uid)
-local bought = tonumber(redis.call('GET', bk) or '0')
-if bought + qty > limit then return {3, ''} end
-if remaining < qty then return {2, ''} end
-redis.call('HINCRBY', sk, 'remaining', -qty)
-redis.call('INCRBY', bk, qty)
-redis.call('SET', ik, oid, 'EX', ARGV[9])
-redis.call('HSET', k('resv', pid), oid, 'R|' .. ARGV[7] .. '|' .. ARGV[5] .. '|' .. uid .. '|' .. key)
-redis.call('SET', k('ord', oid), uid .. '|' .. pid .. '|' .. ARGV[5] .. '|' .. ARGV[7], 'EX', ARGV[9])
-return {0, oid}
-"#;
+const RESERVE: &str = include_str!("lua/reserve.lua");
 
 /// ARGV: prefix, pid, oid.
-const MARK_PUBLISHED: &str = r#"
-local rk = k('resv', ARGV[2])
-local st = redis.call('HGET', rk, ARGV[3])
-if st and string.sub(st, 1, 1) == 'R' then redis.call('HSET', rk, ARGV[3], 'P' .. string.sub(st, 2)) end
-return 0
-"#;
+const MARK_PUBLISHED: &str = include_str!("lua/mark_published.lua");
 
 /// ARGV: prefix, pid, oid. Returns 1 when something was released.
-const RELEASE: &str = r#"
-local st = redis.call('HGET', k('resv', ARGV[2]), ARGV[3])
-if st then release(ARGV[2], ARGV[3], st) return 1 end
-return 0
-"#;
+const RELEASE: &str = include_str!("lua/release.lua");
 
 /// ARGV: prefix, pid, oid. Returns 1 to persist the order, 0 if it was released.
-const CLAIM: &str = r#"
-local rk = k('resv', ARGV[2])
-if redis.call('HDEL', rk, ARGV[3]) == 1 then return 1 end
-if redis.call('SISMEMBER', k('rel', ARGV[2]), ARGV[3]) == 1 then return 0 end
-return 1
-"#;
+const CLAIM: &str = include_str!("lua/claim.lua");
 
 /// ARGV: prefix, now, stale_ms. Returns how many reservations were released.
-const RELEASE_STALE: &str = r#"
-local now, stale, n = tonumber(ARGV[2]), tonumber(ARGV[3]), 0
-for _, pid in ipairs(redis.call('SMEMBERS', k('sales'))) do
-  local all = redis.call('HGETALL', k('resv', pid))
-  for i = 1, #all, 2 do
-    local s, ts = parse(all[i + 1])
-    if s == 'R' and now - ts > stale then release(pid, all[i], all[i + 1]) n = n + 1 end
-  end
-end
-return n
-"#;
+const RELEASE_STALE: &str = include_str!("lua/release_stale.lua");
 
 /// ARGV: prefix, pid, stock, limit, starts, ends. Returns {stock, remaining} or {-1, sold}.
-const LOAD_SALE: &str = r#"
-local sk = k('sale', ARGV[2])
-local old = redis.call('HMGET', sk, 'stock', 'remaining')
-local sold = 0
-if old[1] then sold = tonumber(old[1]) - tonumber(old[2]) end
-local stock = tonumber(ARGV[3])
-if stock < sold then return {-1, sold} end
-redis.call('HSET', sk, 'stock', stock, 'remaining', stock - sold, 'limit', ARGV[4], 'starts', ARGV[5], 'ends', ARGV[6])
-redis.call('SADD', k('sales'), ARGV[2])
-return {stock, stock - sold}
-"#;
+const LOAD_SALE: &str = include_str!("lua/load_sale.lua");
 
 /// ARGV: prefix, pid. Returns {} or {stock, remaining, limit, starts, ends, pending units}.
-const COUNTERS: &str = r#"
-local s = redis.call('HMGET', k('sale', ARGV[2]), 'stock', 'remaining', 'limit', 'starts', 'ends')
-if not s[1] then return {} end
-local pending = 0
-local all = redis.call('HVALS', k('resv', ARGV[2]))
-for _, st in ipairs(all) do local _, _, q = parse(st) pending = pending + q end
-return {tonumber(s[1]), tonumber(s[2]), tonumber(s[3]), tonumber(s[4]), tonumber(s[5]), pending}
-"#;
+const COUNTERS: &str = include_str!("lua/counters.lua");
 
 /// ARGV: prefix, uid, window_ms. Returns {count, ms until the window resets}.
-const RATE: &str = r#"
-local rk = k('rl', ARGV[2])
-local c = redis.call('INCR', rk)
-if c == 1 then redis.call('PEXPIRE', rk, ARGV[3]) end
-local ttl = redis.call('PTTL', rk)
-if ttl < 0 then redis.call('PEXPIRE', rk, ARGV[3]) ttl = tonumber(ARGV[3]) end
-return {c, ttl}
-"#;
+const RATE: &str = include_str!("lua/rate.lua");
 
 /// ARGV: prefix. Returns a flat list of {pid, stock, remaining, starts, ends}.
-const SALES: &str = r#"
-local out = {}
-for _, pid in ipairs(redis.call('SMEMBERS', k('sales'))) do
-  local s = redis.call('HMGET', k('sale', pid), 'stock', 'remaining', 'starts', 'ends')
-  if s[1] then
-    for _, v in ipairs({tonumber(pid), tonumber(s[1]), tonumber(s[2]), tonumber(s[3]), tonumber(s[4])}) do
-      out[#out + 1] = v
-    end
-  end
-end
-return out
-"#;
+const SALES: &str = include_str!("lua/sales.lua");
 
 struct Scripts {
     reserve: String,

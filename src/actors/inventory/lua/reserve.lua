@@ -1,0 +1,29 @@
+local pid, uid, key, oid = ARGV[2], ARGV[3], ARGV[4], ARGV[6]
+local qty, now, stale = tonumber(ARGV[5]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local ik = k('idem', pid, uid, key)
+local prev = redis.call('GET', ik)
+if prev then
+  local st = redis.call('HGET', k('resv', pid), prev)
+  local s, ts = nil, nil
+  if st then s, ts = parse(st) end
+  if s == 'R' and now - ts > stale then
+    release(pid, prev, st)
+  else
+    return {1, prev}
+  end
+end
+local sk = k('sale', pid)
+local sale = redis.call('HMGET', sk, 'remaining', 'limit', 'starts', 'ends')
+if not sale[1] then return {5, ''} end
+local remaining, limit, starts, ends = tonumber(sale[1]), tonumber(sale[2]), tonumber(sale[3]), tonumber(sale[4])
+if (starts > 0 and now < starts) or (ends > 0 and now >= ends) then return {4, ''} end
+local bk = k('bought', pid, uid)
+local bought = tonumber(redis.call('GET', bk) or '0')
+if bought + qty > limit then return {3, ''} end
+if remaining < qty then return {2, ''} end
+redis.call('HINCRBY', sk, 'remaining', -qty)
+redis.call('INCRBY', bk, qty)
+redis.call('SET', ik, oid, 'EX', ARGV[9])
+redis.call('HSET', k('resv', pid), oid, 'R|' .. ARGV[7] .. '|' .. ARGV[5] .. '|' .. uid .. '|' .. key)
+redis.call('SET', k('ord', oid), uid .. '|' .. pid .. '|' .. ARGV[5] .. '|' .. ARGV[7], 'EX', ARGV[9])
+return {0, oid}
