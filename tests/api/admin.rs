@@ -119,12 +119,7 @@ async fn health_metrics_page_and_openapi(mode: Mode) {
     let order = app.buy(&token, product, "m", None).await;
     app.wait_settled(&token, order.body["orderId"].as_str().unwrap())
         .await;
-    let metrics = get(format!("{}/metrics", app.admin_address))
-        .await
-        .text()
-        .await
-        .unwrap();
-    for name in [
+    let names = [
         "flashsale_http_requests_total",
         "flashsale_orders_total",
         "flashsale_actor_mailbox",
@@ -135,7 +130,21 @@ async fn health_metrics_page_and_openapi(mode: Mode) {
         "flashsale_sale_remaining",
         "flashsale_queue_depth",
         "flashsale_consumer_lag_seconds",
-    ] {
+    ];
+    // Some are recorded just after the order settles (the consumer acknowledges first).
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = get(format!("{}/metrics", app.admin_address))
+            .await
+            .text()
+            .await
+            .unwrap();
+        if names.iter().all(|n| metrics.contains(n)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for name in names {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
     assert!(!metrics.contains(&token), "no user data in metrics");
