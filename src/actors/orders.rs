@@ -24,21 +24,28 @@ fn record_lag(queue: &'static str, orders: &[OrderMessage]) {
     }
 }
 
+/// A message carries one order (an object) or several (an array).
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Carried {
+    One(OrderMessage),
+    Many(Vec<OrderMessage>),
+}
+
 fn parse_orders(batch: &[QueueMessage]) -> Vec<OrderMessage> {
-    batch
-        .iter()
-        .filter_map(
-            |d| match serde_json::from_slice::<OrderMessage>(&d.payload) {
-                Ok(o) => Some(o),
-                Err(e) => {
-                    // A message nobody can read would block the queue for ever.
-                    tracing::error!(error = %e, "dropping an unreadable order message");
-                    metrics::counter!("flashsale_queue_poison_messages_total").increment(1);
-                    None
-                }
-            },
-        )
-        .collect()
+    let mut orders = Vec::with_capacity(batch.len());
+    for d in batch {
+        match serde_json::from_slice::<Carried>(&d.payload) {
+            Ok(Carried::One(o)) => orders.push(o),
+            Ok(Carried::Many(many)) => orders.extend(many),
+            Err(e) => {
+                // A message nobody can read would block the queue for ever.
+                tracing::error!(error = %e, "dropping an unreadable order message");
+                metrics::counter!("flashsale_queue_poison_messages_total").increment(1);
+            }
+        }
+    }
+    orders
 }
 
 pub struct OrderHandler {
@@ -51,7 +58,7 @@ impl DeliveryHandler for OrderHandler {
         &self,
         out: &dyn Outbound,
         batch: &[QueueMessage],
-    ) -> Result<(), ActorProcessingErr> {
+    ) -> Result<usize, ActorProcessingErr> {
         let dir = &self.directory;
         let orders = parse_orders(batch);
         record_lag("orders", &orders);
@@ -110,13 +117,15 @@ impl DeliveryHandler for OrderHandler {
             }
             let mut confirmation = o.clone();
             confirmation.traceparent = traceparent_of(span).or_else(|| o.traceparent.clone());
-            confirmations.push(serde_json::to_vec(&confirmation).expect("orders serialise"));
+            confirmations.push(confirmation);
         }
-        let messages: Vec<(&str, &[u8])> = confirmations
-            .iter()
-            .map(|p| (dir.notifications_queue.as_str(), p.as_slice()))
-            .collect();
-        out.publish(&messages).await
+        // The batch's confirmations travel as one message.
+        if !confirmations.is_empty() {
+            let payload = serde_json::to_vec(&confirmations).expect("orders serialise");
+            out.publish(&[(dir.notifications_queue.as_str(), payload.as_slice())])
+                .await?;
+        }
+        Ok(orders.len())
     }
 }
 
@@ -163,7 +172,7 @@ impl DeliveryHandler for NotificationHandler {
         &self,
         _out: &dyn Outbound,
         batch: &[QueueMessage],
-    ) -> Result<(), ActorProcessingErr> {
+    ) -> Result<usize, ActorProcessingErr> {
         let dir = &self.directory;
         let orders = parse_orders(batch);
         record_lag("notifications", &orders);
@@ -199,6 +208,6 @@ impl DeliveryHandler for NotificationHandler {
             tracing::info!(count = orders.len(), "delivered order confirmations");
         }
         metrics::counter!("flashsale_notifications_delivered_total").increment(orders.len() as u64);
-        Ok(())
+        Ok(orders.len())
     }
 }

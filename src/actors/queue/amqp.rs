@@ -33,6 +33,9 @@ async fn open(url: &str, declare: &[String]) -> Result<(Connection, Channel), la
     Ok((conn, channel))
 }
 
+/// Most orders carried by one message.
+const MAX_PER_MESSAGE: usize = 256;
+
 /// Publishes a batch and waits for all its confirms together.
 async fn publish_all(
     channel: &Channel,
@@ -97,18 +100,62 @@ impl Backend for AmqpPublisher {
 
     async fn process(&mut self, batch: WorkBatch<Self>) -> Result<(), ActorProcessingErr> {
         let live: Vec<_> = batch.into_iter().filter(|e| !e.abandoned()).collect();
-        let messages: Vec<(&str, &[u8], Option<&str>)> = live
+        // Orders for one queue travel together: up to MAX_PER_MESSAGE in one persistent
+        // message, confirmed once. The broker then persists and delivers a few messages
+        // instead of thousands; every caller still hears only after the confirm.
+        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (i, e) in live.iter().enumerate() {
+            match groups
+                .iter_mut()
+                .find(|(q, idx)| *q == e.op.queue.as_str() && idx.len() < MAX_PER_MESSAGE)
+            {
+                Some((_, idx)) => idx.push(i),
+                None => groups.push((e.op.queue.as_str(), vec![i])),
+            }
+        }
+        let payloads: Vec<Vec<u8>> = groups
             .iter()
-            .map(|e| {
-                (
-                    e.op.queue.as_str(),
-                    e.op.payload.as_slice(),
-                    e.op.traceparent.as_deref(),
-                )
+            .map(|(_, idx)| match idx.as_slice() {
+                [one] => live[*one].op.payload.clone(),
+                many => {
+                    let mut p = Vec::with_capacity(
+                        many.iter()
+                            .map(|i| live[*i].op.payload.len() + 1)
+                            .sum::<usize>()
+                            + 2,
+                    );
+                    p.push(b'[');
+                    for (k, i) in many.iter().enumerate() {
+                        if k > 0 {
+                            p.push(b',');
+                        }
+                        p.extend_from_slice(&live[*i].op.payload);
+                    }
+                    p.push(b']');
+                    p
+                }
+            })
+            .collect();
+        let messages: Vec<(&str, &[u8], Option<&str>)> = groups
+            .iter()
+            .zip(&payloads)
+            .map(|((q, idx), p)| {
+                let traceparent = if idx.len() == 1 {
+                    live[idx[0]].op.traceparent.as_deref()
+                } else {
+                    None
+                };
+                (*q, p.as_slice(), traceparent)
             })
             .collect();
         let acked = publish_all(&self.channel, &messages).await?;
-        for (e, ok) in live.into_iter().zip(acked) {
+        let mut answers = vec![false; live.len()];
+        for ((_, idx), ok) in groups.iter().zip(acked) {
+            for i in idx {
+                answers[*i] = ok;
+            }
+        }
+        for (e, ok) in live.into_iter().zip(answers) {
             e.answer(ok);
         }
         Ok(())

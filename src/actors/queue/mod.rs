@@ -81,15 +81,16 @@ pub trait QueueSource: Send + Sync + 'static {
     ) -> Result<Subscription, ActorProcessingErr>;
 }
 
-/// What a consumer does with a batch. On `Ok` the whole batch is acknowledged; on
-/// `Err` the consumer fails and the batch is delivered again.
+/// What a consumer does with a batch. On `Ok` (the number of items handled; a message
+/// may carry several) the whole batch is acknowledged; on `Err` the consumer fails and
+/// the batch is delivered again.
 #[ractor::async_trait]
 pub trait DeliveryHandler: Send + Sync + 'static {
     async fn handle(
         &self,
         out: &dyn Outbound,
         batch: &[QueueMessage],
-    ) -> Result<(), ActorProcessingErr>;
+    ) -> Result<usize, ActorProcessingErr>;
 }
 
 pub enum ConsumerMsg {
@@ -207,9 +208,9 @@ impl<H: DeliveryHandler> Actor for QueueConsumer<H> {
                     .handle(state.out.as_ref(), &batch.messages)
                     .await
                 {
-                    Ok(()) => {
+                    Ok(items) => {
                         state.acker.ack(&batch.messages).await?;
-                        self.stats.add_processed(n as u64);
+                        self.stats.add_processed(items as u64);
                         if state.depth_read.elapsed() >= std::time::Duration::from_secs(1) {
                             state.depth_read = std::time::Instant::now();
                             let depth = state.acker.depth(&self.queue).await?;
