@@ -12,15 +12,20 @@ if ! command -v chromium >/dev/null 2>&1; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
-# Leftovers of interrupted runs: test databases, test queues, the test Redis databases.
-psql -w -h 127.0.0.1 -U postgres -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'fs\_test\_%'" |
-  while read -r db; do psql -w -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"; done
-redis-cli -n 14 flushdb >/dev/null
-redis-cli -n 15 flushdb >/dev/null
-if command -v rabbitmqctl >/dev/null; then
-  rabbitmqctl -q list_queues name 2>/dev/null | { grep '^fstest\.' || true; } | while read -r q; do
-    rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
-  done
-fi
+# What test runs leave behind: test databases, test queues, the test Redis databases.
+# Cleared before the run (an interrupted run may have left some) and after it.
+cleanup() {
+  psql -w -h 127.0.0.1 -U postgres -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'fs\_test\_%'" |
+    while read -r db; do psql -w -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"; done
+  redis-cli -n 14 flushdb >/dev/null
+  redis-cli -n 15 flushdb >/dev/null
+  if command -v rabbitmqctl >/dev/null; then
+    rabbitmqctl -q list_queues name 2>/dev/null | { grep '^fstest\.' || true; } | while read -r q; do
+      rabbitmqctl -q delete_queue "$q" </dev/null >/dev/null 2>&1 || true
+    done
+  fi
+}
+cleanup
+trap cleanup EXIT
 
 cargo test --locked --workspace -- --test-threads 2 "$@"
