@@ -24,9 +24,10 @@ use crate::actors::reconciler::ReconcilerConnect;
 use crate::auth::Tokens;
 use crate::config::{Mode, Secret, Settings};
 use crate::http::{self, AppState};
+use crate::shards::catalog::CatalogConnect;
 use crate::shards::migrate;
-use crate::shards::postgres::{CatalogConnect, ShardConnect};
-use crate::shards::sqlite::{self, SqliteCatalogConnect, SqliteShardConnect};
+use crate::shards::postgres::ShardConnect;
+use crate::shards::sqlite::{self, SqliteShardConnect};
 use crate::supervisors::directory::{
     CatalogSlot, Directory, InventorySlot, PublisherSlot, ShardSlot,
 };
@@ -456,8 +457,9 @@ impl Backends {
                 supervisors::worker(slot, Arc::new(connect), 64, None, policy)
             }
             Backends::Embedded { dir, .. } => {
-                let connect = SqliteCatalogConnect {
-                    path: dir.join("catalog.db"),
+                let connect = CatalogConnect {
+                    url: format!("sqlite://{}", dir.join("catalog.db").display()),
+                    pool_size: 2,
                 };
                 supervisors::worker(slot, Arc::new(connect), 64, None, policy)
             }

@@ -53,50 +53,6 @@ pub fn init(json: bool, provider: Option<&SdkTracerProvider>) {
     }
 }
 
-/// Starts a span of one order's work in the trace named by `traceparent` (a new trace
-/// without one). The span ends when the returned context is dropped.
-pub fn start_order_span(
-    name: &'static str,
-    traceparent: Option<&str>,
-    order_id: &str,
-) -> opentelemetry::Context {
-    use opentelemetry::trace::{Span as _, Tracer as _};
-    let parent = match traceparent {
-        Some(tp) => {
-            let carrier: HashMap<String, String> =
-                [("traceparent".to_string(), tp.to_string())].into();
-            TraceContextPropagator::new().extract(&carrier)
-        }
-        None => opentelemetry::Context::new(),
-    };
-    let mut span = opentelemetry::global::tracer("flashsale").start_with_context(name, &parent);
-    span.set_attribute(opentelemetry::KeyValue::new(
-        "order_id",
-        order_id.to_string(),
-    ));
-    parent.with_span(span)
-}
-
-/// Starts a child span of `parent`; it ends when the returned context is dropped.
-pub fn start_child_span(
-    parent: &opentelemetry::Context,
-    name: &'static str,
-) -> opentelemetry::Context {
-    use opentelemetry::trace::Tracer as _;
-    let span = opentelemetry::global::tracer("flashsale").start_with_context(name, parent);
-    parent.with_span(span)
-}
-
-/// The W3C `traceparent` of a span context, when it belongs to a trace.
-pub fn traceparent_of(cx: &opentelemetry::Context) -> Option<String> {
-    if !cx.span().span_context().is_valid() {
-        return None;
-    }
-    let mut carrier = HashMap::new();
-    TraceContextPropagator::new().inject_context(cx, &mut carrier);
-    carrier.remove("traceparent")
-}
-
 /// A tracer provider exporting to an OTLP/HTTP endpoint.
 pub fn otlp_provider(endpoint: &str, service: &str) -> Result<SdkTracerProvider, String> {
     use opentelemetry_otlp::{Protocol, WithExportConfig};
@@ -115,25 +71,64 @@ pub fn otlp_provider(endpoint: &str, service: &str) -> Result<SdkTracerProvider,
         .build())
 }
 
-/// The W3C `traceparent` of the current span, when it belongs to a trace.
-pub fn current_traceparent() -> Option<String> {
-    let cx = tracing::Span::current().context();
+/// The trace context named by a W3C `traceparent` (empty when absent or invalid).
+fn extract(traceparent: Option<&str>) -> opentelemetry::Context {
+    match traceparent {
+        Some(tp) => {
+            let carrier: HashMap<String, String> =
+                [("traceparent".to_string(), tp.to_string())].into();
+            TraceContextPropagator::new().extract(&carrier)
+        }
+        None => opentelemetry::Context::new(),
+    }
+}
+
+/// The W3C `traceparent` of a span context, when it belongs to a trace.
+pub fn traceparent_of(cx: &opentelemetry::Context) -> Option<String> {
     if !cx.span().span_context().is_valid() {
         return None;
     }
     let mut carrier = HashMap::new();
-    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    TraceContextPropagator::new().inject_context(cx, &mut carrier);
     carrier.remove("traceparent")
 }
 
-/// Makes `span` continue the trace named by a W3C `traceparent`.
+/// The W3C `traceparent` of the current `tracing` span, when it belongs to a trace.
+pub fn current_traceparent() -> Option<String> {
+    traceparent_of(&tracing::Span::current().context())
+}
+
+/// Makes a `tracing` span continue the trace named by a W3C `traceparent`.
 pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
-    let Some(tp) = traceparent else { return };
-    let carrier: HashMap<String, String> = [("traceparent".to_string(), tp.to_string())].into();
-    let cx = TraceContextPropagator::new().extract(&carrier);
+    let cx = extract(traceparent);
     if cx.span().span_context().is_valid() {
         let _ = span.set_parent(cx);
     }
+}
+
+/// Starts a span of one order's work in the trace named by `traceparent` (a new trace
+/// without one). The span ends when the returned context is dropped.
+pub fn start_order_span(
+    name: &'static str,
+    traceparent: Option<&str>,
+    order_id: &str,
+) -> opentelemetry::Context {
+    let cx = start_child_span(&extract(traceparent), name);
+    cx.span().set_attribute(opentelemetry::KeyValue::new(
+        "order_id",
+        order_id.to_string(),
+    ));
+    cx
+}
+
+/// Starts a child span of `parent`; it ends when the returned context is dropped.
+pub fn start_child_span(
+    parent: &opentelemetry::Context,
+    name: &'static str,
+) -> opentelemetry::Context {
+    use opentelemetry::trace::Tracer as _;
+    let span = opentelemetry::global::tracer("flashsale").start_with_context(name, parent);
+    parent.with_span(span)
 }
 
 /// The process-wide Prometheus recorder (installed on first use).
