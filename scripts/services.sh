@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Makes sure PostgreSQL, Redis and RabbitMQ are installed and running on this machine
-# (127.0.0.1, the default ports, PostgreSQL with trust auth for the postgres user).
-# Installs a missing one with apt-get and starts a stopped one. Safe to run again.
+# Makes sure PostgreSQL, Redis, RabbitMQ and a Kafka-compatible broker are installed and
+# running on this machine (127.0.0.1, the default ports, PostgreSQL with trust auth for
+# the postgres user). Installs a missing one with apt-get (the broker, tansu, with
+# cargo install, once: about 10 minutes on 2 cores) and starts a stopped one. Safe to
+# run again.
 set -euo pipefail
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -50,4 +52,20 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
   as_root rabbitmqctl await_startup --timeout 120 >/dev/null
 fi
 wait_for RabbitMQ 60 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5672'
-echo "services ready: PostgreSQL, Redis, RabbitMQ"
+# Kafka: tansu, an Apache Kafka compatible broker (memory storage), from crates.io.
+TANSU_VERSION=0.6.0
+tansu=$(command -v tansu || echo "$HOME/.cargo/bin/tansu")
+if [ ! -x "$tansu" ]; then
+  need cc build-essential
+  need pkg-config pkg-config
+  echo "installing tansu $TANSU_VERSION (cargo install; about 10 minutes)"
+  cargo install tansu --version "$TANSU_VERSION" --features dynostore --locked --quiet
+  tansu=$HOME/.cargo/bin/tansu
+fi
+if ! (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; then
+  log=${TMPDIR:-/tmp}/flashsale-tansu.log
+  nohup "$tansu" broker --listener-url tcp://127.0.0.1:9092 \
+    --advertised-listener-url tcp://127.0.0.1:9092 >"$log" 2>&1 &
+fi
+wait_for "Kafka (tansu)" 30 bash -c 'exec 3<>/dev/tcp/127.0.0.1/9092'
+echo "services ready: PostgreSQL, Redis, RabbitMQ, Kafka"

@@ -23,6 +23,12 @@ use crate::actors::queue::{DeliveryHandler, QueueConsumer, QueueSource};
 use crate::actors::reconciler::ReconcilerConnect;
 use crate::auth::Tokens;
 use crate::config::{Mode, Secret, Settings};
+use crate::events::consumers::{
+    Analytics, ConsumerConnect, EventHandler, InventoryCheck, ReportStore, Reporting,
+};
+use crate::events::log::EventLog;
+use crate::events::relay::RelayConnect;
+use crate::events::EventBus;
 use crate::http::{self, AppState};
 use crate::shards::catalog::CatalogConnect;
 use crate::shards::migrate;
@@ -276,13 +282,60 @@ impl Application {
             });
         }
 
+        // events: one outbox relay per database, then the event consumers
+        let mut event_specs = Vec::new();
+        let mut event_nodes = Vec::new();
+        let ev = &settings.events;
+        let bus = backends.event_bus(&settings);
+        let databases = std::iter::once(("catalog".to_string(), backends.catalog_url(&settings)))
+            .chain((0..settings.shard_count()).map(|i| (format!("shard-{i}"), backends.shard_url(&settings, i))));
+        for (database, url) in databases {
+            let relay = slot(&namer, &format!("relay-{database}"), capacity, timeout);
+            let connect = RelayConnect {
+                database,
+                url,
+                bus: bus.clone(),
+                batch: ev.relay_batch,
+                retention: Duration::from_secs(ev.outbox_retention_secs),
+            };
+            let every = Duration::from_millis(ev.relay_every_ms);
+            event_specs.push(supervisors::worker(relay.clone(), Arc::new(connect), 1, Some(every), &policy));
+            event_nodes.push(TreeNode {
+                stats: relay.stats.clone(),
+                children: vec![],
+            });
+        }
+        let reports = || ReportStore::new(backends.catalog_url(&settings));
+        let handlers: [Arc<dyn EventHandler>; 3] = [
+            Arc::new(Analytics { store: reports() }),
+            Arc::new(InventoryCheck {
+                directory: directory.clone(),
+            }),
+            Arc::new(Reporting { store: reports() }),
+        ];
+        for handler in handlers {
+            let consumer = slot(&namer, &format!("{}-consumer", handler.name()), capacity, timeout);
+            let connect = ConsumerConnect {
+                bus: bus.clone(),
+                handler,
+                batch: ev.consumer_batch,
+            };
+            // Consumers poll continuously (each poll waits for events itself).
+            let every = Duration::from_millis(10);
+            event_specs.push(supervisors::worker(consumer.clone(), Arc::new(connect), 1, Some(every), &policy));
+            event_nodes.push(TreeNode {
+                stats: consumer.stats.clone(),
+                children: vec![],
+            });
+        }
+
         let mut root_specs = Vec::new();
         let mut root_nodes = Vec::new();
         for (name, specs, nodes) in [
             ("shards", shard_specs, shard_nodes),
             ("inventory", inventory_specs, inventory_nodes),
             ("consumers", consumer_specs, consumer_nodes),
-            ("events", vec![], vec![]),
+            ("events", event_specs, event_nodes),
         ] {
             let stats = namer.node(name, Kind::Supervisor);
             root_specs.push(supervisors::supervisor(stats.clone(), &policy, specs));
@@ -399,6 +452,7 @@ enum Backends {
     Embedded {
         dir: std::path::PathBuf,
         queue: Arc<LocalQueue>,
+        log: Arc<EventLog>,
     },
 }
 
@@ -442,28 +496,47 @@ impl Backends {
                 }
                 let path = dir.join("queue.db");
                 let queue = LocalQueue::open(&path).await.map_err(embedded(&path))?;
-                Ok(Backends::Embedded { dir, queue })
+                let path = dir.join("events.db");
+                let log = EventLog::open(&path).await.map_err(embedded(&path))?;
+                Ok(Backends::Embedded { dir, queue, log })
             }
         }
     }
 
-    fn catalog(&self, settings: &Settings, slot: Arc<CatalogSlot>, policy: &Policy) -> ChildSpec {
+    /// Where domain events go: Kafka, or the local event log.
+    fn event_bus(&self, settings: &Settings) -> Arc<EventBus> {
         match self {
-            Backends::Cluster { .. } => {
-                let connect = CatalogConnect {
-                    url: settings.catalog.url.expose().to_string(),
-                    pool_size: settings.shards.pool_size,
-                };
-                supervisors::worker(slot, Arc::new(connect), 64, None, policy)
-            }
-            Backends::Embedded { dir, .. } => {
-                let connect = CatalogConnect {
-                    url: format!("sqlite://{}", dir.join("catalog.db").display()),
-                    pool_size: 2,
-                };
-                supervisors::worker(slot, Arc::new(connect), 64, None, policy)
-            }
+            Backends::Cluster { .. } => Arc::new(EventBus::kafka(&settings.events)),
+            Backends::Embedded { log, .. } => Arc::new(EventBus::Log(log.clone())),
         }
+    }
+
+    /// The catalog database, as sqlx `Any` opens it.
+    fn catalog_url(&self, settings: &Settings) -> String {
+        match self {
+            Backends::Cluster { .. } => settings.catalog.url.expose().to_string(),
+            Backends::Embedded { dir, .. } => format!("sqlite://{}", dir.join("catalog.db").display()),
+        }
+    }
+
+    /// A shard's primary database, as sqlx `Any` opens it.
+    fn shard_url(&self, settings: &Settings, i: usize) -> String {
+        match self {
+            Backends::Cluster { .. } => settings.shards.urls[i].expose().to_string(),
+            Backends::Embedded { dir, .. } => format!("sqlite://{}", dir.join(format!("shard-{i}.db")).display()),
+        }
+    }
+
+    fn catalog(&self, settings: &Settings, slot: Arc<CatalogSlot>, policy: &Policy) -> ChildSpec {
+        let pool_size = match self {
+            Backends::Cluster { .. } => settings.shards.pool_size,
+            Backends::Embedded { .. } => 2,
+        };
+        let connect = CatalogConnect {
+            url: self.catalog_url(settings),
+            pool_size,
+        };
+        supervisors::worker(slot, Arc::new(connect), 64, None, policy)
     }
 
     fn shard(

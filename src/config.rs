@@ -67,6 +67,34 @@ pub struct Settings {
     pub embedded: EmbeddedSettings,
     pub notifications: NotificationSettings,
     pub telemetry: TelemetrySettings,
+    pub events: EventSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSettings {
+    /// Kafka bootstrap servers (cluster mode). Embedded mode writes the local event log.
+    pub brokers: String,
+    /// Prepended to every topic name (lets deployments share one Kafka cluster).
+    pub topic_prefix: String,
+    /// Prefix of the consumer group ids (`{group_prefix}-analytics`, …).
+    pub group_prefix: String,
+    pub order_partitions: i32,
+    pub user_partitions: i32,
+    pub product_partitions: i32,
+    /// Replicas of each topic created at start (1 on a single broker).
+    pub replication_factor: i32,
+    /// Most outbox rows one relay publishes per round.
+    pub relay_batch: usize,
+    /// How often an idle relay looks for new outbox rows.
+    pub relay_every_ms: u64,
+    /// Most events one consumer takes per round.
+    pub consumer_batch: usize,
+    /// A produced event not acknowledged by the broker after this long fails the relay
+    /// (which is then restarted by its supervisor and sends the row again).
+    pub delivery_timeout_ms: u64,
+    /// Sent outbox rows are deleted after this long.
+    pub outbox_retention_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -248,6 +276,20 @@ webhook_timeout_ms = 5000
 [telemetry]
 service_name = "flashsale"
 
+[events]
+brokers = "127.0.0.1:9092"
+topic_prefix = ""
+group_prefix = "flashsale"
+order_partitions = 12
+user_partitions = 8
+product_partitions = 8
+replication_factor = 1
+relay_batch = 1000
+relay_every_ms = 50
+consumer_batch = 1000
+delivery_timeout_ms = 10000
+outbox_retention_secs = 3600
+
 [embedded]
 data_dir = "data"
 shards = 4
@@ -377,6 +419,10 @@ impl Settings {
             ("shards.pool_size", self.shards.pool_size as usize),
             ("embedded.shards", self.embedded.shards),
             ("embedded.partitions", self.embedded.partitions),
+            ("events.relay_batch", self.events.relay_batch),
+            ("events.consumer_batch", self.events.consumer_batch),
+            ("events.relay_every_ms", self.events.relay_every_ms as usize),
+            ("events.delivery_timeout_ms", self.events.delivery_timeout_ms as usize),
         ];
         for (what, value) in positive {
             if value == 0 {
@@ -392,6 +438,19 @@ impl Settings {
             || self.inventory.key_prefix.contains(char::is_whitespace)
         {
             return bad("inventory.key_prefix must be a non-empty word".into());
+        }
+        for (what, n) in [
+            ("events.order_partitions", self.events.order_partitions),
+            ("events.user_partitions", self.events.user_partitions),
+            ("events.product_partitions", self.events.product_partitions),
+            ("events.replication_factor", self.events.replication_factor),
+        ] {
+            if n < 1 {
+                return bad(format!("{what} must be at least 1"));
+            }
+        }
+        if self.mode == Mode::Cluster && self.events.brokers.trim().is_empty() {
+            return bad("events.brokers must name at least one Kafka broker".into());
         }
         if self.supervision.backoff_base_ms > self.supervision.backoff_max_ms {
             return bad("supervision.backoff_base_ms must not exceed backoff_max_ms".into());

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod events;
 pub mod http;
 pub mod shards;
 pub mod supervisors;

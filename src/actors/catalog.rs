@@ -21,6 +21,17 @@ pub enum CatalogOp {
         price_cents: i64,
     },
     GetProduct(ProductId),
+    /// Changes the name and/or price; a price change emits `PriceChanged`. Answers
+    /// `Product(None)` when there is no such product.
+    UpdateProduct {
+        id: ProductId,
+        name: Option<ProductName>,
+        price_cents: Option<i64>,
+    },
+    /// Units sold and cancelled per minute, per product (all products when `None`).
+    SalesReport(Option<ProductId>),
+    /// Orders per product and the users with the most units (or one user).
+    OrdersReport { user: Option<String> },
     /// Stores the sale; answers `SaleStored(false)` when the product does not exist.
     PutSale {
         product: ProductId,
@@ -50,4 +61,5 @@ pub enum CatalogReply {
     /// (user id, password hash)
     Credential(Option<(String, String)>),
     Secret(String),
+    Report(serde_json::Value),
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ractor::ActorProcessingErr;
 
 use crate::actors::inventory::{InventoryOp, InventoryReply};
-use crate::actors::worker::{Backend, Batch, Connect};
+use crate::actors::worker::{Backend, Batch, Connect, Tick};
 use crate::domain::now_ms;
 use crate::supervisors::directory::Directory;
 
@@ -42,7 +42,7 @@ impl Backend for Reconciler {
         Ok(())
     }
 
-    async fn tick(&mut self) -> Result<(), ActorProcessingErr> {
+    async fn tick(&mut self) -> Result<Tick, ActorProcessingErr> {
         for (partition, slot) in self.directory.inventory.iter().enumerate() {
             match slot
                 .call(InventoryOp::ReleaseStale { now_ms: now_ms() })
@@ -62,6 +62,6 @@ impl Backend for Reconciler {
                 Err(e) => tracing::debug!(partition, error = %e, "reconcile skipped"),
             }
         }
-        Ok(())
+        Ok(Tick::idle())
     }
 }

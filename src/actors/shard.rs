@@ -101,6 +101,18 @@ pub enum ShardOp {
     ProductTotals {
         product: i64,
     },
+    /// The owner cancels a completed order (emits `OrderCancelled` once).
+    Cancel {
+        order: OrderId,
+        user: String,
+        traceparent: Option<String>,
+    },
+    /// Emits `UserUpdated` when the user exists.
+    UpdateUser {
+        user: String,
+        display_name: String,
+        traceparent: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,4 +121,9 @@ pub enum ShardReply {
     Order(Option<OrderView>),
     Orders(Vec<OrderView>),
     Totals { completed: i64, cancelled: i64 },
+    /// The order after a cancellation, and whether this call cancelled it; `None`
+    /// when the shard has no such order of that user.
+    Cancelled(Option<(OrderView, bool)>),
+    /// Whether the user exists.
+    UserUpdated(bool),
 }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::task::JoinHandle;
 
 use crate::supervisors::slot::{Envelope, Slot, WorkerMsg};
 use crate::supervisors::stats::Status;
@@ -24,9 +23,25 @@ pub trait Backend: Send + 'static {
     /// restarted; callers whose answers were dropped see `503`.
     async fn process(&mut self, batch: Batch<Self>) -> Result<(), ActorProcessingErr>;
 
-    /// Periodic work, run every `Worker::tick` when set.
-    async fn tick(&mut self) -> Result<(), ActorProcessingErr> {
-        Ok(())
+    /// Periodic work, run `Worker::tick` after the previous round ended (at once when
+    /// that round said there is more to do).
+    async fn tick(&mut self) -> Result<Tick, ActorProcessingErr> {
+        Ok(Tick::idle())
+    }
+}
+
+/// What one round of periodic work did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tick {
+    /// Items handled, added to the actor's `processed`.
+    pub processed: u64,
+    /// More is waiting: run the next round at once.
+    pub again: bool,
+}
+
+impl Tick {
+    pub fn idle() -> Self {
+        Self::default()
     }
 }
 
@@ -49,15 +64,6 @@ pub struct Worker<C: Connect> {
 
 pub struct WorkerState<B> {
     backend: B,
-    ticker: Option<JoinHandle<()>>,
-}
-
-impl<B> Drop for WorkerState<B> {
-    fn drop(&mut self) {
-        if let Some(t) = self.ticker.take() {
-            t.abort();
-        }
-    }
 }
 
 #[ractor::async_trait]
@@ -73,10 +79,7 @@ impl<C: Connect> Actor for Worker<C> {
     ) -> Result<Self::State, ActorProcessingErr> {
         self.slot.stats.set_status(Status::Starting);
         match self.connect.connect().await {
-            Ok(backend) => Ok(WorkerState {
-                backend,
-                ticker: None,
-            }),
+            Ok(backend) => Ok(WorkerState { backend }),
             Err(e) => {
                 self.slot.stats.failed(&e);
                 tracing::warn!(actor = %self.slot.stats.name, error = %e, "cannot connect");
@@ -88,11 +91,11 @@ impl<C: Connect> Actor for Worker<C> {
     async fn post_start(
         &self,
         myself: ActorRef<WorkerMsg>,
-        state: &mut Self::State,
+        _state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         self.slot.stats.started(myself.get_cell());
         if let Some(period) = self.tick {
-            state.ticker = Some(myself.send_interval(period, || WorkerMsg::Tick));
+            myself.send_after(period, || WorkerMsg::Tick);
         }
         self.slot.attach(myself);
         Ok(())
@@ -123,7 +126,19 @@ impl<C: Connect> Actor for Worker<C> {
                 }
                 r
             }
-            WorkerMsg::Tick => state.backend.tick().await,
+            WorkerMsg::Tick => {
+                let r = state.backend.tick().await;
+                if let Ok(done) = &r {
+                    self.slot.stats.add_processed(done.processed);
+                    if let Some(period) = self.tick {
+                        // The next round is timed from the end of this one, so a slow
+                        // round never piles rounds up in the mailbox.
+                        let wait = if done.again { Duration::ZERO } else { period };
+                        myself.send_after(wait, || WorkerMsg::Tick);
+                    }
+                }
+                r.map(|_| ())
+            }
         };
         if let Err(e) = &result {
             self.slot.stats.failed(e);

@@ -7,10 +7,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::public::product_cache_key;
 use super::{json_body, method_not_allowed, AppState};
 use crate::actors::catalog::{CatalogOp, CatalogReply};
 use crate::actors::inventory::{InventoryOp, InventoryReply, SaleCounters, SaleDefinition};
-use crate::actors::shard::{ShardOp, ShardReply};
 use crate::domain::{now_ms, parse_rfc3339, rfc3339, ProductId, ProductName};
 
 const PAGE: &str = include_str!("admin.html");
@@ -19,6 +19,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     let resource =
         |path: &str| web::resource(path.to_string()).default_service(web::to(method_not_allowed));
     cfg.service(resource("/admin/products").route(web::post().to(create_product)))
+        .service(resource("/admin/products/{id}").route(web::patch().to(update_product)))
+        .service(resource("/admin/reports/sales").route(web::get().to(sales_report)))
+        .service(resource("/admin/reports/orders").route(web::get().to(orders_report)))
+        .service(resource("/admin/reports/inventory").route(web::get().to(inventory_report)))
         .service(
             resource("/admin/flash-sales/{productId}")
                 .route(web::put().to(put_sale))
@@ -73,7 +77,7 @@ async fn create_product(
                 .directory
                 .product_partition(id)
                 .tell(InventoryOp::CacheDel {
-                    key: format!("product:{id}"),
+                    key: product_cache_key(id),
                 });
             Ok(HttpResponse::Created().json(p))
         }
@@ -81,6 +85,118 @@ async fn create_product(
             "unexpected catalog reply {other:?}"
         ))),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ProductChange {
+    name: Option<String>,
+    price_cents: Option<i64>,
+}
+
+/// Renames and/or reprices a product. A new price emits `PriceChanged`; the cached
+/// copy is dropped before answering, so the next read sees the change.
+async fn update_product(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    admin(&state, &req)?;
+    let id = ProductId::parse(&id).map_err(|_| ApiError::NotFound)?;
+    let body: ProductChange = json_body(payload, state.settings.http.body_limit).await?;
+    let name = body
+        .name
+        .as_deref()
+        .map(ProductName::parse)
+        .transpose()
+        .map_err(|e| ApiError::InvalidRequest(e.0))?;
+    if body.price_cents.is_some_and(|p| p < 0) {
+        return Err(ApiError::InvalidRequest(
+            "priceCents must not be negative".into(),
+        ));
+    }
+    if name.is_none() && body.price_cents.is_none() {
+        return Err(ApiError::InvalidRequest(
+            "give name and/or priceCents".into(),
+        ));
+    }
+    let op = CatalogOp::UpdateProduct {
+        id,
+        name,
+        price_cents: body.price_cents,
+    };
+    match state.directory.catalog.call(op).await? {
+        CatalogReply::Product(Some(p)) => {
+            let key = product_cache_key(id);
+            state
+                .directory
+                .product_partition(id)
+                .call(InventoryOp::CacheDel { key })
+                .await?;
+            Ok(HttpResponse::Ok().json(p))
+        }
+        CatalogReply::Product(None) => Err(ApiError::NotFound),
+        other => Err(ApiError::Internal(format!(
+            "unexpected catalog reply {other:?}"
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReportQuery {
+    product_id: Option<String>,
+    user_id: Option<String>,
+}
+
+async fn report(state: &AppState, op: CatalogOp) -> Result<HttpResponse, ApiError> {
+    match state.directory.catalog.call(op).await? {
+        CatalogReply::Report(r) => Ok(HttpResponse::Ok().json(r)),
+        other => Err(ApiError::Internal(format!(
+            "unexpected catalog reply {other:?}"
+        ))),
+    }
+}
+
+/// Units sold and cancelled per product per minute, as the analytics consumer counted
+/// them from the order events.
+async fn sales_report(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: web::Query<ReportQuery>,
+) -> Result<HttpResponse, ApiError> {
+    admin(&state, &req)?;
+    let product = query
+        .product_id
+        .as_deref()
+        .map(ProductId::parse)
+        .transpose()
+        .map_err(|_| ApiError::InvalidRequest("productId must be a positive integer".into()))?;
+    report(&state, CatalogOp::SalesReport(product)).await
+}
+
+/// Orders per product and per user, as the reporting consumer counted them.
+async fn orders_report(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: web::Query<ReportQuery>,
+) -> Result<HttpResponse, ApiError> {
+    admin(&state, &req)?;
+    let user = query.user_id.clone();
+    report(&state, CatalogOp::OrdersReport { user }).await
+}
+
+/// The inventory consumer's last comparison of each product's inventory partition
+/// with its shards.
+async fn inventory_report(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    admin(&state, &req)?;
+    let mut products: Vec<_> = state.directory.drift.iter().map(|e| e.value().clone()).collect();
+    products.sort_by_key(|d| d.product_id);
+    Ok(HttpResponse::Ok().json(json!({ "products": products })))
 }
 
 #[derive(Deserialize)]
@@ -108,7 +224,7 @@ fn instant(v: Option<Value>, what: &str) -> Result<Option<i64>, ApiError> {
 
 fn sale_json(product: ProductId, c: &SaleCounters, completed: i64, cancelled: i64) -> Value {
     let now = now_ms();
-    let active = c.starts_at.is_none_or(|s| now >= s) && c.ends_at.is_none_or(|e| now < e);
+    let active = c.active_at(now);
     json!({
         "productId": product.get(),
         "stock": c.stock,
@@ -122,33 +238,6 @@ fn sale_json(product: ProductId, c: &SaleCounters, completed: i64, cancelled: i6
         "endsAt": c.ends_at.map(rfc3339),
         "active": active,
     })
-}
-
-async fn totals(state: &AppState, product: ProductId) -> Result<(i64, i64), ApiError> {
-    let replies = join_all(state.directory.shards.iter().map(|s| {
-        s.call(ShardOp::ProductTotals {
-            product: product.get(),
-        })
-    }))
-    .await;
-    let (mut completed, mut cancelled) = (0, 0);
-    for r in replies {
-        match r? {
-            ShardReply::Totals {
-                completed: a,
-                cancelled: b,
-            } => {
-                completed += a;
-                cancelled += b;
-            }
-            other => {
-                return Err(ApiError::Internal(format!(
-                    "unexpected shard reply {other:?}"
-                )))
-            }
-        }
-    }
-    Ok((completed, cancelled))
 }
 
 async fn put_sale(
@@ -215,7 +304,7 @@ async fn put_sale(
             )))
         }
     };
-    let (completed, cancelled) = totals(&state, product).await?;
+    let (completed, cancelled) = state.directory.product_totals(product).await?;
     Ok(HttpResponse::Ok().json(sale_json(product, &counters, completed, cancelled)))
 }
 
@@ -240,7 +329,7 @@ async fn get_sale(
             )))
         }
     };
-    let (completed, cancelled) = totals(&state, product).await?;
+    let (completed, cancelled) = state.directory.product_totals(product).await?;
     Ok(HttpResponse::Ok().json(sale_json(product, &counters, completed, cancelled)))
 }
 

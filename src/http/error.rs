@@ -29,6 +29,8 @@ pub enum ApiError {
     PurchaseLimitReached,
     #[error("the flash sale is not active")]
     SaleNotActive,
+    #[error("the order is still being processed; retry shortly")]
+    OrderPending,
     #[error("too many requests; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
     #[error("the server is busy; retry shortly")]
@@ -52,6 +54,7 @@ impl ApiError {
             ApiError::OutOfStock => "out_of_stock",
             ApiError::PurchaseLimitReached => "purchase_limit_reached",
             ApiError::SaleNotActive => "sale_not_active",
+            ApiError::OrderPending => "order_pending",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Overloaded => "overloaded",
             ApiError::Unavailable(_) => "unavailable",
@@ -84,6 +87,7 @@ impl ResponseError for ApiError {
             ApiError::OutOfStock => StatusCode::CONFLICT,
             ApiError::PurchaseLimitReached => StatusCode::CONFLICT,
             ApiError::SaleNotActive => StatusCode::CONFLICT,
+            ApiError::OrderPending => StatusCode::CONFLICT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -97,7 +101,7 @@ impl ResponseError for ApiError {
             ApiError::RateLimited { retry_after_secs } => {
                 res.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
-            ApiError::Overloaded | ApiError::Unavailable(_) => {
+            ApiError::Overloaded | ApiError::Unavailable(_) | ApiError::OrderPending => {
                 res.insert_header((header::RETRY_AFTER, "1"));
             }
             ApiError::Unauthorized => {

@@ -30,6 +30,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/products/{id}").route(web::get().to(get_product)))
         .service(resource("/orders/flash-sale/{productId}").route(web::post().to(flash_sale)))
         .service(resource("/orders/{orderId}").route(web::get().to(get_order)))
+        .service(resource("/orders/{orderId}/cancel").route(web::post().to(cancel_order)))
+        .service(resource("/users/me").route(web::patch().to(update_me)))
         .service(resource("/users/me/orders").route(web::get().to(my_orders)))
         .service(resource("/healthz").route(web::get().to(healthz)))
         .service(resource("/readyz").route(web::get().to(readyz)))
@@ -117,7 +119,7 @@ async fn login(
         .json(json!({ "token": issued.token, "expiresAt": rfc3339(issued.expires_at_ms) })))
 }
 
-fn product_cache_key(id: ProductId) -> String {
+pub(crate) fn product_cache_key(id: ProductId) -> String {
     format!("product:{id}")
 }
 
@@ -364,8 +366,19 @@ async fn get_order(
     if let Some(view) = stored {
         return Ok(HttpResponse::Ok().json(view));
     }
-    // Accepted but not yet in its shard: the inventory partitions still know it.
-    let lookups = join_all(dir.inventory.iter().map(|p| {
+    match pending_order(&state, &user, &order).await? {
+        Some(view) => Ok(HttpResponse::Ok().json(view)),
+        None => Err(ApiError::NotFound),
+    }
+}
+
+/// An order accepted but not yet in its shard: the inventory partitions still know it.
+async fn pending_order(
+    state: &AppState,
+    user: &UserId,
+    order: &OrderId,
+) -> Result<Option<OrderView>, ApiError> {
+    let lookups = join_all(state.directory.inventory.iter().map(|p| {
         p.call(InventoryOp::Lookup {
             order: order.clone(),
         })
@@ -383,11 +396,124 @@ async fn get_order(
                     created_at: p.created_at,
                     traceparent: None,
                 };
-                return Ok(HttpResponse::Ok().json(OrderView::new(&message, OrderStatus::Pending)));
+                return Ok(Some(OrderView::new(&message, OrderStatus::Pending)));
             }
         }
     }
-    Err(ApiError::NotFound)
+    Ok(None)
+}
+
+/// The owner cancels a completed order while its sale is active: the order becomes
+/// `cancelled` (emitting `OrderCancelled`) and its units go back to the sale, exactly
+/// once however often this is called (a retry after a failure finishes the restock).
+#[tracing::instrument(skip_all, fields(order_id = %order))]
+async fn cancel_order(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    order: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let user = state.user(&req)?;
+    let order = OrderId::parse(&order).map_err(|_| ApiError::NotFound)?;
+    let dir = &state.directory;
+    let shard = dir.shard(user.as_str());
+    let stored = match shard
+        .call(ShardOp::Get {
+            order: order.clone(),
+            user: user.to_string(),
+        })
+        .await?
+    {
+        ShardReply::Order(o) => o,
+        other => return Err(unexpected("shard", other)),
+    };
+    let Some(stored) = stored else {
+        return match pending_order(&state, &user, &order).await? {
+            Some(_) => Err(ApiError::OrderPending),
+            None => Err(ApiError::NotFound),
+        };
+    };
+    let product = ProductId::from_db(stored.product_id);
+    let partition = dir.product_partition(product);
+    if stored.status == OrderStatus::Completed {
+        let active = match partition.call(InventoryOp::Counters { product }).await? {
+            InventoryReply::Counters(Some(c)) => c.active_at(now_ms()),
+            InventoryReply::Counters(None) => false,
+            other => return Err(unexpected("inventory", other)),
+        };
+        if !active {
+            return Err(ApiError::SaleNotActive);
+        }
+    }
+    let (view, now) = match shard
+        .call(ShardOp::Cancel {
+            order: order.clone(),
+            user: user.to_string(),
+            traceparent: crate::telemetry::current_traceparent(),
+        })
+        .await?
+    {
+        ShardReply::Cancelled(Some(v)) => v,
+        ShardReply::Cancelled(None) => return Err(ApiError::NotFound),
+        other => return Err(unexpected("shard", other)),
+    };
+    if view.status != OrderStatus::Cancelled {
+        return Err(unexpected("shard", view));
+    }
+    // Idempotent per order: only the first call for a sold order returns units.
+    let restocked = match partition
+        .call(InventoryOp::Restock {
+            product,
+            order,
+            user: user.to_string(),
+            quantity: view.quantity,
+        })
+        .await?
+    {
+        InventoryReply::Restocked(r) => r,
+        other => return Err(unexpected("inventory", other)),
+    };
+    if now || restocked {
+        tracing::info!(restocked, "order cancelled by its owner");
+    }
+    Ok(HttpResponse::Ok().json(view))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct UserUpdate {
+    display_name: String,
+}
+
+#[tracing::instrument(skip_all)]
+async fn update_me(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let user = state.user(&req)?;
+    let body: UserUpdate = json_body(payload, state.settings.http.body_limit).await?;
+    let name = body.display_name.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(ApiError::InvalidRequest(
+            "displayName must be 1 to 100 printable characters".into(),
+        ));
+    }
+    match state
+        .directory
+        .shard(user.as_str())
+        .call(ShardOp::UpdateUser {
+            user: user.to_string(),
+            display_name: name.to_string(),
+            traceparent: crate::telemetry::current_traceparent(),
+        })
+        .await?
+    {
+        ShardReply::UserUpdated(true) => {
+            Ok(HttpResponse::Ok().json(json!({ "userId": user.to_string(), "displayName": name })))
+        }
+        ShardReply::UserUpdated(false) => Err(ApiError::NotFound),
+        other => Err(unexpected("shard", other)),
+    }
 }
 
 #[tracing::instrument(skip_all)]

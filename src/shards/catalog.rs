@@ -11,9 +11,11 @@ use sqlx::AnyPool;
 use sqlx::Row;
 
 use crate::actors::catalog::{CatalogOp, CatalogReply, Product};
+use crate::domain::{ProductId, ProductName};
 use crate::actors::inventory::SaleDefinition;
 use crate::actors::worker::{Backend, Batch, Connect};
-use crate::domain::now_ms;
+use crate::domain::{now_ms, rfc3339};
+use crate::events::{self, OutboxEvent};
 
 pub struct CatalogConnect {
     /// `postgres://…` or `sqlite://path` (the file is created by the migrations).
@@ -49,22 +51,157 @@ fn product(row: &AnyRow) -> Result<Product, sqlx::Error> {
     })
 }
 
+/// Appends an event to the catalog's outbox within the caller's transaction.
+async fn outbox_append(
+    tx: &mut sqlx::AnyConnection,
+    e: &OutboxEvent,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO outbox (event_id, topic, key, payload, traceparent, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(e.event_id.as_str())
+        .bind(e.topic)
+        .bind(e.key.as_str())
+        .bind(e.payload.as_str())
+        .bind(e.traceparent.clone())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
 impl Catalog {
+    async fn update_product(
+        &self,
+        id: ProductId,
+        name: Option<&ProductName>,
+        price_cents: Option<i64>,
+    ) -> Result<Option<Product>, sqlx::Error> {
+        // Optimistic: the update applies only if the price read is still current, so
+        // the event's old price is the one replaced.
+        loop {
+            let now = now_ms();
+            let mut tx = self.pool.begin().await?;
+            let row = sqlx::query("SELECT id, name, price_cents FROM products WHERE id = $1")
+                .bind(id.get())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(current) = row.as_ref().map(product).transpose()? else {
+                return Ok(None);
+            };
+            let new_name = name.map(|n| n.as_str().to_string()).unwrap_or(current.name.clone());
+            let new_price = price_cents.unwrap_or(current.price_cents);
+            let done = sqlx::query(
+                "UPDATE products SET name = $2, price_cents = $3, updated_at = $4 WHERE id = $1 AND price_cents = $5",
+            )
+            .bind(id.get())
+            .bind(new_name.as_str())
+            .bind(new_price)
+            .bind(now)
+            .bind(current.price_cents)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                continue;
+            }
+            if new_price != current.price_cents {
+                let event = events::price_changed(id.get(), current.price_cents, new_price, now);
+                outbox_append(&mut tx, &event, now).await?;
+            }
+            tx.commit().await?;
+            return Ok(Some(Product {
+                id: current.id,
+                name: new_name,
+                price_cents: new_price,
+            }));
+        }
+    }
+
+    async fn sales_report(&self, only: Option<ProductId>) -> Result<serde_json::Value, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT product_id, minute, sold, cancelled FROM sales_per_minute \
+             WHERE ($1 = 0 OR product_id = $1) ORDER BY product_id, minute",
+        )
+        .bind(only.map(|p| p.get()).unwrap_or(0))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut products: Vec<serde_json::Value> = Vec::new();
+        let mut current: Option<(i64, i64, i64, Vec<serde_json::Value>)> = None;
+        let flush = |c: Option<(i64, i64, i64, Vec<serde_json::Value>)>, out: &mut Vec<serde_json::Value>| {
+            if let Some((id, sold, cancelled, minutes)) = c {
+                out.push(serde_json::json!({"productId": id, "sold": sold, "cancelled": cancelled, "minutes": minutes}));
+            }
+        };
+        for r in rows {
+            let (id, minute, sold, cancelled): (i64, i64, i64, i64) =
+                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+            if current.as_ref().is_some_and(|c| c.0 != id) {
+                flush(current.take(), &mut products);
+            }
+            let c = current.get_or_insert((id, 0, 0, Vec::new()));
+            c.1 += sold;
+            c.2 += cancelled;
+            c.3.push(serde_json::json!({"minute": rfc3339(minute), "sold": sold, "cancelled": cancelled}));
+        }
+        flush(current, &mut products);
+        Ok(serde_json::json!({ "products": products }))
+    }
+
+    async fn orders_report(&self, user: Option<&str>) -> Result<serde_json::Value, sqlx::Error> {
+        let counts = |r: &AnyRow| -> Result<(i64, i64, i64), sqlx::Error> {
+            Ok((r.try_get("orders")?, r.try_get("units")?, r.try_get("cancelled")?))
+        };
+        let mut products = Vec::new();
+        for r in sqlx::query("SELECT product_id, orders, units, cancelled FROM report_products ORDER BY product_id")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let (orders, units, cancelled) = counts(&r)?;
+            let id: i64 = r.try_get("product_id")?;
+            products.push(serde_json::json!({"productId": id, "orders": orders, "units": units, "cancelled": cancelled}));
+        }
+        let users = sqlx::query(
+            "SELECT user_id, orders, units, cancelled FROM report_users \
+             WHERE ($1 = '' OR user_id = $1) ORDER BY units DESC, user_id LIMIT 100",
+        )
+        .bind(user.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut top = Vec::new();
+        for r in users {
+            let (orders, units, cancelled) = counts(&r)?;
+            let id: String = r.try_get("user_id")?;
+            top.push(serde_json::json!({"userId": id, "orders": orders, "units": units, "cancelled": cancelled}));
+        }
+        Ok(serde_json::json!({ "products": products, "users": top }))
+    }
     async fn serve(&self, op: &CatalogOp) -> Result<CatalogReply, sqlx::Error> {
         let pool = &self.pool;
         Ok(match op {
             CatalogOp::CreateProduct { name, price_cents } => {
+                let now = now_ms();
+                let mut tx = pool.begin().await?;
                 let row = sqlx::query(
                     "INSERT INTO products (name, price_cents, created_at, updated_at) VALUES ($1, $2, $3, $3) \
                      RETURNING id, name, price_cents",
                 )
                 .bind(name.as_str())
                 .bind(*price_cents)
-                .bind(now_ms())
-                .fetch_one(pool)
+                .bind(now)
+                .fetch_one(&mut *tx)
                 .await?;
-                CatalogReply::Product(Some(product(&row)?))
+                let created = product(&row)?;
+                let event = events::product_created(created.id, &created.name, created.price_cents, now);
+                outbox_append(&mut tx, &event, now).await?;
+                tx.commit().await?;
+                CatalogReply::Product(Some(created))
             }
+            CatalogOp::UpdateProduct {
+                id,
+                name,
+                price_cents,
+            } => CatalogReply::Product(self.update_product(*id, name.as_ref(), *price_cents).await?),
+            CatalogOp::SalesReport(product) => CatalogReply::Report(self.sales_report(*product).await?),
+            CatalogOp::OrdersReport { user } => CatalogReply::Report(self.orders_report(user.as_deref()).await?),
             CatalogOp::GetProduct(id) => {
                 let row = sqlx::query("SELECT id, name, price_cents FROM products WHERE id = $1")
                     .bind(id.get())

@@ -8,7 +8,8 @@ use ractor::ActorProcessingErr;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::Row;
 
-use crate::actors::shard::{OrderStatus, OrderView, ShardOp, ShardReply};
+use crate::actors::shard::{OrderMessage, OrderStatus, OrderView, ShardOp, ShardReply};
+use crate::events::{self, CancelReason, OutboxEvent};
 use crate::actors::worker::{Backend, Batch, Connect};
 use crate::domain::{now_ms, rfc3339};
 
@@ -65,7 +66,53 @@ fn order_view(row: &sqlx::postgres::PgRow) -> Result<OrderView, sqlx::Error> {
     })
 }
 
+fn order_message(row: &sqlx::postgres::PgRow) -> Result<OrderMessage, sqlx::Error> {
+    Ok(OrderMessage {
+        order_id: row.try_get("order_id")?,
+        user_id: row.try_get("user_id")?,
+        product_id: row.try_get("product_id")?,
+        quantity: i64::from(row.try_get::<i32, _>("quantity")?),
+        idempotency_key: row.try_get("idempotency_key")?,
+        created_at: row.try_get("created_at")?,
+        traceparent: None,
+    })
+}
+
 const ORDER_COLUMNS: &str = "order_id, user_id, product_id, quantity, status, created_at";
+
+/// Appends events to the outbox within the caller's transaction, in order.
+pub async fn outbox_append(
+    tx: &mut sqlx::PgConnection,
+    events: &[OutboxEvent],
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut cols: [Vec<Option<String>>; 5] = Default::default();
+    for e in events {
+        cols[0].push(Some(e.event_id.clone()));
+        cols[1].push(Some(e.topic.to_string()));
+        cols[2].push(Some(e.key.clone()));
+        cols[3].push(Some(e.payload.clone()));
+        cols[4].push(e.traceparent.clone());
+    }
+    sqlx::query(
+        "INSERT INTO outbox (event_id, topic, key, payload, traceparent, created_at) \
+         SELECT e.event_id, e.topic, e.key, e.payload, e.traceparent, $6::int8 \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY \
+           AS e(event_id, topic, key, payload, traceparent, n) ORDER BY e.n",
+    )
+    .bind(&cols[0])
+    .bind(&cols[1])
+    .bind(&cols[2])
+    .bind(&cols[3])
+    .bind(&cols[4])
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
 
 impl PgShard {
     /// Writes every insert and notification of the batch in one transaction.
@@ -108,10 +155,10 @@ impl PgShard {
         let mut tx = self.primary.begin().await?;
         if !ids.is_empty() {
             let now = now_ms();
-            sqlx::query(
+            let inserted: Vec<String> = sqlx::query_scalar(
                 "INSERT INTO orders (order_id, user_id, product_id, quantity, idempotency_key, status, created_at, updated_at) \
                  SELECT o.*, $8::int8 FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int4[], $5::text[], $6::text[], $7::int8[]) AS o \
-                 ON CONFLICT DO NOTHING",
+                 ON CONFLICT DO NOTHING RETURNING order_id",
             )
             .bind(&ids)
             .bind(&users)
@@ -121,8 +168,20 @@ impl PgShard {
             .bind(&statuses)
             .bind(&created)
             .bind(now)
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
+            // The events of the orders this batch created (not of redeliveries).
+            let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+            let mut outbox = Vec::with_capacity(inserted.len() * 2);
+            for e in batch {
+                if let ShardOp::Insert { order, status } = &e.op {
+                    if inserted.contains(&order.order_id) {
+                        let completed = *status == OrderStatus::Completed;
+                        outbox.extend(events::order_persisted(order, completed, now));
+                    }
+                }
+            }
+            outbox_append(&mut tx, &outbox, now).await?;
         }
         if !n_ids.is_empty() {
             sqlx::query(
@@ -180,13 +239,71 @@ impl PgShard {
                 ShardReply::Orders(rows.iter().map(order_view).collect::<Result<_, _>>()?)
             }
             ShardOp::CreateUser { user, email } => {
-                sqlx::query("INSERT INTO users (user_id, email, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                let now = now_ms();
+                let mut tx = self.primary.begin().await?;
+                let created = sqlx::query("INSERT INTO users (user_id, email, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
                     .bind(user)
                     .bind(email)
-                    .bind(now_ms())
-                    .execute(&self.primary)
-                    .await?;
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if created == 1 {
+                    let event = events::user_registered(user, email, now);
+                    outbox_append(&mut tx, &[event], now).await?;
+                }
+                tx.commit().await?;
                 ShardReply::Done
+            }
+            ShardOp::UpdateUser {
+                user,
+                display_name,
+                traceparent,
+            } => {
+                let now = now_ms();
+                let mut tx = self.primary.begin().await?;
+                let updated = sqlx::query("UPDATE users SET display_name = $2 WHERE user_id = $1")
+                    .bind(user)
+                    .bind(display_name)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if updated == 1 {
+                    let event = events::user_updated(user, display_name, now, traceparent.clone());
+                    outbox_append(&mut tx, &[event], now).await?;
+                }
+                tx.commit().await?;
+                ShardReply::UserUpdated(updated == 1)
+            }
+            ShardOp::Cancel {
+                order,
+                user,
+                traceparent,
+            } => {
+                let now = now_ms();
+                let mut tx = self.primary.begin().await?;
+                let row = sqlx::query(
+                    "UPDATE orders SET status = 'cancelled', updated_at = $3 \
+                     WHERE order_id = $1 AND user_id = $2 AND status = 'completed' \
+                     RETURNING order_id, user_id, product_id, quantity, idempotency_key, created_at",
+                )
+                .bind(order.as_str())
+                .bind(user)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let reply = match row {
+                    Some(row) => {
+                        let mut cancelled = order_message(&row)?;
+                        cancelled.traceparent = traceparent.clone();
+                        let event = events::order_cancelled(&cancelled, CancelReason::Customer, now);
+                        outbox_append(&mut tx, &[event], now).await?;
+                        Some((OrderView::new(&cancelled, OrderStatus::Cancelled), true))
+                    }
+                    None => self.get(order.as_str(), user).await?.map(|v| (v, false)),
+                };
+                tx.commit().await?;
+                ShardReply::Cancelled(reply)
             }
             ShardOp::ProductTotals { product } => {
                 let row = sqlx::query(

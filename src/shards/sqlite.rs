@@ -9,7 +9,8 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::Row;
 
 use crate::actors::queue::local::sqlite_pool;
-use crate::actors::shard::{OrderStatus, OrderView, ShardOp, ShardReply};
+use crate::actors::shard::{OrderMessage, OrderStatus, OrderView, ShardOp, ShardReply};
+use crate::events::{self, CancelReason, OutboxEvent};
 use crate::actors::worker::{Backend, Batch, Connect};
 use crate::domain::{now_ms, rfc3339};
 use crate::shards::migrate::Migration;
@@ -18,12 +19,20 @@ pub const CATALOG: &[Migration] = &[Migration {
     version: 1,
     name: "init",
     sql: include_str!("../../migrations/sqlite/catalog/0001_init.sql"),
+}, Migration {
+    version: 2,
+    name: "events",
+    sql: include_str!("../../migrations/sqlite/catalog/0002_events.sql"),
 }];
 
 pub const SHARD: &[Migration] = &[Migration {
     version: 1,
     name: "init",
     sql: include_str!("../../migrations/sqlite/shard/0001_init.sql"),
+}, Migration {
+    version: 2,
+    name: "events",
+    sql: include_str!("../../migrations/sqlite/shard/0002_events.sql"),
 }];
 
 /// Applies the migrations `path` has not applied yet; returns how many.
@@ -95,6 +104,26 @@ fn order_view(row: &SqliteRow) -> Result<OrderView, sqlx::Error> {
 
 const ORDER_COLUMNS: &str = "order_id, user_id, product_id, quantity, status, created_at";
 
+/// Appends events to the shard's outbox within the caller's transaction, in order.
+async fn outbox_append(
+    tx: &mut sqlx::SqliteConnection,
+    events: &[OutboxEvent],
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    for e in events {
+        sqlx::query("INSERT INTO outbox (event_id, topic, key, payload, traceparent, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(&e.event_id)
+            .bind(e.topic)
+            .bind(&e.key)
+            .bind(&e.payload)
+            .bind(&e.traceparent)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
 impl SqliteShard {
     async fn commit_writes(&self, batch: &Batch<Self>) -> Result<(), sqlx::Error> {
         if !batch
@@ -109,7 +138,7 @@ impl SqliteShard {
         for e in batch {
             match &e.op {
                 ShardOp::Insert { order, status } => {
-                    sqlx::query(
+                    let inserted = sqlx::query(
                         "INSERT OR IGNORE INTO orders (order_id, user_id, product_id, quantity, idempotency_key, status, created_at, updated_at) \
                          VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     )
@@ -122,7 +151,13 @@ impl SqliteShard {
                     .bind(order.created_at)
                     .bind(now)
                     .execute(&mut *tx)
-                    .await?;
+                    .await?
+                    .rows_affected();
+                    if inserted == 1 {
+                        let completed = *status == OrderStatus::Completed;
+                        let events = events::order_persisted(order, completed, now);
+                        outbox_append(&mut tx, &events, now).await?;
+                    }
                 }
                 ShardOp::Notified {
                     order,
@@ -167,15 +202,88 @@ impl SqliteShard {
                 ShardReply::Orders(rows.iter().map(order_view).collect::<Result<_, _>>()?)
             }
             ShardOp::CreateUser { user, email } => {
-                sqlx::query(
+                let now = now_ms();
+                let mut tx = pool.begin().await?;
+                let created = sqlx::query(
                     "INSERT OR IGNORE INTO users (user_id, email, created_at) VALUES (?, ?, ?)",
                 )
                 .bind(user)
                 .bind(email)
-                .bind(now_ms())
-                .execute(pool)
-                .await?;
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if created == 1 {
+                    let event = events::user_registered(user, email, now);
+                    outbox_append(&mut tx, &[event], now).await?;
+                }
+                tx.commit().await?;
                 ShardReply::Done
+            }
+            ShardOp::UpdateUser {
+                user,
+                display_name,
+                traceparent,
+            } => {
+                let now = now_ms();
+                let mut tx = pool.begin().await?;
+                let updated = sqlx::query("UPDATE users SET display_name = ? WHERE user_id = ?")
+                    .bind(display_name)
+                    .bind(user)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if updated == 1 {
+                    let event = events::user_updated(user, display_name, now, traceparent.clone());
+                    outbox_append(&mut tx, &[event], now).await?;
+                }
+                tx.commit().await?;
+                ShardReply::UserUpdated(updated == 1)
+            }
+            ShardOp::Cancel {
+                order,
+                user,
+                traceparent,
+            } => {
+                let now = now_ms();
+                let mut tx = pool.begin().await?;
+                let row = sqlx::query(
+                    "UPDATE orders SET status = 'cancelled', updated_at = ? \
+                     WHERE order_id = ? AND user_id = ? AND status = 'completed' \
+                     RETURNING order_id, user_id, product_id, quantity, idempotency_key, created_at",
+                )
+                .bind(now)
+                .bind(order.as_str())
+                .bind(user)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let reply = match row {
+                    Some(row) => {
+                        let cancelled = OrderMessage {
+                            order_id: row.try_get("order_id")?,
+                            user_id: row.try_get("user_id")?,
+                            product_id: row.try_get("product_id")?,
+                            quantity: row.try_get("quantity")?,
+                            idempotency_key: row.try_get("idempotency_key")?,
+                            created_at: row.try_get("created_at")?,
+                            traceparent: traceparent.clone(),
+                        };
+                        let event = events::order_cancelled(&cancelled, CancelReason::Customer, now);
+                        outbox_append(&mut tx, &[event], now).await?;
+                        Some((OrderView::new(&cancelled, OrderStatus::Cancelled), true))
+                    }
+                    None => {
+                        let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = ? AND user_id = ?");
+                        let row = sqlx::query(&sql)
+                            .bind(order.as_str())
+                            .bind(user)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        row.as_ref().map(order_view).transpose()?.map(|v| (v, false))
+                    }
+                };
+                tx.commit().await?;
+                ShardReply::Cancelled(reply)
             }
             ShardOp::ProductTotals { product } => {
                 let row = sqlx::query(

@@ -5,7 +5,10 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::slot::Slot;
+use dashmap::DashMap;
+use futures_util::future::join_all;
+
+use super::slot::{CallError, Slot};
 use crate::actors::catalog::{CatalogOp, CatalogReply};
 use crate::actors::inventory::{InventoryOp, InventoryReply};
 use crate::actors::queue::{PublishOp, PublishReply};
@@ -25,7 +28,23 @@ pub struct Directory {
     pub publishers: Vec<Arc<PublisherSlot>>,
     pub orders_queue: String,
     pub notifications_queue: String,
+    /// The inventory event consumer's last comparison, per product.
+    pub drift: DashMap<i64, InventoryDrift>,
     next_publisher: AtomicUsize,
+}
+
+/// A product's units as its inventory partition counts them against the orders its
+/// shards hold. `drift` is `sold - pending - persisted`: zero when they agree.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InventoryDrift {
+    pub product_id: i64,
+    pub stock: i64,
+    pub remaining: i64,
+    pub pending: i64,
+    pub persisted: i64,
+    pub drift: i64,
+    pub checked_at: String,
 }
 
 impl Directory {
@@ -44,6 +63,7 @@ impl Directory {
             publishers,
             orders_queue,
             notifications_queue,
+            drift: DashMap::new(),
             next_publisher: AtomicUsize::new(0),
         }
     }
@@ -70,6 +90,26 @@ impl Directory {
     pub fn publisher(&self) -> &PublisherSlot {
         let i = self.next_publisher.fetch_add(1, Ordering::Relaxed);
         &self.publishers[i % self.publishers.len()]
+    }
+
+    /// Units of a product completed and cancelled, summed over every shard.
+    pub async fn product_totals(&self, product: ProductId) -> Result<(i64, i64), CallError> {
+        let op = || ShardOp::ProductTotals {
+            product: product.get(),
+        };
+        let replies = join_all(self.shards.iter().map(|s| s.call(op()))).await;
+        let (mut completed, mut cancelled) = (0, 0);
+        for r in replies {
+            if let ShardReply::Totals {
+                completed: a,
+                cancelled: b,
+            } = r?
+            {
+                completed += a;
+                cancelled += b;
+            }
+        }
+        Ok((completed, cancelled))
     }
 
     /// The order path can accept: every inventory partition and a publisher are up.

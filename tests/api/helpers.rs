@@ -9,6 +9,8 @@ use std::time::Duration;
 use flashsale::app::{Application, StopHandle};
 use flashsale::config::{Secret, Settings};
 use flashsale::domain::UserId;
+use flashsale::events::log::EventLog;
+use flashsale::events::{Delivered, EventBus};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -37,6 +39,8 @@ pub struct Options {
     pub inventory_urls: Option<Vec<String>>,
     /// Routes the shards' PostgreSQL connections through this port (a proxy).
     pub postgres_port: Option<u16>,
+    /// Another Kafka broker than the shared one.
+    pub kafka_brokers: Option<String>,
 }
 
 impl Default for Options {
@@ -48,6 +52,7 @@ impl Default for Options {
             webhook_url: None,
             inventory_urls: None,
             postgres_port: None,
+            kafka_brokers: None,
         }
     }
 }
@@ -138,6 +143,13 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
                 )
             })
             .collect();
+    }
+    // Topics and consumer groups of this test only.
+    s.events.topic_prefix = format!("fstest.{id}.");
+    s.events.group_prefix = format!("fstest.{id}");
+    s.events.delivery_timeout_ms = 3000;
+    if let Some(brokers) = options.kafka_brokers {
+        s.events.brokers = brokers;
     }
     s.embedded.shards = options.shards;
     s.embedded.data_dir = std::env::temp_dir().join(format!("fs_test_{id}"));
@@ -242,6 +254,58 @@ impl TestApp {
         panic!("the application never became ready");
     }
 
+    /// Where the application's events go, opened the way its consumers open it.
+    pub async fn event_bus(&self) -> EventBus {
+        match self.mode {
+            Mode::Cluster => EventBus::kafka(&self.settings.events),
+            Mode::Embedded => {
+                let path = self.settings.embedded.data_dir.join("events.db");
+                EventBus::Log(EventLog::open(&path).await.expect("the event log opens"))
+            }
+        }
+    }
+
+    /// Reads `topic` from the beginning in a consumer group of its own until `done`
+    /// holds for what was read, or `within` has passed; then reads on for `settle` to
+    /// catch anything more that would arrive.
+    pub async fn read_events(
+        &self,
+        topic: &'static str,
+        done: impl Fn(&[Delivered]) -> bool,
+        within: Duration,
+        settle: Duration,
+    ) -> Vec<Delivered> {
+        let bus = self.event_bus().await;
+        let group = format!("reader-{}", uuid::Uuid::new_v4().simple());
+        let mut source = bus.source(&group, &[topic]).await.expect("a consumer");
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline && !done(&seen) {
+            let batch = source.poll(1000, Duration::from_millis(200)).await.expect("poll");
+            seen.extend(batch);
+        }
+        let deadline = std::time::Instant::now() + settle;
+        while std::time::Instant::now() < deadline {
+            let batch = source.poll(1000, Duration::from_millis(200)).await.expect("poll");
+            seen.extend(batch);
+        }
+        seen
+    }
+
+    /// Polls an admin GET until `ok` accepts its body; returns the last body.
+    pub async fn admin_eventually(&self, path: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..300 {
+            let r = self.admin(reqwest::Method::GET, path, None).await;
+            if r.status == StatusCode::OK && ok(&r.body) {
+                return r.body;
+            }
+            last = r.body;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{path} never reached the expected state; last: {last}");
+    }
+
     /// A token for a fresh user, issued the way login issues it.
     pub fn token_for_new_user(&self) -> (UserId, String) {
         let user = UserId::new_random();
@@ -254,6 +318,19 @@ impl TestApp {
             self.client
                 .post(format!("{}{path}", self.address))
                 .json(body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// POSTs with no body as the holder of `token`.
+    pub async fn post_auth(&self, token: &str, path: &str) -> Reply {
+        Reply::from(
+            self.client
+                .post(format!("{}{path}", self.address))
+                .bearer_auth(token)
                 .send()
                 .await
                 .unwrap(),

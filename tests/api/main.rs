@@ -5,6 +5,7 @@ mod helpers;
 
 mod admin;
 mod errors;
+mod events;
 mod inventory;
 mod orders;
 mod resilience;

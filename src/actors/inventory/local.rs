@@ -24,6 +24,7 @@ CREATE TABLE IF NOT EXISTS idem (pid INTEGER NOT NULL, uid TEXT NOT NULL, key TE
 CREATE TABLE IF NOT EXISTS bought (pid INTEGER NOT NULL, uid TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (pid, uid));
 CREATE TABLE IF NOT EXISTS resv (oid TEXT PRIMARY KEY, pid INTEGER NOT NULL, published INTEGER NOT NULL, ts INTEGER NOT NULL, qty INTEGER NOT NULL, uid TEXT NOT NULL, key TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS released (oid TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS restocked (oid TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS ord (oid TEXT PRIMARY KEY, uid TEXT NOT NULL, pid INTEGER NOT NULL, qty INTEGER NOT NULL, created INTEGER NOT NULL);
 ";
 
@@ -55,6 +56,7 @@ enum Change {
     Bought(i64, String),
     Resv(String),
     Released(String),
+    Restocked(String),
     Ord(String),
 }
 
@@ -71,6 +73,7 @@ pub struct LocalInventory {
     bought: HashMap<(i64, String), i64>,
     resv: HashMap<String, Reservation>,
     released: HashSet<String>,
+    restocked: HashSet<String>,
     orders: HashMap<String, PendingOrder>,
     rate: HashMap<String, (i64, i64)>,
     cache: HashMap<String, (String, i64)>,
@@ -92,6 +95,7 @@ impl Connect for LocalInventoryConnect {
             bought: HashMap::new(),
             resv: HashMap::new(),
             released: HashSet::new(),
+            restocked: HashSet::new(),
             orders: HashMap::new(),
             rate: HashMap::new(),
             cache: HashMap::new(),
@@ -147,6 +151,9 @@ impl LocalInventory {
         }
         for r in sqlx::query("SELECT oid FROM released").fetch_all(p).await? {
             self.released.insert(r.get(0));
+        }
+        for r in sqlx::query("SELECT oid FROM restocked").fetch_all(p).await? {
+            self.restocked.insert(r.get(0));
         }
         for r in sqlx::query("SELECT oid, uid, pid, qty, created FROM ord")
             .fetch_all(p)
@@ -315,6 +322,28 @@ impl LocalInventory {
                 };
                 InventoryReply::Claimed(claimed)
             }
+            InventoryOp::Restock {
+                product,
+                order,
+                user,
+                quantity,
+            } => {
+                let oid = order.to_string();
+                if self.released.contains(&oid) || !self.restocked.insert(oid.clone()) {
+                    return InventoryReply::Restocked(false);
+                }
+                self.changes.push(Change::Restocked(oid));
+                let pid = product.get();
+                if let Some(sale) = self.sales.get_mut(&pid) {
+                    sale.remaining += quantity;
+                    self.changes.push(Change::Sale(pid));
+                }
+                if let Some(n) = self.bought.get_mut(&(pid, user.clone())) {
+                    *n -= quantity;
+                }
+                self.changes.push(Change::Bought(pid, user.clone()));
+                InventoryReply::Restocked(true)
+            }
             InventoryOp::RateCheck { user, window_ms } => {
                 let now = now_ms();
                 let entry = self.rate.entry(user.to_string()).or_insert((now, 0));
@@ -473,6 +502,12 @@ impl LocalInventory {
                 },
                 Change::Released(oid) => {
                     sqlx::query("INSERT OR IGNORE INTO released (oid) VALUES (?)")
+                        .bind(&oid)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Change::Restocked(oid) => {
+                    sqlx::query("INSERT OR IGNORE INTO restocked (oid) VALUES (?)")
                         .bind(&oid)
                         .execute(&mut *tx)
                         .await?;

@@ -52,6 +52,13 @@ pub struct SaleCounters {
     pub ends_at: Option<i64>,
 }
 
+impl SaleCounters {
+    /// Whether the sale window contains `now_ms`.
+    pub fn active_at(&self, now_ms: i64) -> bool {
+        self.starts_at.is_none_or(|s| now_ms >= s) && self.ends_at.is_none_or(|e| now_ms < e)
+    }
+}
+
 /// An accepted order not yet in its shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingOrder {
@@ -79,6 +86,14 @@ pub enum InventoryOp {
     Claim {
         product: ProductId,
         order: OrderId,
+    },
+    /// A cancelled order's units go back to the sale, once per order (answers
+    /// `Restocked(false)` for every later call, and for a released order).
+    Restock {
+        product: ProductId,
+        order: OrderId,
+        user: String,
+        quantity: i64,
     },
     RateCheck {
         user: UserId,
@@ -118,6 +133,7 @@ pub enum InventoryReply {
     Reserved(ReserveOutcome),
     Done,
     Claimed(bool),
+    Restocked(bool),
     /// Requests counted in the current window, and milliseconds until it resets.
     Rate {
         count: i64,

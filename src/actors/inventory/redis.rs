@@ -48,6 +48,7 @@ const RATE: &str = include_str!("lua/rate.lua");
 
 /// ARGV: prefix. Returns a flat list of {pid, stock, remaining, starts, ends}.
 const SALES: &str = include_str!("lua/sales.lua");
+const RESTOCK: &str = include_str!("lua/restock.lua");
 
 struct Scripts {
     reserve: String,
@@ -59,6 +60,7 @@ struct Scripts {
     counters: String,
     rate: String,
     sales: String,
+    restock: String,
 }
 
 pub struct RedisConnect {
@@ -105,6 +107,7 @@ impl Connect for RedisConnect {
             counters: load(COUNTERS).await?,
             rate: load(RATE).await?,
             sales: load(SALES).await?,
+            restock: load(RESTOCK).await?,
         };
         Ok(RedisInventory {
             con,
@@ -151,6 +154,19 @@ impl RedisInventory {
             InventoryOp::Claim { product, order } => {
                 let mut c = self.script(&s.claim);
                 c.arg(product.get()).arg(order.as_str());
+                c
+            }
+            InventoryOp::Restock {
+                product,
+                order,
+                user,
+                quantity,
+            } => {
+                let mut c = self.script(&s.restock);
+                c.arg(product.get())
+                    .arg(order.as_str())
+                    .arg(user.as_str())
+                    .arg(*quantity);
                 c
             }
             InventoryOp::RateCheck { user, window_ms } => {
@@ -272,6 +288,9 @@ fn decode(op: &InventoryOp, v: Value) -> Result<InventoryReply, ActorProcessingE
         | InventoryOp::CacheDel { .. } => InventoryReply::Done,
         InventoryOp::Claim { .. } => {
             InventoryReply::Claimed(int(&v).ok_or_else(|| bad("claim", &v))? == 1)
+        }
+        InventoryOp::Restock { .. } => {
+            InventoryReply::Restocked(int(&v).ok_or_else(|| bad("restock", &v))? == 1)
         }
         InventoryOp::RateCheck { .. } => {
             let n = ints(&v)

@@ -1,0 +1,8 @@
+-- A cancelled order's units go back to its sale, once per order. An order whose
+-- reservation was released before it was persisted gave them back already.
+local pid, oid, uid, q = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+if redis.call('SISMEMBER', k('rel', pid), oid) == 1 then return 0 end
+if redis.call('SADD', k('restocked', pid), oid) == 0 then return 0 end
+redis.call('HINCRBY', k('sale', pid), 'remaining', q)
+redis.call('DECRBY', k('bought', pid, uid), q)
+return 1

@@ -1,0 +1,398 @@
+//! The event consumers: one actor each, in its own consumer group. A round polls a
+//! batch, applies it, and only then commits the group's offsets; a restart resumes
+//! from the last commit. The consumers that keep state (analytics, reporting) apply an
+//! event once: its id is recorded in the same transaction as its effect, so a
+//! redelivered event changes nothing. The inventory consumer keeps no state: it
+//! recomputes the comparison for the products an event names.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::ActorProcessingErr;
+use sqlx::{AnyPool, Row};
+
+use super::relay::any_pool;
+use super::{Delivered, EventBus, EventSource, OrderData, ORDER_EVENTS};
+use crate::actors::inventory::{InventoryOp, InventoryReply};
+use crate::actors::worker::{Backend, Batch, Connect, Tick};
+use crate::domain::{now_ms, rfc3339, ProductId};
+use crate::supervisors::directory::{Directory, InventoryDrift};
+
+/// What one consumer does with a batch of events.
+#[ractor::async_trait]
+pub trait EventHandler: Send + Sync + 'static {
+    /// The consumer's name: its group id suffix and its metrics label.
+    fn name(&self) -> &'static str;
+    fn topics(&self) -> &'static [&'static str];
+    /// Applies the batch; returns how many events took effect (duplicates do not).
+    async fn handle(&self, events: &[Delivered]) -> Result<usize, ActorProcessingErr>;
+}
+
+pub struct ConsumerConnect {
+    pub bus: Arc<EventBus>,
+    pub handler: Arc<dyn EventHandler>,
+    pub batch: usize,
+}
+
+pub struct EventConsumer {
+    source: Box<dyn EventSource>,
+    handler: Arc<dyn EventHandler>,
+    batch: usize,
+}
+
+#[ractor::async_trait]
+impl Connect for ConsumerConnect {
+    type Backend = EventConsumer;
+
+    async fn connect(&self) -> Result<EventConsumer, ActorProcessingErr> {
+        let h = &self.handler;
+        Ok(EventConsumer {
+            source: self.bus.source(h.name(), h.topics()).await?,
+            handler: self.handler.clone(),
+            batch: self.batch,
+        })
+    }
+}
+
+#[ractor::async_trait]
+impl Backend for EventConsumer {
+    type Op = ();
+    type Reply = ();
+
+    async fn process(&mut self, batch: Batch<Self>) -> Result<(), ActorProcessingErr> {
+        for e in batch {
+            e.answer(());
+        }
+        Ok(())
+    }
+
+    async fn tick(&mut self) -> Result<Tick, ActorProcessingErr> {
+        let name = self.handler.name();
+        let events = self
+            .source
+            .poll(self.batch, Duration::from_millis(200))
+            .await?;
+        if events.is_empty() {
+            metrics::gauge!("flashsale_event_consumer_lag_seconds", "consumer" => name).set(0.0);
+            self.source.commit().await?;
+            return Ok(Tick {
+                processed: 0,
+                again: true,
+            });
+        }
+        let applied = self.handler.handle(&events).await?;
+        self.source.commit().await?;
+        // End-to-end lag: from the change's commit (the event's occurredAt) to now.
+        let now = now_ms();
+        let lag = metrics::histogram!("flashsale_event_lag_seconds", "consumer" => name);
+        let mut newest = i64::MIN;
+        for e in &events {
+            if let Some(at) = e.envelope.occurred_ms() {
+                lag.record((now - at).max(0) as f64 / 1000.0);
+                newest = newest.max(at);
+            }
+        }
+        if newest > i64::MIN {
+            metrics::gauge!("flashsale_event_consumer_lag_seconds", "consumer" => name)
+                .set((now - newest).max(0) as f64 / 1000.0);
+        }
+        metrics::counter!("flashsale_events_consumed_total", "consumer" => name)
+            .increment(events.len() as u64);
+        metrics::counter!("flashsale_events_duplicates_total", "consumer" => name)
+            .increment((events.len() - applied) as u64);
+        Ok(Tick {
+            processed: events.len() as u64,
+            again: true,
+        })
+    }
+}
+
+/// The order events of a batch that are `kind`, with their ids.
+fn orders<'a>(
+    events: &'a [Delivered],
+    kinds: &'a [&str],
+) -> impl Iterator<Item = (&'a Delivered, OrderData)> + 'a {
+    events
+        .iter()
+        .filter(move |e| e.topic == ORDER_EVENTS && kinds.contains(&e.envelope.kind.as_str()))
+        .filter_map(|e| match serde_json::from_value(e.envelope.data.clone()) {
+            Ok(d) => Some((e, d)),
+            Err(err) => {
+                tracing::error!(event = %e.envelope.id, error = %err, "skipping an order event without order data");
+                None
+            }
+        })
+}
+
+/// Whether an order event changes what was sold: a completion adds, a customer's
+/// cancellation takes back (an order released before it was persisted was never sold).
+fn sold_delta(e: &Delivered, d: &OrderData) -> Option<(i64, i64)> {
+    match e.envelope.kind.as_str() {
+        "OrderCompleted" => Some((d.quantity, 0)),
+        "OrderCancelled" if d.reason.as_deref() == Some("customer") => Some((0, d.quantity)),
+        _ => None,
+    }
+}
+
+/// `($1, $2, …), (…)` for `rows` rows of `cols` placeholders, numbered from `first`.
+fn values(rows: usize, cols: usize, first: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let cells: Vec<String> = (0..cols)
+                .map(|c| format!("${}", first + r * cols + c))
+                .collect();
+            format!("({})", cells.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Records the events' ids for `consumer`; returns the ids not seen before.
+async fn first_seen(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    consumer: &str,
+    ids: &[&str],
+) -> Result<BTreeSet<String>, sqlx::Error> {
+    let mut fresh = BTreeSet::new();
+    for chunk in ids.chunks(500) {
+        let sql = format!(
+            "INSERT INTO processed_events (consumer, event_id) VALUES {} ON CONFLICT DO NOTHING RETURNING event_id",
+            values(chunk.len(), 2, 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for id in chunk {
+            q = q.bind(consumer).bind(*id);
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            fresh.insert(row.try_get::<String, _>(0)?);
+        }
+    }
+    Ok(fresh)
+}
+
+/// A key column's value.
+enum Key {
+    Int(i64),
+    Text(String),
+}
+
+/// Adds each row's counts to the counters of its key in `table` (one upsert per 200
+/// rows; valid in PostgreSQL and SQLite).
+async fn add_counts(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    table: &str,
+    key_cols: &[&str],
+    count_cols: &[&str],
+    rows: Vec<(Vec<Key>, Vec<i64>)>,
+) -> Result<(), sqlx::Error> {
+    let all: Vec<&str> = key_cols.iter().chain(count_cols).copied().collect();
+    let set: Vec<String> = count_cols
+        .iter()
+        .map(|c| format!("{c} = {table}.{c} + excluded.{c}"))
+        .collect();
+    for chunk in rows.chunks(200) {
+        let sql = format!(
+            "INSERT INTO {table} ({}) VALUES {} ON CONFLICT ({}) DO UPDATE SET {}",
+            all.join(", "),
+            values(chunk.len(), all.len(), 1),
+            key_cols.join(", "),
+            set.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for (keys, counts) in chunk {
+            for k in keys {
+                q = match k {
+                    Key::Int(n) => q.bind(*n),
+                    Key::Text(t) => q.bind(t.clone()),
+                };
+            }
+            for n in counts {
+                q = q.bind(*n);
+            }
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// State kept in the catalog database by a consumer.
+pub struct ReportStore {
+    url: String,
+    pool: tokio::sync::OnceCell<AnyPool>,
+}
+
+impl ReportStore {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            pool: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    async fn pool(&self) -> Result<&AnyPool, sqlx::Error> {
+        self.pool.get_or_try_init(|| any_pool(&self.url, 2)).await
+    }
+}
+
+/// Analytics: units sold and cancelled per product per minute.
+pub struct Analytics {
+    pub store: ReportStore,
+}
+
+#[ractor::async_trait]
+impl EventHandler for Analytics {
+    fn name(&self) -> &'static str {
+        "analytics"
+    }
+
+    fn topics(&self) -> &'static [&'static str] {
+        &[ORDER_EVENTS]
+    }
+
+    async fn handle(&self, events: &[Delivered]) -> Result<usize, ActorProcessingErr> {
+        let ids: Vec<&str> = events.iter().map(|e| e.envelope.id.as_str()).collect();
+        let mut tx = self.store.pool().await?.begin().await?;
+        let fresh = first_seen(&mut tx, self.name(), &ids).await?;
+        let mut sums: BTreeMap<(i64, i64), [i64; 2]> = BTreeMap::new();
+        for (e, d) in orders(events, &["OrderCompleted", "OrderCancelled"]) {
+            if !fresh.contains(&e.envelope.id) {
+                continue;
+            }
+            let (Some((sold, cancelled)), Some(at)) = (sold_delta(e, &d), e.envelope.occurred_ms())
+            else {
+                continue;
+            };
+            let minute = at - at.rem_euclid(60_000);
+            let s = sums.entry((d.product_id, minute)).or_default();
+            s[0] += sold;
+            s[1] += cancelled;
+        }
+        let rows = sums
+            .into_iter()
+            .map(|((p, m), [sold, cancelled])| {
+                (vec![Key::Int(p), Key::Int(m)], vec![sold, cancelled])
+            })
+            .collect();
+        let (keys, counts) = (["product_id", "minute"], ["sold", "cancelled"]);
+        add_counts(&mut tx, "sales_per_minute", &keys, &counts, rows).await?;
+        tx.commit().await?;
+        Ok(fresh.len())
+    }
+}
+
+/// Reporting: orders, units and cancellations per user and per product.
+pub struct Reporting {
+    pub store: ReportStore,
+}
+
+#[ractor::async_trait]
+impl EventHandler for Reporting {
+    fn name(&self) -> &'static str {
+        "reporting"
+    }
+
+    fn topics(&self) -> &'static [&'static str] {
+        &[ORDER_EVENTS]
+    }
+
+    async fn handle(&self, events: &[Delivered]) -> Result<usize, ActorProcessingErr> {
+        let ids: Vec<&str> = events.iter().map(|e| e.envelope.id.as_str()).collect();
+        let mut tx = self.store.pool().await?.begin().await?;
+        let fresh = first_seen(&mut tx, self.name(), &ids).await?;
+        let mut users: HashMap<String, [i64; 3]> = HashMap::new();
+        let mut products: HashMap<i64, [i64; 3]> = HashMap::new();
+        for (e, d) in orders(events, &["OrderCompleted", "OrderCancelled"]) {
+            if !fresh.contains(&e.envelope.id) {
+                continue;
+            }
+            let Some((sold, cancelled)) = sold_delta(e, &d) else {
+                continue;
+            };
+            let delta = [i64::from(sold > 0), sold, i64::from(cancelled > 0)];
+            for (total, add) in [
+                users.entry(d.user_id.clone()).or_default(),
+                products.entry(d.product_id).or_default(),
+            ]
+            .into_iter()
+            .zip([delta, delta])
+            {
+                for i in 0..3 {
+                    total[i] += add[i];
+                }
+            }
+        }
+        let cols = ["orders", "units", "cancelled"];
+        let users = users
+            .into_iter()
+            .map(|(u, c)| (vec![Key::Text(u)], c.to_vec()))
+            .collect();
+        add_counts(&mut tx, "report_users", &["user_id"], &cols, users).await?;
+        let products = products
+            .into_iter()
+            .map(|(p, c)| (vec![Key::Int(p)], c.to_vec()))
+            .collect();
+        add_counts(&mut tx, "report_products", &["product_id"], &cols, products).await?;
+        tx.commit().await?;
+        Ok(fresh.len())
+    }
+}
+
+/// Inventory: compares, for every product an order event names, the units its
+/// inventory partition has sold with the units its shards hold as completed.
+pub struct InventoryCheck {
+    pub directory: Arc<Directory>,
+}
+
+#[ractor::async_trait]
+impl EventHandler for InventoryCheck {
+    fn name(&self) -> &'static str {
+        "inventory"
+    }
+
+    fn topics(&self) -> &'static [&'static str] {
+        &[ORDER_EVENTS]
+    }
+
+    async fn handle(&self, events: &[Delivered]) -> Result<usize, ActorProcessingErr> {
+        let products: BTreeSet<i64> = orders(
+            events,
+            &["OrderCreated", "OrderCompleted", "OrderCancelled"],
+        )
+        .map(|(_, d)| d.product_id)
+        .collect();
+        let dir = &self.directory;
+        for product in products {
+            let id = ProductId::from_db(product);
+            let counters = match dir
+                .product_partition(id)
+                .call(InventoryOp::Counters { product: id })
+                .await?
+            {
+                InventoryReply::Counters(Some(c)) => c,
+                _ => continue,
+            };
+            let (persisted, _) = dir.product_totals(id).await?;
+            let sold = counters.stock - counters.remaining;
+            let drift = sold - counters.pending - persisted;
+            metrics::gauge!("flashsale_inventory_drift_units", "product" => product.to_string())
+                .set(drift as f64);
+            if drift != 0 {
+                tracing::debug!(product, drift, "inventory and shards disagree (for now)");
+            }
+            dir.drift.insert(
+                product,
+                InventoryDrift {
+                    product_id: product,
+                    stock: counters.stock,
+                    remaining: counters.remaining,
+                    pending: counters.pending,
+                    persisted,
+                    drift,
+                    checked_at: rfc3339(now_ms()),
+                },
+            );
+        }
+        Ok(events.len())
+    }
+}

@@ -1,0 +1,248 @@
+//! Kafka through rdkafka: topic creation, the relays' idempotent producer, and the
+//! consumers' group membership with manual commits.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use ractor::ActorProcessingErr;
+
+use super::{
+    parse_envelope, Delivered, EventSink, EventSource, OutboxEvent, ORDER_EVENTS,
+    PRODUCT_EVENTS, USER_EVENTS,
+};
+use crate::config::EventSettings;
+
+pub struct KafkaBus {
+    brokers: String,
+    prefix: String,
+    group_prefix: String,
+    partitions: [(&'static str, i32); 3],
+    replication: i32,
+    delivery_timeout: Duration,
+}
+
+impl KafkaBus {
+    pub fn new(s: &EventSettings) -> Self {
+        Self {
+            brokers: s.brokers.clone(),
+            prefix: s.topic_prefix.clone(),
+            group_prefix: s.group_prefix.clone(),
+            partitions: [
+                (ORDER_EVENTS, s.order_partitions),
+                (USER_EVENTS, s.user_partitions),
+                (PRODUCT_EVENTS, s.product_partitions),
+            ],
+            replication: s.replication_factor,
+            delivery_timeout: Duration::from_millis(s.delivery_timeout_ms),
+        }
+    }
+
+    fn config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", "flashsale")
+            .set("socket.timeout.ms", "10000");
+        c
+    }
+
+    /// Creates the topics that do not exist yet, with the configured partition counts.
+    pub async fn ensure_topics(&self) -> Result<(), ActorProcessingErr> {
+        let admin: AdminClient<DefaultClientContext> = self.config().create()?;
+        let names: Vec<String> = self
+            .partitions
+            .iter()
+            .map(|(t, _)| format!("{}{t}", self.prefix))
+            .collect();
+        let topics: Vec<NewTopic> = names
+            .iter()
+            .zip(&self.partitions)
+            .map(|(name, (_, n))| {
+                NewTopic::new(name, *n, TopicReplication::Fixed(self.replication))
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for result in admin.create_topics(&topics, &options).await? {
+            match result {
+                Ok(name) => tracing::info!(topic = %name, "created topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(format!("cannot create topic {name}: {code}").into())
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn sink(&self) -> Result<KafkaSink, ActorProcessingErr> {
+        self.ensure_topics().await?;
+        let producer: FutureProducer = self
+            .config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "200000")
+            .set(
+                "message.timeout.ms",
+                self.delivery_timeout.as_millis().to_string(),
+            )
+            .create()?;
+        Ok(KafkaSink {
+            producer,
+            prefix: self.prefix.clone(),
+        })
+    }
+
+    pub async fn source(
+        &self,
+        group: &str,
+        topics: &[&str],
+    ) -> Result<KafkaSource, ActorProcessingErr> {
+        self.ensure_topics().await?;
+        let consumer: StreamConsumer = self
+            .config()
+            .set("group.id", format!("{}-{group}", self.group_prefix))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .set("enable.partition.eof", "false")
+            .create()?;
+        let names: Vec<String> = topics.iter().map(|t| format!("{}{t}", self.prefix)).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        consumer.subscribe(&names)?;
+        Ok(KafkaSource {
+            consumer: Arc::new(consumer),
+            prefix: self.prefix.clone(),
+            positions: HashMap::new(),
+        })
+    }
+}
+
+pub struct KafkaSink {
+    producer: FutureProducer,
+    prefix: String,
+}
+
+#[ractor::async_trait]
+impl EventSink for KafkaSink {
+    async fn publish(&self, events: &[OutboxEvent]) -> Result<(), ActorProcessingErr> {
+        let topics: Vec<String> = events
+            .iter()
+            .map(|e| format!("{}{}", self.prefix, e.topic))
+            .collect();
+        // Every event of the batch is in flight at once; the idempotent producer keeps
+        // each partition's order and drops its own retries' duplicates.
+        let mut deliveries = Vec::with_capacity(events.len());
+        for (e, topic) in events.iter().zip(&topics) {
+            let mut headers = OwnedHeaders::new().insert(Header {
+                key: "event-id",
+                value: Some(e.event_id.as_str()),
+            });
+            if let Some(tp) = &e.traceparent {
+                headers = headers.insert(Header {
+                    key: "traceparent",
+                    value: Some(tp.as_str()),
+                });
+            }
+            let mut record = FutureRecord::to(topic)
+                .key(e.key.as_str())
+                .payload(e.payload.as_str())
+                .headers(headers);
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        deliveries.push(delivery);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => return Err(e.into()),
+                }
+            }
+        }
+        for delivery in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(format!("delivery failed: {e}").into()),
+                Err(_) => return Err("the producer was dropped".into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+pub struct KafkaSource {
+    consumer: Arc<StreamConsumer>,
+    prefix: String,
+    /// The next offset to commit, per (topic, partition), of what was polled.
+    positions: HashMap<(String, i32), i64>,
+}
+
+#[ractor::async_trait]
+impl EventSource for KafkaSource {
+    async fn poll(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivered>, ActorProcessingErr> {
+        let mut out = Vec::new();
+        let mut budget = wait;
+        while out.len() < max {
+            let message = match tokio::time::timeout(budget, self.consumer.recv()).await {
+                Ok(m) => m?,
+                Err(_) => break,
+            };
+            // After the first event, take only what is already here.
+            budget = Duration::from_millis(2);
+            let topic = message.topic().to_string();
+            self.positions.insert(
+                (topic.clone(), message.partition()),
+                message.offset() + 1,
+            );
+            let Some(envelope) = parse_envelope(&topic, message.payload().unwrap_or_default())
+            else {
+                continue;
+            };
+            let traceparent = message.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == "traceparent")
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            });
+            let topic = topic
+                .strip_prefix(self.prefix.as_str())
+                .unwrap_or(&topic)
+                .to_string();
+            out.push(Delivered {
+                topic,
+                envelope,
+                traceparent,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn commit(&mut self) -> Result<(), ActorProcessingErr> {
+        if self.positions.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in self.positions.drain() {
+            tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
+        }
+        let consumer = self.consumer.clone();
+        tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync)).await??;
+        Ok(())
+    }
+}

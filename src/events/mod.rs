@@ -1,0 +1,334 @@
+//! Domain events. Every event is one versioned JSON envelope
+//! (`id`, `type`, `version`, `occurredAt`, `data`), written to an outbox table in the
+//! same database transaction as the change it describes. One relay actor per database
+//! ([`relay`]) publishes the outbox, in order, to Kafka ([`kafka`], cluster mode) or to
+//! the local append-only log ([`log`], embedded mode); the event consumers
+//! ([`consumers`]) read either the same way through [`EventSource`].
+//!
+//! Keys keep each entity's events in order: an order's events share its id as key (one
+//! partition), a user's their user id, a product's its id.
+
+pub mod consumers;
+pub mod kafka;
+pub mod log;
+pub mod relay;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::ActorProcessingErr;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::actors::shard::OrderMessage;
+use crate::config::EventSettings;
+use crate::domain::rfc3339;
+
+pub const ORDER_EVENTS: &str = "order-events";
+pub const USER_EVENTS: &str = "user-events";
+pub const PRODUCT_EVENTS: &str = "product-events";
+
+/// The one version of every event type so far.
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    OrderCreated,
+    OrderCompleted,
+    OrderCancelled,
+    UserRegistered,
+    UserUpdated,
+    ProductCreated,
+    PriceChanged,
+}
+
+impl EventType {
+    pub fn name(self) -> &'static str {
+        match self {
+            EventType::OrderCreated => "OrderCreated",
+            EventType::OrderCompleted => "OrderCompleted",
+            EventType::OrderCancelled => "OrderCancelled",
+            EventType::UserRegistered => "UserRegistered",
+            EventType::UserUpdated => "UserUpdated",
+            EventType::ProductCreated => "ProductCreated",
+            EventType::PriceChanged => "PriceChanged",
+        }
+    }
+
+    pub fn topic(self) -> &'static str {
+        match self {
+            EventType::OrderCreated | EventType::OrderCompleted | EventType::OrderCancelled => {
+                ORDER_EVENTS
+            }
+            EventType::UserRegistered | EventType::UserUpdated => USER_EVENTS,
+            EventType::ProductCreated | EventType::PriceChanged => PRODUCT_EVENTS,
+        }
+    }
+}
+
+/// The envelope every event travels in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Envelope {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub version: u32,
+    pub occurred_at: String,
+    pub data: serde_json::Value,
+}
+
+impl Envelope {
+    /// Milliseconds since the epoch of `occurredAt`, when it parses.
+    pub fn occurred_ms(&self) -> Option<i64> {
+        let t = humantime::parse_rfc3339_weak(&self.occurred_at).ok()?;
+        let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+        Some(d.as_millis() as i64)
+    }
+}
+
+/// An event as the outbox keeps it: `topic` is the logical name (the relay adds the
+/// deployment's prefix), `payload` the serialised envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    pub event_id: String,
+    pub topic: &'static str,
+    pub key: String,
+    pub payload: String,
+    pub traceparent: Option<String>,
+}
+
+impl OutboxEvent {
+    pub fn new(
+        kind: EventType,
+        key: impl Into<String>,
+        occurred_ms: i64,
+        data: serde_json::Value,
+        traceparent: Option<String>,
+    ) -> Self {
+        let envelope = Envelope {
+            id: uuid::Uuid::now_v7().to_string(),
+            kind: kind.name().into(),
+            version: VERSION,
+            occurred_at: rfc3339(occurred_ms),
+            data,
+        };
+        Self {
+            event_id: envelope.id.clone(),
+            topic: kind.topic(),
+            key: key.into(),
+            payload: serde_json::to_string(&envelope).expect("an envelope serialises"),
+            traceparent,
+        }
+    }
+}
+
+/// Why an order was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelReason {
+    /// Its owner cancelled it: the unit went back to the sale.
+    Customer,
+    /// Its reservation went stale before it was persisted: it was never sold.
+    Released,
+}
+
+impl CancelReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            CancelReason::Customer => "customer",
+            CancelReason::Released => "released",
+        }
+    }
+}
+
+fn order_data(order: &OrderMessage, status: &str) -> serde_json::Value {
+    json!({
+        "orderId": order.order_id,
+        "userId": order.user_id,
+        "productId": order.product_id,
+        "quantity": order.quantity,
+        "status": status,
+        "createdAt": rfc3339(order.created_at),
+    })
+}
+
+/// The events of an order persisted for the first time: `OrderCreated`, then
+/// `OrderCompleted`, or `OrderCancelled` when its reservation had been released.
+pub fn order_persisted(order: &OrderMessage, completed: bool, at_ms: i64) -> [OutboxEvent; 2] {
+    let trace = || order.traceparent.clone();
+    let created = OutboxEvent::new(
+        EventType::OrderCreated,
+        &order.order_id,
+        order.created_at,
+        order_data(order, "pending"),
+        trace(),
+    );
+    let outcome = if completed {
+        OutboxEvent::new(
+            EventType::OrderCompleted,
+            &order.order_id,
+            at_ms,
+            order_data(order, "completed"),
+            trace(),
+        )
+    } else {
+        order_cancelled(order, CancelReason::Released, at_ms)
+    };
+    [created, outcome]
+}
+
+pub fn order_cancelled(order: &OrderMessage, reason: CancelReason, at_ms: i64) -> OutboxEvent {
+    let mut data = order_data(order, "cancelled");
+    data["reason"] = reason.as_str().into();
+    OutboxEvent::new(
+        EventType::OrderCancelled,
+        &order.order_id,
+        at_ms,
+        data,
+        order.traceparent.clone(),
+    )
+}
+
+pub fn user_registered(user: &str, email: &str, at_ms: i64) -> OutboxEvent {
+    let data = json!({"userId": user, "email": email, "registeredAt": rfc3339(at_ms)});
+    OutboxEvent::new(EventType::UserRegistered, user, at_ms, data, None)
+}
+
+pub fn user_updated(
+    user: &str,
+    display_name: &str,
+    at_ms: i64,
+    traceparent: Option<String>,
+) -> OutboxEvent {
+    let data = json!({"userId": user, "displayName": display_name});
+    OutboxEvent::new(EventType::UserUpdated, user, at_ms, data, traceparent)
+}
+
+pub fn product_created(id: i64, name: &str, price_cents: i64, at_ms: i64) -> OutboxEvent {
+    let data = json!({"productId": id, "name": name, "priceCents": price_cents});
+    OutboxEvent::new(EventType::ProductCreated, id.to_string(), at_ms, data, None)
+}
+
+pub fn price_changed(id: i64, old_cents: i64, new_cents: i64, at_ms: i64) -> OutboxEvent {
+    let data = json!({"productId": id, "oldPriceCents": old_cents, "newPriceCents": new_cents});
+    OutboxEvent::new(EventType::PriceChanged, id.to_string(), at_ms, data, None)
+}
+
+/// What the order events carry, as consumers read it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderData {
+    pub order_id: String,
+    pub user_id: String,
+    pub product_id: i64,
+    pub quantity: i64,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// An event as a consumer receives it.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub topic: String,
+    pub envelope: Envelope,
+    pub traceparent: Option<String>,
+}
+
+/// Where relays publish.
+#[ractor::async_trait]
+pub trait EventSink: Send + Sync {
+    /// Publishes every event, in order; `Ok` only once all of them are durable.
+    async fn publish(&self, events: &[OutboxEvent]) -> Result<(), ActorProcessingErr>;
+}
+
+/// What a consumer reads: a consumer group's view of some topics.
+#[ractor::async_trait]
+pub trait EventSource: Send {
+    /// Up to `max` events, waiting at most `wait` for the first one.
+    async fn poll(&mut self, max: usize, wait: Duration)
+        -> Result<Vec<Delivered>, ActorProcessingErr>;
+    /// Records that every event polled so far has been processed.
+    async fn commit(&mut self) -> Result<(), ActorProcessingErr>;
+}
+
+/// Where this deployment's events go: Kafka, or the local log of embedded mode.
+pub enum EventBus {
+    Kafka(kafka::KafkaBus),
+    Log(Arc<log::EventLog>),
+}
+
+impl EventBus {
+    pub fn kafka(settings: &EventSettings) -> Self {
+        EventBus::Kafka(kafka::KafkaBus::new(settings))
+    }
+
+    pub async fn sink(&self) -> Result<Box<dyn EventSink>, ActorProcessingErr> {
+        match self {
+            EventBus::Kafka(k) => Ok(Box::new(k.sink().await?)),
+            EventBus::Log(l) => Ok(Box::new(l.clone())),
+        }
+    }
+
+    pub async fn source(
+        &self,
+        group: &str,
+        topics: &[&str],
+    ) -> Result<Box<dyn EventSource>, ActorProcessingErr> {
+        match self {
+            EventBus::Kafka(k) => Ok(Box::new(k.source(group, topics).await?)),
+            EventBus::Log(l) => Ok(Box::new(l.source(group, topics).await?)),
+        }
+    }
+}
+
+/// Parses a received payload; `None` (counted and logged) for one nobody can read.
+pub fn parse_envelope(topic: &str, payload: &[u8]) -> Option<Envelope> {
+    match serde_json::from_slice(payload) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            tracing::error!(topic, error = %e, "skipping an unreadable event");
+            metrics::counter!("flashsale_events_unreadable_total").increment(1);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order() -> OrderMessage {
+        OrderMessage {
+            order_id: "0190f5a0-0000-7000-8000-000000000001".into(),
+            user_id: "u1".into(),
+            product_id: 7,
+            quantity: 2,
+            idempotency_key: "k".into(),
+            created_at: 1_700_000_000_000,
+            traceparent: None,
+        }
+    }
+
+    #[test]
+    fn an_order_event_carries_the_envelope_and_is_keyed_by_the_order() {
+        let [created, completed] = order_persisted(&order(), true, 1_700_000_000_500);
+        assert_eq!(created.topic, ORDER_EVENTS);
+        assert_eq!(completed.key, order().order_id);
+        let e: Envelope = serde_json::from_str(&completed.payload).unwrap();
+        assert_eq!(e.kind, "OrderCompleted");
+        assert_eq!(e.version, 1);
+        assert_eq!(e.id, completed.event_id);
+        assert_eq!(e.occurred_ms(), Some(1_700_000_000_500));
+        let data: OrderData = serde_json::from_value(e.data).unwrap();
+        assert_eq!((data.product_id, data.quantity), (7, 2));
+        assert_ne!(created.event_id, completed.event_id);
+    }
+
+    #[test]
+    fn a_released_order_is_created_then_cancelled_not_completed() {
+        let [_, outcome] = order_persisted(&order(), false, 1);
+        let e: Envelope = serde_json::from_str(&outcome.payload).unwrap();
+        assert_eq!(e.kind, "OrderCancelled");
+        assert_eq!(e.data["reason"], "released");
+    }
+}
