@@ -134,5 +134,23 @@ async fn one_order_is_one_trace_on_both_sides_of_the_queue(mode: Mode) {
             "{name} continues the caller's trace"
         );
     }
+    // The order's events carry its trace context in their headers.
+    let is_completion = |e: &flashsale::events::Delivered| {
+        e.envelope.kind == "OrderCompleted" && e.envelope.data["orderId"] == order.as_str()
+    };
+    let events = app
+        .read_events(
+            flashsale::events::ORDER_EVENTS,
+            |seen| seen.iter().any(is_completion),
+            Duration::from_secs(60),
+            Duration::ZERO,
+        )
+        .await;
+    let completed = events.iter().find(|e| is_completion(e)).expect("OrderCompleted");
+    assert!(
+        completed.traceparent.as_deref().is_some_and(|t| t.contains(&theirs)),
+        "{:?}",
+        completed.traceparent
+    );
     app.stop().await;
 }
