@@ -288,7 +288,10 @@ impl Application {
         let ev = &settings.events;
         let bus = backends.event_bus(&settings);
         let databases = std::iter::once(("catalog".to_string(), backends.catalog_url(&settings)))
-            .chain((0..settings.shard_count()).map(|i| (format!("shard-{i}"), backends.shard_url(&settings, i))));
+            .chain(
+                (0..settings.shard_count())
+                    .map(|i| (format!("shard-{i}"), backends.shard_url(&settings, i))),
+            );
         for (database, url) in databases {
             let relay = slot(&namer, &format!("relay-{database}"), capacity, timeout);
             let connect = RelayConnect {
@@ -299,7 +302,13 @@ impl Application {
                 retention: Duration::from_secs(ev.outbox_retention_secs),
             };
             let every = Duration::from_millis(ev.relay_every_ms);
-            event_specs.push(supervisors::worker(relay.clone(), Arc::new(connect), 1, Some(every), &policy));
+            event_specs.push(supervisors::worker(
+                relay.clone(),
+                Arc::new(connect),
+                1,
+                Some(every),
+                &policy,
+            ));
             event_nodes.push(TreeNode {
                 stats: relay.stats.clone(),
                 children: vec![],
@@ -314,7 +323,12 @@ impl Application {
             Arc::new(Reporting { store: reports() }),
         ];
         for handler in handlers {
-            let consumer = slot(&namer, &format!("{}-consumer", handler.name()), capacity, timeout);
+            let consumer = slot(
+                &namer,
+                &format!("{}-consumer", handler.name()),
+                capacity,
+                timeout,
+            );
             let connect = ConsumerConnect {
                 bus: bus.clone(),
                 handler,
@@ -322,7 +336,13 @@ impl Application {
             };
             // Consumers poll continuously (each poll waits for events itself).
             let every = Duration::from_millis(10);
-            event_specs.push(supervisors::worker(consumer.clone(), Arc::new(connect), 1, Some(every), &policy));
+            event_specs.push(supervisors::worker(
+                consumer.clone(),
+                Arc::new(connect),
+                1,
+                Some(every),
+                &policy,
+            ));
             event_nodes.push(TreeNode {
                 stats: consumer.stats.clone(),
                 children: vec![],
@@ -515,7 +535,9 @@ impl Backends {
     fn catalog_url(&self, settings: &Settings) -> String {
         match self {
             Backends::Cluster { .. } => settings.catalog.url.expose().to_string(),
-            Backends::Embedded { dir, .. } => format!("sqlite://{}", dir.join("catalog.db").display()),
+            Backends::Embedded { dir, .. } => {
+                format!("sqlite://{}", dir.join("catalog.db").display())
+            }
         }
     }
 
@@ -523,7 +545,9 @@ impl Backends {
     fn shard_url(&self, settings: &Settings, i: usize) -> String {
         match self {
             Backends::Cluster { .. } => settings.shards.urls[i].expose().to_string(),
-            Backends::Embedded { dir, .. } => format!("sqlite://{}", dir.join(format!("shard-{i}.db")).display()),
+            Backends::Embedded { dir, .. } => {
+                format!("sqlite://{}", dir.join(format!("shard-{i}.db")).display())
+            }
         }
     }
 

@@ -422,7 +422,10 @@ impl Settings {
             ("events.relay_batch", self.events.relay_batch),
             ("events.consumer_batch", self.events.consumer_batch),
             ("events.relay_every_ms", self.events.relay_every_ms as usize),
-            ("events.delivery_timeout_ms", self.events.delivery_timeout_ms as usize),
+            (
+                "events.delivery_timeout_ms",
+                self.events.delivery_timeout_ms as usize,
+            ),
         ];
         for (what, value) in positive {
             if value == 0 {

@@ -146,9 +146,15 @@ async fn one_order_is_one_trace_on_both_sides_of_the_queue(mode: Mode) {
             Duration::ZERO,
         )
         .await;
-    let completed = events.iter().find(|e| is_completion(e)).expect("OrderCompleted");
+    let completed = events
+        .iter()
+        .find(|e| is_completion(e))
+        .expect("OrderCompleted");
     assert!(
-        completed.traceparent.as_deref().is_some_and(|t| t.contains(&theirs)),
+        completed
+            .traceparent
+            .as_deref()
+            .is_some_and(|t| t.contains(&theirs)),
         "{:?}",
         completed.traceparent
     );

@@ -31,7 +31,9 @@ pub enum CatalogOp {
     /// Units sold and cancelled per minute, per product (all products when `None`).
     SalesReport(Option<ProductId>),
     /// Orders per product and the users with the most units (or one user).
-    OrdersReport { user: Option<String> },
+    OrdersReport {
+        user: Option<String>,
+    },
     /// Stores the sale; answers `SaleStored(false)` when the product does not exist.
     PutSale {
         product: ProductId,

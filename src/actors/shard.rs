@@ -120,7 +120,10 @@ pub enum ShardReply {
     Done,
     Order(Option<OrderView>),
     Orders(Vec<OrderView>),
-    Totals { completed: i64, cancelled: i64 },
+    Totals {
+        completed: i64,
+        cancelled: i64,
+    },
     /// The order after a cancellation, and whether this call cancelled it; `None`
     /// when the shard has no such order of that user.
     Cancelled(Option<(OrderView, bool)>),

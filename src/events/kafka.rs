@@ -17,8 +17,8 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use ractor::ActorProcessingErr;
 
 use super::{
-    parse_envelope, Delivered, EventSink, EventSource, OutboxEvent, ORDER_EVENTS,
-    PRODUCT_EVENTS, USER_EVENTS,
+    parse_envelope, Delivered, EventSink, EventSource, OutboxEvent, ORDER_EVENTS, PRODUCT_EVENTS,
+    USER_EVENTS,
 };
 use crate::config::EventSettings;
 
@@ -116,7 +116,10 @@ impl KafkaBus {
             .set("session.timeout.ms", "10000")
             .set("enable.partition.eof", "false")
             .create()?;
-        let names: Vec<String> = topics.iter().map(|t| format!("{}{t}", self.prefix)).collect();
+        let names: Vec<String> = topics
+            .iter()
+            .map(|t| format!("{}{t}", self.prefix))
+            .collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         consumer.subscribe(&names)?;
         Ok(KafkaSource {
@@ -206,10 +209,8 @@ impl EventSource for KafkaSource {
             // After the first event, take only what is already here.
             budget = Duration::from_millis(2);
             let topic = message.topic().to_string();
-            self.positions.insert(
-                (topic.clone(), message.partition()),
-                message.offset() + 1,
-            );
+            self.positions
+                .insert((topic.clone(), message.partition()), message.offset() + 1);
             let Some(envelope) = parse_envelope(&topic, message.payload().unwrap_or_default())
             else {
                 continue;

@@ -245,8 +245,11 @@ pub trait EventSink: Send + Sync {
 #[ractor::async_trait]
 pub trait EventSource: Send {
     /// Up to `max` events, waiting at most `wait` for the first one.
-    async fn poll(&mut self, max: usize, wait: Duration)
-        -> Result<Vec<Delivered>, ActorProcessingErr>;
+    async fn poll(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivered>, ActorProcessingErr>;
     /// Records that every event polled so far has been processed.
     async fn commit(&mut self) -> Result<(), ActorProcessingErr>;
 }

@@ -194,7 +194,12 @@ async fn inventory_report(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     admin(&state, &req)?;
-    let mut products: Vec<_> = state.directory.drift.iter().map(|e| e.value().clone()).collect();
+    let mut products: Vec<_> = state
+        .directory
+        .drift
+        .iter()
+        .map(|e| e.value().clone())
+        .collect();
     products.sort_by_key(|d| d.product_id);
     Ok(HttpResponse::Ok().json(json!({ "products": products })))
 }

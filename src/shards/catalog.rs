@@ -11,10 +11,10 @@ use sqlx::AnyPool;
 use sqlx::Row;
 
 use crate::actors::catalog::{CatalogOp, CatalogReply, Product};
-use crate::domain::{ProductId, ProductName};
 use crate::actors::inventory::SaleDefinition;
 use crate::actors::worker::{Backend, Batch, Connect};
 use crate::domain::{now_ms, rfc3339};
+use crate::domain::{ProductId, ProductName};
 use crate::events::{self, OutboxEvent};
 
 pub struct CatalogConnect {
@@ -88,7 +88,9 @@ impl Catalog {
             let Some(current) = row.as_ref().map(product).transpose()? else {
                 return Ok(None);
             };
-            let new_name = name.map(|n| n.as_str().to_string()).unwrap_or(current.name.clone());
+            let new_name = name
+                .map(|n| n.as_str().to_string())
+                .unwrap_or(current.name.clone());
             let new_price = price_cents.unwrap_or(current.price_cents);
             let done = sqlx::query(
                 "UPDATE products SET name = $2, price_cents = $3, updated_at = $4 WHERE id = $1 AND price_cents = $5",
@@ -116,7 +118,10 @@ impl Catalog {
         }
     }
 
-    async fn sales_report(&self, only: Option<ProductId>) -> Result<serde_json::Value, sqlx::Error> {
+    async fn sales_report(
+        &self,
+        only: Option<ProductId>,
+    ) -> Result<serde_json::Value, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT product_id, minute, sold, cancelled FROM sales_per_minute \
              WHERE ($1 = 0 OR product_id = $1) ORDER BY product_id, minute",
@@ -126,7 +131,8 @@ impl Catalog {
         .await?;
         let mut products: Vec<serde_json::Value> = Vec::new();
         let mut current: Option<(i64, i64, i64, Vec<serde_json::Value>)> = None;
-        let flush = |c: Option<(i64, i64, i64, Vec<serde_json::Value>)>, out: &mut Vec<serde_json::Value>| {
+        let flush = |c: Option<(i64, i64, i64, Vec<serde_json::Value>)>,
+                     out: &mut Vec<serde_json::Value>| {
             if let Some((id, sold, cancelled, minutes)) = c {
                 out.push(serde_json::json!({"productId": id, "sold": sold, "cancelled": cancelled, "minutes": minutes}));
             }
@@ -148,12 +154,18 @@ impl Catalog {
 
     async fn orders_report(&self, user: Option<&str>) -> Result<serde_json::Value, sqlx::Error> {
         let counts = |r: &AnyRow| -> Result<(i64, i64, i64), sqlx::Error> {
-            Ok((r.try_get("orders")?, r.try_get("units")?, r.try_get("cancelled")?))
+            Ok((
+                r.try_get("orders")?,
+                r.try_get("units")?,
+                r.try_get("cancelled")?,
+            ))
         };
         let mut products = Vec::new();
-        for r in sqlx::query("SELECT product_id, orders, units, cancelled FROM report_products ORDER BY product_id")
-            .fetch_all(&self.pool)
-            .await?
+        for r in sqlx::query(
+            "SELECT product_id, orders, units, cancelled FROM report_products ORDER BY product_id",
+        )
+        .fetch_all(&self.pool)
+        .await?
         {
             let (orders, units, cancelled) = counts(&r)?;
             let id: i64 = r.try_get("product_id")?;
@@ -190,7 +202,8 @@ impl Catalog {
                 .fetch_one(&mut *tx)
                 .await?;
                 let created = product(&row)?;
-                let event = events::product_created(created.id, &created.name, created.price_cents, now);
+                let event =
+                    events::product_created(created.id, &created.name, created.price_cents, now);
                 outbox_append(&mut tx, &event, now).await?;
                 tx.commit().await?;
                 CatalogReply::Product(Some(created))
@@ -199,9 +212,16 @@ impl Catalog {
                 id,
                 name,
                 price_cents,
-            } => CatalogReply::Product(self.update_product(*id, name.as_ref(), *price_cents).await?),
-            CatalogOp::SalesReport(product) => CatalogReply::Report(self.sales_report(*product).await?),
-            CatalogOp::OrdersReport { user } => CatalogReply::Report(self.orders_report(user.as_deref()).await?),
+            } => CatalogReply::Product(
+                self.update_product(*id, name.as_ref(), *price_cents)
+                    .await?,
+            ),
+            CatalogOp::SalesReport(product) => {
+                CatalogReply::Report(self.sales_report(*product).await?)
+            }
+            CatalogOp::OrdersReport { user } => {
+                CatalogReply::Report(self.orders_report(user.as_deref()).await?)
+            }
             CatalogOp::GetProduct(id) => {
                 let row = sqlx::query("SELECT id, name, price_cents FROM products WHERE id = $1")
                     .bind(id.get())

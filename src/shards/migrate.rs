@@ -15,25 +15,31 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub const CATALOG: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../migrations/catalog/0001_init.sql"),
-}, Migration {
-    version: 2,
-    name: "events",
-    sql: include_str!("../../migrations/catalog/0002_events.sql"),
-}];
+pub const CATALOG: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../migrations/catalog/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "events",
+        sql: include_str!("../../migrations/catalog/0002_events.sql"),
+    },
+];
 
-pub const SHARD: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../migrations/shard/0001_init.sql"),
-}, Migration {
-    version: 2,
-    name: "events",
-    sql: include_str!("../../migrations/shard/0002_events.sql"),
-}];
+pub const SHARD: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../migrations/shard/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "events",
+        sql: include_str!("../../migrations/shard/0002_events.sql"),
+    },
+];
 
 const LOCK_KEY: i64 = 0x666c_6173_6873; // "flashs"
 

@@ -9,9 +9,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::Row;
 
 use crate::actors::shard::{OrderMessage, OrderStatus, OrderView, ShardOp, ShardReply};
-use crate::events::{self, CancelReason, OutboxEvent};
 use crate::actors::worker::{Backend, Batch, Connect};
 use crate::domain::{now_ms, rfc3339};
+use crate::events::{self, CancelReason, OutboxEvent};
 
 pub async fn pool(url: &str, size: u32) -> Result<PgPool, sqlx::Error> {
     let options = PgConnectOptions::from_str(url)?.application_name("flashsale");
@@ -296,7 +296,8 @@ impl PgShard {
                     Some(row) => {
                         let mut cancelled = order_message(&row)?;
                         cancelled.traceparent = traceparent.clone();
-                        let event = events::order_cancelled(&cancelled, CancelReason::Customer, now);
+                        let event =
+                            events::order_cancelled(&cancelled, CancelReason::Customer, now);
                         outbox_append(&mut tx, &[event], now).await?;
                         Some((OrderView::new(&cancelled, OrderStatus::Cancelled), true))
                     }

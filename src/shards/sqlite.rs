@@ -10,30 +10,36 @@ use sqlx::Row;
 
 use crate::actors::queue::local::sqlite_pool;
 use crate::actors::shard::{OrderMessage, OrderStatus, OrderView, ShardOp, ShardReply};
-use crate::events::{self, CancelReason, OutboxEvent};
 use crate::actors::worker::{Backend, Batch, Connect};
 use crate::domain::{now_ms, rfc3339};
+use crate::events::{self, CancelReason, OutboxEvent};
 use crate::shards::migrate::Migration;
 
-pub const CATALOG: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../migrations/sqlite/catalog/0001_init.sql"),
-}, Migration {
-    version: 2,
-    name: "events",
-    sql: include_str!("../../migrations/sqlite/catalog/0002_events.sql"),
-}];
+pub const CATALOG: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../migrations/sqlite/catalog/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "events",
+        sql: include_str!("../../migrations/sqlite/catalog/0002_events.sql"),
+    },
+];
 
-pub const SHARD: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../migrations/sqlite/shard/0001_init.sql"),
-}, Migration {
-    version: 2,
-    name: "events",
-    sql: include_str!("../../migrations/sqlite/shard/0002_events.sql"),
-}];
+pub const SHARD: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../migrations/sqlite/shard/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "events",
+        sql: include_str!("../../migrations/sqlite/shard/0002_events.sql"),
+    },
+];
 
 /// Applies the migrations `path` has not applied yet; returns how many.
 pub async fn migrate(path: &Path, set: &[Migration]) -> Result<usize, sqlx::Error> {
@@ -268,18 +274,24 @@ impl SqliteShard {
                             created_at: row.try_get("created_at")?,
                             traceparent: traceparent.clone(),
                         };
-                        let event = events::order_cancelled(&cancelled, CancelReason::Customer, now);
+                        let event =
+                            events::order_cancelled(&cancelled, CancelReason::Customer, now);
                         outbox_append(&mut tx, &[event], now).await?;
                         Some((OrderView::new(&cancelled, OrderStatus::Cancelled), true))
                     }
                     None => {
-                        let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = ? AND user_id = ?");
+                        let sql = format!(
+                            "SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = ? AND user_id = ?"
+                        );
                         let row = sqlx::query(&sql)
                             .bind(order.as_str())
                             .bind(user)
                             .fetch_optional(&mut *tx)
                             .await?;
-                        row.as_ref().map(order_view).transpose()?.map(|v| (v, false))
+                        row.as_ref()
+                            .map(order_view)
+                            .transpose()?
+                            .map(|v| (v, false))
                     }
                 };
                 tx.commit().await?;

@@ -15,7 +15,9 @@ fn of_kind<'a>(events: &'a [Delivered], kind: &'a str) -> impl Iterator<Item = &
 }
 
 fn distinct_ids(events: &[Delivered], kind: &str) -> HashSet<String> {
-    of_kind(events, kind).map(|e| e.envelope.id.clone()).collect()
+    of_kind(events, kind)
+        .map(|e| e.envelope.id.clone())
+        .collect()
 }
 
 /// Buys one unit for each of `buyers` fresh users; returns the accepted order ids
@@ -45,7 +47,12 @@ fn analytics(report: &Value, product: i64) -> (i64, i64) {
         .into_iter()
         .flatten()
         .find(|p| p["productId"] == product)
-        .map(|p| (p["sold"].as_i64().unwrap(), p["cancelled"].as_i64().unwrap()))
+        .map(|p| {
+            (
+                p["sold"].as_i64().unwrap(),
+                p["cancelled"].as_i64().unwrap(),
+            )
+        })
         .unwrap_or((0, 0))
 }
 
@@ -140,8 +147,7 @@ async fn cancellation_restocks_exactly_once(mode: Mode) {
 
     // The owner's request, repeated and concurrent: every answer is the cancelled
     // order, and one unit goes back.
-    let answers =
-        futures_util::future::join_all((0..4).map(|_| app.post_auth(token, &path))).await;
+    let answers = futures_util::future::join_all((0..4).map(|_| app.post_auth(token, &path))).await;
     for r in &answers {
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
         assert_eq!(r.body["status"], "cancelled");
@@ -163,7 +169,7 @@ async fn cancellation_restocks_exactly_once(mode: Mode) {
             ORDER_EVENTS,
             |seen| {
                 distinct_ids(seen, "OrderCompleted").len() >= 2
-                    && distinct_ids(seen, "OrderCancelled").len() >= 1
+                    && !distinct_ids(seen, "OrderCancelled").is_empty()
             },
             Duration::from_secs(60),
             Duration::from_secs(2),
@@ -208,13 +214,21 @@ async fn a_price_change_is_an_event_and_clears_the_cache(mode: Mode) {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.body["priceCents"], 750);
-    assert_eq!(get().await["priceCents"], 750, "the cached copy was dropped");
+    assert_eq!(
+        get().await["priceCents"],
+        750,
+        "the cached copy was dropped"
+    );
     let bad = app
         .admin(Method::PATCH, &path, Some(json!({"priceCents": -1})))
         .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     let missing = app
-        .admin(Method::PATCH, "/admin/products/99999999", Some(json!({"priceCents": 1})))
+        .admin(
+            Method::PATCH,
+            "/admin/products/99999999",
+            Some(json!({"priceCents": 1})),
+        )
         .await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
 
@@ -292,7 +306,11 @@ async fn a_consumer_restart_resumes_from_its_commits(mode: Mode) {
     let processed = |n: i64| move |a: &Value| a["processed"] == n && a["status"] == "running";
     wait_actor(&app, "analytics-consumer", processed(20)).await;
     let r = app
-        .admin(Method::POST, "/admin/actors/analytics-consumer/restart", None)
+        .admin(
+            Method::POST,
+            "/admin/actors/analytics-consumer/restart",
+            None,
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK);
     wait_actor(&app, "analytics-consumer", |a| {
@@ -349,7 +367,13 @@ impl Broker {
     fn resume(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let child = std::process::Command::new(Self::binary())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -281,12 +281,18 @@ impl TestApp {
         let mut seen = Vec::new();
         let deadline = std::time::Instant::now() + within;
         while std::time::Instant::now() < deadline && !done(&seen) {
-            let batch = source.poll(1000, Duration::from_millis(200)).await.expect("poll");
+            let batch = source
+                .poll(1000, Duration::from_millis(200))
+                .await
+                .expect("poll");
             seen.extend(batch);
         }
         let deadline = std::time::Instant::now() + settle;
         while std::time::Instant::now() < deadline {
-            let batch = source.poll(1000, Duration::from_millis(200)).await.expect("poll");
+            let batch = source
+                .poll(1000, Duration::from_millis(200))
+                .await
+                .expect("poll");
             seen.extend(batch);
         }
         seen

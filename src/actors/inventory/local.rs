@@ -152,7 +152,10 @@ impl LocalInventory {
         for r in sqlx::query("SELECT oid FROM released").fetch_all(p).await? {
             self.released.insert(r.get(0));
         }
-        for r in sqlx::query("SELECT oid FROM restocked").fetch_all(p).await? {
+        for r in sqlx::query("SELECT oid FROM restocked")
+            .fetch_all(p)
+            .await?
+        {
             self.restocked.insert(r.get(0));
         }
         for r in sqlx::query("SELECT oid, uid, pid, qty, created FROM ord")
