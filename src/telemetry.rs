@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -139,8 +139,15 @@ pub fn metrics_handle() -> PrometheusHandle {
             let buckets = [
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ];
+            // Event lag spans milliseconds to a broker outage: finer and wider.
+            let lag = [
+                0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5,
+                2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0,
+            ];
             PrometheusBuilder::new()
                 .set_buckets(&buckets)
+                .expect("valid buckets")
+                .set_buckets_for_metric(Matcher::Full("flashsale_event_lag_seconds".into()), &lag)
                 .expect("valid buckets")
                 .install_recorder()
                 .expect("the Prometheus recorder is installed once")
