@@ -55,6 +55,7 @@ for run in $(seq "$runs"); do
     sleep 0.5
   done
   kill $sampler 2>/dev/null || true
+  sample >> "$out/samples-$run.txt"
   curl -fs http://127.0.0.1:9090/metrics > "$out/metrics-$run.txt"
   kill $server 2>/dev/null || true
   wait $server 2>/dev/null || true

@@ -317,9 +317,10 @@ impl Application {
         let reports = || ReportStore::new(backends.catalog_url(&settings));
         let handlers: [Arc<dyn EventHandler>; 3] = [
             Arc::new(Analytics { store: reports() }),
-            Arc::new(InventoryCheck {
-                directory: directory.clone(),
-            }),
+            Arc::new(InventoryCheck::new(
+                directory.clone(),
+                Duration::from_secs(1),
+            )),
             Arc::new(Reporting { store: reports() }),
         ];
         for handler in handlers {

@@ -115,6 +115,9 @@ impl KafkaBus {
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "10000")
             .set("enable.partition.eof", "false")
+            // A fetch returns at most this long after it was asked for, events or not:
+            // it bounds the broker's share of the end-to-end lag.
+            .set("fetch.wait.max.ms", "25")
             .create()?;
         let names: Vec<String> = topics
             .iter()

@@ -97,7 +97,10 @@ impl Relay {
                 traceparent: row.try_get("traceparent")?,
             });
         }
+        let started = Instant::now();
         self.sink.publish(&events).await?;
+        metrics::histogram!("flashsale_relay_publish_seconds", "database" => self.database.clone())
+            .record(started.elapsed().as_secs_f64());
         // Exactly the rows published: a row with a lower sequence number that commits
         // later is still unsent and goes out in a later round. The numbers are integers
         // read from the table, so listing them inline is safe.
