@@ -12,12 +12,15 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq) WHERE sent_at IS NULL;
 
 -- What the event consumers build. Each consumer applies an event once: its id goes
--- into processed_events in the same transaction as the effect.
+-- into processed_events in the same transaction as the effect (kept for a week; a
+-- redelivery comes within seconds, from the last offset commit).
 CREATE TABLE IF NOT EXISTS processed_events (
-    consumer TEXT NOT NULL,
-    event_id TEXT NOT NULL,
+    consumer     TEXT NOT NULL,
+    event_id     TEXT NOT NULL,
+    processed_at BIGINT NOT NULL,
     PRIMARY KEY (consumer, event_id)
 );
+CREATE INDEX IF NOT EXISTS processed_events_age ON processed_events (consumer, processed_at);
 
 -- Units sold and cancelled per product per minute (analytics).
 CREATE TABLE IF NOT EXISTS sales_per_minute (

@@ -162,14 +162,15 @@ async fn first_seen(
     ids: &[&str],
 ) -> Result<BTreeSet<String>, sqlx::Error> {
     let mut fresh = BTreeSet::new();
-    for chunk in ids.chunks(500) {
+    let now = now_ms();
+    for chunk in ids.chunks(300) {
         let sql = format!(
-            "INSERT INTO processed_events (consumer, event_id) VALUES {} ON CONFLICT DO NOTHING RETURNING event_id",
-            values(chunk.len(), 2, 1)
+            "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES {} ON CONFLICT DO NOTHING RETURNING event_id",
+            values(chunk.len(), 3, 1)
         );
         let mut q = sqlx::query(&sql);
         for id in chunk {
-            q = q.bind(consumer).bind(*id);
+            q = q.bind(consumer).bind(*id).bind(now);
         }
         for row in q.fetch_all(&mut **tx).await? {
             fresh.insert(row.try_get::<String, _>(0)?);
@@ -223,10 +224,14 @@ async fn add_counts(
     Ok(())
 }
 
+/// How long a consumer remembers the ids of the events it applied.
+const DEDUP_WINDOW_MS: i64 = 7 * 24 * 3600 * 1000;
+
 /// State kept in the catalog database by a consumer.
 pub struct ReportStore {
     url: String,
     pool: tokio::sync::OnceCell<AnyPool>,
+    pruned: Mutex<Option<Instant>>,
 }
 
 impl ReportStore {
@@ -234,11 +239,29 @@ impl ReportStore {
         Self {
             url: url.into(),
             pool: tokio::sync::OnceCell::new(),
+            pruned: Mutex::new(None),
         }
     }
 
     async fn pool(&self) -> Result<&AnyPool, sqlx::Error> {
         self.pool.get_or_try_init(|| any_pool(&self.url, 2)).await
+    }
+
+    /// Forgets, at most every ten minutes, event ids older than the dedup window.
+    async fn prune(&self, consumer: &str) -> Result<(), sqlx::Error> {
+        {
+            let mut last = self.pruned.lock().expect("not poisoned");
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(600)) {
+                return Ok(());
+            }
+            *last = Some(Instant::now());
+        }
+        sqlx::query("DELETE FROM processed_events WHERE consumer = $1 AND processed_at < $2")
+            .bind(consumer)
+            .bind(now_ms() - DEDUP_WINDOW_MS)
+            .execute(self.pool().await?)
+            .await?;
+        Ok(())
     }
 }
 
@@ -259,6 +282,7 @@ impl EventHandler for Analytics {
 
     async fn handle(&self, events: &[Delivered]) -> Result<usize, ActorProcessingErr> {
         if events.is_empty() {
+            self.store.prune(self.name()).await?;
             return Ok(0);
         }
         let ids: Vec<&str> = events.iter().map(|e| e.envelope.id.as_str()).collect();
@@ -308,6 +332,7 @@ impl EventHandler for Reporting {
 
     async fn handle(&self, events: &[Delivered]) -> Result<usize, ActorProcessingErr> {
         if events.is_empty() {
+            self.store.prune(self.name()).await?;
             return Ok(0);
         }
         let ids: Vec<&str> = events.iter().map(|e| e.envelope.id.as_str()).collect();
