@@ -2,12 +2,14 @@
 //! consumers' group membership with manual commits.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -21,6 +23,52 @@ use super::{
     USER_EVENTS,
 };
 use crate::config::EventSettings;
+use crate::domain::now_ms;
+
+/// Where librdkafka reports. It reports every failed reconnect, many lines a second
+/// while a broker is down: the first of each 30 s is a warning, the rest are debug
+/// lines and `flashsale_kafka_errors_total`.
+#[derive(Default)]
+pub struct KafkaContext {
+    last_warning: AtomicI64,
+}
+
+impl KafkaContext {
+    fn report(&self, what: std::fmt::Arguments<'_>) {
+        metrics::counter!("flashsale_kafka_errors_total").increment(1);
+        let now = now_ms();
+        let last = self.last_warning.load(Ordering::Relaxed);
+        if now - last >= 30_000
+            && self
+                .last_warning
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!("Kafka: {what} (repeats are logged at debug for 30 s)");
+        } else {
+            tracing::debug!("Kafka: {what}");
+        }
+    }
+}
+
+impl ClientContext for KafkaContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error
+            | RDKafkaLogLevel::Warning => self.report(format_args!("{fac} {message}")),
+            _ => tracing::debug!("librdkafka: {fac} {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.report(format_args!("{error}: {reason}"));
+    }
+}
+
+impl ConsumerContext for KafkaContext {}
 
 pub struct KafkaBus {
     brokers: String,
@@ -57,7 +105,8 @@ impl KafkaBus {
 
     /// Creates the topics that do not exist yet, with the configured partition counts.
     pub async fn ensure_topics(&self) -> Result<(), ActorProcessingErr> {
-        let admin: AdminClient<DefaultClientContext> = self.config().create()?;
+        let admin: AdminClient<KafkaContext> =
+            self.config().create_with_context(KafkaContext::default())?;
         let names: Vec<String> = self
             .partitions
             .iter()
@@ -85,7 +134,7 @@ impl KafkaBus {
 
     pub async fn sink(&self) -> Result<KafkaSink, ActorProcessingErr> {
         self.ensure_topics().await?;
-        let producer: FutureProducer = self
+        let producer: FutureProducer<KafkaContext> = self
             .config()
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -95,7 +144,7 @@ impl KafkaBus {
                 "message.timeout.ms",
                 self.delivery_timeout.as_millis().to_string(),
             )
-            .create()?;
+            .create_with_context(KafkaContext::default())?;
         Ok(KafkaSink {
             producer,
             prefix: self.prefix.clone(),
@@ -108,7 +157,7 @@ impl KafkaBus {
         topics: &[&str],
     ) -> Result<KafkaSource, ActorProcessingErr> {
         self.ensure_topics().await?;
-        let consumer: StreamConsumer = self
+        let consumer: StreamConsumer<KafkaContext> = self
             .config()
             .set("group.id", format!("{}-{group}", self.group_prefix))
             .set("enable.auto.commit", "false")
@@ -118,7 +167,7 @@ impl KafkaBus {
             // A fetch returns at most this long after it was asked for, events or not:
             // it bounds the broker's share of the end-to-end lag.
             .set("fetch.wait.max.ms", "25")
-            .create()?;
+            .create_with_context(KafkaContext::default())?;
         let names: Vec<String> = topics
             .iter()
             .map(|t| format!("{}{t}", self.prefix))
@@ -134,7 +183,7 @@ impl KafkaBus {
 }
 
 pub struct KafkaSink {
-    producer: FutureProducer,
+    producer: FutureProducer<KafkaContext>,
     prefix: String,
 }
 
@@ -189,7 +238,7 @@ impl EventSink for KafkaSink {
 }
 
 pub struct KafkaSource {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<KafkaContext>>,
     prefix: String,
     /// The next offset to commit, per (topic, partition), of what was polled.
     positions: HashMap<(String, i32), i64>,
