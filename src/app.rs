@@ -27,7 +27,7 @@ use crate::events::consumers::{
     Analytics, ConsumerConnect, EventHandler, InventoryCheck, ReportStore, Reporting,
 };
 use crate::events::log::EventLog;
-use crate::events::relay::RelayConnect;
+use crate::events::relay::{Nudge, RelayConnect, RelaySlot};
 use crate::events::EventBus;
 use crate::http::{self, AppState};
 use crate::shards::catalog::CatalogConnect;
@@ -171,6 +171,11 @@ impl Application {
             .map(|i| slot(&namer, &format!("order-publisher-{i}"), capacity, timeout))
             .collect();
         let reconciler = slot(&namer, "reconciler", capacity, timeout);
+        // One outbox relay per database: the catalog's first, then each shard's.
+        let relays: Vec<Arc<RelaySlot>> = std::iter::once("catalog".to_string())
+            .chain((0..settings.shard_count()).map(|i| format!("shard-{i}")))
+            .map(|db| slot(&namer, &format!("relay-{db}"), capacity, timeout))
+            .collect();
         let q = &settings.queue;
         let directory = Arc::new(Directory::new(
             catalog.clone(),
@@ -182,13 +187,14 @@ impl Application {
         ));
 
         // shards: the catalog and one actor per PostgreSQL shard
-        let mut shard_specs = vec![backends.catalog(&settings, catalog.clone(), &policy)];
+        let nudge = |i: usize| Nudge::new(relays[i].clone());
+        let mut shard_specs = vec![backends.catalog(&settings, catalog.clone(), nudge(0), &policy)];
         let mut shard_nodes = vec![TreeNode {
             stats: catalog.stats.clone(),
             children: vec![],
         }];
         for (i, s) in shards.iter().enumerate() {
-            shard_specs.push(backends.shard(&settings, i, s.clone(), &policy));
+            shard_specs.push(backends.shard(&settings, i, s.clone(), nudge(i + 1), &policy));
             shard_nodes.push(TreeNode {
                 stats: s.stats.clone(),
                 children: vec![],
@@ -292,20 +298,20 @@ impl Application {
                 (0..settings.shard_count())
                     .map(|i| (format!("shard-{i}"), backends.shard_url(&settings, i))),
             );
-        for (database, url) in databases {
-            let relay = slot(&namer, &format!("relay-{database}"), capacity, timeout);
+        for ((database, url), relay) in databases.zip(&relays) {
             let connect = RelayConnect {
                 database,
                 url,
                 bus: bus.clone(),
                 batch: ev.relay_batch,
                 retention: Duration::from_secs(ev.outbox_retention_secs),
+                exclusive: settings.mode == Mode::Cluster,
             };
             let every = Duration::from_millis(ev.relay_every_ms);
             event_specs.push(supervisors::worker(
                 relay.clone(),
                 Arc::new(connect),
-                1,
+                1024,
                 Some(every),
                 &policy,
             ));
@@ -552,7 +558,13 @@ impl Backends {
         }
     }
 
-    fn catalog(&self, settings: &Settings, slot: Arc<CatalogSlot>, policy: &Policy) -> ChildSpec {
+    fn catalog(
+        &self,
+        settings: &Settings,
+        slot: Arc<CatalogSlot>,
+        nudge: Nudge,
+        policy: &Policy,
+    ) -> ChildSpec {
         let pool_size = match self {
             Backends::Cluster { .. } => settings.shards.pool_size,
             Backends::Embedded { .. } => 2,
@@ -560,6 +572,7 @@ impl Backends {
         let connect = CatalogConnect {
             url: self.catalog_url(settings),
             pool_size,
+            nudge,
         };
         supervisors::worker(slot, Arc::new(connect), 64, None, policy)
     }
@@ -569,6 +582,7 @@ impl Backends {
         settings: &Settings,
         i: usize,
         slot: Arc<ShardSlot>,
+        nudge: Nudge,
         policy: &Policy,
     ) -> ChildSpec {
         let max = settings.shards.max_batch;
@@ -585,6 +599,7 @@ impl Backends {
                     url: settings.shards.urls[i].expose().to_string(),
                     replica_url,
                     pool_size: settings.shards.pool_size,
+                    nudge,
                 };
                 supervisors::worker(slot, Arc::new(connect), max, None, policy)
             }
@@ -592,6 +607,7 @@ impl Backends {
                 let connect = SqliteShardConnect {
                     index: i,
                     path: dir.join(format!("shard-{i}.db")),
+                    nudge,
                 };
                 supervisors::worker(slot, Arc::new(connect), max, None, policy)
             }

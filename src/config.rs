@@ -86,7 +86,8 @@ pub struct EventSettings {
     pub replication_factor: i32,
     /// Most outbox rows one relay publishes per round.
     pub relay_batch: usize,
-    /// How often an idle relay looks for new outbox rows.
+    /// How often a relay looks for outbox rows nobody told it about (rows committed by
+    /// another pod); its own database's actor wakes it on every commit.
     pub relay_every_ms: u64,
     /// Most events one consumer takes per round.
     pub consumer_batch: usize,
@@ -285,7 +286,7 @@ user_partitions = 8
 product_partitions = 8
 replication_factor = 1
 relay_batch = 1000
-relay_every_ms = 50
+relay_every_ms = 500
 consumer_batch = 1000
 delivery_timeout_ms = 10000
 outbox_retention_secs = 3600

@@ -54,6 +54,16 @@ pub enum CatalogOp {
     },
 }
 
+impl CatalogOp {
+    /// Whether the operation may write outbox rows (and so wake the catalog's relay).
+    pub fn emits_events(&self) -> bool {
+        matches!(
+            self,
+            CatalogOp::CreateProduct { .. } | CatalogOp::UpdateProduct { .. }
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CatalogReply {
     Product(Option<Product>),

@@ -115,6 +115,19 @@ pub enum ShardOp {
     },
 }
 
+impl ShardOp {
+    /// Whether the operation may write outbox rows (and so wake the shard's relay).
+    pub fn emits_events(&self) -> bool {
+        matches!(
+            self,
+            ShardOp::Insert { .. }
+                | ShardOp::CreateUser { .. }
+                | ShardOp::UpdateUser { .. }
+                | ShardOp::Cancel { .. }
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShardReply {
     Done,

@@ -23,6 +23,12 @@ pub trait Backend: Send + 'static {
     /// restarted; callers whose answers were dropped see `503`.
     async fn process(&mut self, batch: Batch<Self>) -> Result<(), ActorProcessingErr>;
 
+    /// What a served batch of `requests` adds to the actor's `processed` count: the
+    /// requests themselves, unless the backend counts something else.
+    fn counted(&mut self, requests: u64) -> u64 {
+        requests
+    }
+
     /// Periodic work, run `Worker::tick` after the previous round ended (at once when
     /// that round said there is more to do).
     async fn tick(&mut self) -> Result<Tick, ActorProcessingErr> {
@@ -118,7 +124,7 @@ impl<C: Connect> Actor for Worker<C> {
                     .record(n as f64);
                 let r = state.backend.process(batch).await;
                 if r.is_ok() {
-                    self.slot.stats.add_processed(n);
+                    self.slot.stats.add_processed(state.backend.counted(n));
                     if self.slot.has_work() {
                         // Behind any control message that arrived meanwhile.
                         let _ = myself.cast(WorkerMsg::Flush);

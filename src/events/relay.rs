@@ -3,6 +3,11 @@
 //! then marks exactly those rows sent. A failure anywhere fails the actor: its
 //! supervisor restarts it with backoff and the rows, still unsent, go out again with
 //! the same event ids. Written once for PostgreSQL and SQLite (sqlx `Any`).
+//!
+//! A round starts when the database's actor has committed new rows (a [`Nudge`]) or
+//! after `events.relay_every_ms` (rows committed by another pod). On PostgreSQL every
+//! pod runs a relay per database; a round holds a transaction-scoped advisory lock,
+//! so one relay at a time publishes a database's outbox and its order is kept.
 
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
@@ -14,6 +19,32 @@ use sqlx::{AnyPool, Row};
 use super::{EventBus, EventSink, OutboxEvent, ORDER_EVENTS, PRODUCT_EVENTS, USER_EVENTS};
 use crate::actors::worker::{Backend, Batch, Connect, Tick};
 use crate::domain::now_ms;
+use crate::supervisors::slot::Slot;
+
+pub type RelaySlot = Slot<(), ()>;
+
+/// The advisory lock key of the outbox relays ("fsoutbox" in ASCII, truncated).
+const RELAY_LOCK: i64 = 0x6673_6f75_7462_6f78;
+
+/// Wakes a database's relay when new outbox rows have committed, so that events do
+/// not wait for the next poll. Never blocks; a relay that is down reads the whole
+/// outbox when it starts anyway.
+#[derive(Clone, Default)]
+pub struct Nudge(Option<Arc<RelaySlot>>);
+
+impl Nudge {
+    pub fn new(relay: Arc<RelaySlot>) -> Self {
+        Self(Some(relay))
+    }
+
+    pub fn wake(&self) {
+        if let Some(relay) = &self.0 {
+            if !relay.has_work() {
+                relay.tell(());
+            }
+        }
+    }
+}
 
 pub struct RelayConnect {
     /// The database's name in metrics (`catalog`, `shard-0`, …).
@@ -23,15 +54,20 @@ pub struct RelayConnect {
     pub bus: Arc<EventBus>,
     pub batch: usize,
     pub retention: Duration,
+    /// Take the advisory lock each round (PostgreSQL, where several pods relay).
+    pub exclusive: bool,
 }
 
 pub struct Relay {
     database: String,
+    exclusive: bool,
     pool: AnyPool,
     sink: Box<dyn EventSink>,
     batch: usize,
     retention: Duration,
     last_cleanup: Instant,
+    /// Events published by nudged rounds, not yet counted in `processed`.
+    published: u64,
 }
 
 pub async fn any_pool(url: &str, size: u32) -> Result<AnyPool, sqlx::Error> {
@@ -51,11 +87,13 @@ impl Connect for RelayConnect {
     async fn connect(&self) -> Result<Relay, ActorProcessingErr> {
         Ok(Relay {
             database: self.database.clone(),
+            exclusive: self.exclusive,
             pool: any_pool(&self.url, 1).await?,
             sink: self.bus.sink().await?,
             batch: self.batch,
             retention: self.retention,
             last_cleanup: Instant::now(),
+            published: 0,
         })
     }
 }
@@ -68,13 +106,33 @@ fn topic(name: &str) -> Option<&'static str> {
 }
 
 impl Relay {
+    /// One round; returns how many events it published.
     async fn relay(&mut self) -> Result<usize, ActorProcessingErr> {
+        if !self.exclusive {
+            let mut conn = self.pool.acquire().await?;
+            return self.round(&mut conn).await;
+        }
+        let mut tx = self.pool.begin().await?;
+        let mine: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(RELAY_LOCK)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !mine {
+            // Another pod's relay is publishing this outbox.
+            return Ok(0);
+        }
+        let n = self.round(&mut tx).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn round(&self, conn: &mut sqlx::AnyConnection) -> Result<usize, ActorProcessingErr> {
         let rows = sqlx::query(
             "SELECT seq, event_id, topic, key, payload, traceparent, created_at FROM outbox \
              WHERE sent_at IS NULL ORDER BY seq LIMIT $1",
         )
         .bind(self.batch as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await?;
         if rows.is_empty() {
             return Ok(0);
@@ -108,7 +166,7 @@ impl Relay {
             "UPDATE outbox SET sent_at = $1 WHERE seq IN ({})",
             seqs.join(",")
         );
-        sqlx::query(&sql).bind(now_ms()).execute(&self.pool).await?;
+        sqlx::query(&sql).bind(now_ms()).execute(&mut *conn).await?;
         let labels = [("database", self.database.clone())];
         metrics::counter!("flashsale_events_published_total", &labels)
             .increment(events.len() as u64);
@@ -136,11 +194,22 @@ impl Backend for Relay {
     type Op = ();
     type Reply = ();
 
+    /// Nudges: new rows committed. Publishes until the outbox is drained.
     async fn process(&mut self, batch: Batch<Self>) -> Result<(), ActorProcessingErr> {
         for e in batch {
             e.answer(());
         }
-        Ok(())
+        loop {
+            let n = self.relay().await?;
+            self.published += n as u64;
+            if n < self.batch {
+                return Ok(());
+            }
+        }
+    }
+
+    fn counted(&mut self, _nudges: u64) -> u64 {
+        std::mem::take(&mut self.published)
     }
 
     async fn tick(&mut self) -> Result<Tick, ActorProcessingErr> {

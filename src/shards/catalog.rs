@@ -15,16 +15,19 @@ use crate::actors::inventory::SaleDefinition;
 use crate::actors::worker::{Backend, Batch, Connect};
 use crate::domain::{now_ms, rfc3339};
 use crate::domain::{ProductId, ProductName};
+use crate::events::relay::Nudge;
 use crate::events::{self, OutboxEvent};
 
 pub struct CatalogConnect {
     /// `postgres://…` or `sqlite://path` (the file is created by the migrations).
     pub url: String,
     pub pool_size: u32,
+    pub nudge: Nudge,
 }
 
 pub struct Catalog {
     pool: AnyPool,
+    nudge: Nudge,
 }
 
 #[ractor::async_trait]
@@ -39,7 +42,10 @@ impl Connect for CatalogConnect {
             .acquire_timeout(Duration::from_secs(3))
             .connect(&self.url)
             .await?;
-        Ok(Catalog { pool })
+        Ok(Catalog {
+            pool,
+            nudge: self.nudge.clone(),
+        })
     }
 }
 
@@ -314,12 +320,17 @@ impl Backend for Catalog {
     type Reply = CatalogReply;
 
     async fn process(&mut self, batch: Batch<Self>) -> Result<(), ActorProcessingErr> {
+        let mut emitted = false;
         for e in batch {
             if e.abandoned() {
                 continue;
             }
+            emitted |= e.op.emits_events();
             let reply = self.serve(&e.op).await?;
             e.answer(reply);
+        }
+        if emitted {
+            self.nudge.wake();
         }
         Ok(())
     }

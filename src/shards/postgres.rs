@@ -11,6 +11,7 @@ use sqlx::Row;
 use crate::actors::shard::{OrderMessage, OrderStatus, OrderView, ShardOp, ShardReply};
 use crate::actors::worker::{Backend, Batch, Connect};
 use crate::domain::{now_ms, rfc3339};
+use crate::events::relay::Nudge;
 use crate::events::{self, CancelReason, OutboxEvent};
 
 pub async fn pool(url: &str, size: u32) -> Result<PgPool, sqlx::Error> {
@@ -28,10 +29,12 @@ pub struct ShardConnect {
     pub url: String,
     pub replica_url: Option<String>,
     pub pool_size: u32,
+    pub nudge: Nudge,
 }
 
 pub struct PgShard {
     index: usize,
+    nudge: Nudge,
     primary: PgPool,
     replica: Option<PgPool>,
 }
@@ -48,6 +51,7 @@ impl Connect for ShardConnect {
         };
         Ok(PgShard {
             index: self.index,
+            nudge: self.nudge.clone(),
             primary,
             replica,
         })
@@ -330,6 +334,7 @@ impl Backend for PgShard {
     type Reply = ShardReply;
 
     async fn process(&mut self, batch: Batch<Self>) -> Result<(), ActorProcessingErr> {
+        let emits = batch.iter().any(|e| e.op.emits_events());
         self.commit_writes(&batch).await?;
         for e in batch {
             if e.abandoned() {
@@ -337,6 +342,9 @@ impl Backend for PgShard {
             }
             let reply = self.read(&e.op).await?;
             e.answer(reply);
+        }
+        if emits {
+            self.nudge.wake();
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ use crate::actors::queue::local::sqlite_pool;
 use crate::actors::shard::{OrderMessage, OrderStatus, OrderView, ShardOp, ShardReply};
 use crate::actors::worker::{Backend, Batch, Connect};
 use crate::domain::{now_ms, rfc3339};
+use crate::events::relay::Nudge;
 use crate::events::{self, CancelReason, OutboxEvent};
 use crate::shards::migrate::Migration;
 
@@ -77,10 +78,12 @@ pub async fn migrate(path: &Path, set: &[Migration]) -> Result<usize, sqlx::Erro
 pub struct SqliteShardConnect {
     pub index: usize,
     pub path: PathBuf,
+    pub nudge: Nudge,
 }
 
 pub struct SqliteShard {
     index: usize,
+    nudge: Nudge,
     pool: SqlitePool,
 }
 
@@ -91,6 +94,7 @@ impl Connect for SqliteShardConnect {
     async fn connect(&self) -> Result<SqliteShard, ActorProcessingErr> {
         Ok(SqliteShard {
             index: self.index,
+            nudge: self.nudge.clone(),
             pool: sqlite_pool(&self.path, 2).await?,
         })
     }
@@ -321,6 +325,7 @@ impl Backend for SqliteShard {
     type Reply = ShardReply;
 
     async fn process(&mut self, batch: Batch<Self>) -> Result<(), ActorProcessingErr> {
+        let emits = batch.iter().any(|e| e.op.emits_events());
         self.commit_writes(&batch).await?;
         for e in batch {
             if e.abandoned() {
@@ -328,6 +333,9 @@ impl Backend for SqliteShard {
             }
             let reply = self.read(&e.op).await?;
             e.answer(reply);
+        }
+        if emits {
+            self.nudge.wake();
         }
         Ok(())
     }
