@@ -265,6 +265,59 @@ impl ReportStore {
     }
 }
 
+/// A completion, or a customer's cancellation, seen for the first time.
+struct Sale {
+    data: OrderData,
+    occurred_ms: Option<i64>,
+    sold: i64,
+    cancelled: i64,
+}
+
+/// Counters to add in `table`: each row's key values and counts.
+struct Counts {
+    table: &'static str,
+    keys: &'static [&'static str],
+    counts: &'static [&'static str],
+    rows: Vec<(Vec<Key>, Vec<i64>)>,
+}
+
+impl ReportStore {
+    /// Applies a batch once, in one transaction: records the events' ids and adds the
+    /// counters `fold` makes of the sales among the events not seen before. An empty
+    /// batch (an idle round) prunes old ids instead. Returns the number of new events.
+    async fn apply(
+        &self,
+        consumer: &str,
+        events: &[Delivered],
+        fold: impl FnOnce(Vec<Sale>) -> Vec<Counts> + Send,
+    ) -> Result<usize, ActorProcessingErr> {
+        if events.is_empty() {
+            self.prune(consumer).await?;
+            return Ok(0);
+        }
+        let ids: Vec<&str> = events.iter().map(|e| e.envelope.id.as_str()).collect();
+        let mut tx = self.pool().await?.begin().await?;
+        let fresh = first_seen(&mut tx, consumer, &ids).await?;
+        let sales = orders(events, &["OrderCompleted", "OrderCancelled"])
+            .filter(|(e, _)| fresh.contains(&e.envelope.id))
+            .filter_map(|(e, data)| {
+                let (sold, cancelled) = sold_delta(e, &data)?;
+                Some(Sale {
+                    occurred_ms: e.envelope.occurred_ms(),
+                    data,
+                    sold,
+                    cancelled,
+                })
+            })
+            .collect();
+        for c in fold(sales) {
+            add_counts(&mut tx, c.table, c.keys, c.counts, c.rows).await?;
+        }
+        tx.commit().await?;
+        Ok(fresh.len())
+    }
+}
+
 /// Analytics: units sold and cancelled per product per minute.
 pub struct Analytics {
     pub store: ReportStore,
@@ -281,37 +334,28 @@ impl EventHandler for Analytics {
     }
 
     async fn handle(&self, events: &[Delivered]) -> Result<usize, ActorProcessingErr> {
-        if events.is_empty() {
-            self.store.prune(self.name()).await?;
-            return Ok(0);
-        }
-        let ids: Vec<&str> = events.iter().map(|e| e.envelope.id.as_str()).collect();
-        let mut tx = self.store.pool().await?.begin().await?;
-        let fresh = first_seen(&mut tx, self.name(), &ids).await?;
-        let mut sums: BTreeMap<(i64, i64), [i64; 2]> = BTreeMap::new();
-        for (e, d) in orders(events, &["OrderCompleted", "OrderCancelled"]) {
-            if !fresh.contains(&e.envelope.id) {
-                continue;
-            }
-            let (Some((sold, cancelled)), Some(at)) = (sold_delta(e, &d), e.envelope.occurred_ms())
-            else {
-                continue;
-            };
-            let minute = at - at.rem_euclid(60_000);
-            let s = sums.entry((d.product_id, minute)).or_default();
-            s[0] += sold;
-            s[1] += cancelled;
-        }
-        let rows = sums
-            .into_iter()
-            .map(|((p, m), [sold, cancelled])| {
-                (vec![Key::Int(p), Key::Int(m)], vec![sold, cancelled])
+        self.store
+            .apply(self.name(), events, |sales| {
+                let mut sums: BTreeMap<(i64, i64), [i64; 2]> = BTreeMap::new();
+                for s in sales {
+                    let Some(at) = s.occurred_ms else { continue };
+                    let minute = at - at.rem_euclid(60_000);
+                    let sum = sums.entry((s.data.product_id, minute)).or_default();
+                    sum[0] += s.sold;
+                    sum[1] += s.cancelled;
+                }
+                let rows = sums
+                    .into_iter()
+                    .map(|((p, m), counts)| (vec![Key::Int(p), Key::Int(m)], counts.to_vec()))
+                    .collect();
+                vec![Counts {
+                    table: "sales_per_minute",
+                    keys: &["product_id", "minute"],
+                    counts: &["sold", "cancelled"],
+                    rows,
+                }]
             })
-            .collect();
-        let (keys, counts) = (["product_id", "minute"], ["sold", "cancelled"]);
-        add_counts(&mut tx, "sales_per_minute", &keys, &counts, rows).await?;
-        tx.commit().await?;
-        Ok(fresh.len())
+            .await
     }
 }
 
@@ -331,48 +375,42 @@ impl EventHandler for Reporting {
     }
 
     async fn handle(&self, events: &[Delivered]) -> Result<usize, ActorProcessingErr> {
-        if events.is_empty() {
-            self.store.prune(self.name()).await?;
-            return Ok(0);
-        }
-        let ids: Vec<&str> = events.iter().map(|e| e.envelope.id.as_str()).collect();
-        let mut tx = self.store.pool().await?.begin().await?;
-        let fresh = first_seen(&mut tx, self.name(), &ids).await?;
-        let mut users: HashMap<String, [i64; 3]> = HashMap::new();
-        let mut products: HashMap<i64, [i64; 3]> = HashMap::new();
-        for (e, d) in orders(events, &["OrderCompleted", "OrderCancelled"]) {
-            if !fresh.contains(&e.envelope.id) {
-                continue;
-            }
-            let Some((sold, cancelled)) = sold_delta(e, &d) else {
-                continue;
-            };
-            let delta = [i64::from(sold > 0), sold, i64::from(cancelled > 0)];
-            for (total, add) in [
-                users.entry(d.user_id.clone()).or_default(),
-                products.entry(d.product_id).or_default(),
-            ]
-            .into_iter()
-            .zip([delta, delta])
-            {
-                for i in 0..3 {
-                    total[i] += add[i];
+        self.store
+            .apply(self.name(), events, |sales| {
+                let mut users: HashMap<String, [i64; 3]> = HashMap::new();
+                let mut products: HashMap<i64, [i64; 3]> = HashMap::new();
+                for s in sales {
+                    let delta = [i64::from(s.sold > 0), s.sold, i64::from(s.cancelled > 0)];
+                    let user = users.entry(s.data.user_id).or_default();
+                    let product = products.entry(s.data.product_id).or_default();
+                    for i in 0..3 {
+                        user[i] += delta[i];
+                        product[i] += delta[i];
+                    }
                 }
-            }
-        }
-        let cols = ["orders", "units", "cancelled"];
-        let users = users
-            .into_iter()
-            .map(|(u, c)| (vec![Key::Text(u)], c.to_vec()))
-            .collect();
-        add_counts(&mut tx, "report_users", &["user_id"], &cols, users).await?;
-        let products = products
-            .into_iter()
-            .map(|(p, c)| (vec![Key::Int(p)], c.to_vec()))
-            .collect();
-        add_counts(&mut tx, "report_products", &["product_id"], &cols, products).await?;
-        tx.commit().await?;
-        Ok(fresh.len())
+                const COUNTS: &[&str] = &["orders", "units", "cancelled"];
+                vec![
+                    Counts {
+                        table: "report_users",
+                        keys: &["user_id"],
+                        counts: COUNTS,
+                        rows: users
+                            .into_iter()
+                            .map(|(u, c)| (vec![Key::Text(u)], c.to_vec()))
+                            .collect(),
+                    },
+                    Counts {
+                        table: "report_products",
+                        keys: &["product_id"],
+                        counts: COUNTS,
+                        rows: products
+                            .into_iter()
+                            .map(|(p, c)| (vec![Key::Int(p)], c.to_vec()))
+                            .collect(),
+                    },
+                ]
+            })
+            .await
     }
 }
 

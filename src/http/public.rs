@@ -351,24 +351,28 @@ async fn get_order(
 ) -> Result<HttpResponse, ApiError> {
     let user = state.user(&req)?;
     let order = OrderId::parse(&order).map_err(|_| ApiError::NotFound)?;
-    let dir = &state.directory;
-    let stored = match dir
-        .shard(user.as_str())
-        .call(ShardOp::Get {
-            order: order.clone(),
-            user: user.to_string(),
-        })
-        .await?
-    {
-        ShardReply::Order(o) => o,
-        other => return Err(unexpected("shard", other)),
-    };
-    if let Some(view) = stored {
+    if let Some(view) = stored_order(&state, &user, &order).await? {
         return Ok(HttpResponse::Ok().json(view));
     }
     match pending_order(&state, &user, &order).await? {
         Some(view) => Ok(HttpResponse::Ok().json(view)),
         None => Err(ApiError::NotFound),
+    }
+}
+
+/// The user's order as its shard holds it, if it is there yet.
+async fn stored_order(
+    state: &AppState,
+    user: &UserId,
+    order: &OrderId,
+) -> Result<Option<OrderView>, ApiError> {
+    let get = ShardOp::Get {
+        order: order.clone(),
+        user: user.to_string(),
+    };
+    match state.directory.shard(user.as_str()).call(get).await? {
+        ShardReply::Order(o) => Ok(o),
+        other => Err(unexpected("shard", other)),
     }
 }
 
@@ -414,24 +418,13 @@ async fn cancel_order(
 ) -> Result<HttpResponse, ApiError> {
     let user = state.user(&req)?;
     let order = OrderId::parse(&order).map_err(|_| ApiError::NotFound)?;
-    let dir = &state.directory;
-    let shard = dir.shard(user.as_str());
-    let stored = match shard
-        .call(ShardOp::Get {
-            order: order.clone(),
-            user: user.to_string(),
-        })
-        .await?
-    {
-        ShardReply::Order(o) => o,
-        other => return Err(unexpected("shard", other)),
-    };
-    let Some(stored) = stored else {
+    let Some(stored) = stored_order(&state, &user, &order).await? else {
         return match pending_order(&state, &user, &order).await? {
             Some(_) => Err(ApiError::OrderPending),
             None => Err(ApiError::NotFound),
         };
     };
+    let dir = &state.directory;
     let product = ProductId::from_db(stored.product_id);
     let partition = dir.product_partition(product);
     if stored.status == OrderStatus::Completed {
@@ -444,7 +437,8 @@ async fn cancel_order(
             return Err(ApiError::SaleNotActive);
         }
     }
-    let (view, now) = match shard
+    let (view, now) = match dir
+        .shard(user.as_str())
         .call(ShardOp::Cancel {
             order: order.clone(),
             user: user.to_string(),

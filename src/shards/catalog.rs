@@ -2,11 +2,8 @@
 //! PostgreSQL (cluster) or the SQLite file (embedded). Every statement here is valid in
 //! both dialects; `$N` placeholders bind by number in each.
 
-use std::sync::Once;
-use std::time::Duration;
-
 use ractor::ActorProcessingErr;
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::any::AnyRow;
 use sqlx::AnyPool;
 use sqlx::Row;
 
@@ -15,7 +12,7 @@ use crate::actors::inventory::SaleDefinition;
 use crate::actors::worker::{Backend, Batch, Connect};
 use crate::domain::{now_ms, rfc3339};
 use crate::domain::{ProductId, ProductName};
-use crate::events::relay::Nudge;
+use crate::events::relay::{any_pool, Nudge};
 use crate::events::{self, OutboxEvent};
 
 pub struct CatalogConnect {
@@ -28,6 +25,8 @@ pub struct CatalogConnect {
 pub struct Catalog {
     pool: AnyPool,
     nudge: Nudge,
+    /// How a writing transaction starts: on SQLite it takes the write lock at once.
+    begin: &'static str,
 }
 
 #[ractor::async_trait]
@@ -35,16 +34,11 @@ impl Connect for CatalogConnect {
     type Backend = Catalog;
 
     async fn connect(&self) -> Result<Catalog, ActorProcessingErr> {
-        static DRIVERS: Once = Once::new();
-        DRIVERS.call_once(sqlx::any::install_default_drivers);
-        let pool = AnyPoolOptions::new()
-            .max_connections(self.pool_size)
-            .acquire_timeout(Duration::from_secs(3))
-            .connect(&self.url)
-            .await?;
+        let sqlite = self.url.starts_with("sqlite:");
         Ok(Catalog {
-            pool,
+            pool: any_pool(&self.url, self.pool_size).await?,
             nudge: self.nudge.clone(),
+            begin: if sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" },
         })
     }
 }
@@ -76,6 +70,14 @@ async fn outbox_append(
 }
 
 impl Catalog {
+    /// Starts a transaction that writes. SQLite can not turn a transaction that has
+    /// read into one that writes once another connection (a relay, a consumer) has
+    /// written since: it fails at once instead of waiting. Taking the write lock at
+    /// the start waits its turn (the busy timeout) instead.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        self.pool.begin_with(self.begin).await
+    }
+
     async fn update_product(
         &self,
         id: ProductId,
@@ -86,7 +88,7 @@ impl Catalog {
         // the event's old price is the one replaced.
         loop {
             let now = now_ms();
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_tx().await?;
             let row = sqlx::query("SELECT id, name, price_cents FROM products WHERE id = $1")
                 .bind(id.get())
                 .fetch_optional(&mut *tx)
@@ -197,7 +199,7 @@ impl Catalog {
         Ok(match op {
             CatalogOp::CreateProduct { name, price_cents } => {
                 let now = now_ms();
-                let mut tx = pool.begin().await?;
+                let mut tx = self.write_tx().await?;
                 let row = sqlx::query(
                     "INSERT INTO products (name, price_cents, created_at, updated_at) VALUES ($1, $2, $3, $3) \
                      RETURNING id, name, price_cents",

@@ -15,30 +15,26 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
+/// `migration!(version, name, path)`: a migration whose SQL is the file at `path`.
+macro_rules! migration {
+    ($version:literal, $name:literal, $path:literal) => {
+        $crate::shards::migrate::Migration {
+            version: $version,
+            name: $name,
+            sql: include_str!($path),
+        }
+    };
+}
+pub(crate) use migration;
+
 pub const CATALOG: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "init",
-        sql: include_str!("../../migrations/catalog/0001_init.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "events",
-        sql: include_str!("../../migrations/catalog/0002_events.sql"),
-    },
+    migration!(1, "init", "../../migrations/catalog/0001_init.sql"),
+    migration!(2, "events", "../../migrations/catalog/0002_events.sql"),
 ];
 
 pub const SHARD: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "init",
-        sql: include_str!("../../migrations/shard/0001_init.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "events",
-        sql: include_str!("../../migrations/shard/0002_events.sql"),
-    },
+    migration!(1, "init", "../../migrations/shard/0001_init.sql"),
+    migration!(2, "events", "../../migrations/shard/0002_events.sql"),
 ];
 
 const LOCK_KEY: i64 = 0x666c_6173_6873; // "flashs"

@@ -14,32 +14,20 @@ use crate::actors::worker::{Backend, Batch, Connect};
 use crate::domain::{now_ms, rfc3339};
 use crate::events::relay::Nudge;
 use crate::events::{self, CancelReason, OutboxEvent};
-use crate::shards::migrate::Migration;
+use crate::shards::migrate::{migration, Migration};
 
 pub const CATALOG: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "init",
-        sql: include_str!("../../migrations/sqlite/catalog/0001_init.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "events",
-        sql: include_str!("../../migrations/sqlite/catalog/0002_events.sql"),
-    },
+    migration!(1, "init", "../../migrations/sqlite/catalog/0001_init.sql"),
+    migration!(
+        2,
+        "events",
+        "../../migrations/sqlite/catalog/0002_events.sql"
+    ),
 ];
 
 pub const SHARD: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "init",
-        sql: include_str!("../../migrations/sqlite/shard/0001_init.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "events",
-        sql: include_str!("../../migrations/sqlite/shard/0002_events.sql"),
-    },
+    migration!(1, "init", "../../migrations/sqlite/shard/0001_init.sql"),
+    migration!(2, "events", "../../migrations/sqlite/shard/0002_events.sql"),
 ];
 
 /// Applies the migrations `path` has not applied yet; returns how many.
