@@ -282,6 +282,45 @@ async fn a_price_change_is_an_event_and_clears_the_cache(mode: Mode) {
     app.stop().await;
 }
 
+in_both_modes!(price_changes_apply_while_events_flow);
+/// Price changes made while orders stream through (so relays and consumers write the
+/// catalog's database at the same time) all apply, and their events keep their order.
+async fn price_changes_apply_while_events_flow(mode: Mode) {
+    let app = spawn_app(mode).await;
+    let product = app.sale(60, 1).await;
+    let path = format!("/admin/products/{product}");
+    let prices: Vec<i64> = (1001..=1040).collect();
+    let changes = async {
+        let mut replies = Vec::new();
+        for price in &prices {
+            let body = json!({ "priceCents": price });
+            replies.push(app.admin(Method::PATCH, &path, Some(body)).await);
+        }
+        replies
+    };
+    let (accepted, replies) = tokio::join!(buy_all(&app, product, 60), changes);
+    assert_eq!(accepted.len(), 60);
+    for r in &replies {
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    }
+    let of_product = |events: &[Delivered]| -> Vec<i64> {
+        of_kind(events, "PriceChanged")
+            .filter(|e| e.envelope.data["productId"] == product)
+            .map(|e| e.envelope.data["newPriceCents"].as_i64().unwrap())
+            .collect()
+    };
+    let events = app
+        .read_events(
+            PRODUCT_EVENTS,
+            |seen| of_product(seen).len() >= prices.len(),
+            Duration::from_secs(60),
+            Duration::from_millis(500),
+        )
+        .await;
+    assert_eq!(of_product(&events), prices);
+    app.stop().await;
+}
+
 /// The actor's entry in the live tree.
 async fn actor(app: &TestApp, name: &str) -> Value {
     fn find(node: &Value, name: &str) -> Option<Value> {
