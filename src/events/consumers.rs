@@ -284,7 +284,8 @@ struct Counts {
 impl ReportStore {
     /// Applies a batch once, in one transaction: records the events' ids and adds the
     /// counters `fold` makes of the sales among the events not seen before. An empty
-    /// batch (an idle round) prunes old ids instead. Returns the number of new events.
+    /// batch (an idle round) prunes old ids instead. Returns the number of events that
+    /// were not duplicates.
     async fn apply(
         &self,
         consumer: &str,
@@ -295,26 +296,37 @@ impl ReportStore {
             self.prune(consumer).await?;
             return Ok(0);
         }
-        let ids: Vec<&str> = events.iter().map(|e| e.envelope.id.as_str()).collect();
-        let mut tx = self.pool().await?.begin().await?;
-        let fresh = first_seen(&mut tx, consumer, &ids).await?;
-        let sales = orders(events, &["OrderCompleted", "OrderCancelled"])
-            .filter(|(e, _)| fresh.contains(&e.envelope.id))
+        // Only the events that change a counter are recorded: the others (an order
+        // created, a release before persistence) need no memory to be ignored again.
+        let sales: Vec<(&str, Sale)> = orders(events, &["OrderCompleted", "OrderCancelled"])
             .filter_map(|(e, data)| {
                 let (sold, cancelled) = sold_delta(e, &data)?;
-                Some(Sale {
+                let sale = Sale {
                     occurred_ms: e.envelope.occurred_ms(),
                     data,
                     sold,
                     cancelled,
-                })
+                };
+                Some((e.envelope.id.as_str(), sale))
             })
+            .collect();
+        if sales.is_empty() {
+            return Ok(events.len());
+        }
+        let ids: Vec<&str> = sales.iter().map(|(id, _)| *id).collect();
+        let mut tx = self.pool().await?.begin().await?;
+        let fresh = first_seen(&mut tx, consumer, &ids).await?;
+        let duplicates = sales.len() - fresh.len();
+        let sales = sales
+            .into_iter()
+            .filter(|(id, _)| fresh.contains(*id))
+            .map(|(_, sale)| sale)
             .collect();
         for c in fold(sales) {
             add_counts(&mut tx, c.table, c.keys, c.counts, c.rows).await?;
         }
         tx.commit().await?;
-        Ok(fresh.len())
+        Ok(events.len() - duplicates)
     }
 }
 
