@@ -62,6 +62,8 @@ pub enum StartError {
     Spawn(#[from] ractor::SpawnErr),
     #[error("the catalog did not come up: {0}")]
     Catalog(String),
+    #[error("events: {0}")]
+    Events(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -292,7 +294,7 @@ impl Application {
         let mut event_specs = Vec::new();
         let mut event_nodes = Vec::new();
         let ev = &settings.events;
-        let bus = backends.event_bus(&settings);
+        let bus = backends.event_bus(&settings)?;
         let databases = std::iter::once(("catalog".to_string(), backends.catalog_url(&settings)))
             .chain(
                 (0..settings.shard_count())
@@ -531,11 +533,13 @@ impl Backends {
     }
 
     /// Where domain events go: Kafka, or the local event log.
-    fn event_bus(&self, settings: &Settings) -> Arc<EventBus> {
-        match self {
-            Backends::Cluster { .. } => Arc::new(EventBus::kafka(&settings.events)),
-            Backends::Embedded { log, .. } => Arc::new(EventBus::Log(log.clone())),
-        }
+    fn event_bus(&self, settings: &Settings) -> Result<Arc<EventBus>, StartError> {
+        Ok(Arc::new(match self {
+            Backends::Cluster { .. } => {
+                EventBus::kafka(&settings.events).map_err(StartError::Events)?
+            }
+            Backends::Embedded { log, .. } => EventBus::Log(log.clone()),
+        }))
     }
 
     /// The catalog database, as sqlx `Any` opens it.

@@ -96,6 +96,37 @@ pub struct EventSettings {
     pub delivery_timeout_ms: u64,
     /// Sent outbox rows are deleted after this long.
     pub outbox_retention_secs: u64,
+    /// librdkafka properties for every Kafka client (`"security.protocol" = "SSL"`, …),
+    /// then for the relays' producers and for the consumers only; they override
+    /// flashsale's own. In the environment a key's `_` stand for its dots:
+    /// `FLASHSALE__EVENTS__PRODUCER__LINGER_MS=20` sets `linger.ms`.
+    #[serde(default)]
+    pub kafka: KafkaProperties,
+    #[serde(default)]
+    pub producer: KafkaProperties,
+    #[serde(default)]
+    pub consumer: KafkaProperties,
+}
+
+/// librdkafka properties by name; TOML numbers and booleans are given as their text.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(try_from = "std::collections::BTreeMap<String, toml::Value>")]
+pub struct KafkaProperties(pub Vec<(String, String)>);
+
+impl TryFrom<std::collections::BTreeMap<String, toml::Value>> for KafkaProperties {
+    type Error = String;
+
+    fn try_from(map: std::collections::BTreeMap<String, toml::Value>) -> Result<Self, String> {
+        map.into_iter()
+            .map(|(key, value)| match value {
+                toml::Value::Table(_) | toml::Value::Array(_) => Err(format!(
+                    "Kafka property {key:?} must be one value; quote a dotted name: \"linger.ms\" = 20"
+                )),
+                v => Ok((key.replace('_', "."), toml_text(&v))),
+            })
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -593,6 +624,49 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("admin.token"), "{err}");
+    }
+
+    #[test]
+    fn kafka_properties_come_from_the_file_and_the_environment() {
+        let path =
+            std::env::temp_dir().join(format!("flashsale-kafka-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "[events.kafka]\n\"security.protocol\" = \"plaintext\"\n\
+             [events.producer]\n\"linger.ms\" = 20\n\"enable.idempotence\" = true\n",
+        )
+        .unwrap();
+        let s = Settings::load_with_env(
+            Some(&path),
+            env(&[("FLASHSALE__EVENTS__CONSUMER__FETCH_WAIT_MAX_MS", "100")]),
+        )
+        .unwrap();
+        let pairs = |p: &KafkaProperties| -> Vec<(String, String)> { p.0.clone() };
+        let owned = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            pairs(&s.events.kafka),
+            owned(&[("security.protocol", "plaintext")])
+        );
+        assert_eq!(
+            pairs(&s.events.producer),
+            owned(&[("enable.idempotence", "true"), ("linger.ms", "20")])
+        );
+        assert_eq!(
+            pairs(&s.events.consumer),
+            owned(&[("fetch.wait.max.ms", "100")])
+        );
+
+        // An unquoted dotted name is a TOML table, not a property: say how to write it.
+        std::fs::write(&path, "[events.producer]\nlinger.ms = 20\n").unwrap();
+        let err = Settings::load_with_env(Some(&path), env(&[]))
+            .unwrap_err()
+            .to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(err.contains("\"linger\"") && err.contains("quote"), "{err}");
     }
 
     #[test]

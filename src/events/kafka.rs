@@ -22,7 +22,7 @@ use super::{
     parse_envelope, Delivered, EventSink, EventSource, OutboxEvent, ORDER_EVENTS, PRODUCT_EVENTS,
     USER_EVENTS,
 };
-use crate::config::EventSettings;
+use crate::config::{EventSettings, KafkaProperties};
 use crate::domain::now_ms;
 
 /// Where librdkafka reports. It reports every failed reconnect, many lines a second
@@ -77,11 +77,17 @@ pub struct KafkaBus {
     partitions: [(&'static str, i32); 3],
     replication: i32,
     delivery_timeout: Duration,
+    /// The operator's librdkafka properties: every client, producers, consumers.
+    kafka: KafkaProperties,
+    producer: KafkaProperties,
+    consumer: KafkaProperties,
 }
 
 impl KafkaBus {
-    pub fn new(s: &EventSettings) -> Self {
-        Self {
+    /// The bus of `s`, or why librdkafka refuses its client settings (an unknown or
+    /// malformed property), so that a bad setting stops the start, not every relay.
+    pub fn new(s: &EventSettings) -> Result<Self, String> {
+        let bus = Self {
             brokers: s.brokers.clone(),
             prefix: s.topic_prefix.clone(),
             group_prefix: s.group_prefix.clone(),
@@ -92,21 +98,74 @@ impl KafkaBus {
             ],
             replication: s.replication_factor,
             delivery_timeout: Duration::from_millis(s.delivery_timeout_ms),
+            kafka: s.kafka.clone(),
+            producer: s.producer.clone(),
+            consumer: s.consumer.clone(),
+        };
+        for (client, config) in [
+            ("events.kafka", bus.admin_config()),
+            ("events.producer", bus.producer_config()),
+            ("events.consumer", bus.consumer_config("check")),
+        ] {
+            config
+                .create_native_config()
+                .map_err(|e| format!("{client}: {e}"))?;
         }
+        Ok(bus)
     }
 
-    fn config(&self) -> ClientConfig {
+    /// flashsale's settings of every client, then the operator's, then `extra`.
+    fn config(&self, own: &[(&str, String)], extra: &KafkaProperties) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
             .set("client.id", "flashsale")
             .set("socket.timeout.ms", "10000");
+        for (key, value) in own {
+            c.set(*key, value);
+        }
+        for (key, value) in self.kafka.0.iter().chain(&extra.0) {
+            c.set(key, value);
+        }
         c
+    }
+
+    fn admin_config(&self) -> ClientConfig {
+        self.config(&[], &KafkaProperties::default())
+    }
+
+    fn producer_config(&self) -> ClientConfig {
+        let own = [
+            ("enable.idempotence", "true".into()),
+            ("acks", "all".into()),
+            ("linger.ms", "5".into()),
+            ("queue.buffering.max.messages", "200000".into()),
+            (
+                "message.timeout.ms",
+                self.delivery_timeout.as_millis().to_string(),
+            ),
+        ];
+        self.config(&own, &self.producer)
+    }
+
+    fn consumer_config(&self, group: &str) -> ClientConfig {
+        let own = [
+            ("group.id", format!("{}-{group}", self.group_prefix)),
+            ("enable.auto.commit", "false".into()),
+            ("auto.offset.reset", "earliest".into()),
+            ("session.timeout.ms", "10000".into()),
+            ("enable.partition.eof", "false".into()),
+            // A fetch returns at most this long after it was asked for, events or not:
+            // it bounds the broker's share of the end-to-end lag.
+            ("fetch.wait.max.ms", "25".into()),
+        ];
+        self.config(&own, &self.consumer)
     }
 
     /// Creates the topics that do not exist yet, with the configured partition counts.
     pub async fn ensure_topics(&self) -> Result<(), ActorProcessingErr> {
-        let admin: AdminClient<KafkaContext> =
-            self.config().create_with_context(KafkaContext::default())?;
+        let admin: AdminClient<KafkaContext> = self
+            .admin_config()
+            .create_with_context(KafkaContext::default())?;
         let names: Vec<String> = self
             .partitions
             .iter()
@@ -135,15 +194,7 @@ impl KafkaBus {
     pub async fn sink(&self) -> Result<KafkaSink, ActorProcessingErr> {
         self.ensure_topics().await?;
         let producer: FutureProducer<KafkaContext> = self
-            .config()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("queue.buffering.max.messages", "200000")
-            .set(
-                "message.timeout.ms",
-                self.delivery_timeout.as_millis().to_string(),
-            )
+            .producer_config()
             .create_with_context(KafkaContext::default())?;
         Ok(KafkaSink {
             producer,
@@ -158,15 +209,7 @@ impl KafkaBus {
     ) -> Result<KafkaSource, ActorProcessingErr> {
         self.ensure_topics().await?;
         let consumer: StreamConsumer<KafkaContext> = self
-            .config()
-            .set("group.id", format!("{}-{group}", self.group_prefix))
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
-            .set("enable.partition.eof", "false")
-            // A fetch returns at most this long after it was asked for, events or not:
-            // it bounds the broker's share of the end-to-end lag.
-            .set("fetch.wait.max.ms", "25")
+            .consumer_config(group)
             .create_with_context(KafkaContext::default())?;
         let names: Vec<String> = topics
             .iter()
@@ -297,5 +340,57 @@ impl EventSource for KafkaSource {
         let consumer = self.consumer.clone();
         tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync)).await??;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    fn settings(pairs: &[(&str, &str)]) -> EventSettings {
+        let env = pairs.iter().map(|(a, b)| (a.to_string(), b.to_string()));
+        Settings::load_with_env(None, env).unwrap().events
+    }
+
+    #[test]
+    fn operator_properties_override_flashsales_own_per_client() {
+        let bus = KafkaBus::new(&settings(&[
+            ("FLASHSALE__EVENTS__KAFKA__CLIENT_ID", "shop-eu"),
+            ("FLASHSALE__EVENTS__PRODUCER__LINGER_MS", "20"),
+            ("FLASHSALE__EVENTS__CONSUMER__FETCH_WAIT_MAX_MS", "100"),
+        ]))
+        .unwrap();
+        let producer = bus.producer_config();
+        let consumer = bus.consumer_config("analytics");
+        assert_eq!(producer.get("linger.ms"), Some("20"));
+        assert_eq!(producer.get("acks"), Some("all"), "the rest stays");
+        assert_eq!(consumer.get("linger.ms"), None, "producer-only");
+        assert_eq!(consumer.get("fetch.wait.max.ms"), Some("100"));
+        assert_eq!(consumer.get("group.id"), Some("flashsale-analytics"));
+        for c in [&producer, &consumer, &bus.admin_config()] {
+            assert_eq!(c.get("client.id"), Some("shop-eu"), "every client");
+        }
+    }
+
+    #[test]
+    fn a_property_librdkafka_refuses_stops_the_start_with_its_name() {
+        let err = KafkaBus::new(&settings(&[(
+            "FLASHSALE__EVENTS__PRODUCER__LINGER_MSS",
+            "20",
+        )]))
+        .err()
+        .expect("an unknown property is refused");
+        assert!(
+            err.contains("events.producer") && err.contains("linger.mss"),
+            "{err}"
+        );
+        let err = KafkaBus::new(&settings(&[(
+            "FLASHSALE__EVENTS__KAFKA__SOCKET_TIMEOUT_MS",
+            "soon",
+        )]))
+        .err()
+        .expect("a malformed value is refused");
+        assert!(err.contains("events.kafka"), "{err}");
     }
 }

@@ -256,13 +256,14 @@ pub trait EventSource: Send {
 
 /// Where this deployment's events go: Kafka, or the local log of embedded mode.
 pub enum EventBus {
-    Kafka(kafka::KafkaBus),
+    Kafka(Box<kafka::KafkaBus>),
     Log(Arc<log::EventLog>),
 }
 
 impl EventBus {
-    pub fn kafka(settings: &EventSettings) -> Self {
-        EventBus::Kafka(kafka::KafkaBus::new(settings))
+    /// The Kafka bus, or why its client settings are wrong.
+    pub fn kafka(settings: &EventSettings) -> Result<Self, String> {
+        Ok(EventBus::Kafka(Box::new(kafka::KafkaBus::new(settings)?)))
     }
 
     pub async fn sink(&self) -> Result<Box<dyn EventSink>, ActorProcessingErr> {

@@ -257,7 +257,7 @@ impl TestApp {
     /// Where the application's events go, opened the way its consumers open it.
     pub async fn event_bus(&self) -> EventBus {
         match self.mode {
-            Mode::Cluster => EventBus::kafka(&self.settings.events),
+            Mode::Cluster => EventBus::kafka(&self.settings.events).expect("valid Kafka settings"),
             Mode::Embedded => {
                 let path = self.settings.embedded.data_dir.join("events.db");
                 EventBus::Log(EventLog::open(&path).await.expect("the event log opens"))
