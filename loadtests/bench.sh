@@ -3,10 +3,10 @@
 #   baseline  what a user would build instead: a PostgreSQL hot row (pgbench: UPDATE stock
 #             WHERE stock > 0 plus the order INSERT in one transaction, 32 clients)
 #   ceiling   redis-benchmark running flashsale's own reservation script (EVALSHA, pipelined)
-#   flashsale steady at increasing rates (highest rate with p99 < 25 ms) and a burst of
-#             100,000 buyers on 1,000 units
-# and a table with orders/s, p50, p99 and the ratios. Needs PostgreSQL, Redis and RabbitMQ
-# on localhost (scripts/services.sh starts them) plus pgbench and redis-benchmark.
+#   flashsale steady at increasing rates (the highest rate with p99 < 25 ms, and the rate
+#             with the most orders accepted) and a burst of 100,000 buyers on 1,000 units
+# and a table with orders/s, p50, p99 and the ratios. Needs PostgreSQL, Redis, RabbitMQ
+# and Kafka on localhost (scripts/services.sh starts them) plus pgbench and redis-benchmark.
 #
 #   loadtests/bench.sh                # about 3 minutes
 #   SECONDS_EACH=20 loadtests/bench.sh
@@ -67,7 +67,8 @@ echo "== flashsale (cluster mode)"
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 60); do curl -fs http://127.0.0.1:8080/readyz >/dev/null 2>&1 && break; sleep 0.5; done
-best_rate=0; best_line=""
+best_rate=0; best_line=""  # the highest offered rate that kept p99 < 25 ms
+top_rate=0; top_line=""    # the rate that got the most orders accepted
 for rate in $rates; do
   "$bin/flashsale-load" --quiet --max-in-flight 2048 --report-json "$out/steady-$rate.json" \
     steady --rate "$rate" --duration-secs "$each" --sales 4 > "$out/steady-$rate.txt" || true
@@ -79,6 +80,8 @@ PY
 )
   echo "   steady ${rate}/s: ${acc} accepted/s, p50 ${p50} ms, p99 ${p99} ms, invariants $([ "$ok" = 1 ] && echo ok || echo VIOLATED)"
   if [ "$ok" = 1 ] && awk -v p="$p99" 'BEGIN{exit !(p < 25)}'; then best_rate=$rate; best_line="$acc $p50 $p99"; fi
+  top_acc=${top_line%% *}
+  if [ "$ok" = 1 ] && [ "$acc" -gt "${top_acc:-0}" ]; then top_rate=$rate; top_line="$acc $p50 $p99"; fi
 done
 "$bin/flashsale-load" --quiet --max-in-flight 2048 --report-json "$out/burst.json" --report-html "$out/burst.html" \
   burst --buyers 100000 --stock 1000 --window-ms 1000 > "$out/burst.txt" || true
@@ -91,15 +94,24 @@ PY
 echo "   burst 100,000 on 1,000: ${b_rps} answers/s, ${b_201} sold, p50 ${b_p50} ms, p99 ${b_p99} ms, invariants $([ "$b_ok" = 1 ] && echo ok || echo VIOLATED)"
 
 read -r s_acc s_p50 s_p99 <<< "${best_line:-0 0 0}"
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f", a / b; else print "n/a" }'; }
+read -r t_acc t_p50 t_p99 <<< "${top_line:-0 0 0}"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b <= 0) print "n/a"; else if (a < b) printf "%.2f", a / b; else printf "%.1f", a / b }'; }
 {
   echo
   echo "| system | orders/s | p50 ms | p99 ms |"
   echo "|---|---|---|---|"
   echo "| PostgreSQL hot row (pgbench, 32 clients) | ${pg_tps%.*} | ${pg_p50} | ${pg_p99} |"
   echo "| reservation script alone (redis-benchmark, pipeline 32) | ${rd_rps%.*} | ${rd_p50} | ${rd_p99} |"
-  echo "| flashsale steady, highest rate with p99 < 25 ms (${best_rate}/s offered) | ${s_acc} | ${s_p50} | ${s_p99} |"
+  if [ -n "$best_line" ]; then
+    echo "| flashsale steady, highest rate with p99 < 25 ms (${best_rate}/s offered) | ${s_acc} | ${s_p50} | ${s_p99} |"
+  else
+    echo "| flashsale steady, highest rate with p99 < 25 ms | none of the rates | | |"
+  fi
+  echo "| flashsale steady, most accepted (${top_rate}/s offered) | ${t_acc} | ${t_p50} | ${t_p99} |"
   echo "| flashsale burst, 100,000 buyers on 1,000 units | ${b_rps} answers/s, ${b_201} sold | ${b_p50} | ${b_p99} |"
   echo
-  echo "flashsale / pgbench: $(ratio "$s_acc" "$pg_tps")×; flashsale / ceiling: $(ratio "$s_acc" "$rd_rps")×"
+  if [ -n "$best_line" ]; then
+    echo "at p99 < 25 ms: flashsale / pgbench $(ratio "$s_acc" "$pg_tps")×, flashsale / ceiling $(ratio "$s_acc" "$rd_rps")×"
+  fi
+  echo "most accepted: flashsale / pgbench $(ratio "$t_acc" "$pg_tps")×, flashsale / ceiling $(ratio "$t_acc" "$rd_rps")×"
 } | tee "$out/table.md"

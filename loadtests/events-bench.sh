@@ -22,6 +22,16 @@ export RUST_LOG=warn
 cargo build --release --workspace -q
 bin=${CARGO_TARGET_DIR:-target}/release
 
+# cpu PID: the CPU seconds the process has used so far (0 when there is none)
+cpu() {
+  if [ -n "$1" ] && [ -r "/proc/$1/stat" ]; then
+    awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"
+  else
+    echo 0
+  fi
+}
+broker=$(pgrep -x tansu | head -n 1 || true) # a local broker, when there is one
+
 # published: events the relays published; consumed: events the analytics consumer read
 sample() {
   curl -fs http://127.0.0.1:9090/metrics | awk -v t="$(date +%s.%N)" '
@@ -40,6 +50,7 @@ for run in $(seq "$runs"); do
   for _ in $(seq 60); do curl -fs http://127.0.0.1:8080/readyz >/dev/null 2>&1 && break; sleep 0.5; done
   sleep 2 # the relays and consumers join
   base=$(sample)
+  cpu0="$(cpu "$broker") $(cpu $server)"
   : > "$out/samples-$run.txt"
   (while true; do sample >> "$out/samples-$run.txt" || true; sleep 0.25; done) &
   sampler=$!
@@ -56,10 +67,11 @@ for run in $(seq "$runs"); do
   done
   kill $sampler 2>/dev/null || true
   sample >> "$out/samples-$run.txt"
+  cpu1="$(cpu "$broker") $(cpu $server)"
   curl -fs http://127.0.0.1:9090/metrics > "$out/metrics-$run.txt"
   kill $server 2>/dev/null || true
   wait $server 2>/dev/null || true
-  python3 - "$start" "$base" "$want" "$out/samples-$run.txt" "$out/metrics-$run.txt" "$out/burst-$run.json" <<'PY' | tee -a "$out/runs.txt"
+  python3 - "$start" "$base" "$want" "$out/samples-$run.txt" "$out/metrics-$run.txt" "$out/burst-$run.json" "$cpu0" "$cpu1" <<'PY' | tee -a "$out/runs.txt"
 import json, re, sys
 start = float(sys.argv[1]); _, p0, c0 = sys.argv[2].split(); p0, c0 = int(p0), int(c0)
 want = int(sys.argv[3])
@@ -97,5 +109,8 @@ print(f"{r['statusCounts'].get('201', 0)} sold at {r['acceptedPerSecond']:.0f}/s
       f"{want} events; relay {rate:.0f} events/s (best second {best}); "
       f"last published {done:.2f} s, last consumed {consumed:.2f} s after the burst start; "
       f"commit-to-consumer lag p50 {q(0.5):.0f} ms, p99 {q(0.99):.0f} ms")
+(b0, s0), (b1, s1) = (map(float, a.split()) for a in sys.argv[7:9])
+broker = f"broker {b1 - b0:.1f} CPU-s" if b1 > 0 else "broker not local"
+print(f"   from the burst to the last event consumed: {broker}, server {s1 - s0:.1f} CPU-s")
 PY
 done
