@@ -287,6 +287,30 @@ pub struct KafkaSource {
     positions: HashMap<(String, i32), i64>,
 }
 
+impl Drop for KafkaSource {
+    /// Closing a consumer leaves its group, and can block: an assignment still queued
+    /// when it closes makes librdkafka wait forever (librdkafka issue 4884). The close
+    /// runs on a thread of its own, after the last other holder (a commit in flight)
+    /// is done, so that neither a restarting actor nor the runtime's shutdown waits on it.
+    fn drop(&mut self) {
+        let mut consumer = Arc::clone(&self.consumer);
+        let closer = std::thread::Builder::new()
+            .name("kafka-close".into())
+            .spawn(move || loop {
+                match Arc::try_unwrap(consumer) {
+                    Ok(last) => return drop(last),
+                    Err(shared) => {
+                        consumer = shared;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            });
+        if let Err(e) = closer {
+            tracing::warn!("closing the Kafka consumer here: no thread for it ({e})");
+        }
+    }
+}
+
 #[ractor::async_trait]
 impl EventSource for KafkaSource {
     async fn poll(
