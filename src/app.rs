@@ -62,7 +62,7 @@ pub enum StartError {
     Spawn(#[from] ractor::SpawnErr),
     #[error("the catalog did not come up: {0}")]
     Catalog(String),
-    #[error("events: {0}")]
+    #[error("Kafka settings: {0}")]
     Events(String),
 }
 

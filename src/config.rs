@@ -98,8 +98,8 @@ pub struct EventSettings {
     pub outbox_retention_secs: u64,
     /// librdkafka properties for every Kafka client (`"security.protocol" = "SSL"`, …),
     /// then for the relays' producers and for the consumers only; they override
-    /// flashsale's own. In the environment a key's `_` stand for its dots:
-    /// `FLASHSALE__EVENTS__PRODUCER__LINGER_MS=20` sets `linger.ms`.
+    /// flashsale's own. A key's `_` stand for its dots, so that the environment can
+    /// name them: `FLASHSALE__EVENTS__PRODUCER__LINGER_MS=20` sets `linger.ms`.
     #[serde(default)]
     pub kafka: KafkaProperties,
     #[serde(default)]
@@ -641,24 +641,12 @@ mod tests {
             env(&[("FLASHSALE__EVENTS__CONSUMER__FETCH_WAIT_MAX_MS", "100")]),
         )
         .unwrap();
-        let pairs = |p: &KafkaProperties| -> Vec<(String, String)> { p.0.clone() };
-        let owned = |v: &[(&str, &str)]| -> Vec<(String, String)> {
-            v.iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect()
-        };
+        assert_eq!(s.events.kafka.0, env(&[("security.protocol", "plaintext")]));
         assert_eq!(
-            pairs(&s.events.kafka),
-            owned(&[("security.protocol", "plaintext")])
+            s.events.producer.0,
+            env(&[("enable.idempotence", "true"), ("linger.ms", "20")])
         );
-        assert_eq!(
-            pairs(&s.events.producer),
-            owned(&[("enable.idempotence", "true"), ("linger.ms", "20")])
-        );
-        assert_eq!(
-            pairs(&s.events.consumer),
-            owned(&[("fetch.wait.max.ms", "100")])
-        );
+        assert_eq!(s.events.consumer.0, env(&[("fetch.wait.max.ms", "100")]));
 
         // An unquoted dotted name is a TOML table, not a property: say how to write it.
         std::fs::write(&path, "[events.producer]\nlinger.ms = 20\n").unwrap();
