@@ -221,6 +221,85 @@ pub fn parse_rfc3339(raw: &str) -> Result<i64, ParseError> {
         .ok_or_else(|| invalid(format!("{raw:?} is not an RFC 3339 time")))
 }
 
+/// A flash sale as an operator defines it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SaleDefinition {
+    pub stock: i64,
+    pub per_user_limit: i64,
+    /// Epoch milliseconds; `None` is unbounded.
+    pub starts_at: Option<i64>,
+    pub ends_at: Option<i64>,
+}
+
+/// Where an order is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderStatus {
+    Pending,
+    Completed,
+    Cancelled,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Pending => "pending",
+            OrderStatus::Completed => "completed",
+            OrderStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// A stored status; anything else is corrupt data, never silently `pending`.
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        match s {
+            "pending" => Ok(OrderStatus::Pending),
+            "completed" => Ok(OrderStatus::Completed),
+            "cancelled" => Ok(OrderStatus::Cancelled),
+            other => Err(ParseError(format!("unknown order status {other:?}"))),
+        }
+    }
+}
+
+/// An accepted order as the queue carries it and the shard stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderMessage {
+    pub order_id: String,
+    pub user_id: String,
+    pub product_id: i64,
+    pub quantity: i64,
+    pub idempotency_key: String,
+    pub created_at: i64,
+    /// The W3C trace context of the request that accepted the order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+/// An order as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderView {
+    pub order_id: String,
+    pub user_id: String,
+    pub product_id: i64,
+    pub quantity: i64,
+    pub status: OrderStatus,
+    pub created_at: String,
+}
+
+impl OrderView {
+    pub fn new(order: &OrderMessage, status: OrderStatus) -> Self {
+        Self {
+            order_id: order.order_id.clone(),
+            user_id: order.user_id.clone(),
+            product_id: order.product_id,
+            quantity: order.quantity,
+            status,
+            created_at: rfc3339(order.created_at),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod db;
 pub mod domain;
 pub mod events;
 pub mod http;

@@ -15,9 +15,6 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::http::AppState;
-use crate::supervisors::TreeNode;
-
 /// Installs the global subscriber once; `json` selects JSON lines. Without a tracer
 /// provider, only logs are produced.
 pub fn init_logging(json: bool) {
@@ -155,39 +152,8 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Updates the gauges that are read at scrape time.
-pub fn record_gauges(state: &AppState) {
-    fn walk(node: &TreeNode) {
-        let s = &node.stats;
-        let name = s.name.clone();
-        metrics::gauge!("flashsale_actor_restarts", "actor" => name.clone())
-            .set(s.restarts() as f64);
-        metrics::gauge!("flashsale_actor_up", "actor" => name.clone()).set(if s.is_running() {
-            1.0
-        } else {
-            0.0
-        });
-        if s.kind == crate::supervisors::stats::Kind::Actor {
-            metrics::gauge!("flashsale_actor_mailbox", "actor" => name.clone())
-                .set(s.mailbox() as f64);
-            metrics::gauge!("flashsale_actor_processed", "actor" => name).set(s.processed() as f64);
-        }
-        node.children.iter().for_each(walk);
-    }
-    walk(&state.tree);
-    if let Some((cpu, rss)) = process_usage() {
-        metrics::gauge!("flashsale_process_cpu_seconds_total").set(cpu);
-        metrics::gauge!("flashsale_process_resident_memory_bytes").set(rss);
-    }
-    metrics::gauge!("flashsale_ready").set(if state.directory.order_path_ready() {
-        1.0
-    } else {
-        0.0
-    });
-}
-
 /// CPU seconds used and resident memory of this process (Linux `/proc`).
-fn process_usage() -> Option<(f64, f64)> {
+pub fn process_usage() -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();

@@ -1,10 +1,11 @@
-//! Leaf actors. Each owns its backend connection and is the only code that talks to
-//! that backend; a backend failure fails the actor, and its supervisor restarts it.
+//! Leaf actors and what they serve. Each owns its backend connection and is the only
+//! code that talks to that backend; a backend failure fails the actor, and its
+//! supervisor restarts it. The [`directory`] is where callers find them.
 
-pub mod catalog;
+pub mod directory;
+pub mod event_consumers;
 pub mod inventory;
 pub mod orders;
 pub mod queue;
 pub mod reconciler;
-pub mod shard;
-pub mod worker;
+pub mod relay;

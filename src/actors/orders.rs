@@ -9,11 +9,11 @@ use std::sync::Arc;
 use futures_util::future::try_join_all;
 use ractor::ActorProcessingErr;
 
-use crate::actors::inventory::{InventoryOp, InventoryReply};
-use crate::actors::queue::{DeliveryHandler, Outbound, QueueMessage};
-use crate::actors::shard::{OrderMessage, OrderStatus, ShardOp};
-use crate::domain::{OrderId, ProductId};
-use crate::supervisors::directory::Directory;
+use super::directory::Directory;
+use super::inventory::Claim;
+use super::queue::{DeliveryHandler, Outbound, QueueMessage};
+use crate::domain::{OrderId, OrderMessage, OrderStatus, ProductId};
+use crate::shards::{InsertOrder, RecordNotification};
 use crate::telemetry::{start_child_span, start_order_span, traceparent_of};
 
 /// How far behind a consumer is: the age of the oldest order in its batch.
@@ -72,15 +72,10 @@ impl DeliveryHandler for OrderHandler {
             let _claim = start_child_span(cx, "inventory_claim");
             let product = ProductId::from_db(o.product_id);
             let order = OrderId::parse(&o.order_id).map_err(|e| e.to_string())?;
-            match dir
-                .product_partition(product)
-                .call(InventoryOp::Claim { product, order })
+            dir.product_partition(product)
+                .call(Claim { product, order })
                 .await
-            {
-                Ok(InventoryReply::Claimed(c)) => Ok(c),
-                Ok(other) => Err(format!("unexpected claim reply {other:?}")),
-                Err(e) => Err(format!("claim: {e}")),
-            }
+                .map_err(|e| format!("claim: {e}"))
         }))
         .await?;
         try_join_all(
@@ -97,7 +92,7 @@ impl DeliveryHandler for OrderHandler {
                     async move {
                         let _write = start_child_span(cx, "shard_write");
                         dir.shard(&o.user_id)
-                            .call(ShardOp::Insert {
+                            .call(InsertOrder {
                                 order: o.clone(),
                                 status,
                             })
@@ -195,7 +190,7 @@ impl DeliveryHandler for NotificationHandler {
         try_join_all(orders.iter().map(|o| async move {
             let order = OrderId::parse(&o.order_id).map_err(|e| e.to_string())?;
             dir.shard(&o.user_id)
-                .call(ShardOp::Notified {
+                .call(RecordNotification {
                     order,
                     user: o.user_id.clone(),
                     channel: channel.into(),

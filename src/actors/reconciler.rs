@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use ractor::ActorProcessingErr;
 
-use crate::actors::inventory::{InventoryOp, InventoryReply};
-use crate::actors::worker::{Backend, Batch, Connect, Tick};
+use super::directory::Directory;
+use super::inventory::ReleaseStale;
 use crate::domain::now_ms;
-use crate::supervisors::directory::Directory;
+use crate::supervisors::slot::Wake;
+use crate::supervisors::worker::{Backend, Batch, Connect, Tick};
 
 pub struct ReconcilerConnect {
     pub directory: Arc<Directory>,
@@ -32,23 +33,16 @@ impl Connect for ReconcilerConnect {
 
 #[ractor::async_trait]
 impl Backend for Reconciler {
-    type Op = ();
-    type Reply = ();
+    type Msg = Wake;
 
-    async fn process(&mut self, batch: Batch<Self>) -> Result<(), ActorProcessingErr> {
-        for e in batch {
-            e.answer(());
-        }
+    async fn process(&mut self, _wakes: Batch<Self>) -> Result<(), ActorProcessingErr> {
         Ok(())
     }
 
     async fn tick(&mut self) -> Result<Tick, ActorProcessingErr> {
         for (partition, slot) in self.directory.inventory.iter().enumerate() {
-            match slot
-                .call(InventoryOp::ReleaseStale { now_ms: now_ms() })
-                .await
-            {
-                Ok(InventoryReply::Released(n)) if n > 0 => {
+            match slot.call(ReleaseStale { now_ms: now_ms() }).await {
+                Ok(n) if n > 0 => {
                     tracing::warn!(
                         partition,
                         released = n,
@@ -63,5 +57,121 @@ impl Backend for Reconciler {
             }
         }
         Ok(Tick::idle())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ractor::Actor;
+
+    use super::*;
+    use crate::actors::inventory::local::LocalInventoryConnect;
+    use crate::actors::inventory::{
+        Counters, LoadSale, MarkPublished, ReserveOutcome, ReserveRequest,
+    };
+    use crate::domain::{IdempotencyKey, OrderId, ProductId, Quantity, SaleDefinition, UserId};
+    use crate::supervisors::slot::Slot;
+    use crate::supervisors::stats::{Kind, NodeStats};
+    use crate::supervisors::worker::Worker;
+
+    fn node(name: &str) -> Arc<NodeStats> {
+        NodeStats::new(
+            name,
+            format!("{name}-{}", uuid::Uuid::new_v4()),
+            Kind::Actor,
+        )
+    }
+
+    /// An embedded inventory partition and a reconciler sweeping it every 20 ms, with
+    /// reservations counted stale after 200 ms.
+    #[tokio::test]
+    async fn unpublished_reservations_are_released_and_published_ones_kept() {
+        let dir = std::env::temp_dir().join(format!("fs_reconciler_{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let timeout = Duration::from_secs(5);
+        let partition = Slot::new(node("inventory-0"), 100, timeout);
+        let inventory = Worker {
+            connect: Arc::new(LocalInventoryConnect {
+                path: dir.join("inventory-0.db"),
+                stale_ms: 200,
+            }),
+            slot: partition.clone(),
+            max_batch: 64,
+            tick: None,
+        };
+        let (inv_actor, inv_done) = Actor::spawn(None, inventory, ()).await.unwrap();
+        let directory = Arc::new(Directory::new(
+            Slot::new(node("catalog"), 1, timeout),
+            Vec::new(),
+            vec![partition.clone()],
+            Vec::new(),
+            "orders".into(),
+            "notifications".into(),
+        ));
+
+        let product = ProductId::from_db(7);
+        let sale = SaleDefinition {
+            stock: 5,
+            per_user_limit: 5,
+            starts_at: None,
+            ends_at: None,
+        };
+        partition
+            .call(LoadSale { product, sale })
+            .await
+            .unwrap()
+            .unwrap();
+        let reserve = |key: &str| ReserveRequest {
+            product,
+            user: UserId::new_random(),
+            key: IdempotencyKey::parse(key).unwrap(),
+            quantity: Quantity::ONE,
+            order: OrderId::generate(),
+            now_ms: now_ms(),
+        };
+        let (lost, kept) = (reserve("lost"), reserve("kept"));
+        let kept_order = kept.order.clone();
+        for r in [lost, kept] {
+            assert!(matches!(
+                partition.call(r).await.unwrap(),
+                ReserveOutcome::Created(_)
+            ));
+        }
+        partition
+            .call(MarkPublished {
+                product,
+                order: kept_order,
+            })
+            .await
+            .unwrap();
+
+        let reconciler = Worker {
+            connect: Arc::new(ReconcilerConnect { directory }),
+            slot: Slot::<Wake>::new(node("reconciler"), 1, timeout),
+            max_batch: 1,
+            tick: Some(Duration::from_millis(20)),
+        };
+        let (rec_actor, rec_done) = Actor::spawn(None, reconciler, ()).await.unwrap();
+
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let counters = loop {
+            let c = partition.call(Counters { product }).await.unwrap().unwrap();
+            if c.remaining == 4 || std::time::Instant::now() > deadline {
+                break c;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(
+            (counters.remaining, counters.pending),
+            (4, 1),
+            "the unpublished unit is back, the published one still held"
+        );
+
+        rec_actor.stop(None);
+        inv_actor.stop(None);
+        let _ = (rec_done.await, inv_done.await);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -11,7 +11,7 @@ use sqlx::sqlite::SqlitePool;
 use sqlx::Row;
 
 use super::{parse_envelope, Delivered, EventSink, EventSource, OutboxEvent};
-use crate::actors::queue::local::sqlite_pool;
+use crate::db::sqlite_pool;
 use crate::domain::now_ms;
 
 const SCHEMA: &str = "

@@ -1,17 +1,16 @@
 //! Domain events. Every event is one versioned JSON envelope
 //! (`id`, `type`, `version`, `occurredAt`, `data`), written to an outbox table in the
 //! same database transaction as the change it describes. One relay actor per database
-//! ([`relay`]) publishes the outbox, in order, to Kafka ([`kafka`], cluster mode) or to
-//! the local append-only log ([`log`], embedded mode); the event consumers
-//! ([`consumers`]) read either the same way through [`EventSource`].
+//! ([`crate::actors::relay`]) publishes the outbox, in order, to Kafka ([`kafka`],
+//! cluster mode) or to the local append-only log ([`log`], embedded mode); the event
+//! consumers ([`crate::actors::event_consumers`]) read either the same way through
+//! [`EventSource`].
 //!
 //! Keys keep each entity's events in order: an order's events share its id as key (one
 //! partition), a user's their user id, a product's its id.
 
-pub mod consumers;
 pub mod kafka;
 pub mod log;
-pub mod relay;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,9 +19,9 @@ use ractor::ActorProcessingErr;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::actors::shard::OrderMessage;
 use crate::config::EventSettings;
 use crate::domain::rfc3339;
+use crate::domain::OrderMessage;
 
 pub const ORDER_EVENTS: &str = "order-events";
 pub const USER_EVENTS: &str = "user-events";

@@ -9,9 +9,12 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::public::product_cache_key;
 use super::{json_body, method_not_allowed, AppState};
-use crate::actors::catalog::{CatalogOp, CatalogReply};
-use crate::actors::inventory::{InventoryOp, InventoryReply, SaleCounters, SaleDefinition};
-use crate::domain::{now_ms, parse_rfc3339, rfc3339, ProductId, ProductName};
+use crate::actors::inventory::{BelowSold, CacheDel, Counters, ListSales, LoadSale, SaleCounters};
+use crate::domain::{now_ms, parse_rfc3339, rfc3339, ProductId, ProductName, SaleDefinition};
+use crate::shards::catalog::{CreateProduct, OrdersReport, PutSale, SalesReport, UpdateProduct};
+use crate::shards::UnitTotals;
+use crate::supervisors::stats::Kind;
+use crate::supervisors::TreeNode;
 
 const PAGE: &str = include_str!("admin.html");
 
@@ -62,29 +65,19 @@ async fn create_product(
             "priceCents must not be negative".into(),
         ));
     }
-    match state
+    let p = state
         .directory
         .catalog
-        .call(CatalogOp::CreateProduct {
+        .call(CreateProduct {
             name,
             price_cents: body.price_cents,
         })
-        .await?
-    {
-        CatalogReply::Product(Some(p)) => {
-            let id = ProductId::from_db(p.id);
-            state
-                .directory
-                .product_partition(id)
-                .tell(InventoryOp::CacheDel {
-                    key: product_cache_key(id),
-                });
-            Ok(HttpResponse::Created().json(p))
-        }
-        other => Err(ApiError::Internal(format!(
-            "unexpected catalog reply {other:?}"
-        ))),
-    }
+        .await?;
+    let id = ProductId::from_db(p.id);
+    state.directory.product_partition(id).tell(CacheDel {
+        key: product_cache_key(id),
+    });
+    Ok(HttpResponse::Created().json(p))
 }
 
 #[derive(Deserialize)]
@@ -121,26 +114,24 @@ async fn update_product(
             "give name and/or priceCents".into(),
         ));
     }
-    let op = CatalogOp::UpdateProduct {
+    let change = UpdateProduct {
         id,
         name,
         price_cents: body.price_cents,
     };
-    match state.directory.catalog.call(op).await? {
-        CatalogReply::Product(Some(p)) => {
-            let key = product_cache_key(id);
-            state
-                .directory
-                .product_partition(id)
-                .call(InventoryOp::CacheDel { key })
-                .await?;
-            Ok(HttpResponse::Ok().json(p))
-        }
-        CatalogReply::Product(None) => Err(ApiError::NotFound),
-        other => Err(ApiError::Internal(format!(
-            "unexpected catalog reply {other:?}"
-        ))),
-    }
+    let p = state
+        .directory
+        .catalog
+        .call(change)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let key = product_cache_key(id);
+    state
+        .directory
+        .product_partition(id)
+        .call(CacheDel { key })
+        .await?;
+    Ok(HttpResponse::Ok().json(p))
 }
 
 #[derive(Deserialize)]
@@ -148,15 +139,6 @@ async fn update_product(
 struct ReportQuery {
     product_id: Option<String>,
     user_id: Option<String>,
-}
-
-async fn report(state: &AppState, op: CatalogOp) -> Result<HttpResponse, ApiError> {
-    match state.directory.catalog.call(op).await? {
-        CatalogReply::Report(r) => Ok(HttpResponse::Ok().json(r)),
-        other => Err(ApiError::Internal(format!(
-            "unexpected catalog reply {other:?}"
-        ))),
-    }
 }
 
 /// Units sold and cancelled per product per minute, as the analytics consumer counted
@@ -173,7 +155,12 @@ async fn sales_report(
         .map(ProductId::parse)
         .transpose()
         .map_err(|_| ApiError::InvalidRequest("productId must be a positive integer".into()))?;
-    report(&state, CatalogOp::SalesReport(product)).await
+    let report = state
+        .directory
+        .catalog
+        .call(SalesReport { product })
+        .await?;
+    Ok(HttpResponse::Ok().json(report))
 }
 
 /// Orders per product and per user, as the reporting consumer counted them.
@@ -184,7 +171,8 @@ async fn orders_report(
 ) -> Result<HttpResponse, ApiError> {
     admin(&state, &req)?;
     let user = query.user_id.clone();
-    report(&state, CatalogOp::OrdersReport { user }).await
+    let report = state.directory.catalog.call(OrdersReport { user }).await?;
+    Ok(HttpResponse::Ok().json(report))
 }
 
 /// The inventory consumer's last comparison of each product's inventory partition
@@ -227,7 +215,7 @@ fn instant(v: Option<Value>, what: &str) -> Result<Option<i64>, ApiError> {
     }
 }
 
-fn sale_json(product: ProductId, c: &SaleCounters, completed: i64, cancelled: i64) -> Value {
+fn sale_json(product: ProductId, c: &SaleCounters, totals: UnitTotals) -> Value {
     let now = now_ms();
     let active = c.active_at(now);
     json!({
@@ -236,8 +224,8 @@ fn sale_json(product: ProductId, c: &SaleCounters, completed: i64, cancelled: i6
         "remaining": c.remaining,
         "sold": c.stock - c.remaining,
         "pending": c.pending,
-        "completed": completed,
-        "cancelled": cancelled,
+        "completed": totals.completed,
+        "cancelled": totals.cancelled,
         "perUserLimit": c.per_user_limit,
         "startsAt": c.starts_at.map(rfc3339),
         "endsAt": c.ends_at.map(rfc3339),
@@ -277,40 +265,26 @@ async fn put_sale(
             ));
         }
     }
-    match state
+    let stored = state
         .directory
         .catalog
-        .call(CatalogOp::PutSale { product, sale })
-        .await?
-    {
-        CatalogReply::SaleStored(true) => {}
-        CatalogReply::SaleStored(false) => return Err(ApiError::NotFound),
-        other => {
-            return Err(ApiError::Internal(format!(
-                "unexpected catalog reply {other:?}"
-            )))
-        }
+        .call(PutSale { product, sale })
+        .await?;
+    if !stored {
+        return Err(ApiError::NotFound);
     }
-    let counters = match state
+    let counters = state
         .directory
         .product_partition(product)
-        .call(InventoryOp::LoadSale { product, sale })
+        .call(LoadSale { product, sale })
         .await?
-    {
-        InventoryReply::SaleLoaded(Ok(c)) => c,
-        InventoryReply::SaleLoaded(Err(sold)) => {
-            return Err(ApiError::InvalidRequest(format!(
+        .map_err(|BelowSold { sold }| {
+            ApiError::InvalidRequest(format!(
                 "stock cannot be below the {sold} units already sold"
-            )))
-        }
-        other => {
-            return Err(ApiError::Internal(format!(
-                "unexpected inventory reply {other:?}"
-            )))
-        }
-    };
-    let (completed, cancelled) = state.directory.product_totals(product).await?;
-    Ok(HttpResponse::Ok().json(sale_json(product, &counters, completed, cancelled)))
+            ))
+        })?;
+    let totals = state.directory.product_totals(product).await?;
+    Ok(HttpResponse::Ok().json(sale_json(product, &counters, totals)))
 }
 
 async fn get_sale(
@@ -320,22 +294,14 @@ async fn get_sale(
 ) -> Result<HttpResponse, ApiError> {
     admin(&state, &req)?;
     let product = ProductId::parse(&product).map_err(|_| ApiError::NotFound)?;
-    let counters = match state
+    let counters = state
         .directory
         .product_partition(product)
-        .call(InventoryOp::Counters { product })
+        .call(Counters { product })
         .await?
-    {
-        InventoryReply::Counters(Some(c)) => c,
-        InventoryReply::Counters(None) => return Err(ApiError::NotFound),
-        other => {
-            return Err(ApiError::Internal(format!(
-                "unexpected inventory reply {other:?}"
-            )))
-        }
-    };
-    let (completed, cancelled) = state.directory.product_totals(product).await?;
-    Ok(HttpResponse::Ok().json(sale_json(product, &counters, completed, cancelled)))
+        .ok_or(ApiError::NotFound)?;
+    let totals = state.directory.product_totals(product).await?;
+    Ok(HttpResponse::Ok().json(sale_json(product, &counters, totals)))
 }
 
 async fn actors(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -376,30 +342,50 @@ async fn metrics(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRes
     if state.settings.admin.metrics_auth {
         admin(&state, &req)?;
     }
-    crate::telemetry::record_gauges(&state);
+    record_gauges(&state);
     // Remaining stock of the sales open now.
     let now = now_ms();
-    let partitions = join_all(
-        state
-            .directory
-            .inventory
-            .iter()
-            .map(|p| p.call(InventoryOp::Sales)),
-    )
-    .await;
-    for reply in partitions {
-        if let Ok(InventoryReply::Sales(sales)) = reply {
-            for (pid, stock, remaining, starts, ends) in sales {
-                if starts.is_none_or(|s| now >= s) && ends.is_none_or(|e| now < e) {
-                    let product = pid.to_string();
-                    metrics::gauge!("flashsale_sale_remaining", "product" => product.clone())
-                        .set(remaining as f64);
-                    metrics::gauge!("flashsale_sale_stock", "product" => product).set(stock as f64);
-                }
-            }
+    let partitions = join_all(state.directory.inventory.iter().map(|p| p.call(ListSales))).await;
+    for sale in partitions.into_iter().flatten().flatten() {
+        if sale.active_at(now) {
+            let product = sale.product.to_string();
+            metrics::gauge!("flashsale_sale_remaining", "product" => product.clone())
+                .set(sale.remaining as f64);
+            metrics::gauge!("flashsale_sale_stock", "product" => product).set(sale.stock as f64);
         }
     }
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render()))
+}
+
+/// Updates the gauges that are read at scrape time.
+fn record_gauges(state: &AppState) {
+    fn walk(node: &TreeNode) {
+        let s = &node.stats;
+        let name = s.name.clone();
+        metrics::gauge!("flashsale_actor_restarts", "actor" => name.clone())
+            .set(s.restarts() as f64);
+        metrics::gauge!("flashsale_actor_up", "actor" => name.clone()).set(if s.is_running() {
+            1.0
+        } else {
+            0.0
+        });
+        if s.kind == Kind::Actor {
+            metrics::gauge!("flashsale_actor_mailbox", "actor" => name.clone())
+                .set(s.mailbox() as f64);
+            metrics::gauge!("flashsale_actor_processed", "actor" => name).set(s.processed() as f64);
+        }
+        node.children.iter().for_each(walk);
+    }
+    walk(&state.tree);
+    if let Some((cpu, rss)) = crate::telemetry::process_usage() {
+        metrics::gauge!("flashsale_process_cpu_seconds_total").set(cpu);
+        metrics::gauge!("flashsale_process_resident_memory_bytes").set(rss);
+    }
+    metrics::gauge!("flashsale_ready").set(if state.directory.order_path_ready() {
+        1.0
+    } else {
+        0.0
+    });
 }

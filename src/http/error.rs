@@ -37,8 +37,28 @@ pub enum ApiError {
     Overloaded,
     #[error("{0}")]
     Unavailable(String),
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// Something went wrong that the client cannot fix: the cause chain goes to the
+    /// log, the client gets a generic message.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    pub fn internal(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        ApiError::Internal(cause.into())
+    }
+}
+
+/// An error and every cause below it, as one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 impl ApiError {
@@ -70,6 +90,7 @@ impl From<CallError> for ApiError {
             CallError::Unavailable => {
                 ApiError::Unavailable("a backend is restarting; retry shortly".into())
             }
+            CallError::Failed(item) => ApiError::internal(item),
         }
     }
 }
@@ -107,7 +128,9 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => {
                 res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
-            ApiError::Internal(cause) => tracing::error!(%cause, "internal error"),
+            ApiError::Internal(cause) => {
+                tracing::error!(cause = %chain(cause.as_ref()), "internal error")
+            }
             _ => {}
         }
         res.json(json!({ "error": self.code(), "message": self.to_string() }))

@@ -18,10 +18,10 @@ use futures_util::StreamExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::de::DeserializeOwned;
 
+use crate::actors::directory::Directory;
 use crate::auth::Tokens;
 use crate::config::{Secret, Settings};
 use crate::domain::UserId;
-use crate::supervisors::directory::Directory;
 use crate::supervisors::{Policy, TreeNode};
 use error::ApiError;
 

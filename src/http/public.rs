@@ -10,14 +10,18 @@ use tracing::Instrument;
 
 use super::error::ApiError;
 use super::{json_body, method_not_allowed, read_body, AppState};
-use crate::actors::catalog::{CatalogOp, CatalogReply, Product};
-use crate::actors::inventory::{InventoryOp, InventoryReply, ReserveOutcome, ReserveRequest};
-use crate::actors::queue::PublishOp;
-use crate::actors::shard::{OrderMessage, OrderStatus, OrderView, ShardOp, ShardReply};
+use crate::actors::inventory::{
+    CacheGet, CacheSet, Counters, Lookup, MarkPublished, RateCheck, Release, ReserveOutcome,
+    ReserveRequest, Restock,
+};
+use crate::actors::queue::Publish;
 use crate::auth;
 use crate::domain::{
-    now_ms, rfc3339, Email, IdempotencyKey, OrderId, Password, ProductId, Quantity, UserId,
+    now_ms, rfc3339, Email, IdempotencyKey, OrderId, OrderMessage, OrderStatus, OrderView,
+    Password, ProductId, Quantity, UserId,
 };
+use crate::shards::catalog::{CreateCredential, GetCredential, GetProduct, Product};
+use crate::shards::{CancelOrder, Cancellation, CreateUser, GetOrder, ListOrders, UpdateUser};
 
 const OPENAPI: &str = include_str!("openapi.json");
 const RATE_WINDOW_MS: i64 = 60_000;
@@ -38,10 +42,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/openapi.json").route(web::get().to(openapi)));
 }
 
-fn unexpected<T: std::fmt::Debug>(what: &str, reply: T) -> ApiError {
-    ApiError::Internal(format!("unexpected {what} reply: {reply:?}"))
-}
-
 #[derive(Deserialize)]
 struct Credentials {
     email: String,
@@ -58,25 +58,23 @@ async fn register(
     let password = Password::parse(&body.password).map_err(|e| ApiError::InvalidRequest(e.0))?;
     let hash = web::block(move || auth::hash_password(&password))
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     let user = UserId::new_random();
     let dir = &state.directory;
-    match dir
+    let created = dir
         .catalog
-        .call(CatalogOp::CreateCredential {
+        .call(CreateCredential {
             email: email.clone(),
             user: user.to_string(),
             password_hash: hash,
         })
-        .await?
-    {
-        CatalogReply::Created(true) => {}
-        CatalogReply::Created(false) => return Err(ApiError::EmailTaken),
-        other => return Err(unexpected("catalog", other)),
+        .await?;
+    if !created {
+        return Err(ApiError::EmailTaken);
     }
     dir.shard(user.as_str())
-        .call(ShardOp::CreateUser {
+        .call(CreateUser {
             user: user.to_string(),
             email: email.as_str().to_string(),
         })
@@ -93,25 +91,21 @@ async fn login(
     let Ok(email) = Email::parse(&body.email) else {
         return Err(ApiError::InvalidCredentials);
     };
-    let found = match state
+    let found = state
         .directory
         .catalog
-        .call(CatalogOp::GetCredential(email))
-        .await?
-    {
-        CatalogReply::Credential(found) => found,
-        other => return Err(unexpected("catalog", other)),
-    };
+        .call(GetCredential { email })
+        .await?;
     let (user, hash) = match found {
-        Some((user, hash)) => (Some(user), hash),
+        Some(c) => (Some(c.user), c.password_hash),
         None => (None, auth::dummy_hash().to_string()),
     };
     let password = body.password;
     let ok = web::block(move || auth::verify_password(&password, &hash))
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(ApiError::internal)?;
     let user = match (ok, user) {
-        (true, Some(user)) => UserId::parse(&user).map_err(|e| ApiError::Internal(e.0))?,
+        (true, Some(user)) => UserId::parse(&user).map_err(ApiError::internal)?,
         _ => return Err(ApiError::InvalidCredentials),
     };
     let issued = state.tokens.issue(&user);
@@ -131,28 +125,16 @@ async fn get_product(
     let id = ProductId::parse(&id).map_err(|_| ApiError::NotFound)?;
     let partition = state.directory.product_partition(id);
     let key = product_cache_key(id);
-    if let InventoryReply::Cached(Some(json)) = partition
-        .call(InventoryOp::CacheGet { key: key.clone() })
-        .await?
-    {
+    if let Some(json) = partition.call(CacheGet { key: key.clone() }).await? {
         metrics::counter!("flashsale_product_cache_total", "result" => "hit").increment(1);
         return Ok(HttpResponse::Ok()
             .content_type("application/json")
             .body(json));
     }
     metrics::counter!("flashsale_product_cache_total", "result" => "miss").increment(1);
-    let product = match state
-        .directory
-        .catalog
-        .call(CatalogOp::GetProduct(id))
-        .await?
-    {
-        CatalogReply::Product(Some(p)) => p,
-        CatalogReply::Product(None) => return Err(ApiError::NotFound),
-        other => return Err(unexpected("catalog", other)),
-    };
+    let product = find_product(&state, id).await?.ok_or(ApiError::NotFound)?;
     let json = serde_json::to_string(&product).expect("products serialise");
-    partition.tell(InventoryOp::CacheSet {
+    partition.tell(CacheSet {
         key,
         value: json.clone(),
         ttl_secs: state.settings.inventory.product_cache_ttl_secs,
@@ -162,16 +144,8 @@ async fn get_product(
         .body(json))
 }
 
-async fn product_exists(state: &AppState, id: ProductId) -> Result<Option<Product>, ApiError> {
-    match state
-        .directory
-        .catalog
-        .call(CatalogOp::GetProduct(id))
-        .await?
-    {
-        CatalogReply::Product(p) => Ok(p),
-        other => Err(unexpected("catalog", other)),
-    }
+async fn find_product(state: &AppState, id: ProductId) -> Result<Option<Product>, ApiError> {
+    Ok(state.directory.catalog.call(GetProduct { id }).await?)
 }
 
 fn quantity(body: &[u8], max: u32) -> Result<Quantity, ApiError> {
@@ -256,21 +230,17 @@ async fn place_order(
     let dir = &state.directory;
 
     let limit = i64::from(state.settings.limits.rate_per_minute);
-    match dir
+    let window = dir
         .user_partition(user.as_str())
-        .call(InventoryOp::RateCheck {
+        .call(RateCheck {
             user: user.clone(),
             window_ms: RATE_WINDOW_MS,
         })
-        .await?
-    {
-        InventoryReply::Rate { count, reset_ms } if count > limit => {
-            return Err(ApiError::RateLimited {
-                retry_after_secs: ((reset_ms.max(1) + 999) / 1000) as u64,
-            })
-        }
-        InventoryReply::Rate { .. } => {}
-        other => return Err(unexpected("rate", other)),
+        .await?;
+    if window.count > limit {
+        return Err(ApiError::RateLimited {
+            retry_after_secs: ((window.reset_ms.max(1) + 999) / 1000) as u64,
+        });
     }
 
     let now = now_ms();
@@ -284,14 +254,7 @@ async fn place_order(
     };
     let partition = dir.product_partition(product);
     let reserve = tracing::info_span!("inventory_reserve");
-    let outcome = match partition
-        .call(InventoryOp::Reserve(request))
-        .instrument(reserve)
-        .await?
-    {
-        InventoryReply::Reserved(o) => o,
-        other => return Err(unexpected("reserve", other)),
-    };
+    let outcome = partition.call(request).instrument(reserve).await?;
     let order = match outcome {
         ReserveOutcome::Created(order) => order,
         ReserveOutcome::Replay(order) => {
@@ -301,7 +264,7 @@ async fn place_order(
         ReserveOutcome::LimitReached => return Err(ApiError::PurchaseLimitReached),
         ReserveOutcome::NotActive => return Err(ApiError::SaleNotActive),
         ReserveOutcome::NoSale => {
-            return match product_exists(state, product).await? {
+            return match find_product(state, product).await? {
                 Some(_) => Err(ApiError::SaleNotActive),
                 None => Err(ApiError::NotFound),
             }
@@ -318,7 +281,7 @@ async fn place_order(
         created_at: now,
         traceparent: crate::telemetry::current_traceparent(),
     };
-    let publish = PublishOp {
+    let publish = Publish {
         queue: dir.orders_queue.clone(),
         payload: serde_json::to_vec(&message).expect("orders serialise"),
         traceparent: message.traceparent.clone(),
@@ -326,7 +289,7 @@ async fn place_order(
     let publishing = tracing::info_span!("queue_publish");
     match dir.publisher().call(publish).instrument(publishing).await {
         Ok(true) => {
-            partition.tell(InventoryOp::MarkPublished {
+            partition.tell(MarkPublished {
                 product,
                 order: order.clone(),
             });
@@ -334,7 +297,7 @@ async fn place_order(
         }
         failed => {
             // Nothing stays reserved for an order the queue may not have.
-            partition.tell(InventoryOp::Release { product, order });
+            partition.tell(Release { product, order });
             tracing::warn!(?failed, "order publish failed; reservation released");
             Err(ApiError::Unavailable(
                 "the order queue is unavailable; retry shortly".into(),
@@ -366,14 +329,11 @@ async fn stored_order(
     user: &UserId,
     order: &OrderId,
 ) -> Result<Option<OrderView>, ApiError> {
-    let get = ShardOp::Get {
+    let get = GetOrder {
         order: order.clone(),
         user: user.to_string(),
     };
-    match state.directory.shard(user.as_str()).call(get).await? {
-        ShardReply::Order(o) => Ok(o),
-        other => Err(unexpected("shard", other)),
-    }
+    Ok(state.directory.shard(user.as_str()).call(get).await?)
 }
 
 /// An order accepted but not yet in its shard: the inventory partitions still know it.
@@ -383,13 +343,13 @@ async fn pending_order(
     order: &OrderId,
 ) -> Result<Option<OrderView>, ApiError> {
     let lookups = join_all(state.directory.inventory.iter().map(|p| {
-        p.call(InventoryOp::Lookup {
+        p.call(Lookup {
             order: order.clone(),
         })
     }))
     .await;
     for reply in lookups {
-        if let InventoryReply::Lookup(Some(p)) = reply? {
+        if let Some(p) = reply? {
             if p.user == user.as_str() {
                 let message = OrderMessage {
                     order_id: order.to_string(),
@@ -428,44 +388,39 @@ async fn cancel_order(
     let product = ProductId::from_db(stored.product_id);
     let partition = dir.product_partition(product);
     if stored.status == OrderStatus::Completed {
-        let active = match partition.call(InventoryOp::Counters { product }).await? {
-            InventoryReply::Counters(Some(c)) => c.active_at(now_ms()),
-            InventoryReply::Counters(None) => false,
-            other => return Err(unexpected("inventory", other)),
-        };
+        let active = partition
+            .call(Counters { product })
+            .await?
+            .is_some_and(|c| c.active_at(now_ms()));
         if !active {
             return Err(ApiError::SaleNotActive);
         }
     }
-    let (view, now) = match dir
+    let Cancellation { order: view, now } = dir
         .shard(user.as_str())
-        .call(ShardOp::Cancel {
+        .call(CancelOrder {
             order: order.clone(),
             user: user.to_string(),
             traceparent: crate::telemetry::current_traceparent(),
         })
         .await?
-    {
-        ShardReply::Cancelled(Some(v)) => v,
-        ShardReply::Cancelled(None) => return Err(ApiError::NotFound),
-        other => return Err(unexpected("shard", other)),
-    };
+        .ok_or(ApiError::NotFound)?;
     if view.status != OrderStatus::Cancelled {
-        return Err(unexpected("shard", view));
+        return Err(ApiError::internal(format!(
+            "order {} is {} after its cancellation",
+            view.order_id,
+            view.status.as_str()
+        )));
     }
     // Idempotent per order: only the first call for a sold order returns units.
-    let restocked = match partition
-        .call(InventoryOp::Restock {
+    let restocked = partition
+        .call(Restock {
             product,
             order,
             user: user.to_string(),
             quantity: view.quantity,
         })
-        .await?
-    {
-        InventoryReply::Restocked(r) => r,
-        other => return Err(unexpected("inventory", other)),
-    };
+        .await?;
     if now || restocked {
         tracing::info!(restocked, "order cancelled by its owner");
     }
@@ -492,38 +447,32 @@ async fn update_me(
             "displayName must be 1 to 100 printable characters".into(),
         ));
     }
-    match state
+    let updated = state
         .directory
         .shard(user.as_str())
-        .call(ShardOp::UpdateUser {
+        .call(UpdateUser {
             user: user.to_string(),
             display_name: name.to_string(),
             traceparent: crate::telemetry::current_traceparent(),
         })
-        .await?
-    {
-        ShardReply::UserUpdated(true) => {
-            Ok(HttpResponse::Ok().json(json!({ "userId": user.to_string(), "displayName": name })))
-        }
-        ShardReply::UserUpdated(false) => Err(ApiError::NotFound),
-        other => Err(unexpected("shard", other)),
+        .await?;
+    if !updated {
+        return Err(ApiError::NotFound);
     }
+    Ok(HttpResponse::Ok().json(json!({ "userId": user.to_string(), "displayName": name })))
 }
 
 #[tracing::instrument(skip_all)]
 async fn my_orders(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let user = state.user(&req)?;
-    match state
+    let orders = state
         .directory
         .shard(user.as_str())
-        .call(ShardOp::List {
+        .call(ListOrders {
             user: user.to_string(),
         })
-        .await?
-    {
-        ShardReply::Orders(orders) => Ok(HttpResponse::Ok().json(json!({ "orders": orders }))),
-        other => Err(unexpected("shard", other)),
-    }
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({ "orders": orders })))
 }
 
 async fn healthz() -> HttpResponse {

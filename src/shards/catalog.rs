@@ -1,19 +1,120 @@
-//! The catalog backend, written once for both modes: sqlx's `Any` driver over
+//! The catalog: products, flash-sale definitions, the login directory and shared
+//! secrets. Its backend is written once for both modes: sqlx's `Any` driver over
 //! PostgreSQL (cluster) or the SQLite file (embedded). Every statement here is valid in
 //! both dialects; `$N` placeholders bind by number in each.
 
 use ractor::ActorProcessingErr;
+use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::AnyPool;
 use sqlx::Row;
 
-use crate::actors::catalog::{CatalogOp, CatalogReply, Product};
-use crate::actors::inventory::SaleDefinition;
-use crate::actors::worker::{Backend, Batch, Connect};
-use crate::domain::{now_ms, rfc3339};
-use crate::domain::{ProductId, ProductName};
-use crate::events::relay::{any_pool, Nudge};
-use crate::events::{self, OutboxEvent};
+use super::outbox;
+use crate::db::{self, settle};
+use crate::domain::{now_ms, rfc3339, Email, ProductId, ProductName, SaleDefinition};
+use crate::events;
+use crate::supervisors::slot::{Message, Nudge};
+use crate::supervisors::worker::{Backend, Batch, Connect};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Product {
+    pub id: i64,
+    pub name: String,
+    pub price_cents: i64,
+}
+
+/// Creates a product (emits `ProductCreated`).
+#[derive(Debug)]
+pub struct CreateProduct {
+    pub name: ProductName,
+    pub price_cents: i64,
+}
+
+#[derive(Debug)]
+pub struct GetProduct {
+    pub id: ProductId,
+}
+
+/// Changes the name and/or price; a price change emits `PriceChanged`. Answers `None`
+/// when there is no such product.
+#[derive(Debug)]
+pub struct UpdateProduct {
+    pub id: ProductId,
+    pub name: Option<ProductName>,
+    pub price_cents: Option<i64>,
+}
+
+/// Units sold and cancelled per minute, per product (every product when `None`).
+#[derive(Debug)]
+pub struct SalesReport {
+    pub product: Option<ProductId>,
+}
+
+/// Orders per product and the users with the most units (or one user).
+#[derive(Debug)]
+pub struct OrdersReport {
+    pub user: Option<String>,
+}
+
+/// Stores a sale; answers `false` when the product does not exist.
+#[derive(Debug)]
+pub struct PutSale {
+    pub product: ProductId,
+    pub sale: SaleDefinition,
+}
+
+/// Answers `false` when the e-mail address is taken.
+#[derive(Debug)]
+pub struct CreateCredential {
+    pub email: Email,
+    pub user: String,
+    pub password_hash: String,
+}
+
+#[derive(Debug)]
+pub struct GetCredential {
+    pub email: Email,
+}
+
+/// A login as the catalog keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub user: String,
+    pub password_hash: String,
+}
+
+/// The stored secret of that name, storing `candidate` if there is none yet.
+#[derive(Debug)]
+pub struct SharedSecret {
+    pub name: String,
+    pub candidate: String,
+}
+
+crate::protocol! {
+    /// What the catalog actor serves.
+    pub enum CatalogMsg {
+        CreateProduct(CreateProduct) -> Product,
+        GetProduct(GetProduct) -> Option<Product>,
+        UpdateProduct(UpdateProduct) -> Option<Product>,
+        SalesReport(SalesReport) -> serde_json::Value,
+        OrdersReport(OrdersReport) -> serde_json::Value,
+        PutSale(PutSale) -> bool,
+        CreateCredential(CreateCredential) -> bool,
+        GetCredential(GetCredential) -> Option<Credential>,
+        SharedSecret(SharedSecret) -> String,
+    }
+}
+
+impl CatalogMsg {
+    /// Whether the message may write outbox rows (and so wake the catalog's relay).
+    pub fn emits_events(&self) -> bool {
+        matches!(
+            self,
+            CatalogMsg::CreateProduct(..) | CatalogMsg::UpdateProduct(..)
+        )
+    }
+}
 
 pub struct CatalogConnect {
     /// `postgres://…` or `sqlite://path` (the file is created by the migrations).
@@ -25,8 +126,7 @@ pub struct CatalogConnect {
 pub struct Catalog {
     pool: AnyPool,
     nudge: Nudge,
-    /// How a writing transaction starts: on SQLite it takes the write lock at once.
-    begin: &'static str,
+    sqlite: bool,
 }
 
 #[ractor::async_trait]
@@ -34,11 +134,10 @@ impl Connect for CatalogConnect {
     type Backend = Catalog;
 
     async fn connect(&self) -> Result<Catalog, ActorProcessingErr> {
-        let sqlite = self.url.starts_with("sqlite:");
         Ok(Catalog {
-            pool: any_pool(&self.url, self.pool_size).await?,
+            pool: db::any_pool(&self.url, self.pool_size).await?,
             nudge: self.nudge.clone(),
-            begin: if sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" },
+            sqlite: db::is_sqlite(&self.url),
         })
     }
 }
@@ -51,31 +150,9 @@ fn product(row: &AnyRow) -> Result<Product, sqlx::Error> {
     })
 }
 
-/// Appends an event to the catalog's outbox within the caller's transaction.
-async fn outbox_append(
-    tx: &mut sqlx::AnyConnection,
-    e: &OutboxEvent,
-    now: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO outbox (event_id, topic, key, payload, traceparent, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(e.event_id.as_str())
-        .bind(e.topic)
-        .bind(e.key.as_str())
-        .bind(e.payload.as_str())
-        .bind(e.traceparent.clone())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
-}
-
 impl Catalog {
-    /// Starts a transaction that writes. SQLite can not turn a transaction that has
-    /// read into one that writes once another connection (a relay, a consumer) has
-    /// written since: it fails at once instead of waiting. Taking the write lock at
-    /// the start waits its turn (the busy timeout) instead.
     async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
-        self.pool.begin_with(self.begin).await
+        db::begin_write(&self.pool, self.sqlite).await
     }
 
     async fn update_product(
@@ -115,7 +192,7 @@ impl Catalog {
             }
             if new_price != current.price_cents {
                 let event = events::price_changed(id.get(), current.price_cents, new_price, now);
-                outbox_append(&mut tx, &event, now).await?;
+                outbox::append(&mut tx, &[event], now).await?;
             }
             tx.commit().await?;
             return Ok(Some(Product {
@@ -194,146 +271,154 @@ impl Catalog {
         }
         Ok(serde_json::json!({ "products": products, "users": top }))
     }
-    async fn serve(&self, op: &CatalogOp) -> Result<CatalogReply, sqlx::Error> {
-        let pool = &self.pool;
-        Ok(match op {
-            CatalogOp::CreateProduct { name, price_cents } => {
-                let now = now_ms();
-                let mut tx = self.write_tx().await?;
-                let row = sqlx::query(
-                    "INSERT INTO products (name, price_cents, created_at, updated_at) VALUES ($1, $2, $3, $3) \
-                     RETURNING id, name, price_cents",
-                )
-                .bind(name.as_str())
-                .bind(*price_cents)
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await?;
-                let created = product(&row)?;
-                let event =
-                    events::product_created(created.id, &created.name, created.price_cents, now);
-                outbox_append(&mut tx, &event, now).await?;
-                tx.commit().await?;
-                CatalogReply::Product(Some(created))
-            }
-            CatalogOp::UpdateProduct {
-                id,
-                name,
-                price_cents,
-            } => CatalogReply::Product(
-                self.update_product(*id, name.as_ref(), *price_cents)
-                    .await?,
-            ),
-            CatalogOp::SalesReport(product) => {
-                CatalogReply::Report(self.sales_report(*product).await?)
-            }
-            CatalogOp::OrdersReport { user } => {
-                CatalogReply::Report(self.orders_report(user.as_deref()).await?)
-            }
-            CatalogOp::GetProduct(id) => {
-                let row = sqlx::query("SELECT id, name, price_cents FROM products WHERE id = $1")
-                    .bind(id.get())
-                    .fetch_optional(pool)
-                    .await?;
-                CatalogReply::Product(row.as_ref().map(product).transpose()?)
-            }
-            CatalogOp::PutSale { product, sale } => {
-                let done = sqlx::query(
-                    "INSERT INTO flash_sales (product_id, stock, per_user_limit, starts_at, ends_at, updated_at) \
-                     SELECT id, $2, $3, $4, $5, $6 FROM products WHERE id = $1 \
-                     ON CONFLICT (product_id) DO UPDATE SET stock = excluded.stock, per_user_limit = excluded.per_user_limit, \
-                       starts_at = excluded.starts_at, ends_at = excluded.ends_at, updated_at = excluded.updated_at",
-                )
-                .bind(product.get())
-                .bind(sale.stock)
-                .bind(sale.per_user_limit)
-                .bind(sale.starts_at)
-                .bind(sale.ends_at)
-                .bind(now_ms())
-                .execute(pool)
-                .await?;
-                CatalogReply::SaleStored(done.rows_affected() == 1)
-            }
-            CatalogOp::GetSale(id) => {
-                let row = sqlx::query("SELECT stock, per_user_limit, starts_at, ends_at FROM flash_sales WHERE product_id = $1")
-                    .bind(id.get())
-                    .fetch_optional(pool)
-                    .await?;
-                CatalogReply::Sale(match row {
-                    Some(r) => Some(SaleDefinition {
-                        stock: r.try_get("stock")?,
-                        per_user_limit: r.try_get("per_user_limit")?,
-                        starts_at: r.try_get("starts_at")?,
-                        ends_at: r.try_get("ends_at")?,
-                    }),
-                    None => None,
-                })
-            }
-            CatalogOp::CreateCredential {
-                email,
-                user,
-                password_hash,
-            } => {
-                let r = sqlx::query("INSERT INTO credentials (email, user_id, password_hash, created_at) VALUES ($1, $2, $3, $4)")
-                    .bind(email.as_str())
-                    .bind(user.as_str())
-                    .bind(password_hash.as_str())
-                    .bind(now_ms())
-                    .execute(pool)
-                    .await;
-                match r {
-                    Ok(_) => CatalogReply::Created(true),
-                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-                        CatalogReply::Created(false)
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            CatalogOp::GetCredential(email) => {
-                let row =
-                    sqlx::query("SELECT user_id, password_hash FROM credentials WHERE email = $1")
-                        .bind(email.as_str())
-                        .fetch_optional(pool)
-                        .await?;
-                CatalogReply::Credential(match row {
-                    Some(r) => Some((r.try_get("user_id")?, r.try_get("password_hash")?)),
-                    None => None,
-                })
-            }
-            CatalogOp::Secret { name, candidate } => {
-                sqlx::query("INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-                    .bind(name.as_str())
-                    .bind(candidate.as_str())
-                    .execute(pool)
-                    .await?;
-                let row = sqlx::query("SELECT value FROM secrets WHERE name = $1")
-                    .bind(name.as_str())
-                    .fetch_one(pool)
-                    .await?;
-                CatalogReply::Secret(row.try_get("value")?)
-            }
+    async fn create_product(&self, req: &CreateProduct) -> Result<Product, sqlx::Error> {
+        let now = now_ms();
+        let mut tx = self.write_tx().await?;
+        let row = sqlx::query(
+            "INSERT INTO products (name, price_cents, created_at, updated_at) VALUES ($1, $2, $3, $3) \
+             RETURNING id, name, price_cents",
+        )
+        .bind(req.name.as_str())
+        .bind(req.price_cents)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let created = product(&row)?;
+        let event = events::product_created(created.id, &created.name, created.price_cents, now);
+        outbox::append(&mut tx, &[event], now).await?;
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    async fn get_product(&self, id: ProductId) -> Result<Option<Product>, sqlx::Error> {
+        let row = sqlx::query("SELECT id, name, price_cents FROM products WHERE id = $1")
+            .bind(id.get())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(product).transpose()
+    }
+
+    async fn put_sale(&self, req: &PutSale) -> Result<bool, sqlx::Error> {
+        let sale = &req.sale;
+        let done = sqlx::query(
+            "INSERT INTO flash_sales (product_id, stock, per_user_limit, starts_at, ends_at, updated_at) \
+             SELECT id, $2, $3, $4, $5, $6 FROM products WHERE id = $1 \
+             ON CONFLICT (product_id) DO UPDATE SET stock = excluded.stock, per_user_limit = excluded.per_user_limit, \
+               starts_at = excluded.starts_at, ends_at = excluded.ends_at, updated_at = excluded.updated_at",
+        )
+        .bind(req.product.get())
+        .bind(sale.stock)
+        .bind(sale.per_user_limit)
+        .bind(sale.starts_at)
+        .bind(sale.ends_at)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn create_credential(&self, req: &CreateCredential) -> Result<bool, sqlx::Error> {
+        let r = sqlx::query(
+            "INSERT INTO credentials (email, user_id, password_hash, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(req.email.as_str())
+        .bind(req.user.as_str())
+        .bind(req.password_hash.as_str())
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn get_credential(&self, email: &Email) -> Result<Option<Credential>, sqlx::Error> {
+        let row = sqlx::query("SELECT user_id, password_hash FROM credentials WHERE email = $1")
+            .bind(email.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(Credential {
+                user: r.try_get("user_id")?,
+                password_hash: r.try_get("password_hash")?,
+            })
         })
+        .transpose()
+    }
+
+    async fn shared_secret(&self, req: &SharedSecret) -> Result<String, sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(req.name.as_str())
+        .bind(req.candidate.as_str())
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT value FROM secrets WHERE name = $1")
+            .bind(req.name.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        row.try_get("value")
+    }
+
+    /// Serves one message; an error returned here breaks the catalog.
+    async fn serve(&self, msg: CatalogMsg) -> Result<(), sqlx::Error> {
+        match msg {
+            CatalogMsg::CreateProduct(req, port) => {
+                settle(port, self.create_product(&req).await, "create product")
+            }
+            CatalogMsg::GetProduct(req, port) => {
+                settle(port, self.get_product(req.id).await, "read product")
+            }
+            CatalogMsg::UpdateProduct(req, port) => {
+                let r = self
+                    .update_product(req.id, req.name.as_ref(), req.price_cents)
+                    .await;
+                settle(port, r, "update product")
+            }
+            CatalogMsg::SalesReport(req, port) => {
+                settle(port, self.sales_report(req.product).await, "sales report")
+            }
+            CatalogMsg::OrdersReport(req, port) => {
+                let r = self.orders_report(req.user.as_deref()).await;
+                settle(port, r, "orders report")
+            }
+            CatalogMsg::PutSale(req, port) => settle(port, self.put_sale(&req).await, "store sale"),
+            CatalogMsg::CreateCredential(req, port) => {
+                settle(port, self.create_credential(&req).await, "create login")
+            }
+            CatalogMsg::GetCredential(req, port) => {
+                settle(port, self.get_credential(&req.email).await, "read login")
+            }
+            CatalogMsg::SharedSecret(req, port) => {
+                settle(port, self.shared_secret(&req).await, "shared secret")
+            }
+        }
     }
 }
 
 #[ractor::async_trait]
 impl Backend for Catalog {
-    type Op = CatalogOp;
-    type Reply = CatalogReply;
+    type Msg = CatalogMsg;
 
     async fn process(&mut self, batch: Batch<Self>) -> Result<(), ActorProcessingErr> {
         let mut emitted = false;
-        for e in batch {
-            if e.abandoned() {
+        let mut result = Ok(());
+        for msg in batch {
+            if msg.abandoned() {
                 continue;
             }
-            emitted |= e.op.emits_events();
-            let reply = self.serve(&e.op).await?;
-            e.answer(reply);
+            emitted |= msg.emits_events();
+            result = self.serve(msg).await;
+            if result.is_err() {
+                break;
+            }
         }
         if emitted {
             self.nudge.wake();
         }
-        Ok(())
+        Ok(result?)
     }
 }

@@ -1,8 +1,117 @@
-//! Order shards and the catalog: the stable hash that places users, the PostgreSQL and
-//! SQLite backends and the migrations of the catalog and every shard.
+//! Order shards and the catalog: what their actors serve (the protocols below and in
+//! [`catalog`]), the stable hash that places users, the backends and the migrations.
+//!
+//! Orders and users live on shard `hash(userId) % N`. Every shard operation is written
+//! once over sqlx `Any` ([`store`]) for PostgreSQL and SQLite alike, except the hot
+//! multi-row order insert, which PostgreSQL does in one `UNNEST` statement
+//! ([`postgres`]). Inserts and delivered notifications are group-committed: one
+//! transaction for everything that queued while the previous one ran.
 
 pub mod catalog;
 pub mod hash;
 pub mod migrate;
+pub mod outbox;
 pub mod postgres;
 pub mod sqlite;
+pub mod store;
+
+use crate::domain::{OrderId, OrderMessage, OrderStatus, OrderView, ProductId};
+
+/// Persist an order with its final status (idempotent on the order id).
+#[derive(Debug)]
+pub struct InsertOrder {
+    pub order: OrderMessage,
+    pub status: OrderStatus,
+}
+
+/// Record a delivered confirmation (idempotent on the order id).
+#[derive(Debug)]
+pub struct RecordNotification {
+    pub order: OrderId,
+    pub user: String,
+    pub channel: String,
+}
+
+/// One order of one user; `None` when the shard has no such order of that user.
+#[derive(Debug)]
+pub struct GetOrder {
+    pub order: OrderId,
+    pub user: String,
+}
+
+/// A user's orders, newest first (at most 1,000).
+#[derive(Debug)]
+pub struct ListOrders {
+    pub user: String,
+}
+
+/// Creates the user's row (and its `UserRegistered` event) unless it exists.
+#[derive(Debug)]
+pub struct CreateUser {
+    pub user: String,
+    pub email: String,
+}
+
+/// Changes the display name and emits `UserUpdated`; answers whether the user exists.
+#[derive(Debug)]
+pub struct UpdateUser {
+    pub user: String,
+    pub display_name: String,
+    pub traceparent: Option<String>,
+}
+
+/// Units of one product on this shard, per final status.
+#[derive(Debug)]
+pub struct ProductTotals {
+    pub product: ProductId,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnitTotals {
+    pub completed: i64,
+    pub cancelled: i64,
+}
+
+/// The owner cancels a completed order (emits `OrderCancelled` once).
+#[derive(Debug)]
+pub struct CancelOrder {
+    pub order: OrderId,
+    pub user: String,
+    pub traceparent: Option<String>,
+}
+
+/// The order after a cancellation request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cancellation {
+    pub order: OrderView,
+    /// This request cancelled it (an earlier one did otherwise).
+    pub now: bool,
+}
+
+crate::protocol! {
+    /// What a shard actor serves.
+    pub enum ShardMsg {
+        Insert(InsertOrder) -> (),
+        Notified(RecordNotification) -> (),
+        Get(GetOrder) -> Option<OrderView>,
+        List(ListOrders) -> Vec<OrderView>,
+        CreateUser(CreateUser) -> (),
+        UpdateUser(UpdateUser) -> bool,
+        Totals(ProductTotals) -> UnitTotals,
+        /// `None` when the shard has no such order of that user.
+        Cancel(CancelOrder) -> Option<Cancellation>,
+    }
+}
+
+impl ShardMsg {
+    /// Whether the message may write outbox rows (and so wake the shard's relay).
+    pub fn emits_events(&self) -> bool {
+        matches!(
+            self,
+            ShardMsg::Insert(..)
+                | ShardMsg::CreateUser(..)
+                | ShardMsg::UpdateUser(..)
+                | ShardMsg::Cancel(..)
+        )
+    }
+}

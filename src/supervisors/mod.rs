@@ -1,10 +1,12 @@
-//! The supervisor tree: child specifications with exponential backoff and jitter,
-//! restart-intensity limits that escalate to the parent, and the live view of the
-//! tree that the admin API serves.
+//! The supervisor tree and the machinery every actor runs on: child specifications
+//! with exponential backoff and jitter, restart-intensity limits that escalate to the
+//! parent, the live view of the tree that the admin API serves, slots (the stable,
+//! bounded, typed inboxes) and the generic batching worker. Nothing here knows a
+//! concrete actor: the actors depend on this module, never the other way round.
 
-pub mod directory;
 pub mod slot;
 pub mod stats;
+pub mod worker;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,9 +21,9 @@ use ractor_supervisor::{
 };
 use serde::Serialize;
 
-use crate::actors::worker::{Connect, SlotOf, Worker};
 use crate::config::SupervisionSettings;
 use stats::{Kind, NodeStats, Status};
+use worker::{Connect, SlotOf, Worker};
 
 /// Restart policy shared by every supervisor of one application.
 #[derive(Debug, Clone)]
@@ -184,9 +186,30 @@ pub struct SupervisorFields {
     pub window_seconds: u64,
 }
 
-/// A child spec for a leaf actor: permanent (a stop for a restart request is
-/// restarted too), with backoff, and counted in the node's stats.
-pub fn leaf<F, Fut>(stats: Arc<NodeStats>, policy: &Policy, spawn: F) -> ChildSpec
+/// A child of a supervisor: how to (re)start it, and its node in the live tree.
+pub struct Child {
+    pub spec: ChildSpec,
+    pub node: TreeNode,
+}
+
+/// A leaf actor child: permanent (a stop for a restart request is restarted too),
+/// with backoff, and counted in the node's stats.
+pub fn leaf<F, Fut>(stats: Arc<NodeStats>, policy: &Policy, spawn: F) -> Child
+where
+    F: Fn(ActorCell, String) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<ActorCell, SpawnErr>> + Send + 'static,
+{
+    let node = TreeNode {
+        stats: stats.clone(),
+        children: Vec::new(),
+    };
+    Child {
+        spec: spec(stats, policy, spawn),
+        node,
+    }
+}
+
+fn spec<F, Fut>(stats: Arc<NodeStats>, policy: &Policy, spawn: F) -> ChildSpec
 where
     F: Fn(ActorCell, String) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<ActorCell, SpawnErr>> + Send + 'static,
@@ -205,14 +228,14 @@ where
     }
 }
 
-/// A child spec for a batching worker serving `slot`.
+/// A batching worker child serving `slot`.
 pub fn worker<C: Connect>(
     slot: Arc<SlotOf<C>>,
     connect: Arc<C>,
     max_batch: usize,
     tick: Option<Duration>,
     policy: &Policy,
-) -> ChildSpec {
+) -> Child {
     let stats = slot.stats.clone();
     leaf(stats, policy, move |cell, id| {
         let actor = Worker {
@@ -229,11 +252,17 @@ pub fn worker<C: Connect>(
     })
 }
 
-/// A child spec for a one_for_one supervisor over `children`.
-pub fn supervisor(stats: Arc<NodeStats>, policy: &Policy, children: Vec<ChildSpec>) -> ChildSpec {
+/// A one_for_one supervisor child over `children`.
+pub fn supervisor(stats: Arc<NodeStats>, policy: &Policy, children: Vec<Child>) -> Child {
+    let (children, nodes): (Vec<ChildSpec>, Vec<TreeNode>) =
+        children.into_iter().map(|c| (c.spec, c.node)).unzip();
     let p = policy.clone();
     let node = stats.clone();
-    leaf(stats, policy, move |cell, id| {
+    let tree = TreeNode {
+        stats: stats.clone(),
+        children: nodes,
+    };
+    let spec = spec(stats, policy, move |cell, id| {
         let args = SupervisorArguments {
             child_specs: children.clone(),
             options: p.options(children.len()),
@@ -245,29 +274,38 @@ pub fn supervisor(stats: Arc<NodeStats>, policy: &Policy, children: Vec<ChildSpe
             Ok(r.get_cell())
         }
         .boxed()
-    })
+    });
+    Child { spec, node: tree }
 }
 
-/// Spawns the root supervisor; its join handle ends when the whole tree has gone.
+/// The running root supervisor and the live tree under it.
+pub struct Root {
+    pub actor: ractor::ActorRef<ractor_supervisor::SupervisorMsg>,
+    /// Ends when the whole tree has gone.
+    pub done: tokio::task::JoinHandle<()>,
+    pub tree: TreeNode,
+}
+
+/// Spawns the root supervisor over `children`.
 pub async fn spawn_root(
     stats: Arc<NodeStats>,
     policy: &Policy,
-    children: Vec<ChildSpec>,
-) -> Result<
-    (
-        ractor::ActorRef<ractor_supervisor::SupervisorMsg>,
-        tokio::task::JoinHandle<()>,
-    ),
-    SpawnErr,
-> {
+    children: Vec<Child>,
+) -> Result<Root, SpawnErr> {
+    let (children, nodes): (Vec<ChildSpec>, Vec<TreeNode>) =
+        children.into_iter().map(|c| (c.spec, c.node)).unzip();
     stats.spawning();
     let args = SupervisorArguments {
         options: policy.options(children.len()),
         child_specs: children,
     };
-    let (r, handle) = Supervisor::spawn(stats.actor_name.clone(), args).await?;
-    stats.started(r.get_cell());
-    Ok((r, handle))
+    let (actor, done) = Supervisor::spawn(stats.actor_name.clone(), args).await?;
+    stats.started(actor.get_cell());
+    let tree = TreeNode {
+        stats,
+        children: nodes,
+    };
+    Ok(Root { actor, done, tree })
 }
 
 #[cfg(test)]

@@ -1,23 +1,25 @@
 //! The reservation script's outcomes, against the real Redis of a partition.
 
 use flashsale::actors::inventory::{
-    InventoryOp, InventoryReply, ReserveOutcome, ReserveRequest, SaleDefinition,
+    BelowSold, Claim, Counters, LoadSale, Release, ReserveOutcome, ReserveRequest,
 };
-use flashsale::domain::{now_ms, IdempotencyKey, OrderId, ProductId, Quantity, UserId};
+use flashsale::domain::{
+    now_ms, IdempotencyKey, OrderId, ProductId, Quantity, SaleDefinition, UserId,
+};
 
 use crate::helpers::{spawn_app, Mode};
 
-fn reserve(product: ProductId, user: &UserId, key: &str, qty: u32) -> (OrderId, InventoryOp) {
+fn reserve(product: ProductId, user: &UserId, key: &str, qty: u32) -> (OrderId, ReserveRequest) {
     let order = OrderId::generate();
-    let op = InventoryOp::Reserve(ReserveRequest {
+    let request = ReserveRequest {
         product,
         user: user.clone(),
         key: IdempotencyKey::parse(key).unwrap(),
         quantity: Quantity::parse(i64::from(qty), 10).unwrap(),
         order: order.clone(),
         now_ms: now_ms(),
-    });
-    (order, op)
+    };
+    (order, request)
 }
 
 in_both_modes!(the_reservation_script_covers_every_outcome);
@@ -26,12 +28,7 @@ async fn the_reservation_script_covers_every_outcome(mode: Mode) {
     let dir = &app.app_state.directory;
     let product = ProductId::from_db(987_654);
     let part = dir.product_partition(product);
-    let call = |op| async move {
-        match part.call(op).await.unwrap() {
-            InventoryReply::Reserved(o) => o,
-            other => panic!("{other:?}"),
-        }
-    };
+    let call = |request: ReserveRequest| async move { part.call(request).await.unwrap() };
     let ann = UserId::new_random();
     let bob = UserId::new_random();
 
@@ -46,11 +43,8 @@ async fn the_reservation_script_covers_every_outcome(mode: Mode) {
         starts_at: None,
         ends_at: None,
     };
-    let loaded = part
-        .call(InventoryOp::LoadSale { product, sale })
-        .await
-        .unwrap();
-    assert!(matches!(loaded, InventoryReply::SaleLoaded(Ok(c)) if c.remaining == 3));
+    let loaded = part.call(LoadSale { product, sale }).await.unwrap();
+    assert!(matches!(loaded, Ok(c) if c.remaining == 3));
 
     let (first, op) = reserve(product, &ann, "k", 2);
     assert_eq!(call(op).await, ReserveOutcome::Created(first.clone()));
@@ -76,52 +70,50 @@ async fn the_reservation_script_covers_every_outcome(mode: Mode) {
     // Lowering the stock below what is sold is refused.
     let lower = SaleDefinition { stock: 2, ..sale };
     assert_eq!(
-        part.call(InventoryOp::LoadSale {
+        part.call(LoadSale {
             product,
             sale: lower
         })
         .await
         .unwrap(),
-        InventoryReply::SaleLoaded(Err(3))
+        Err(BelowSold { sold: 3 })
     );
 
     // Releasing gives the units back and frees the key; a claim then says "cancelled".
-    part.call(InventoryOp::Release {
+    part.call(Release {
         product,
         order: first.clone(),
     })
     .await
     .unwrap();
-    match part.call(InventoryOp::Counters { product }).await.unwrap() {
-        InventoryReply::Counters(Some(c)) => assert_eq!((c.remaining, c.pending), (2, 1)),
-        other => panic!("{other:?}"),
-    }
+    let c = part.call(Counters { product }).await.unwrap().unwrap();
+    assert_eq!((c.remaining, c.pending), (2, 1));
     assert_eq!(
-        part.call(InventoryOp::Claim {
+        part.call(Claim {
             product,
             order: first.clone()
         })
         .await
         .unwrap(),
-        InventoryReply::Claimed(false)
+        false
     );
     assert_eq!(
-        part.call(InventoryOp::Claim {
+        part.call(Claim {
             product,
             order: bobs.clone()
         })
         .await
         .unwrap(),
-        InventoryReply::Claimed(true)
+        true
     );
     assert_eq!(
-        part.call(InventoryOp::Claim {
+        part.call(Claim {
             product,
             order: bobs
         })
         .await
         .unwrap(),
-        InventoryReply::Claimed(true),
+        true,
         "a redelivered claim still persists"
     );
     let (again, op) = reserve(product, &ann, "k", 1);
@@ -136,15 +128,16 @@ async fn the_reservation_script_covers_every_outcome(mode: Mode) {
     let later = ProductId::from_db(987_655);
     let part2 = dir.product_partition(later);
     part2
-        .call(InventoryOp::LoadSale {
+        .call(LoadSale {
             product: later,
             sale: future,
         })
         .await
+        .unwrap()
         .unwrap();
     assert_eq!(
         part2.call(reserve(later, &ann, "k", 1).1).await.unwrap(),
-        InventoryReply::Reserved(ReserveOutcome::NotActive)
+        ReserveOutcome::NotActive
     );
     let past = SaleDefinition {
         starts_at: Some(now_ms() - 7_200_000),
@@ -152,15 +145,16 @@ async fn the_reservation_script_covers_every_outcome(mode: Mode) {
         ..future
     };
     part2
-        .call(InventoryOp::LoadSale {
+        .call(LoadSale {
             product: later,
             sale: past,
         })
         .await
+        .unwrap()
         .unwrap();
     assert_eq!(
         part2.call(reserve(later, &ann, "k", 1).1).await.unwrap(),
-        InventoryReply::Reserved(ReserveOutcome::NotActive)
+        ReserveOutcome::NotActive
     );
     app.stop().await;
 }

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use flashsale::actors::inventory::{InventoryOp, InventoryReply, ReserveOutcome, ReserveRequest};
-use flashsale::actors::queue::PublishOp;
-use flashsale::actors::shard::OrderMessage;
+use flashsale::actors::inventory::{ReserveOutcome, ReserveRequest};
+use flashsale::actors::queue::Publish;
+use flashsale::domain::OrderMessage;
 use flashsale::domain::{now_ms, IdempotencyKey, OrderId, ProductId, Quantity};
 use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
@@ -146,15 +146,8 @@ async fn the_reconciler_releases_reservations_that_were_never_published(mode: Mo
         order: lost.clone(),
         now_ms: now_ms(),
     };
-    let r = dir
-        .product_partition(pid)
-        .call(InventoryOp::Reserve(reserve))
-        .await
-        .unwrap();
-    assert_eq!(
-        r,
-        InventoryReply::Reserved(ReserveOutcome::Created(lost.clone()))
-    );
+    let r = dir.product_partition(pid).call(reserve).await.unwrap();
+    assert_eq!(r, ReserveOutcome::Created(lost.clone()));
     assert_eq!(app.sale_counters(product).await["remaining"], 2);
 
     let mut released = false;
@@ -178,12 +171,12 @@ async fn the_reconciler_releases_reservations_that_were_never_published(mode: Mo
         created_at: now_ms(),
         traceparent: None,
     };
-    let publish = PublishOp {
+    let publish = Publish {
         queue: dir.orders_queue.clone(),
         payload: serde_json::to_vec(&message).unwrap(),
         traceparent: None,
     };
-    assert_eq!(dir.publisher().call(publish).await, Ok(true));
+    assert!(dir.publisher().call(publish).await.unwrap());
     assert_eq!(
         app.wait_settled(&token, lost.as_str()).await["status"],
         "cancelled"

@@ -11,12 +11,13 @@ use sqlx::sqlite::SqlitePool;
 use sqlx::Row;
 
 use super::{
-    InventoryOp, InventoryReply, PendingOrder, ReserveOutcome, ReserveRequest, SaleCounters,
-    SaleDefinition,
+    BelowSold, InventoryMsg, PendingOrder, RateWindow, ReserveOutcome, ReserveRequest,
+    SaleCounters, SaleSummary,
 };
-use crate::actors::queue::local::sqlite_pool;
-use crate::actors::worker::{Backend, Batch, Connect};
-use crate::domain::{now_ms, OrderId};
+use crate::db::sqlite_pool;
+use crate::domain::{now_ms, OrderId, SaleDefinition};
+use crate::supervisors::slot::{Deferred, Message};
+use crate::supervisors::worker::{Backend, Batch, Connect};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sales (pid INTEGER PRIMARY KEY, stock INTEGER NOT NULL, remaining INTEGER NOT NULL, lim INTEGER NOT NULL, starts INTEGER NOT NULL, ends INTEGER NOT NULL);
@@ -261,14 +262,14 @@ impl LocalInventory {
         ReserveOutcome::Created(r.order.clone())
     }
 
-    fn load_sale(&mut self, pid: i64, def: &SaleDefinition) -> Result<SaleCounters, i64> {
+    fn load_sale(&mut self, pid: i64, def: &SaleDefinition) -> Result<SaleCounters, BelowSold> {
         let sold = self
             .sales
             .get(&pid)
             .map(|s| s.stock - s.remaining)
             .unwrap_or(0);
         if def.stock < sold {
-            return Err(sold);
+            return Err(BelowSold { sold });
         }
         let sale = Sale {
             stock: def.stock,
@@ -300,132 +301,131 @@ impl LocalInventory {
         })
     }
 
-    fn apply(&mut self, op: &InventoryOp) -> InventoryReply {
-        match op {
-            InventoryOp::Reserve(r) => InventoryReply::Reserved(self.reserve(r)),
-            InventoryOp::MarkPublished { order, .. } => {
-                if let Some(rv) = self.resv.get_mut(order.as_str()) {
-                    if !rv.published {
-                        rv.published = true;
-                        self.changes.push(Change::Resv(order.to_string()));
-                    }
-                }
-                InventoryReply::Done
+    fn mark_published(&mut self, order: &str) {
+        if let Some(rv) = self.resv.get_mut(order) {
+            if !rv.published {
+                rv.published = true;
+                self.changes.push(Change::Resv(order.to_string()));
             }
-            InventoryOp::Release { order, .. } => {
-                self.release(order.as_str());
-                InventoryReply::Done
+        }
+    }
+
+    fn claim(&mut self, order: &str) -> bool {
+        if self.resv.remove(order).is_some() {
+            self.changes.push(Change::Resv(order.to_string()));
+            true
+        } else {
+            !self.released.contains(order)
+        }
+    }
+
+    fn restock(&mut self, r: &super::Restock) -> bool {
+        let oid = r.order.to_string();
+        if self.released.contains(&oid) || !self.restocked.insert(oid.clone()) {
+            return false;
+        }
+        self.changes.push(Change::Restocked(oid));
+        let pid = r.product.get();
+        if let Some(sale) = self.sales.get_mut(&pid) {
+            sale.remaining += r.quantity;
+            self.changes.push(Change::Sale(pid));
+        }
+        if let Some(n) = self.bought.get_mut(&(pid, r.user.clone())) {
+            *n -= r.quantity;
+        }
+        self.changes.push(Change::Bought(pid, r.user.clone()));
+        true
+    }
+
+    fn rate_check(&mut self, r: &super::RateCheck) -> RateWindow {
+        let now = now_ms();
+        let entry = self.rate.entry(r.user.to_string()).or_insert((now, 0));
+        if now - entry.0 >= r.window_ms {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        RateWindow {
+            count: entry.1,
+            reset_ms: entry.0 + r.window_ms - now,
+        }
+    }
+
+    fn cache_get(&self, key: &str) -> Option<String> {
+        self.cache
+            .get(key)
+            .filter(|(_, exp)| *exp > now_ms())
+            .map(|(v, _)| v.clone())
+    }
+
+    fn sales(&self) -> Vec<SaleSummary> {
+        let sales = self.sales.iter().map(|(pid, s)| SaleSummary {
+            product: *pid,
+            stock: s.stock,
+            remaining: s.remaining,
+            starts_at: (s.starts > 0).then_some(s.starts),
+            ends_at: (s.ends > 0).then_some(s.ends),
+        });
+        sales.collect()
+    }
+
+    fn release_stale(&mut self, now_ms: i64) -> i64 {
+        let stale: Vec<String> = self
+            .resv
+            .iter()
+            .filter(|(_, r)| !r.published && now_ms - r.ts > self.stale_ms)
+            .map(|(oid, _)| oid.clone())
+            .collect();
+        for oid in &stale {
+            self.release(oid);
+        }
+        // Accepted orders are looked up here only until their shard has them.
+        let expired: Vec<String> = self
+            .orders
+            .iter()
+            .filter(|(_, o)| now_ms - o.created_at > 3_600_000)
+            .map(|(oid, _)| oid.clone())
+            .collect();
+        for oid in expired {
+            self.orders.remove(&oid);
+            self.changes.push(Change::Ord(oid));
+        }
+        stale.len() as i64
+    }
+
+    /// Applies one message to the state; its answer waits until the batch is durable.
+    fn apply(&mut self, msg: InventoryMsg) -> Deferred {
+        match msg {
+            InventoryMsg::Reserve(r, port) => port.defer(Ok(self.reserve(&r))),
+            InventoryMsg::MarkPublished(r, port) => {
+                self.mark_published(r.order.as_str());
+                port.defer(Ok(()))
             }
-            InventoryOp::Claim { order, .. } => {
-                let claimed = if self.resv.remove(order.as_str()).is_some() {
-                    self.changes.push(Change::Resv(order.to_string()));
-                    true
-                } else {
-                    !self.released.contains(order.as_str())
-                };
-                InventoryReply::Claimed(claimed)
+            InventoryMsg::Release(r, port) => {
+                self.release(r.order.as_str());
+                port.defer(Ok(()))
             }
-            InventoryOp::Restock {
-                product,
-                order,
-                user,
-                quantity,
-            } => {
-                let oid = order.to_string();
-                if self.released.contains(&oid) || !self.restocked.insert(oid.clone()) {
-                    return InventoryReply::Restocked(false);
-                }
-                self.changes.push(Change::Restocked(oid));
-                let pid = product.get();
-                if let Some(sale) = self.sales.get_mut(&pid) {
-                    sale.remaining += quantity;
-                    self.changes.push(Change::Sale(pid));
-                }
-                if let Some(n) = self.bought.get_mut(&(pid, user.clone())) {
-                    *n -= quantity;
-                }
-                self.changes.push(Change::Bought(pid, user.clone()));
-                InventoryReply::Restocked(true)
+            InventoryMsg::Claim(r, port) => port.defer(Ok(self.claim(r.order.as_str()))),
+            InventoryMsg::Restock(r, port) => port.defer(Ok(self.restock(&r))),
+            InventoryMsg::RateCheck(r, port) => port.defer(Ok(self.rate_check(&r))),
+            InventoryMsg::LoadSale(r, port) => {
+                port.defer(Ok(self.load_sale(r.product.get(), &r.sale)))
             }
-            InventoryOp::RateCheck { user, window_ms } => {
-                let now = now_ms();
-                let entry = self.rate.entry(user.to_string()).or_insert((now, 0));
-                if now - entry.0 >= *window_ms {
-                    *entry = (now, 0);
-                }
-                entry.1 += 1;
-                InventoryReply::Rate {
-                    count: entry.1,
-                    reset_ms: entry.0 + window_ms - now,
-                }
+            InventoryMsg::Counters(r, port) => port.defer(Ok(self.counters(r.product.get()))),
+            InventoryMsg::Lookup(r, port) => {
+                port.defer(Ok(self.orders.get(r.order.as_str()).cloned()))
             }
-            InventoryOp::LoadSale { product, sale } => {
-                InventoryReply::SaleLoaded(self.load_sale(product.get(), sale))
+            InventoryMsg::CacheGet(r, port) => port.defer(Ok(self.cache_get(&r.key))),
+            InventoryMsg::CacheSet(r, port) => {
+                let expires = now_ms() + r.ttl_secs as i64 * 1000;
+                self.cache.insert(r.key, (r.value, expires));
+                port.defer(Ok(()))
             }
-            InventoryOp::Counters { product } => {
-                InventoryReply::Counters(self.counters(product.get()))
+            InventoryMsg::CacheDel(r, port) => {
+                self.cache.remove(&r.key);
+                port.defer(Ok(()))
             }
-            InventoryOp::Lookup { order } => {
-                InventoryReply::Lookup(self.orders.get(order.as_str()).cloned())
-            }
-            InventoryOp::CacheGet { key } => {
-                let hit = self
-                    .cache
-                    .get(key)
-                    .filter(|(_, exp)| *exp > now_ms())
-                    .map(|(v, _)| v.clone());
-                InventoryReply::Cached(hit)
-            }
-            InventoryOp::CacheSet {
-                key,
-                value,
-                ttl_secs,
-            } => {
-                self.cache.insert(
-                    key.clone(),
-                    (value.clone(), now_ms() + *ttl_secs as i64 * 1000),
-                );
-                InventoryReply::Done
-            }
-            InventoryOp::CacheDel { key } => {
-                self.cache.remove(key);
-                InventoryReply::Done
-            }
-            InventoryOp::Sales => {
-                let sales = self.sales.iter().map(|(pid, s)| {
-                    (
-                        *pid,
-                        s.stock,
-                        s.remaining,
-                        (s.starts > 0).then_some(s.starts),
-                        (s.ends > 0).then_some(s.ends),
-                    )
-                });
-                InventoryReply::Sales(sales.collect())
-            }
-            InventoryOp::ReleaseStale { now_ms } => {
-                let stale: Vec<String> = self
-                    .resv
-                    .iter()
-                    .filter(|(_, r)| !r.published && now_ms - r.ts > self.stale_ms)
-                    .map(|(oid, _)| oid.clone())
-                    .collect();
-                for oid in &stale {
-                    self.release(oid);
-                }
-                // Accepted orders are looked up here only until their shard has them.
-                let expired: Vec<String> = self
-                    .orders
-                    .iter()
-                    .filter(|(_, o)| now_ms - o.created_at > 3_600_000)
-                    .map(|(oid, _)| oid.clone())
-                    .collect();
-                for oid in expired {
-                    self.orders.remove(&oid);
-                    self.changes.push(Change::Ord(oid));
-                }
-                InventoryReply::Released(stale.len() as i64)
-            }
+            InventoryMsg::Sales(_, port) => port.defer(Ok(self.sales())),
+            InventoryMsg::ReleaseStale(r, port) => port.defer(Ok(self.release_stale(r.now_ms))),
         }
     }
 
@@ -541,18 +541,18 @@ impl LocalInventory {
 
 #[ractor::async_trait]
 impl Backend for LocalInventory {
-    type Op = InventoryOp;
-    type Reply = InventoryReply;
+    type Msg = InventoryMsg;
 
     async fn process(&mut self, batch: Batch<Self>) -> Result<(), ActorProcessingErr> {
-        let live: Vec<_> = batch.into_iter().filter(|e| !e.abandoned()).collect();
-        let replies: Vec<InventoryReply> = live.iter().map(|e| self.apply(&e.op)).collect();
+        let answers: Vec<Deferred> = batch
+            .into_iter()
+            .filter(|m| !m.abandoned())
+            .map(|m| self.apply(m))
+            .collect();
         // Durable before anyone hears of it. On failure the actor restarts and rebuilds
         // its memory from the file, so the unanswered batch leaves no trace.
         self.persist().await?;
-        for (e, r) in live.into_iter().zip(replies) {
-            e.answer(r);
-        }
+        answers.into_iter().for_each(Deferred::send);
         Ok(())
     }
 }

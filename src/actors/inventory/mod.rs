@@ -6,7 +6,7 @@
 pub mod local;
 pub mod redis;
 
-use crate::domain::{IdempotencyKey, OrderId, ProductId, Quantity, UserId};
+use crate::domain::{IdempotencyKey, OrderId, ProductId, Quantity, SaleDefinition, UserId};
 
 #[derive(Debug, Clone)]
 pub struct ReserveRequest {
@@ -30,15 +30,6 @@ pub enum ReserveOutcome {
     NotActive,
     /// No flash sale is loaded for the product.
     NoSale,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SaleDefinition {
-    pub stock: i64,
-    pub per_user_limit: i64,
-    /// Epoch milliseconds; `None` is unbounded.
-    pub starts_at: Option<i64>,
-    pub ends_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,82 +59,136 @@ pub struct PendingOrder {
     pub created_at: i64,
 }
 
+/// The order message is safely in the queue: the reconciler must leave it alone.
 #[derive(Debug)]
-pub enum InventoryOp {
-    Reserve(ReserveRequest),
-    /// The order message is safely in the queue: the reconciler must leave it alone.
-    MarkPublished {
-        product: ProductId,
-        order: OrderId,
-    },
-    /// The publish failed: give the units back and forget the key.
-    Release {
-        product: ProductId,
-        order: OrderId,
-    },
-    /// A consumer takes the order: `true` to persist it, `false` when it was released
-    /// meanwhile and must be recorded as cancelled.
-    Claim {
-        product: ProductId,
-        order: OrderId,
-    },
-    /// A cancelled order's units go back to the sale, once per order (answers
-    /// `Restocked(false)` for every later call, and for a released order).
-    Restock {
-        product: ProductId,
-        order: OrderId,
-        user: String,
-        quantity: i64,
-    },
-    RateCheck {
-        user: UserId,
-        window_ms: i64,
-    },
-    LoadSale {
-        product: ProductId,
-        sale: SaleDefinition,
-    },
-    Counters {
-        product: ProductId,
-    },
-    Lookup {
-        order: OrderId,
-    },
-    CacheGet {
-        key: String,
-    },
-    CacheSet {
-        key: String,
-        value: String,
-        ttl_secs: u64,
-    },
-    CacheDel {
-        key: String,
-    },
-    /// Releases reservations never published (the reconciler's sweep).
-    ReleaseStale {
-        now_ms: i64,
-    },
-    /// Every sale of the partition: (product id, stock, remaining, starts, ends).
-    Sales,
+pub struct MarkPublished {
+    pub product: ProductId,
+    pub order: OrderId,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum InventoryReply {
-    Reserved(ReserveOutcome),
-    Done,
-    Claimed(bool),
-    Restocked(bool),
-    /// Requests counted in the current window, and milliseconds until it resets.
-    Rate {
-        count: i64,
-        reset_ms: i64,
-    },
-    /// `Err(sold)` when the new stock is below what is already sold.
-    SaleLoaded(Result<SaleCounters, i64>),
-    Counters(Option<SaleCounters>),
-    Lookup(Option<PendingOrder>),
-    Cached(Option<String>),
-    Released(i64),
-    Sales(Vec<(i64, i64, i64, Option<i64>, Option<i64>)>),
+/// The publish failed: give the units back and forget the key.
+#[derive(Debug)]
+pub struct Release {
+    pub product: ProductId,
+    pub order: OrderId,
+}
+
+/// A consumer takes the order: `true` to persist it, `false` when it was released
+/// meanwhile and must be recorded as cancelled.
+#[derive(Debug)]
+pub struct Claim {
+    pub product: ProductId,
+    pub order: OrderId,
+}
+
+/// A cancelled order's units go back to the sale, once per order (answers `false` for
+/// every later call, and for a released order).
+#[derive(Debug)]
+pub struct Restock {
+    pub product: ProductId,
+    pub order: OrderId,
+    pub user: String,
+    pub quantity: i64,
+}
+
+/// Counts a request in the user's rate-limit window.
+#[derive(Debug)]
+pub struct RateCheck {
+    pub user: UserId,
+    pub window_ms: i64,
+}
+
+/// Requests counted in the current window, and milliseconds until it resets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateWindow {
+    pub count: i64,
+    pub reset_ms: i64,
+}
+
+/// Loads (or changes) a product's sale; what is already sold is kept.
+#[derive(Debug)]
+pub struct LoadSale {
+    pub product: ProductId,
+    pub sale: SaleDefinition,
+}
+
+/// The new stock is below what is already sold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BelowSold {
+    pub sold: i64,
+}
+
+#[derive(Debug)]
+pub struct Counters {
+    pub product: ProductId,
+}
+
+/// An accepted order not yet in its shard, by id.
+#[derive(Debug)]
+pub struct Lookup {
+    pub order: OrderId,
+}
+
+#[derive(Debug)]
+pub struct CacheGet {
+    pub key: String,
+}
+
+#[derive(Debug)]
+pub struct CacheSet {
+    pub key: String,
+    pub value: String,
+    pub ttl_secs: u64,
+}
+
+#[derive(Debug)]
+pub struct CacheDel {
+    pub key: String,
+}
+
+/// Releases reservations never published (the reconciler's sweep); answers how many.
+#[derive(Debug)]
+pub struct ReleaseStale {
+    pub now_ms: i64,
+}
+
+/// Every sale of the partition.
+#[derive(Debug)]
+pub struct ListSales;
+
+/// One sale of a partition, as the metrics show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SaleSummary {
+    pub product: i64,
+    pub stock: i64,
+    pub remaining: i64,
+    pub starts_at: Option<i64>,
+    pub ends_at: Option<i64>,
+}
+
+impl SaleSummary {
+    /// Whether the sale window contains `now_ms`.
+    pub fn active_at(&self, now_ms: i64) -> bool {
+        self.starts_at.is_none_or(|s| now_ms >= s) && self.ends_at.is_none_or(|e| now_ms < e)
+    }
+}
+
+crate::protocol! {
+    /// What an inventory partition serves.
+    pub enum InventoryMsg {
+        Reserve(ReserveRequest) -> ReserveOutcome,
+        MarkPublished(MarkPublished) -> (),
+        Release(Release) -> (),
+        Claim(Claim) -> bool,
+        Restock(Restock) -> bool,
+        RateCheck(RateCheck) -> RateWindow,
+        LoadSale(LoadSale) -> Result<SaleCounters, BelowSold>,
+        Counters(Counters) -> Option<SaleCounters>,
+        Lookup(Lookup) -> Option<PendingOrder>,
+        CacheGet(CacheGet) -> Option<String>,
+        CacheSet(CacheSet) -> (),
+        CacheDel(CacheDel) -> (),
+        ReleaseStale(ReleaseStale) -> i64,
+        Sales(ListSales) -> Vec<SaleSummary>,
+    }
 }

@@ -15,9 +15,12 @@ use ractor::ActorProcessingErr;
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 
-use super::{InventoryOp, InventoryReply, PendingOrder, ReserveOutcome, SaleCounters};
-use crate::actors::worker::{Backend, Batch, Connect};
+use super::{
+    BelowSold, InventoryMsg, PendingOrder, RateWindow, ReserveOutcome, SaleCounters, SaleSummary,
+};
 use crate::domain::OrderId;
+use crate::supervisors::slot::{ItemError, Message, ReplyPort};
+use crate::supervisors::worker::{Backend, Batch, Connect};
 
 const COMMON: &str = include_str!("lua/common.lua");
 
@@ -126,10 +129,10 @@ impl RedisInventory {
         c
     }
 
-    fn command(&self, op: &InventoryOp) -> redis::Cmd {
+    fn command(&self, msg: &InventoryMsg) -> redis::Cmd {
         let s = &self.scripts;
-        match op {
-            InventoryOp::Reserve(r) => {
+        match msg {
+            InventoryMsg::Reserve(r, _) => {
                 let mut c = self.script(&s.reserve);
                 c.arg(r.product.get())
                     .arg(r.user.as_str())
@@ -141,27 +144,30 @@ impl RedisInventory {
                     .arg(self.ttl_secs);
                 c
             }
-            InventoryOp::MarkPublished { product, order } => {
+            InventoryMsg::MarkPublished(super::MarkPublished { product, order }, _) => {
                 let mut c = self.script(&s.mark);
                 c.arg(product.get()).arg(order.as_str());
                 c
             }
-            InventoryOp::Release { product, order } => {
+            InventoryMsg::Release(super::Release { product, order }, _) => {
                 let mut c = self.script(&s.release);
                 c.arg(product.get()).arg(order.as_str());
                 c
             }
-            InventoryOp::Claim { product, order } => {
+            InventoryMsg::Claim(super::Claim { product, order }, _) => {
                 let mut c = self.script(&s.claim);
                 c.arg(product.get()).arg(order.as_str());
                 c
             }
-            InventoryOp::Restock {
-                product,
-                order,
-                user,
-                quantity,
-            } => {
+            InventoryMsg::Restock(
+                super::Restock {
+                    product,
+                    order,
+                    user,
+                    quantity,
+                },
+                _,
+            ) => {
                 let mut c = self.script(&s.restock);
                 c.arg(product.get())
                     .arg(order.as_str())
@@ -169,12 +175,12 @@ impl RedisInventory {
                     .arg(*quantity);
                 c
             }
-            InventoryOp::RateCheck { user, window_ms } => {
+            InventoryMsg::RateCheck(super::RateCheck { user, window_ms }, _) => {
                 let mut c = self.script(&s.rate);
                 c.arg(user.as_str()).arg(*window_ms);
                 c
             }
-            InventoryOp::LoadSale { product, sale } => {
+            InventoryMsg::LoadSale(super::LoadSale { product, sale }, _) => {
                 let mut c = self.script(&s.load_sale);
                 c.arg(product.get())
                     .arg(sale.stock)
@@ -183,32 +189,35 @@ impl RedisInventory {
                     .arg(sale.ends_at.unwrap_or(0));
                 c
             }
-            InventoryOp::Counters { product } => {
+            InventoryMsg::Counters(super::Counters { product }, _) => {
                 let mut c = self.script(&s.counters);
                 c.arg(product.get());
                 c
             }
-            InventoryOp::Sales => self.script(&s.sales),
-            InventoryOp::ReleaseStale { now_ms } => {
+            InventoryMsg::Sales(..) => self.script(&s.sales),
+            InventoryMsg::ReleaseStale(super::ReleaseStale { now_ms }, _) => {
                 let mut c = self.script(&s.release_stale);
                 c.arg(*now_ms).arg(self.stale_ms);
                 c
             }
-            InventoryOp::Lookup { order } => {
+            InventoryMsg::Lookup(super::Lookup { order }, _) => {
                 let mut c = redis::cmd("GET");
                 c.arg(format!("{}:ord:{}", self.prefix, order));
                 c
             }
-            InventoryOp::CacheGet { key } => {
+            InventoryMsg::CacheGet(super::CacheGet { key }, _) => {
                 let mut c = redis::cmd("GET");
                 c.arg(format!("{}:{key}", self.prefix));
                 c
             }
-            InventoryOp::CacheSet {
-                key,
-                value,
-                ttl_secs,
-            } => {
+            InventoryMsg::CacheSet(
+                super::CacheSet {
+                    key,
+                    value,
+                    ttl_secs,
+                },
+                _,
+            ) => {
                 let mut c = redis::cmd("SET");
                 c.arg(format!("{}:{key}", self.prefix))
                     .arg(value)
@@ -216,7 +225,7 @@ impl RedisInventory {
                     .arg(*ttl_secs);
                 c
             }
-            InventoryOp::CacheDel { key } => {
+            InventoryMsg::CacheDel(super::CacheDel { key }, _) => {
                 let mut c = redis::cmd("DEL");
                 c.arg(format!("{}:{key}", self.prefix));
                 c
@@ -225,8 +234,8 @@ impl RedisInventory {
     }
 }
 
-fn bad(what: &str, v: &Value) -> ActorProcessingErr {
-    format!("unexpected Redis reply to {what}: {v:?}").into()
+fn bad(what: &str, v: &Value) -> ItemError {
+    ItemError::new(format!("unexpected Redis reply to {what}: {v:?}"))
 }
 
 fn int(v: &Value) -> Option<i64> {
@@ -257,119 +266,150 @@ fn opt_ms(n: i64) -> Option<i64> {
     (n > 0).then_some(n)
 }
 
-fn decode(op: &InventoryOp, v: Value) -> Result<InventoryReply, ActorProcessingErr> {
-    if let Value::ServerError(e) = &v {
-        return Err(format!("Redis error: {e:?}").into());
-    }
-    let reply = match op {
-        InventoryOp::Reserve(_) => {
-            let Value::Array(items) = &v else {
-                return Err(bad("reserve", &v));
-            };
-            let code = items
-                .first()
-                .and_then(int)
-                .ok_or_else(|| bad("reserve", &v))?;
-            let order = items.get(1).and_then(text).unwrap_or_default();
-            let order = || OrderId::parse(&order).map_err(|_| bad("reserve", &v));
-            InventoryReply::Reserved(match code {
-                0 => ReserveOutcome::Created(order()?),
-                1 => ReserveOutcome::Replay(order()?),
-                2 => ReserveOutcome::OutOfStock,
-                3 => ReserveOutcome::LimitReached,
-                4 => ReserveOutcome::NotActive,
-                5 => ReserveOutcome::NoSale,
-                _ => return Err(bad("reserve", &v)),
-            })
-        }
-        InventoryOp::MarkPublished { .. }
-        | InventoryOp::Release { .. }
-        | InventoryOp::CacheSet { .. }
-        | InventoryOp::CacheDel { .. } => InventoryReply::Done,
-        InventoryOp::Claim { .. } => {
-            InventoryReply::Claimed(int(&v).ok_or_else(|| bad("claim", &v))? == 1)
-        }
-        InventoryOp::Restock { .. } => {
-            InventoryReply::Restocked(int(&v).ok_or_else(|| bad("restock", &v))? == 1)
-        }
-        InventoryOp::RateCheck { .. } => {
-            let n = ints(&v)
-                .filter(|n| n.len() == 2)
-                .ok_or_else(|| bad("rate", &v))?;
-            InventoryReply::Rate {
-                count: n[0],
-                reset_ms: n[1],
-            }
-        }
-        InventoryOp::LoadSale { sale, .. } => {
-            let n = ints(&v)
-                .filter(|n| n.len() == 2)
-                .ok_or_else(|| bad("load sale", &v))?;
-            InventoryReply::SaleLoaded(if n[0] < 0 {
-                Err(n[1])
-            } else {
-                Ok(SaleCounters {
-                    stock: n[0],
-                    remaining: n[1],
-                    pending: 0,
-                    per_user_limit: sale.per_user_limit,
-                    starts_at: sale.starts_at,
-                    ends_at: sale.ends_at,
-                })
-            })
-        }
-        InventoryOp::Counters { .. } => {
-            let n = ints(&v).ok_or_else(|| bad("counters", &v))?;
-            InventoryReply::Counters(match n.as_slice() {
-                [] => None,
-                [stock, remaining, limit, starts, ends, pending] => Some(SaleCounters {
-                    stock: *stock,
-                    remaining: *remaining,
-                    pending: *pending,
-                    per_user_limit: *limit,
-                    starts_at: opt_ms(*starts),
-                    ends_at: opt_ms(*ends),
-                }),
-                _ => return Err(bad("counters", &v)),
-            })
-        }
-        InventoryOp::ReleaseStale { .. } => {
-            InventoryReply::Released(int(&v).ok_or_else(|| bad("reconcile", &v))?)
-        }
-        InventoryOp::Lookup { .. } => InventoryReply::Lookup(text(&v).and_then(|s| {
-            let mut parts = s.splitn(4, '|');
-            Some(PendingOrder {
-                user: parts.next()?.to_string(),
-                product: parts.next()?.parse().ok()?,
-                quantity: parts.next()?.parse().ok()?,
-                created_at: parts.next()?.parse().ok()?,
-            })
-        })),
-        InventoryOp::CacheGet { .. } => InventoryReply::Cached(text(&v)),
-        InventoryOp::Sales => {
-            let n = ints(&v).ok_or_else(|| bad("sales", &v))?;
-            let sales = n
-                .chunks_exact(5)
-                .map(|c| (c[0], c[1], c[2], opt_ms(c[3]), opt_ms(c[4])));
-            InventoryReply::Sales(sales.collect())
-        }
+/// Errors after which the partition's connection or scripts cannot be trusted: the
+/// actor fails and reconnects (reloading its scripts).
+fn broken(e: &redis::ServerError) -> bool {
+    matches!(
+        e.code(),
+        "NOSCRIPT" | "LOADING" | "READONLY" | "MASTERDOWN" | "BUSY" | "CLUSTERDOWN"
+    )
+}
+
+fn reserve_outcome(v: &Value) -> Result<ReserveOutcome, ItemError> {
+    let Value::Array(items) = v else {
+        return Err(bad("reserve", v));
     };
-    Ok(reply)
+    let code = items
+        .first()
+        .and_then(int)
+        .ok_or_else(|| bad("reserve", v))?;
+    let order = items.get(1).and_then(text).unwrap_or_default();
+    let order = || OrderId::parse(&order).map_err(|_| bad("reserve", v));
+    Ok(match code {
+        0 => ReserveOutcome::Created(order()?),
+        1 => ReserveOutcome::Replay(order()?),
+        2 => ReserveOutcome::OutOfStock,
+        3 => ReserveOutcome::LimitReached,
+        4 => ReserveOutcome::NotActive,
+        5 => ReserveOutcome::NoSale,
+        _ => return Err(bad("reserve", v)),
+    })
+}
+
+fn flag(what: &str, v: &Value) -> Result<bool, ItemError> {
+    Ok(int(v).ok_or_else(|| bad(what, v))? == 1)
+}
+
+fn pair(what: &str, v: &Value) -> Result<(i64, i64), ItemError> {
+    match ints(v).as_deref() {
+        Some(&[a, b]) => Ok((a, b)),
+        _ => Err(bad(what, v)),
+    }
+}
+
+fn counters(v: &Value) -> Result<Option<SaleCounters>, ItemError> {
+    let n = ints(v).ok_or_else(|| bad("counters", v))?;
+    Ok(match n.as_slice() {
+        [] => None,
+        [stock, remaining, limit, starts, ends, pending] => Some(SaleCounters {
+            stock: *stock,
+            remaining: *remaining,
+            pending: *pending,
+            per_user_limit: *limit,
+            starts_at: opt_ms(*starts),
+            ends_at: opt_ms(*ends),
+        }),
+        _ => return Err(bad("counters", v)),
+    })
+}
+
+fn pending_order(v: &Value) -> Option<PendingOrder> {
+    let s = text(v)?;
+    let mut parts = s.splitn(4, '|');
+    Some(PendingOrder {
+        user: parts.next()?.to_string(),
+        product: parts.next()?.parse().ok()?,
+        quantity: parts.next()?.parse().ok()?,
+        created_at: parts.next()?.parse().ok()?,
+    })
+}
+
+fn sales(v: &Value) -> Result<Vec<SaleSummary>, ItemError> {
+    let n = ints(v).ok_or_else(|| bad("sales", v))?;
+    let sales = n.chunks_exact(5).map(|c| SaleSummary {
+        product: c[0],
+        stock: c[1],
+        remaining: c[2],
+        starts_at: opt_ms(c[3]),
+        ends_at: opt_ms(c[4]),
+    });
+    Ok(sales.collect())
+}
+
+/// Answers one message with its script's reply. A reply that makes no sense is that
+/// request's error; an error that means the connection or scripts are gone is returned.
+fn answer(msg: InventoryMsg, v: Value) -> Result<(), ActorProcessingErr> {
+    if let Value::ServerError(e) = &v {
+        if broken(e) {
+            return Err(format!("Redis: {e:?}").into());
+        }
+        msg.fail(ItemError::new(format!("Redis script error: {e:?}")));
+        return Ok(());
+    }
+    fn send<T: Send + 'static>(port: ReplyPort<T>, r: Result<T, ItemError>) {
+        port.send(r)
+    }
+    let v = &v;
+    match msg {
+        InventoryMsg::Reserve(_, p) => send(p, reserve_outcome(v)),
+        InventoryMsg::MarkPublished(_, p)
+        | InventoryMsg::Release(_, p)
+        | InventoryMsg::CacheSet(_, p)
+        | InventoryMsg::CacheDel(_, p) => send(p, Ok(())),
+        InventoryMsg::Claim(_, p) => send(p, flag("claim", v)),
+        InventoryMsg::Restock(_, p) => send(p, flag("restock", v)),
+        InventoryMsg::RateCheck(_, p) => send(
+            p,
+            pair("rate", v).map(|(count, reset_ms)| RateWindow { count, reset_ms }),
+        ),
+        InventoryMsg::LoadSale(req, p) => send(
+            p,
+            pair("load sale", v).map(|(a, b)| {
+                if a < 0 {
+                    Err(BelowSold { sold: b })
+                } else {
+                    Ok(SaleCounters {
+                        stock: a,
+                        remaining: b,
+                        pending: 0,
+                        per_user_limit: req.sale.per_user_limit,
+                        starts_at: req.sale.starts_at,
+                        ends_at: req.sale.ends_at,
+                    })
+                }
+            }),
+        ),
+        InventoryMsg::Counters(_, p) => send(p, counters(v)),
+        InventoryMsg::Lookup(_, p) => send(p, Ok(pending_order(v))),
+        InventoryMsg::CacheGet(_, p) => send(p, Ok(text(v))),
+        InventoryMsg::ReleaseStale(_, p) => send(p, int(v).ok_or_else(|| bad("reconcile", v))),
+        InventoryMsg::Sales(_, p) => send(p, sales(v)),
+    }
+    Ok(())
 }
 
 #[ractor::async_trait]
 impl Backend for RedisInventory {
-    type Op = InventoryOp;
-    type Reply = InventoryReply;
+    type Msg = InventoryMsg;
 
     async fn process(&mut self, batch: Batch<Self>) -> Result<(), ActorProcessingErr> {
-        let live: Vec<_> = batch.into_iter().filter(|e| !e.abandoned()).collect();
+        let live: Vec<_> = batch.into_iter().filter(|m| !m.abandoned()).collect();
         if live.is_empty() {
             return Ok(());
         }
         let mut pipe = redis::pipe();
-        for e in &live {
-            pipe.add_command(self.command(&e.op));
+        for m in &live {
+            pipe.add_command(self.command(m));
         }
         let values: Vec<Value> = pipe.query_async(&mut self.con).await?;
         if values.len() != live.len() {
@@ -377,12 +417,8 @@ impl Backend for RedisInventory {
                 format!("Redis answered {} of {} commands", values.len(), live.len()).into(),
             );
         }
-        let mut replies = Vec::with_capacity(live.len());
-        for (e, v) in live.iter().zip(values) {
-            replies.push(decode(&e.op, v)?);
-        }
-        for (e, r) in live.into_iter().zip(replies) {
-            e.answer(r);
+        for (m, v) in live.into_iter().zip(values) {
+            answer(m, v)?;
         }
         Ok(())
     }

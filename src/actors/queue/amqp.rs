@@ -10,10 +10,9 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use ractor::ActorProcessingErr;
 
 use super::{
-    AckToken, Acknowledge, Batch, Outbound, PublishOp, PublishReply, QueueMessage, QueueSource,
-    Subscription,
+    AckToken, Acknowledge, Batch, Outbound, PublisherMsg, QueueMessage, QueueSource, Subscription,
 };
-use crate::actors::worker::{Backend, Batch as WorkBatch, Connect};
+use crate::supervisors::worker::{Backend, Batch as WorkBatch, Connect};
 
 async fn open(url: &str, declare: &[String]) -> Result<(Connection, Channel), lapin::Error> {
     let conn = Connection::connect(url, ConnectionProperties::default()).await?;
@@ -95,11 +94,10 @@ impl Connect for AmqpPublisherConnect {
 
 #[ractor::async_trait]
 impl Backend for AmqpPublisher {
-    type Op = PublishOp;
-    type Reply = PublishReply;
+    type Msg = PublisherMsg;
 
     async fn process(&mut self, batch: WorkBatch<Self>) -> Result<(), ActorProcessingErr> {
-        let live: Vec<_> = batch.into_iter().filter(|e| !e.abandoned()).collect();
+        let (live, ports) = PublisherMsg::split(batch);
         // Orders for one queue travel together: up to MAX_PER_MESSAGE in one persistent
         // message, confirmed once. The broker then persists and delivers a few messages
         // instead of thousands; every caller still hears only after the confirm.
@@ -107,20 +105,20 @@ impl Backend for AmqpPublisher {
         for (i, e) in live.iter().enumerate() {
             match groups
                 .iter_mut()
-                .find(|(q, idx)| *q == e.op.queue.as_str() && idx.len() < MAX_PER_MESSAGE)
+                .find(|(q, idx)| *q == e.queue.as_str() && idx.len() < MAX_PER_MESSAGE)
             {
                 Some((_, idx)) => idx.push(i),
-                None => groups.push((e.op.queue.as_str(), vec![i])),
+                None => groups.push((e.queue.as_str(), vec![i])),
             }
         }
         let payloads: Vec<Vec<u8>> = groups
             .iter()
             .map(|(_, idx)| match idx.as_slice() {
-                [one] => live[*one].op.payload.clone(),
+                [one] => live[*one].payload.clone(),
                 many => {
                     let mut p = Vec::with_capacity(
                         many.iter()
-                            .map(|i| live[*i].op.payload.len() + 1)
+                            .map(|i| live[*i].payload.len() + 1)
                             .sum::<usize>()
                             + 2,
                     );
@@ -129,7 +127,7 @@ impl Backend for AmqpPublisher {
                         if k > 0 {
                             p.push(b',');
                         }
-                        p.extend_from_slice(&live[*i].op.payload);
+                        p.extend_from_slice(&live[*i].payload);
                     }
                     p.push(b']');
                     p
@@ -141,7 +139,7 @@ impl Backend for AmqpPublisher {
             .zip(&payloads)
             .map(|((q, idx), p)| {
                 let traceparent = if idx.len() == 1 {
-                    live[idx[0]].op.traceparent.as_deref()
+                    live[idx[0]].traceparent.as_deref()
                 } else {
                     None
                 };
@@ -155,8 +153,8 @@ impl Backend for AmqpPublisher {
                 answers[*i] = ok;
             }
         }
-        for (e, ok) in live.into_iter().zip(answers) {
-            e.answer(ok);
+        for (port, ok) in ports.into_iter().zip(answers) {
+            port.ok(ok);
         }
         Ok(())
     }

@@ -11,17 +11,15 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use ractor::ActorProcessingErr;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::SqlitePool;
 use sqlx::Row;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::{
-    AckToken, Acknowledge, Batch, Outbound, PublishOp, PublishReply, QueueMessage, QueueSource,
-    Subscription,
+    AckToken, Acknowledge, Batch, Outbound, PublisherMsg, QueueMessage, QueueSource, Subscription,
 };
-use crate::actors::worker::{Backend, Batch as WorkBatch, Connect};
+use crate::db::sqlite_pool;
+use crate::supervisors::worker::{Backend, Batch as WorkBatch, Connect};
 
 pub struct LocalQueue {
     pool: SqlitePool,
@@ -33,19 +31,6 @@ pub struct LocalQueue {
 }
 
 /// Opens (creating when missing) a SQLite database tuned for a durable journal.
-pub async fn sqlite_pool(path: &Path, size: u32) -> Result<SqlitePool, sqlx::Error> {
-    let options = SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(Duration::from_secs(5));
-    SqlitePoolOptions::new()
-        .max_connections(size)
-        .connect_with(options)
-        .await
-}
-
 impl LocalQueue {
     pub async fn open(path: &Path) -> Result<Arc<Self>, sqlx::Error> {
         let pool = sqlite_pool(path, 4).await?;
@@ -166,19 +151,16 @@ impl Connect for LocalPublisherConnect {
 
 #[ractor::async_trait]
 impl Backend for LocalPublisher {
-    type Op = PublishOp;
-    type Reply = PublishReply;
+    type Msg = PublisherMsg;
 
     async fn process(&mut self, batch: WorkBatch<Self>) -> Result<(), ActorProcessingErr> {
-        let live: Vec<_> = batch.into_iter().filter(|e| !e.abandoned()).collect();
+        let (live, ports) = PublisherMsg::split(batch);
         let messages: Vec<(&str, &[u8])> = live
             .iter()
-            .map(|e| (e.op.queue.as_str(), e.op.payload.as_slice()))
+            .map(|p| (p.queue.as_str(), p.payload.as_slice()))
             .collect();
         self.queue.push(&messages).await?;
-        for e in live {
-            e.answer(true);
-        }
+        ports.into_iter().for_each(|port| port.ok(true));
         Ok(())
     }
 }

@@ -15,18 +15,36 @@ use futures_util::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
+use crate::supervisors::slot::{Message, ReplyPort};
 use crate::supervisors::stats::{NodeStats, Status};
 
+/// Publishes one message, persistently.
 #[derive(Debug)]
-pub struct PublishOp {
+pub struct Publish {
     pub queue: String,
     pub payload: Vec<u8>,
     /// Sent as the message's `traceparent` header too, for tools that read headers.
     pub traceparent: Option<String>,
 }
 
-/// `true` once the queue has durably accepted the message; `false` when it refused.
-pub type PublishReply = bool;
+crate::protocol! {
+    /// What a publisher serves: `true` once the queue has durably accepted the
+    /// message, `false` when it refused.
+    pub enum PublisherMsg {
+        Publish(Publish) -> bool,
+    }
+}
+
+impl PublisherMsg {
+    /// The batch's live requests and, in the same order, where their answers go.
+    pub fn split(batch: Vec<Self>) -> (Vec<Publish>, Vec<ReplyPort<bool>>) {
+        batch
+            .into_iter()
+            .filter(|m| !m.abandoned())
+            .map(|PublisherMsg::Publish(request, port)| (request, port))
+            .unzip()
+    }
+}
 
 /// One received message and what acknowledges it.
 pub struct QueueMessage {
@@ -37,8 +55,6 @@ pub struct QueueMessage {
 pub enum AckToken {
     Amqp(lapin::Acker),
     Local(i64),
-    /// Held until the batch is dropped: bounds what a local consumer takes at once.
-    None,
 }
 
 /// Publishing for a consumer's follow-up messages (confirmed before returning).

@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 use ractor::ActorProcessingErr;
 use sqlx::{AnyPool, Row};
 
-use super::relay::any_pool;
-use super::{Delivered, EventBus, EventSource, OrderData, ORDER_EVENTS};
-use crate::actors::inventory::{InventoryOp, InventoryReply};
-use crate::actors::worker::{Backend, Batch, Connect, Tick};
+use super::directory::{Directory, InventoryDrift};
+use super::inventory::Counters;
+use crate::db::any_pool;
 use crate::domain::{now_ms, rfc3339, ProductId};
-use crate::supervisors::directory::{Directory, InventoryDrift};
+use crate::events::{Delivered, EventBus, EventSource, OrderData, ORDER_EVENTS};
+use crate::supervisors::slot::Wake;
+use crate::supervisors::worker::{Backend, Batch, Connect, Tick};
 
 /// What one consumer does with a batch of events.
 #[ractor::async_trait]
@@ -57,13 +58,9 @@ impl Connect for ConsumerConnect {
 
 #[ractor::async_trait]
 impl Backend for EventConsumer {
-    type Op = ();
-    type Reply = ();
+    type Msg = Wake;
 
-    async fn process(&mut self, batch: Batch<Self>) -> Result<(), ActorProcessingErr> {
-        for e in batch {
-            e.answer(());
-        }
+    async fn process(&mut self, _wakes: Batch<Self>) -> Result<(), ActorProcessingErr> {
         Ok(())
     }
 
@@ -461,15 +458,14 @@ impl InventoryCheck {
     async fn compare(&self, product: i64) -> Result<(), ActorProcessingErr> {
         let dir = &self.directory;
         let id = ProductId::from_db(product);
-        let counters = match dir
+        let Some(counters) = dir
             .product_partition(id)
-            .call(InventoryOp::Counters { product: id })
+            .call(Counters { product: id })
             .await?
-        {
-            InventoryReply::Counters(Some(c)) => c,
-            _ => return Ok(()),
+        else {
+            return Ok(());
         };
-        let (persisted, _) = dir.product_totals(id).await?;
+        let persisted = dir.product_totals(id).await?.completed;
         let sold = counters.stock - counters.remaining;
         let drift = sold - counters.pending - persisted;
         metrics::gauge!("flashsale_inventory_drift_units", "product" => product.to_string())

@@ -1,6 +1,7 @@
 //! The directory: where callers find the current actor of a shard, a partition or a
 //! publisher. It holds slots, never actor references, so a restart is invisible to
-//! callers except as a short `503`.
+//! callers except as a short `503`. It knows the protocols' message types, not the
+//! actors that serve them.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -8,18 +9,18 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use futures_util::future::join_all;
 
-use super::slot::{CallError, Slot};
-use crate::actors::catalog::{CatalogOp, CatalogReply};
-use crate::actors::inventory::{InventoryOp, InventoryReply};
-use crate::actors::queue::{PublishOp, PublishReply};
-use crate::actors::shard::{ShardOp, ShardReply};
+use super::inventory::InventoryMsg;
+use super::queue::PublisherMsg;
 use crate::domain::ProductId;
+use crate::shards::catalog::CatalogMsg;
 use crate::shards::hash::bucket;
+use crate::shards::{ProductTotals, ShardMsg, UnitTotals};
+use crate::supervisors::slot::{CallError, Slot};
 
-pub type ShardSlot = Slot<ShardOp, ShardReply>;
-pub type InventorySlot = Slot<InventoryOp, InventoryReply>;
-pub type CatalogSlot = Slot<CatalogOp, CatalogReply>;
-pub type PublisherSlot = Slot<PublishOp, PublishReply>;
+pub type ShardSlot = Slot<ShardMsg>;
+pub type InventorySlot = Slot<InventoryMsg>;
+pub type CatalogSlot = Slot<CatalogMsg>;
+pub type PublisherSlot = Slot<PublisherMsg>;
 
 pub struct Directory {
     pub catalog: Arc<CatalogSlot>,
@@ -93,23 +94,20 @@ impl Directory {
     }
 
     /// Units of a product completed and cancelled, summed over every shard.
-    pub async fn product_totals(&self, product: ProductId) -> Result<(i64, i64), CallError> {
-        let op = || ShardOp::ProductTotals {
-            product: product.get(),
-        };
-        let replies = join_all(self.shards.iter().map(|s| s.call(op()))).await;
-        let (mut completed, mut cancelled) = (0, 0);
+    pub async fn product_totals(&self, product: ProductId) -> Result<UnitTotals, CallError> {
+        let replies = join_all(
+            self.shards
+                .iter()
+                .map(|s| s.call(ProductTotals { product })),
+        )
+        .await;
+        let mut sum = UnitTotals::default();
         for r in replies {
-            if let ShardReply::Totals {
-                completed: a,
-                cancelled: b,
-            } = r?
-            {
-                completed += a;
-                cancelled += b;
-            }
+            let r = r?;
+            sum.completed += r.completed;
+            sum.cancelled += r.cancelled;
         }
-        Ok((completed, cancelled))
+        Ok(sum)
     }
 
     /// The order path can accept: every inventory partition and a publisher are up.

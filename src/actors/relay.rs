@@ -9,42 +9,22 @@
 //! pod runs a relay per database; a round holds a transaction-scoped advisory lock,
 //! so one relay at a time publishes a database's outbox and its order is kept.
 
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::ActorProcessingErr;
-use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 
-use super::{EventBus, EventSink, OutboxEvent, ORDER_EVENTS, PRODUCT_EVENTS, USER_EVENTS};
-use crate::actors::worker::{Backend, Batch, Connect, Tick};
+use crate::db::any_pool;
 use crate::domain::now_ms;
-use crate::supervisors::slot::Slot;
+use crate::events::{EventBus, EventSink, OutboxEvent, ORDER_EVENTS, PRODUCT_EVENTS, USER_EVENTS};
+use crate::supervisors::slot::{Slot, Wake};
+use crate::supervisors::worker::{Backend, Batch, Connect, Tick};
 
-pub type RelaySlot = Slot<(), ()>;
+pub type RelaySlot = Slot<Wake>;
 
 /// The advisory lock key of the outbox relays ("fsoutbox" in ASCII, truncated).
 const RELAY_LOCK: i64 = 0x6673_6f75_7462_6f78;
-
-/// Wakes a database's relay when new outbox rows have committed, so that events do
-/// not wait for the next poll. Never blocks; a relay that is down reads the whole
-/// outbox when it starts anyway.
-#[derive(Clone, Default)]
-pub struct Nudge(Option<Arc<RelaySlot>>);
-
-impl Nudge {
-    pub fn new(relay: Arc<RelaySlot>) -> Self {
-        Self(Some(relay))
-    }
-
-    pub fn wake(&self) {
-        if let Some(relay) = &self.0 {
-            if !relay.has_work() {
-                relay.tell(());
-            }
-        }
-    }
-}
 
 pub struct RelayConnect {
     /// The database's name in metrics (`catalog`, `shard-0`, …).
@@ -68,16 +48,6 @@ pub struct Relay {
     last_cleanup: Instant,
     /// Events published by nudged rounds, not yet counted in `processed`.
     published: u64,
-}
-
-pub async fn any_pool(url: &str, size: u32) -> Result<AnyPool, sqlx::Error> {
-    static DRIVERS: Once = Once::new();
-    DRIVERS.call_once(sqlx::any::install_default_drivers);
-    AnyPoolOptions::new()
-        .max_connections(size)
-        .acquire_timeout(Duration::from_secs(3))
-        .connect(url)
-        .await
 }
 
 #[ractor::async_trait]
@@ -191,14 +161,10 @@ impl Relay {
 
 #[ractor::async_trait]
 impl Backend for Relay {
-    type Op = ();
-    type Reply = ();
+    type Msg = Wake;
 
     /// Nudges: new rows committed. Publishes until the outbox is drained.
-    async fn process(&mut self, batch: Batch<Self>) -> Result<(), ActorProcessingErr> {
-        for e in batch {
-            e.answer(());
-        }
+    async fn process(&mut self, _wakes: Batch<Self>) -> Result<(), ActorProcessingErr> {
         loop {
             let n = self.relay().await?;
             self.published += n as u64;

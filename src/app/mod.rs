@@ -1,0 +1,178 @@
+//! Builds the application from settings: migrations and backends ([`backends`]), the
+//! supervisor tree and its directory ([`tree`]), secrets ([`secrets`]), and both HTTP
+//! listeners bound to their own sockets (port 0 works, the real ports are reported
+//! back); then runs it until it is stopped or its tree gives up.
+
+mod backends;
+mod secrets;
+mod tree;
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::web;
+use ractor::ActorRef;
+use ractor_supervisor::SupervisorMsg;
+use tokio::task::JoinHandle;
+
+use crate::auth::Tokens;
+use crate::config::{Secret, Settings};
+use crate::http::{self, AppState};
+use crate::shards::migrate;
+use crate::supervisors::Policy;
+use backends::Backends;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("embedded storage {path}: {source}")]
+    Embedded { path: String, source: sqlx::Error },
+    #[error(transparent)]
+    Migrate(#[from] migrate::MigrateError),
+    #[error("cannot bind {what} listener {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start the supervisor tree: {0}")]
+    Spawn(#[from] ractor::SpawnErr),
+    #[error("the catalog did not come up: {0}")]
+    Catalog(String),
+    #[error("Kafka settings: {0}")]
+    Events(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the supervisor tree gave up after too many restarts")]
+    TreeGaveUp,
+    #[error("HTTP server failed: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+pub struct Application {
+    pub public_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub admin_token: Secret,
+    /// Whether the admin token was generated at this start (and must be printed).
+    pub admin_token_generated: bool,
+    pub state: web::Data<AppState>,
+    public: Server,
+    admin: Server,
+    root: ActorRef<SupervisorMsg>,
+    root_done: JoinHandle<()>,
+}
+
+/// Stops a running application: HTTP first, then the actor tree.
+#[derive(Clone)]
+pub struct StopHandle {
+    public: ServerHandle,
+    admin: ServerHandle,
+    root: ActorRef<SupervisorMsg>,
+}
+
+impl StopHandle {
+    pub async fn stop(&self) {
+        self.public.stop(true).await;
+        self.admin.stop(true).await;
+        self.root.stop(Some("shutdown".into()));
+    }
+}
+
+fn bind(what: &'static str, addr: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).map_err(|source| StartError::Bind {
+        what,
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        let metrics = crate::telemetry::metrics_handle();
+        let backends = Backends::prepare(&settings).await?;
+        let public_listener = bind("public", &settings.http.listen)?;
+        let admin_listener = bind("admin", &settings.admin.listen)?;
+
+        let policy = Policy::from(&settings.supervision);
+        let (directory, root) = tree::spawn(&settings, &backends, &policy).await?;
+
+        let jwt_secret = match &settings.auth.jwt_secret {
+            Some(s) => s.clone(),
+            None => backends.jwt_secret(&directory).await?,
+        };
+        let (admin_token, admin_token_generated) = match &settings.admin.token {
+            Some(t) => (t.clone(), false),
+            None => backends.admin_token()?,
+        };
+        let state = web::Data::new(AppState {
+            directory,
+            tokens: Tokens::new(jwt_secret.expose().as_bytes(), settings.auth.token_ttl_secs),
+            admin_token: admin_token.clone(),
+            tree: std::sync::Arc::new(root.tree),
+            policy,
+            metrics,
+            settings: std::sync::Arc::new(settings),
+        });
+        let public_addr = public_listener.local_addr().expect("bound");
+        let admin_addr = admin_listener.local_addr().expect("bound");
+        let bind_err = |what, addr: SocketAddr| {
+            move |source| StartError::Bind {
+                what,
+                addr: addr.to_string(),
+                source,
+            }
+        };
+        let public =
+            http::public_server(state.clone(), public_listener, state.settings.http.workers)
+                .map_err(bind_err("public", public_addr))?;
+        let admin = http::admin_server(state.clone(), admin_listener)
+            .map_err(bind_err("admin", admin_addr))?;
+        Ok(Self {
+            public_addr,
+            admin_addr,
+            admin_token,
+            admin_token_generated,
+            state,
+            public,
+            admin,
+            root: root.actor,
+            root_done: root.done,
+        })
+    }
+
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            public: self.public.handle(),
+            admin: self.admin.handle(),
+            root: self.root.clone(),
+        }
+    }
+
+    /// Serves until stopped. Ends with an error when the supervisor tree gives up,
+    /// so that the process exits non-zero and its orchestrator restarts it.
+    pub async fn run_until_stopped(self) -> Result<(), RunError> {
+        let stop = self.stop_handle();
+        let public = tokio::spawn(self.public);
+        let admin = tokio::spawn(self.admin);
+        let mut root_done = self.root_done;
+        let served = tokio::select! {
+            r = public => r.map_err(|e| std::io::Error::other(e.to_string())).and_then(|r| r),
+            r = admin => r.map_err(|e| std::io::Error::other(e.to_string())).and_then(|r| r),
+            _ = &mut root_done => {
+                stop.public.stop(false).await;
+                stop.admin.stop(false).await;
+                return Err(RunError::TreeGaveUp);
+            }
+        };
+        stop.stop().await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), root_done).await;
+        served.map_err(RunError::from)
+    }
+}

@@ -1,0 +1,247 @@
+//! The supervisor tree of one application: its slots (the directory callers use) and
+//! the children of each subtree, built from settings over the mode's backends.
+//!
+//! ```text
+//! root ── shards     catalog, shard-0 …
+//!      ├─ inventory  inventory-0 …, reconciler
+//!      ├─ consumers  order-publisher-0 …, order-consumer-0 …, notification-consumer-0 …
+//!      └─ events     relay-catalog, relay-shard-0 …, analytics/inventory/reporting-consumer
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+
+use super::backends::Backends;
+use super::StartError;
+use crate::actors::directory::Directory;
+use crate::actors::event_consumers::{
+    Analytics, ConsumerConnect, EventHandler, InventoryCheck, ReportStore, Reporting,
+};
+use crate::actors::orders::{NotificationHandler, OrderHandler, Webhook};
+use crate::actors::queue::{DeliveryHandler, QueueConsumer, QueueSource};
+use crate::actors::reconciler::ReconcilerConnect;
+use crate::actors::relay::{RelayConnect, RelaySlot};
+use crate::config::{Mode, Settings};
+use crate::supervisors::slot::{Message, Nudge, Slot};
+use crate::supervisors::stats::{Kind, NodeStats};
+use crate::supervisors::{self, leaf, Child, Namer, Policy, Root};
+
+/// Makes the slots of one application: named, bounded, with the call deadline.
+struct Slots<'a> {
+    namer: &'a Namer,
+    capacity: usize,
+    timeout: Duration,
+}
+
+impl Slots<'_> {
+    fn make<M: Message>(&self, name: &str) -> Arc<Slot<M>> {
+        Slot::new(
+            self.namer.node(name, Kind::Actor),
+            self.capacity,
+            self.timeout,
+        )
+    }
+}
+
+/// A queue consumer child: subscribes on every (re)start, hands batches to `handler`.
+fn consumer<H: DeliveryHandler>(
+    stats: Arc<NodeStats>,
+    settings: &Settings,
+    queue: &str,
+    source: Arc<dyn QueueSource>,
+    handler: Arc<H>,
+    policy: &Policy,
+) -> Child {
+    let queue = queue.to_string();
+    let (prefetch, max_batch) = (settings.queue.prefetch, settings.queue.max_batch);
+    let node = stats.clone();
+    leaf(stats, policy, move |cell, id| {
+        let actor = QueueConsumer {
+            stats: node.clone(),
+            source: source.clone(),
+            queue: queue.clone(),
+            prefetch,
+            max_batch,
+            handler: handler.clone(),
+        };
+        async move {
+            let (r, _) = ractor_supervisor::Supervisor::spawn_linked(id, actor, (), cell).await?;
+            Ok(r.get_cell())
+        }
+        .boxed()
+    })
+}
+
+fn webhook(settings: &Settings) -> Option<Webhook> {
+    let n = &settings.notifications;
+    n.webhook_url.as_ref().map(|url| Webhook {
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_millis(n.webhook_timeout_ms))
+            .build()
+            .expect("an HTTP client"),
+        url: url.clone(),
+    })
+}
+
+/// Builds and spawns the tree; returns the directory callers use and the root.
+pub async fn spawn(
+    settings: &Settings,
+    backends: &Backends,
+    policy: &Policy,
+) -> Result<(Arc<Directory>, Root), StartError> {
+    let namer = Namer::new();
+    let slots = Slots {
+        namer: &namer,
+        capacity: settings.limits.inbox_capacity,
+        timeout: Duration::from_millis(settings.limits.call_timeout_ms),
+    };
+    let q = &settings.queue;
+    let catalog = slots.make("catalog");
+    let shards: Vec<_> = (0..settings.shard_count())
+        .map(|i| slots.make(&format!("shard-{i}")))
+        .collect();
+    let inventory: Vec<_> = (0..settings.partition_count())
+        .map(|i| slots.make(&format!("inventory-{i}")))
+        .collect();
+    let publishers: Vec<_> = (0..q.publishers)
+        .map(|i| slots.make(&format!("order-publisher-{i}")))
+        .collect();
+    // One outbox relay per database: the catalog's first, then each shard's.
+    let databases: Vec<String> = std::iter::once("catalog".to_string())
+        .chain((0..settings.shard_count()).map(|i| format!("shard-{i}")))
+        .collect();
+    let relays: Vec<Arc<RelaySlot>> = databases
+        .iter()
+        .map(|db| slots.make(&format!("relay-{db}")))
+        .collect();
+    let directory = Arc::new(Directory::new(
+        catalog.clone(),
+        shards.clone(),
+        inventory.clone(),
+        publishers.clone(),
+        q.orders_queue.clone(),
+        q.notifications_queue.clone(),
+    ));
+    let nudge = |i: usize| Nudge::new(relays[i].clone());
+
+    // shards: the catalog and one actor per order shard
+    let mut shard_children = vec![backends.catalog(settings, catalog, nudge(0), policy)];
+    for (i, slot) in shards.into_iter().enumerate() {
+        shard_children.push(backends.shard(settings, i, slot, nudge(i + 1), policy));
+    }
+
+    // inventory: one actor per partition, and the reconciler
+    let mut inventory_children: Vec<Child> = inventory
+        .into_iter()
+        .enumerate()
+        .map(|(i, slot)| backends.inventory(settings, i, slot, policy))
+        .collect();
+    let reconcile = Duration::from_millis(settings.inventory.reconcile_every_ms);
+    inventory_children.push(supervisors::worker(
+        slots.make("reconciler"),
+        Arc::new(ReconcilerConnect {
+            directory: directory.clone(),
+        }),
+        1,
+        Some(reconcile),
+        policy,
+    ));
+
+    // consumers: order publishers, order consumers, notification consumers
+    let mut consumer_children: Vec<Child> = publishers
+        .into_iter()
+        .map(|slot| backends.publisher(settings, slot, policy))
+        .collect();
+    let source = backends.source(settings);
+    let orders = Arc::new(OrderHandler {
+        directory: directory.clone(),
+    });
+    for i in 0..q.order_consumers {
+        let stats = namer.node(&format!("order-consumer-{i}"), Kind::Actor);
+        let handler = orders.clone();
+        let child = consumer(
+            stats,
+            settings,
+            &q.orders_queue,
+            source.clone(),
+            handler,
+            policy,
+        );
+        consumer_children.push(child);
+    }
+    let notifications = Arc::new(NotificationHandler {
+        directory: directory.clone(),
+        webhook: webhook(settings),
+    });
+    for i in 0..q.notification_consumers {
+        let stats = namer.node(&format!("notification-consumer-{i}"), Kind::Actor);
+        let (queue, handler) = (&q.notifications_queue, notifications.clone());
+        consumer_children.push(consumer(
+            stats,
+            settings,
+            queue,
+            source.clone(),
+            handler,
+            policy,
+        ));
+    }
+
+    // events: one outbox relay per database, then the event consumers
+    let ev = &settings.events;
+    let bus = backends.event_bus(settings)?;
+    let urls = std::iter::once(backends.catalog_url(settings))
+        .chain((0..settings.shard_count()).map(|i| backends.shard_url(settings, i)));
+    let mut event_children = Vec::new();
+    for ((database, url), relay) in databases.into_iter().zip(urls).zip(relays.iter()) {
+        let connect = RelayConnect {
+            database,
+            url,
+            bus: bus.clone(),
+            batch: ev.relay_batch,
+            retention: Duration::from_secs(ev.outbox_retention_secs),
+            exclusive: settings.mode == Mode::Cluster,
+        };
+        let every = Duration::from_millis(ev.relay_every_ms);
+        let child =
+            supervisors::worker(relay.clone(), Arc::new(connect), 1024, Some(every), policy);
+        event_children.push(child);
+    }
+    let reports = || ReportStore::new(backends.catalog_url(settings));
+    let handlers: [Arc<dyn EventHandler>; 3] = [
+        Arc::new(Analytics { store: reports() }),
+        Arc::new(InventoryCheck::new(
+            directory.clone(),
+            Duration::from_secs(1),
+        )),
+        Arc::new(Reporting { store: reports() }),
+    ];
+    for handler in handlers {
+        let slot = slots.make(&format!("{}-consumer", handler.name()));
+        let connect = ConsumerConnect {
+            bus: bus.clone(),
+            handler,
+            batch: ev.consumer_batch,
+        };
+        // Consumers poll continuously (each poll waits for events itself).
+        let every = Duration::from_millis(10);
+        let child = supervisors::worker(slot, Arc::new(connect), 1, Some(every), policy);
+        event_children.push(child);
+    }
+
+    let subtrees = [
+        ("shards", shard_children),
+        ("inventory", inventory_children),
+        ("consumers", consumer_children),
+        ("events", event_children),
+    ]
+    .into_iter()
+    .map(|(name, children)| {
+        supervisors::supervisor(namer.node(name, Kind::Supervisor), policy, children)
+    })
+    .collect();
+    let root_stats = namer.node("root", Kind::Supervisor);
+    let root = supervisors::spawn_root(root_stats, policy, subtrees).await?;
+    Ok((directory, root))
+}
