@@ -96,6 +96,7 @@ mod tests {
             connect: Arc::new(LocalInventoryConnect {
                 path: dir.join("inventory-0.db"),
                 stale_ms: 200,
+                idempotency_ttl_secs: 3600,
             }),
             slot: partition.clone(),
             max_batch: 64,

@@ -181,6 +181,7 @@ impl Backends {
                 let connect = LocalInventoryConnect {
                     path: dir.join(format!("inventory-{i}.db")),
                     stale_ms: inv.reconcile_after_ms,
+                    idempotency_ttl_secs: inv.idempotency_ttl_secs,
                 };
                 supervisors::worker(slot, Arc::new(connect), inv.max_batch, None, policy)
             }

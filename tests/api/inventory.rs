@@ -1,160 +1,550 @@
-//! The reservation script's outcomes, against the real Redis of a partition.
+//! The inventory conformance suite: the same operations, in the same order, against an
+//! inventory partition over the real Redis (the Lua scripts) and over the embedded
+//! backend (in-process state made durable in SQLite). Each scenario runs once per
+//! backend, as `name::redis` and `name::local`; every answer must be the one the
+//! scripts give.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flashsale::actors::directory::InventorySlot;
+use flashsale::actors::inventory::local::LocalInventoryConnect;
+use flashsale::actors::inventory::redis::RedisConnect;
 use flashsale::actors::inventory::{
-    BelowSold, Claim, Counters, LoadSale, Release, ReserveOutcome, ReserveRequest,
+    BelowSold, CacheDel, CacheGet, CacheSet, Claim, Counters, InventoryMsg, ListSales, LoadSale,
+    Lookup, MarkPublished, RateCheck, Release, ReleaseStale, ReserveOutcome, ReserveRequest,
+    Restock, SaleCounters,
 };
 use flashsale::domain::{
     now_ms, IdempotencyKey, OrderId, ProductId, Quantity, SaleDefinition, UserId,
 };
+use flashsale::supervisors::slot::{Slot, WorkerMsg};
+use flashsale::supervisors::stats::{Kind, NodeStats};
+use flashsale::supervisors::worker::{Backend as InventoryBackend, Connect, Worker};
+use ractor::{Actor, ActorRef};
 
-use crate::helpers::{spawn_app, Mode};
+/// Reservations older than this are stale.
+const STALE_MS: u64 = 2_000;
 
-fn reserve(product: ProductId, user: &UserId, key: &str, qty: u32) -> (OrderId, ReserveRequest) {
-    let order = OrderId::generate();
-    let request = ReserveRequest {
+pub enum Backend {
+    Redis,
+    Local,
+}
+
+/// One running partition and what it leaves behind.
+pub struct Partition {
+    slot: Arc<InventorySlot>,
+    actor: ActorRef<WorkerMsg>,
+    dir: Option<PathBuf>,
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        self.actor.stop(None);
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+async fn spawn<C>(connect: C) -> (Arc<InventorySlot>, ActorRef<WorkerMsg>)
+where
+    C: Connect,
+    C::Backend: InventoryBackend<Msg = InventoryMsg>,
+{
+    let name = format!("inventory-conformance-{}", uuid::Uuid::new_v4().simple());
+    let stats = NodeStats::new("inventory-0", name, Kind::Actor);
+    let slot = Slot::new(stats, 1_000, Duration::from_secs(10));
+    let worker = Worker {
+        connect: Arc::new(connect),
+        slot: slot.clone(),
+        max_batch: 64,
+        tick: None,
+    };
+    let (actor, _) = Actor::spawn(None, worker, ())
+        .await
+        .expect("the partition starts");
+    (slot, actor)
+}
+
+/// A fresh partition of `backend` whose idempotency keys live `ttl_secs`.
+pub async fn partition(backend: Backend, ttl_secs: u64) -> Partition {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    match backend {
+        Backend::Redis => {
+            let (slot, actor) = spawn(RedisConnect {
+                url: "redis://127.0.0.1:6379/14".into(),
+                prefix: format!("conformance:{id}"),
+                stale_ms: STALE_MS,
+                idempotency_ttl_secs: ttl_secs,
+            })
+            .await;
+            Partition {
+                slot,
+                actor,
+                dir: None,
+            }
+        }
+        Backend::Local => {
+            let dir = std::env::temp_dir().join(format!("fs_test_inventory_{id}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let (slot, actor) = spawn(LocalInventoryConnect {
+                path: dir.join("inventory-0.db"),
+                stale_ms: STALE_MS,
+                idempotency_ttl_secs: ttl_secs,
+            })
+            .await;
+            Partition {
+                slot,
+                actor,
+                dir: Some(dir),
+            }
+        }
+    }
+}
+
+/// Runs `async fn name(backend: Backend)` against both backends.
+macro_rules! on_both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$name(super::Backend::Redis).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn local() {
+                super::$name(super::Backend::Local).await
+            }
+        }
+    };
+}
+
+fn product() -> ProductId {
+    ProductId::from_db(rand::random::<u32>() as i64 + 1)
+}
+
+fn open_sale(stock: i64, per_user_limit: i64) -> SaleDefinition {
+    SaleDefinition {
+        stock,
+        per_user_limit,
+        starts_at: None,
+        ends_at: None,
+    }
+}
+
+fn request(product: ProductId, user: &UserId, key: &str, qty: u32, at: i64) -> ReserveRequest {
+    ReserveRequest {
         product,
         user: user.clone(),
         key: IdempotencyKey::parse(key).unwrap(),
         quantity: Quantity::parse(i64::from(qty), 10).unwrap(),
-        order: order.clone(),
-        now_ms: now_ms(),
-    };
-    (order, request)
+        order: OrderId::generate(),
+        now_ms: at,
+    }
 }
 
-in_both_modes!(the_reservation_script_covers_every_outcome);
-async fn the_reservation_script_covers_every_outcome(mode: Mode) {
-    let app = spawn_app(mode).await;
-    let dir = &app.app_state.directory;
-    let product = ProductId::from_db(987_654);
-    let part = dir.product_partition(product);
-    let call = |request: ReserveRequest| async move { part.call(request).await.unwrap() };
-    let ann = UserId::new_random();
-    let bob = UserId::new_random();
+impl Partition {
+    async fn load(
+        &self,
+        product: ProductId,
+        sale: SaleDefinition,
+    ) -> Result<SaleCounters, BelowSold> {
+        self.slot.call(LoadSale { product, sale }).await.unwrap()
+    }
 
+    async fn reserve(
+        &self,
+        product: ProductId,
+        user: &UserId,
+        key: &str,
+        qty: u32,
+    ) -> ReserveOutcome {
+        self.reserve_at(product, user, key, qty, now_ms()).await
+    }
+
+    async fn reserve_at(
+        &self,
+        product: ProductId,
+        user: &UserId,
+        key: &str,
+        qty: u32,
+        at: i64,
+    ) -> ReserveOutcome {
+        self.slot
+            .call(request(product, user, key, qty, at))
+            .await
+            .unwrap()
+    }
+
+    /// Reserves and expects a new order.
+    async fn created(&self, product: ProductId, user: &UserId, key: &str, qty: u32) -> OrderId {
+        match self.reserve(product, user, key, qty).await {
+            ReserveOutcome::Created(order) => order,
+            other => panic!("expected a new order, got {other:?}"),
+        }
+    }
+
+    async fn counters(&self, product: ProductId) -> SaleCounters {
+        self.slot
+            .call(Counters { product })
+            .await
+            .unwrap()
+            .expect("the sale exists")
+    }
+
+    /// (remaining, pending) of a product's sale.
+    async fn units(&self, product: ProductId) -> (i64, i64) {
+        let c = self.counters(product).await;
+        (c.remaining, c.pending)
+    }
+
+    async fn claim(&self, product: ProductId, order: &OrderId) -> bool {
+        let order = order.clone();
+        self.slot.call(Claim { product, order }).await.unwrap()
+    }
+
+    async fn publish(&self, product: ProductId, order: &OrderId) {
+        let order = order.clone();
+        self.slot
+            .call(MarkPublished { product, order })
+            .await
+            .unwrap()
+    }
+
+    async fn release(&self, product: ProductId, order: &OrderId) {
+        let order = order.clone();
+        self.slot.call(Release { product, order }).await.unwrap()
+    }
+
+    async fn restock(
+        &self,
+        product: ProductId,
+        order: &OrderId,
+        user: &UserId,
+        quantity: i64,
+    ) -> bool {
+        let restock = Restock {
+            product,
+            order: order.clone(),
+            user: user.to_string(),
+            quantity,
+        };
+        self.slot.call(restock).await.unwrap()
+    }
+}
+
+/// Polls `check` until it holds or `within` has passed; returns whether it held.
+async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+on_both_backends!(reservations_replay_limit_and_stock);
+async fn reservations_replay_limit_and_stock(backend: Backend) {
+    let p = partition(backend, 3600).await;
+    let pid = product();
+    let (ann, bob) = (UserId::new_random(), UserId::new_random());
+
+    assert_eq!(p.reserve(pid, &ann, "k", 1).await, ReserveOutcome::NoSale);
+    assert_eq!(p.slot.call(Counters { product: pid }).await.unwrap(), None);
+    let loaded = p.load(pid, open_sale(3, 2)).await.unwrap();
+    assert_eq!((loaded.stock, loaded.remaining, loaded.pending), (3, 3, 0));
+
+    let first = p.created(pid, &ann, "k", 2).await;
+    // The same key replays its order, whatever the quantity asked.
     assert_eq!(
-        call(reserve(product, &ann, "k", 1).1).await,
-        ReserveOutcome::NoSale
-    );
-
-    let sale = SaleDefinition {
-        stock: 3,
-        per_user_limit: 2,
-        starts_at: None,
-        ends_at: None,
-    };
-    let loaded = part.call(LoadSale { product, sale }).await.unwrap();
-    assert!(matches!(loaded, Ok(c) if c.remaining == 3));
-
-    let (first, op) = reserve(product, &ann, "k", 2);
-    assert_eq!(call(op).await, ReserveOutcome::Created(first.clone()));
-    assert_eq!(
-        call(reserve(product, &ann, "k", 2).1).await,
+        p.reserve(pid, &ann, "k", 1).await,
         ReserveOutcome::Replay(first.clone())
     );
     assert_eq!(
-        call(reserve(product, &ann, "k2", 1).1).await,
+        p.reserve(pid, &ann, "k2", 1).await,
         ReserveOutcome::LimitReached
     );
     assert_eq!(
-        call(reserve(product, &bob, "k", 2).1).await,
+        p.reserve(pid, &bob, "k", 2).await,
         ReserveOutcome::OutOfStock
     );
-    let (bobs, op) = reserve(product, &bob, "k", 1);
-    assert_eq!(call(op).await, ReserveOutcome::Created(bobs.clone()));
+    let bobs = p.created(pid, &bob, "k", 1).await;
+    assert_ne!(first, bobs);
     assert_eq!(
-        call(reserve(product, &bob, "k9", 1).1).await,
+        p.reserve(pid, &bob, "k9", 1).await,
         ReserveOutcome::OutOfStock
     );
+    assert_eq!(p.units(pid).await, (0, 3));
 
-    // Lowering the stock below what is sold is refused.
-    let lower = SaleDefinition { stock: 2, ..sale };
+    // The stock can grow, never below what is sold; what is sold is kept.
     assert_eq!(
-        part.call(LoadSale {
-            product,
-            sale: lower
-        })
-        .await
-        .unwrap(),
+        p.load(pid, open_sale(2, 2)).await,
         Err(BelowSold { sold: 3 })
     );
+    let raised = p.load(pid, open_sale(5, 2)).await.unwrap();
+    assert_eq!((raised.stock, raised.remaining), (5, 2));
+    let sales = p.slot.call(ListSales).await.unwrap();
+    let listed = sales
+        .iter()
+        .find(|s| s.product == pid.get())
+        .expect("listed");
+    assert_eq!((listed.stock, listed.remaining), (5, 2));
+}
 
-    // Releasing gives the units back and frees the key; a claim then says "cancelled".
-    part.call(Release {
-        product,
-        order: first.clone(),
-    })
-    .await
-    .unwrap();
-    let c = part.call(Counters { product }).await.unwrap().unwrap();
-    assert_eq!((c.remaining, c.pending), (2, 1));
+on_both_backends!(a_sale_sells_only_inside_its_window);
+async fn a_sale_sells_only_inside_its_window(backend: Backend) {
+    let p = partition(backend, 3600).await;
+    let (pid, ann) = (product(), UserId::new_random());
+    let now = now_ms();
+    let upcoming = SaleDefinition {
+        starts_at: Some(now + 3_600_000),
+        ..open_sale(5, 1)
+    };
+    p.load(pid, upcoming).await.unwrap();
     assert_eq!(
-        part.call(Claim {
-            product,
+        p.reserve(pid, &ann, "k", 1).await,
+        ReserveOutcome::NotActive
+    );
+    let ended = SaleDefinition {
+        starts_at: Some(now - 7_200_000),
+        ends_at: Some(now - 3_600_000),
+        ..open_sale(5, 1)
+    };
+    p.load(pid, ended).await.unwrap();
+    assert_eq!(
+        p.reserve(pid, &ann, "k", 1).await,
+        ReserveOutcome::NotActive
+    );
+    let open = SaleDefinition {
+        starts_at: Some(now - 1_000),
+        ends_at: Some(now + 3_600_000),
+        ..open_sale(5, 1)
+    };
+    p.load(pid, open).await.unwrap();
+    p.created(pid, &ann, "k", 1).await;
+    // A rejected request left nothing reserved.
+    assert_eq!(p.units(pid).await, (4, 1));
+}
+
+on_both_backends!(a_release_gives_the_units_back_and_forgets_the_key);
+async fn a_release_gives_the_units_back_and_forgets_the_key(backend: Backend) {
+    let p = partition(backend, 3600).await;
+    let (pid, ann) = (product(), UserId::new_random());
+    p.load(pid, open_sale(2, 2)).await.unwrap();
+    let first = p.created(pid, &ann, "k", 2).await;
+    assert!(p
+        .slot
+        .call(Lookup {
             order: first.clone()
         })
         .await
-        .unwrap(),
-        false
-    );
+        .unwrap()
+        .is_some());
+    p.release(pid, &first).await;
+    assert_eq!(p.units(pid).await, (2, 0));
     assert_eq!(
-        part.call(Claim {
-            product,
-            order: bobs.clone()
-        })
-        .await
-        .unwrap(),
-        true
+        p.slot
+            .call(Lookup {
+                order: first.clone()
+            })
+            .await
+            .unwrap(),
+        None
     );
-    assert_eq!(
-        part.call(Claim {
-            product,
-            order: bobs
-        })
+    // A message of the released order that reached the queue after all is cancelled,
+    // and its units are never given back twice.
+    assert!(!p.claim(pid, &first).await);
+    assert!(!p.restock(pid, &first, &ann, 2).await);
+    assert_eq!(p.units(pid).await, (2, 0));
+    // The key is free again; the per-user count went back with the units.
+    let second = p.created(pid, &ann, "k", 2).await;
+    assert_ne!(first, second);
+    // Releasing what is not reserved changes nothing.
+    p.release(pid, &first).await;
+    assert_eq!(p.units(pid).await, (0, 2));
+}
+
+on_both_backends!(stale_unpublished_reservations_are_released_published_ones_kept);
+async fn stale_unpublished_reservations_are_released_published_ones_kept(backend: Backend) {
+    let p = partition(backend, 3600).await;
+    let (pid, ann, bob, cat) = (
+        product(),
+        UserId::new_random(),
+        UserId::new_random(),
+        UserId::new_random(),
+    );
+    p.load(pid, open_sale(5, 5)).await.unwrap();
+    let long_ago = now_ms() - STALE_MS as i64 - 1_000;
+    let lost = match p.reserve_at(pid, &ann, "lost", 1, long_ago).await {
+        ReserveOutcome::Created(o) => o,
+        other => panic!("{other:?}"),
+    };
+    let published = match p.reserve_at(pid, &bob, "sent", 1, long_ago).await {
+        ReserveOutcome::Created(o) => o,
+        other => panic!("{other:?}"),
+    };
+    p.publish(pid, &published).await;
+    let fresh = p.created(pid, &cat, "fresh", 1).await;
+    assert_eq!(p.units(pid).await, (2, 3));
+
+    let released = p
+        .slot
+        .call(ReleaseStale { now_ms: now_ms() })
         .await
-        .unwrap(),
-        true,
+        .unwrap();
+    assert_eq!(released, 1, "only the stale, unpublished reservation");
+    assert_eq!(p.units(pid).await, (3, 2));
+    assert!(
+        !p.claim(pid, &lost).await,
+        "the released order is recorded cancelled"
+    );
+    assert!(p.claim(pid, &published).await);
+    assert!(p.claim(pid, &fresh).await);
+    assert_eq!(p.units(pid).await, (3, 0));
+
+    // A retry whose earlier reservation went stale unpublished gets a new order.
+    let stale = match p.reserve_at(pid, &ann, "retry", 1, long_ago).await {
+        ReserveOutcome::Created(o) => o,
+        other => panic!("{other:?}"),
+    };
+    let retried = p.created(pid, &ann, "retry", 1).await;
+    assert_ne!(stale, retried);
+    assert!(!p.claim(pid, &stale).await);
+    assert_eq!(p.units(pid).await, (2, 1));
+}
+
+on_both_backends!(claims_and_restocks_happen_once_per_order);
+async fn claims_and_restocks_happen_once_per_order(backend: Backend) {
+    let p = partition(backend, 3600).await;
+    let (pid, ann) = (product(), UserId::new_random());
+    p.load(pid, open_sale(3, 1)).await.unwrap();
+    let order = p.created(pid, &ann, "k", 1).await;
+    p.publish(pid, &order).await;
+    assert!(p.claim(pid, &order).await);
+    assert!(
+        p.claim(pid, &order).await,
         "a redelivered claim still persists"
     );
-    let (again, op) = reserve(product, &ann, "k", 1);
-    assert_eq!(call(op).await, ReserveOutcome::Created(again));
+    assert!(
+        p.claim(pid, &OrderId::generate()).await,
+        "an order never seen persists"
+    );
+    assert_eq!(p.units(pid).await, (2, 0));
+    assert_eq!(
+        p.reserve(pid, &ann, "k2", 1).await,
+        ReserveOutcome::LimitReached
+    );
 
-    let future = SaleDefinition {
-        stock: 9,
-        per_user_limit: 1,
-        starts_at: Some(now_ms() + 3_600_000),
-        ends_at: None,
+    assert!(p.restock(pid, &order, &ann, 1).await);
+    assert!(!p.restock(pid, &order, &ann, 1).await, "once per order");
+    assert_eq!(p.units(pid).await, (3, 0));
+    // The buyer's unit went back too: they may buy again.
+    p.created(pid, &ann, "k2", 1).await;
+}
+
+on_both_backends!(the_rate_window_counts_and_resets);
+async fn the_rate_window_counts_and_resets(backend: Backend) {
+    let p = partition(backend, 3600).await;
+    let user = UserId::new_random();
+    let check = || {
+        p.slot.call(RateCheck {
+            user: user.clone(),
+            window_ms: 400,
+        })
     };
-    let later = ProductId::from_db(987_655);
-    let part2 = dir.product_partition(later);
-    part2
-        .call(LoadSale {
-            product: later,
-            sale: future,
+    for n in 1..=3 {
+        let w = check().await.unwrap();
+        assert_eq!(w.count, n);
+        assert!(w.reset_ms > 0 && w.reset_ms <= 400, "{w:?}");
+    }
+    let other = p
+        .slot
+        .call(RateCheck {
+            user: UserId::new_random(),
+            window_ms: 400,
         })
         .await
-        .unwrap()
         .unwrap();
+    assert_eq!(other.count, 1, "windows are per user");
+    tokio::time::sleep(Duration::from_millis(450)).await;
     assert_eq!(
-        part2.call(reserve(later, &ann, "k", 1).1).await.unwrap(),
-        ReserveOutcome::NotActive
+        check().await.unwrap().count,
+        1,
+        "a new window starts from zero"
     );
-    let past = SaleDefinition {
-        starts_at: Some(now_ms() - 7_200_000),
-        ends_at: Some(now_ms() - 3_600_000),
-        ..future
-    };
-    part2
-        .call(LoadSale {
-            product: later,
-            sale: past,
+}
+
+on_both_backends!(keys_and_lookups_expire_after_their_lifetime);
+async fn keys_and_lookups_expire_after_their_lifetime(backend: Backend) {
+    let p = partition(backend, 1).await;
+    let (pid, ann) = (product(), UserId::new_random());
+    p.load(pid, open_sale(5, 5)).await.unwrap();
+    let first = p.created(pid, &ann, "k", 1).await;
+    p.publish(pid, &first).await;
+    let pending = p
+        .slot
+        .call(Lookup {
+            order: first.clone(),
         })
         .await
-        .unwrap()
         .unwrap();
+    let pending = pending.expect("an accepted order is found until its shard has it");
     assert_eq!(
-        part2.call(reserve(later, &ann, "k", 1).1).await.unwrap(),
-        ReserveOutcome::NotActive
+        (pending.user.as_str(), pending.product, pending.quantity),
+        (ann.as_str(), pid.get(), 1)
     );
-    app.stop().await;
+    assert_eq!(
+        p.reserve(pid, &ann, "k", 1).await,
+        ReserveOutcome::Replay(first.clone())
+    );
+    assert!(p.claim(pid, &first).await);
+    // Past the key's lifetime the same key is a new order, and the old one's lookup
+    // entry is gone.
+    let expired = eventually(Duration::from_secs(5), || async {
+        p.slot
+            .call(Lookup {
+                order: first.clone(),
+            })
+            .await
+            .unwrap()
+            .is_none()
+    })
+    .await;
+    assert!(expired, "the lookup entry expires with the key");
+    match p.reserve(pid, &ann, "k", 1).await {
+        ReserveOutcome::Created(second) => assert_ne!(second, first),
+        other => panic!("an expired key must make a new order, got {other:?}"),
+    }
+}
+
+on_both_backends!(the_product_cache_keeps_values_for_their_ttl);
+async fn the_product_cache_keeps_values_for_their_ttl(backend: Backend) {
+    let p = partition(backend, 3600).await;
+    let key = format!("product:{}", product());
+    let get = || p.slot.call(CacheGet { key: key.clone() });
+    assert_eq!(get().await.unwrap(), None);
+    let set = |ttl_secs| CacheSet {
+        key: key.clone(),
+        value: "{\"id\":1}".into(),
+        ttl_secs,
+    };
+    p.slot.call(set(3600)).await.unwrap();
+    assert_eq!(get().await.unwrap().as_deref(), Some("{\"id\":1}"));
+    p.slot.call(CacheDel { key: key.clone() }).await.unwrap();
+    assert_eq!(get().await.unwrap(), None);
+    p.slot.call(set(1)).await.unwrap();
+    let gone = eventually(Duration::from_secs(5), || async {
+        get().await.unwrap().is_none()
+    })
+    .await;
+    assert!(gone, "the value expires after its TTL");
 }

@@ -1,7 +1,11 @@
 //! The embedded backend of an inventory partition: the partition actor owns its
 //! state in memory and makes each batch durable in its own SQLite file (one
 //! transaction) before answering, so a restart, or `kill -9`, rebuilds the same state.
-//! The operations mirror the Redis scripts step for step.
+//! The operations mirror the Redis scripts step for step, lifetimes included: an
+//! idempotency key and an accepted order's lookup entry live for
+//! `inventory.idempotency_ttl_secs`, a rate-limit window for its length (a sweep
+//! forgets what has expired, as Redis does). The conformance suite in
+//! `tests/api/inventory.rs` runs the same operations against both backends.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -21,7 +25,7 @@ use crate::supervisors::worker::{Backend, Batch, Connect};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sales (pid INTEGER PRIMARY KEY, stock INTEGER NOT NULL, remaining INTEGER NOT NULL, lim INTEGER NOT NULL, starts INTEGER NOT NULL, ends INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS idem (pid INTEGER NOT NULL, uid TEXT NOT NULL, key TEXT NOT NULL, oid TEXT NOT NULL, PRIMARY KEY (pid, uid, key));
+CREATE TABLE IF NOT EXISTS idem (pid INTEGER NOT NULL, uid TEXT NOT NULL, key TEXT NOT NULL, oid TEXT NOT NULL, expires INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (pid, uid, key));
 CREATE TABLE IF NOT EXISTS bought (pid INTEGER NOT NULL, uid TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (pid, uid));
 CREATE TABLE IF NOT EXISTS resv (oid TEXT PRIMARY KEY, pid INTEGER NOT NULL, published INTEGER NOT NULL, ts INTEGER NOT NULL, qty INTEGER NOT NULL, uid TEXT NOT NULL, key TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS released (oid TEXT PRIMARY KEY);
@@ -64,18 +68,23 @@ enum Change {
 pub struct LocalInventoryConnect {
     pub path: PathBuf,
     pub stale_ms: u64,
+    pub idempotency_ttl_secs: u64,
 }
 
 pub struct LocalInventory {
     pool: SqlitePool,
     stale_ms: i64,
     sales: HashMap<i64, Sale>,
-    idem: HashMap<IdemKey, String>,
+    /// The order id of a key, and when the key expires (epoch ms).
+    idem: HashMap<IdemKey, (String, i64)>,
+    /// How long keys and accepted orders' lookup entries live (ms).
+    ttl_ms: i64,
     bought: HashMap<(i64, String), i64>,
     resv: HashMap<String, Reservation>,
     released: HashSet<String>,
     restocked: HashSet<String>,
     orders: HashMap<String, PendingOrder>,
+    /// A user's rate-limit window: when it ends (epoch ms) and the requests in it.
     rate: HashMap<String, (i64, i64)>,
     cache: HashMap<String, (String, i64)>,
     changes: Vec<Change>,
@@ -88,11 +97,23 @@ impl Connect for LocalInventoryConnect {
     async fn connect(&self) -> Result<LocalInventory, ActorProcessingErr> {
         let pool = sqlite_pool(&self.path, 1).await?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+        // Files written before keys expired lack the column.
+        let has_expiry: bool = sqlx::query_scalar(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('idem') WHERE name = 'expires'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        if !has_expiry {
+            sqlx::raw_sql("ALTER TABLE idem ADD COLUMN expires INTEGER NOT NULL DEFAULT 0")
+                .execute(&pool)
+                .await?;
+        }
         let mut inv = LocalInventory {
             pool,
             stale_ms: self.stale_ms as i64,
             sales: HashMap::new(),
             idem: HashMap::new(),
+            ttl_ms: self.idempotency_ttl_secs as i64 * 1000,
             bought: HashMap::new(),
             resv: HashMap::new(),
             released: HashSet::new(),
@@ -124,11 +145,16 @@ impl LocalInventory {
             };
             self.sales.insert(r.get(0), sale);
         }
-        for r in sqlx::query("SELECT pid, uid, key, oid FROM idem")
+        // A key stored without an expiry (an older file) lives one lifetime from now.
+        let default_expiry = now_ms() + self.ttl_ms;
+        for r in sqlx::query("SELECT pid, uid, key, oid, expires FROM idem")
             .fetch_all(p)
             .await?
         {
-            self.idem.insert((r.get(0), r.get(1), r.get(2)), r.get(3));
+            let expires: i64 = r.get(4);
+            let expires = if expires > 0 { expires } else { default_expiry };
+            self.idem
+                .insert((r.get(0), r.get(1), r.get(2)), (r.get(3), expires));
         }
         for r in sqlx::query("SELECT pid, uid, n FROM bought")
             .fetch_all(p)
@@ -191,7 +217,7 @@ impl LocalInventory {
         self.released.insert(oid.to_string());
         self.changes.push(Change::Released(oid.to_string()));
         let ik = (rv.pid, rv.uid, rv.key);
-        if self.idem.get(&ik).is_some_and(|o| o == oid) {
+        if self.idem.get(&ik).is_some_and(|(o, _)| o == oid) {
             self.idem.remove(&ik);
             self.changes.push(Change::Idem(ik));
         }
@@ -206,7 +232,16 @@ impl LocalInventory {
         let uid = r.user.to_string();
         let qty = i64::from(r.quantity.get());
         let ik = (pid, uid.clone(), r.key.as_str().to_string());
-        if let Some(prev) = self.idem.get(&ik).cloned() {
+        // An expired key is forgotten, as Redis forgets it.
+        if self
+            .idem
+            .get(&ik)
+            .is_some_and(|(_, expires)| *expires <= r.now_ms)
+        {
+            self.idem.remove(&ik);
+            self.changes.push(Change::Idem(ik.clone()));
+        }
+        if let Some((prev, _)) = self.idem.get(&ik).cloned() {
             let stale = self
                 .resv
                 .get(&prev)
@@ -235,7 +270,8 @@ impl LocalInventory {
         let oid = r.order.to_string();
         self.sales.get_mut(&pid).expect("checked").remaining -= qty;
         self.bought.insert((pid, uid.clone()), bought + qty);
-        self.idem.insert(ik.clone(), oid.clone());
+        self.idem
+            .insert(ik.clone(), (oid.clone(), r.now_ms + self.ttl_ms));
         let rv = Reservation {
             pid,
             published: false,
@@ -339,14 +375,17 @@ impl LocalInventory {
 
     fn rate_check(&mut self, r: &super::RateCheck) -> RateWindow {
         let now = now_ms();
-        let entry = self.rate.entry(r.user.to_string()).or_insert((now, 0));
-        if now - entry.0 >= r.window_ms {
-            *entry = (now, 0);
+        let (ends, count) = self
+            .rate
+            .entry(r.user.to_string())
+            .or_insert((now + r.window_ms, 0));
+        if *ends <= now {
+            (*ends, *count) = (now + r.window_ms, 0);
         }
-        entry.1 += 1;
+        *count += 1;
         RateWindow {
-            count: entry.1,
-            reset_ms: entry.0 + r.window_ms - now,
+            count: *count,
+            reset_ms: *ends - now,
         }
     }
 
@@ -378,18 +417,36 @@ impl LocalInventory {
         for oid in &stale {
             self.release(oid);
         }
-        // Accepted orders are looked up here only until their shard has them.
-        let expired: Vec<String> = self
+        self.forget_expired(now_ms);
+        stale.len() as i64
+    }
+
+    /// What Redis would have expired by now: accepted orders' lookup entries and
+    /// idempotency keys after their lifetime, rate-limit windows that have ended.
+    fn forget_expired(&mut self, now_ms: i64) {
+        let ttl = self.ttl_ms;
+        let orders: Vec<String> = self
             .orders
             .iter()
-            .filter(|(_, o)| now_ms - o.created_at > 3_600_000)
+            .filter(|(_, o)| o.created_at + ttl <= now_ms)
             .map(|(oid, _)| oid.clone())
             .collect();
-        for oid in expired {
+        for oid in orders {
             self.orders.remove(&oid);
             self.changes.push(Change::Ord(oid));
         }
-        stale.len() as i64
+        let keys: Vec<IdemKey> = self
+            .idem
+            .iter()
+            .filter(|(_, (_, expires))| *expires <= now_ms)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            self.idem.remove(&k);
+            self.changes.push(Change::Idem(k));
+        }
+        self.rate.retain(|_, (ends, _)| *ends > now_ms);
+        self.cache.retain(|_, (_, expires)| *expires > now_ms);
     }
 
     /// Applies one message to the state; its answer waits until the batch is durable.
@@ -412,7 +469,10 @@ impl LocalInventory {
             }
             InventoryMsg::Counters(r, port) => port.defer(Ok(self.counters(r.product.get()))),
             InventoryMsg::Lookup(r, port) => {
-                port.defer(Ok(self.orders.get(r.order.as_str()).cloned()))
+                let ttl = self.ttl_ms;
+                let found = self.orders.get(r.order.as_str());
+                let live = found.filter(|o| o.created_at + ttl > now_ms()).cloned();
+                port.defer(Ok(live))
             }
             InventoryMsg::CacheGet(r, port) => port.defer(Ok(self.cache_get(&r.key))),
             InventoryMsg::CacheSet(r, port) => {
@@ -451,27 +511,26 @@ impl LocalInventory {
                             .await?;
                     }
                 }
-                Change::Idem(k) => {
-                    match self.idem.get(&k) {
-                        Some(oid) => {
-                            sqlx::query("INSERT OR REPLACE INTO idem (pid, uid, key, oid) VALUES (?, ?, ?, ?)")
+                Change::Idem(k) => match self.idem.get(&k) {
+                    Some((oid, expires)) => {
+                        sqlx::query("INSERT OR REPLACE INTO idem (pid, uid, key, oid, expires) VALUES (?, ?, ?, ?, ?)")
                             .bind(k.0)
                             .bind(&k.1)
                             .bind(&k.2)
                             .bind(oid)
+                            .bind(expires)
                             .execute(&mut *tx)
                             .await?;
-                        }
-                        None => {
-                            sqlx::query("DELETE FROM idem WHERE pid = ? AND uid = ? AND key = ?")
-                                .bind(k.0)
-                                .bind(&k.1)
-                                .bind(&k.2)
-                                .execute(&mut *tx)
-                                .await?;
-                        }
                     }
-                }
+                    None => {
+                        sqlx::query("DELETE FROM idem WHERE pid = ? AND uid = ? AND key = ?")
+                            .bind(k.0)
+                            .bind(&k.1)
+                            .bind(&k.2)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                },
                 Change::Bought(pid, uid) => {
                     let n = self.bought.get(&(pid, uid.clone())).copied().unwrap_or(0);
                     sqlx::query("INSERT OR REPLACE INTO bought (pid, uid, n) VALUES (?, ?, ?)")
