@@ -229,9 +229,12 @@ impl<H: DeliveryHandler> Actor for QueueConsumer<H> {
                         self.stats.add_processed(items as u64);
                         if state.depth_read.elapsed() >= std::time::Duration::from_secs(1) {
                             state.depth_read = std::time::Instant::now();
-                            let depth = state.acker.depth(&self.queue).await?;
-                            metrics::gauge!("flashsale_queue_depth", "queue" => self.queue.clone())
-                                .set(depth as f64);
+                            // A gauge that cannot be read is not a reason to stop consuming.
+                            match state.acker.depth(&self.queue).await {
+                                Ok(depth) => metrics::gauge!("flashsale_queue_depth", "queue" => self.queue.clone())
+                                    .set(depth as f64),
+                                Err(e) => tracing::debug!(queue = %self.queue, error = %e, "queue depth unread"),
+                            }
                         }
                         Ok(())
                     }
