@@ -1,5 +1,13 @@
 //! Settings: defaults, then a TOML file, then `FLASHSALE__SECTION__KEY` environment
 //! overrides, validated once at start. Secrets are wrapped so they never print.
+//!
+//! The layering is ours (`merge`, `parse_env_value`, `set_path`: some sixty lines), not
+//! figment's or config's. figment's `Env` reads only the process environment, so
+//! `load_with_env` would need a provider of our own, and it brings a second TOML parser
+//! and a proc-macro crate. config takes injected pairs and is light, but reads an
+//! override as a plain string: a list given as TOML (`FLASHSALE__SHARDS__URLS='["…"]'`,
+//! as README documents) is refused, and with number parsing on, a string setting such
+//! as `"007"` becomes `"7"`. Either would replace little code and change what users see.
 
 use std::fmt;
 use std::path::Path;
@@ -655,6 +663,40 @@ mod tests {
             .to_string();
         std::fs::remove_file(&path).unwrap();
         assert!(err.contains("\"linger\"") && err.contains("quote"), "{err}");
+    }
+
+    #[test]
+    fn environment_lists_are_toml_arrays() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("FLASHSALE__MODE", "cluster"),
+                ("FLASHSALE__CATALOG__URL", "postgres://db/catalog"),
+                (
+                    "FLASHSALE__SHARDS__URLS",
+                    r#"["postgres://db/shard_0","postgres://db/shard_1"]"#,
+                ),
+                ("FLASHSALE__INVENTORY__URLS", r#"["redis://cache:6379/0"]"#),
+                ("FLASHSALE__QUEUE__URL", "amqp://queue"),
+                ("FLASHSALE__INVENTORY__KEY_PREFIX", "007"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.mode, Mode::Cluster);
+        assert_eq!(s.shard_count(), 2);
+        assert_eq!(s.shards.urls[1].expose(), "postgres://db/shard_1");
+        assert_eq!(s.partition_count(), 1);
+        assert_eq!(s.inventory.key_prefix, "007");
+
+        // A variable that goes below a value names itself.
+        let err = Settings::load_with_env(None, env(&[("FLASHSALE__HTTP__LISTEN__PORT", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("FLASHSALE__HTTP__LISTEN__PORT")
+                && err.contains("listen is not a section"),
+            "{err}"
+        );
     }
 
     #[test]

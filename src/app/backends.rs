@@ -64,12 +64,12 @@ impl Backends {
                     move |source| StartError::Embedded { path, source }
                 };
                 let catalog = dir.join("catalog.db");
-                sqlite::migrate(&catalog, sqlite::CATALOG)
+                sqlite::migrate(&catalog, &sqlite::CATALOG)
                     .await
                     .map_err(embedded(&catalog))?;
                 for i in 0..settings.shard_count() {
                     let shard = dir.join(format!("shard-{i}.db"));
-                    sqlite::migrate(&shard, sqlite::SHARD)
+                    sqlite::migrate(&shard, &sqlite::SHARD)
                         .await
                         .map_err(embedded(&shard))?;
                 }

@@ -1,149 +1,237 @@
 //! Creates missing databases and applies `migrations/` to the catalog and to every
-//! shard. Each database records what it has applied; concurrent runs (several pods
-//! starting at once) serialise on an advisory lock.
+//! shard, with sqlx's migrator: each database records in `_sqlx_migrations` what it has
+//! applied and a checksum of each file, so a migration edited after it ran stops the
+//! start instead of leaving databases that differ; concurrent runs (several pods
+//! starting at once) serialise on sqlx's advisory lock.
+//!
+//! The files are embedded in the binary (`include_str!`, listed below),
+//! named `<version>_<description>.sql`. A migration that has run is never edited: a
+//! change is a new file, added to its list.
+//!
+//! Databases migrated before sqlx's migrator kept their bookkeeping in
+//! `flashsale_migrations` (no checksums). The first run that finds that table and an
+//! empty `_sqlx_migrations` records those versions there as applied, with the checksum
+//! of today's file, and applies only what is newer. `flashsale_migrations` is left as
+//! it was and no longer written.
 
+use std::borrow::Cow;
+use std::collections::HashSet;
 use std::str::FromStr;
+use std::sync::LazyLock;
 
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, Row};
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use sqlx::error::BoxDynError;
+use sqlx::migrate::{
+    Migrate, MigrateDatabase, Migration, MigrationSource, MigrationType, Migrator,
+};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions, Connection, Postgres, Row};
 
 use crate::config::Settings;
 
-pub struct Migration {
-    pub version: i64,
-    pub name: &'static str,
-    pub sql: &'static str,
+/// Migrations compiled into the binary: (version, description, SQL).
+#[derive(Debug)]
+pub struct Embedded(pub &'static [(i64, &'static str, &'static str)]);
+
+impl MigrationSource<'static> for Embedded {
+    fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, BoxDynError>> {
+        let migrations = self
+            .0
+            .iter()
+            .map(|(version, description, sql)| {
+                let (description, sql) = (Cow::Borrowed(*description), Cow::Borrowed(*sql));
+                Migration::new(*version, description, MigrationType::Simple, sql, false)
+            })
+            .collect();
+        async move { Ok(migrations) }.boxed()
+    }
 }
 
-/// `migration!(version, name, path)`: a migration whose SQL is the file at `path`.
-macro_rules! migration {
-    ($version:literal, $name:literal, $path:literal) => {
-        $crate::shards::migrate::Migration {
-            version: $version,
-            name: $name,
-            sql: include_str!($path),
-        }
-    };
+impl Embedded {
+    /// sqlx's migrator over these files (checksums computed here, once).
+    pub fn migrator(self) -> Migrator {
+        Migrator::new(self)
+            .now_or_never()
+            .expect("embedded migrations resolve at once")
+            .expect("embedded migrations are valid")
+    }
 }
-pub(crate) use migration;
 
-pub const CATALOG: &[Migration] = &[
-    migration!(1, "init", "../../migrations/catalog/0001_init.sql"),
-    migration!(2, "events", "../../migrations/catalog/0002_events.sql"),
-];
+pub static CATALOG: LazyLock<Migrator> = LazyLock::new(|| {
+    Embedded(&[
+        (
+            1,
+            "init",
+            include_str!("../../migrations/catalog/0001_init.sql"),
+        ),
+        (
+            2,
+            "events",
+            include_str!("../../migrations/catalog/0002_events.sql"),
+        ),
+    ])
+    .migrator()
+});
 
-pub const SHARD: &[Migration] = &[
-    migration!(1, "init", "../../migrations/shard/0001_init.sql"),
-    migration!(2, "events", "../../migrations/shard/0002_events.sql"),
-];
-
-const LOCK_KEY: i64 = 0x666c_6173_6873; // "flashs"
+pub static SHARD: LazyLock<Migrator> = LazyLock::new(|| {
+    Embedded(&[
+        (
+            1,
+            "init",
+            include_str!("../../migrations/shard/0001_init.sql"),
+        ),
+        (
+            2,
+            "events",
+            include_str!("../../migrations/shard/0002_events.sql"),
+        ),
+    ])
+    .migrator()
+});
 
 #[derive(Debug, thiserror::Error)]
-#[error("database {database}: {source}")]
+#[error("database {database}: {source}{hint}", hint = hint(.source))]
 pub struct MigrateError {
     pub database: String,
     #[source]
     pub source: sqlx::Error,
 }
 
-/// Creates the database named in `url` when it does not exist.
-pub async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
-    let options = PgConnectOptions::from_str(url)?;
-    let name = options.get_database().unwrap_or("postgres").to_string();
-    let mut admin = options.clone().database("postgres").connect().await?;
-    let exists = sqlx::query("SELECT 1 FROM pg_database WHERE datname = $1")
-        .bind(&name)
-        .fetch_optional(&mut admin)
-        .await?
-        .is_some();
-    if !exists {
-        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-        match sqlx::query(&format!("CREATE DATABASE {quoted}"))
-            .execute(&mut admin)
-            .await
-        {
-            Ok(_) => tracing::info!(database = %name, "created database"),
-            // Another process created it meanwhile.
-            Err(sqlx::Error::Database(e))
-                if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {}
-            Err(e) => return Err(e),
-        }
+/// What to do about an error that needs a person.
+fn hint(e: &sqlx::Error) -> &'static str {
+    match e {
+        sqlx::Error::Migrate(m) => match **m {
+            sqlx::migrate::MigrateError::VersionMismatch(_) => {
+                " (a migration that has run must never change: restore its file and put the change in a new migration)"
+            }
+            sqlx::migrate::MigrateError::VersionMissing(_) => {
+                " (the database is newer than this build: run a build that has every migration it has applied)"
+            }
+            _ => "",
+        },
+        _ => "",
     }
-    admin.close().await?;
-    Ok(())
+}
+
+/// Creates the database named in `url` when it does not exist. Several pods may do this
+/// at once: the one that loses the race finds the database made, which is all it wanted.
+pub async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
+    if Postgres::database_exists(url).await? {
+        return Ok(());
+    }
+    match Postgres::create_database(url).await {
+        Ok(()) => {
+            tracing::info!(database = %database_name(url), "created database");
+            Ok(())
+        }
+        // duplicate_database, or the unique index of pg_database when both
+        // CREATE DATABASE statements ran at the same moment.
+        Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Applies every migration of `set` that `url` has not applied yet; returns how many.
-pub async fn apply(url: &str, set: &[Migration]) -> Result<usize, sqlx::Error> {
+pub async fn apply(url: &str, set: &Migrator) -> Result<usize, sqlx::Error> {
     let mut con = PgConnectOptions::from_str(url)?.connect().await?;
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(LOCK_KEY)
-        .execute(&mut con)
-        .await?;
-    let result = apply_locked(&mut con, set).await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(LOCK_KEY)
-        .execute(&mut con)
-        .await;
+    // Held across the baseline, the count and the run, so that the count is this run's
+    // own. sqlx's lock is re-entrant: the run takes and releases it once more inside.
+    // On an error the connection is dropped, which releases it.
+    con.lock().await?;
+    let applied = baseline(&mut con, set).await?;
+    set.run(&mut con).await?;
+    con.unlock().await?;
     con.close().await?;
-    result
+    Ok(pending(set, &applied))
 }
 
-async fn apply_locked(
-    con: &mut sqlx::PgConnection,
-    set: &[Migration],
-) -> Result<usize, sqlx::Error> {
-    sqlx::raw_sql(
-        "CREATE TABLE IF NOT EXISTS flashsale_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
-    )
-    .execute(&mut *con)
-    .await?;
-    let applied: Vec<i64> = sqlx::query("SELECT version FROM flashsale_migrations")
-        .fetch_all(&mut *con)
+/// Takes over the bookkeeping of the runner that came before sqlx's (see the module
+/// doc), then returns the versions applied so far. The caller holds the lock.
+async fn baseline(con: &mut PgConnection, set: &Migrator) -> Result<HashSet<i64>, sqlx::Error> {
+    con.ensure_migrations_table().await?;
+    let mut applied: HashSet<i64> = con
+        .list_applied_migrations()
         .await?
         .iter()
-        .map(|r| r.get::<i64, _>(0))
+        .map(|m| m.version)
         .collect();
-    let mut n = 0;
-    for m in set.iter().filter(|m| !applied.contains(&m.version)) {
-        let mut tx = con.begin().await?;
-        sqlx::raw_sql(m.sql).execute(&mut *tx).await?;
+    let legacy: bool = sqlx::query_scalar("SELECT to_regclass('flashsale_migrations') IS NOT NULL")
+        .fetch_one(&mut *con)
+        .await?;
+    if !applied.is_empty() || !legacy {
+        return Ok(applied);
+    }
+    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM flashsale_migrations")
+        .fetch_all(&mut *con)
+        .await?;
+    let mut tx = con.begin().await?;
+    for m in taken_over(set, &versions) {
         sqlx::query(
-            "INSERT INTO flashsale_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES ($1, $2, TRUE, $3, 0)",
         )
         .bind(m.version)
-        .bind(m.name)
-        .bind(crate::domain::now_ms())
+        .bind(&*m.description)
+        .bind(&*m.checksum)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        n += 1;
+        applied.insert(m.version);
     }
-    Ok(n)
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// The migrations of `set` that the old bookkeeping table lists as applied.
+pub(crate) fn taken_over<'a>(set: &'a Migrator, versions: &[i64]) -> Vec<&'a Migration> {
+    let taken: Vec<&Migration> = set
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration() && versions.contains(&m.version))
+        .collect();
+    if !taken.is_empty() {
+        let versions: Vec<i64> = taken.iter().map(|m| m.version).collect();
+        tracing::info!(
+            ?versions,
+            "recorded the migrations flashsale_migrations lists as applied in _sqlx_migrations"
+        );
+    }
+    taken
+}
+
+/// How many migrations of `set` were not in `applied`.
+pub(crate) fn pending(set: &Migrator, applied: &HashSet<i64>) -> usize {
+    set.iter()
+        .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))
+        .count()
+}
+
+fn database_name(url: &str) -> String {
+    PgConnectOptions::from_str(url)
+        .ok()
+        .and_then(|o| o.get_database().map(str::to_string))
+        .unwrap_or_else(|| "postgres".into())
 }
 
 /// Every database of a cluster deployment: created when missing, then migrated.
 pub async fn migrate_all(settings: &Settings) -> Result<Vec<(String, usize)>, MigrateError> {
-    let mut targets: Vec<(&str, &[Migration])> = vec![(settings.catalog.url.expose(), CATALOG)];
+    let mut report = vec![migrate_one(settings.catalog.url.expose(), &CATALOG).await?];
     for url in &settings.shards.urls {
-        targets.push((url.expose(), SHARD));
-    }
-    let mut report = Vec::new();
-    for (url, set) in targets {
-        let database = PgConnectOptions::from_str(url)
-            .ok()
-            .and_then(|o| o.get_database().map(str::to_string))
-            .unwrap_or_else(|| "postgres".into());
-        let err = |source| MigrateError {
-            database: database.clone(),
-            source,
-        };
-        ensure_database(url).await.map_err(err)?;
-        let n = apply(url, set).await.map_err(err)?;
-        report.push((database, n));
+        report.push(migrate_one(url.expose(), &SHARD).await?);
     }
     Ok(report)
+}
+
+/// One database: created when missing, then migrated; its name and how many applied.
+async fn migrate_one(url: &str, set: &Migrator) -> Result<(String, usize), MigrateError> {
+    let database = database_name(url);
+    let err = |source| MigrateError {
+        database: database.clone(),
+        source,
+    };
+    ensure_database(url).await.map_err(err)?;
+    let n = apply(url, set).await.map_err(err)?;
+    Ok((database, n))
 }
 
 /// The id of this deployment, stored in the catalog on first start.
@@ -161,4 +249,291 @@ pub async fn deployment_id(catalog_url: &str, candidate: &str) -> Result<String,
         .get(0);
     con.close().await?;
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use sqlx::migrate::MigrateError as SqlxMigrateError;
+    use sqlx::Executor;
+
+    use super::*;
+    use crate::config::Secret;
+    use crate::shards::sqlite;
+
+    const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
+    /// Names of databases (and files) no other test uses: `fs_test_<pid>_<random>_<what>`.
+    fn unique(what: &str) -> String {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        format!("fs_test_{}_{}_{what}", std::process::id(), &id[..8])
+    }
+
+    fn pg_url(db: &str) -> String {
+        format!("{SERVER}/{db}")
+    }
+
+    /// The shipped cluster settings, pointed at `catalog` and `shards` on the local server.
+    fn cluster(catalog: &str, shards: &[String]) -> Settings {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/cluster.toml");
+        let mut s = Settings::load_with_env(Some(&path), Vec::new()).expect("cluster config");
+        s.catalog.url = Secret::new(pg_url(catalog));
+        s.shards.urls = shards.iter().map(|d| Secret::new(pg_url(d))).collect();
+        s
+    }
+
+    async fn drop_databases(names: &[String]) {
+        for name in names {
+            Postgres::force_drop_database(&pg_url(name))
+                .await
+                .expect("drop test database");
+        }
+    }
+
+    async fn versions(url: &str) -> Vec<(i64, bool)> {
+        let mut con = PgConnectOptions::from_str(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let rows = sqlx::query_as("SELECT version, success FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&mut con)
+            .await
+            .unwrap();
+        con.close().await.unwrap();
+        rows
+    }
+
+    async fn pg_tables(url: &str) -> Vec<String> {
+        let mut con = PgConnectOptions::from_str(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let rows = sqlx::query_scalar(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+        )
+        .fetch_all(&mut con)
+        .await
+        .unwrap();
+        con.close().await.unwrap();
+        rows
+    }
+
+    /// A copy of the migration folder `dir` whose first migration has one more line, as a
+    /// careless edit of an applied migration would leave it.
+    async fn edited_copy(dir: &str) -> (Migrator, PathBuf) {
+        let from = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        let to = std::env::temp_dir().join(unique("edited"));
+        std::fs::create_dir_all(&to).unwrap();
+        for entry in std::fs::read_dir(&from).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+        let first = to.join("0001_init.sql");
+        let sql = std::fs::read_to_string(&first).unwrap();
+        std::fs::write(&first, format!("{sql}\n-- a later edit\n")).unwrap();
+        let migrator = Migrator::new(to.as_path()).await.unwrap();
+        (migrator, to)
+    }
+
+    fn is_version_mismatch(e: &sqlx::Error, version: i64) -> bool {
+        matches!(e, sqlx::Error::Migrate(m) if matches!(**m, SqlxMigrateError::VersionMismatch(v) if v == version))
+    }
+
+    /// What the runner before sqlx's left: its table, and the SQL of `upto` migrations.
+    async fn old_runner_applied(url: &str, set: &Migrator, upto: i64) {
+        let mut con = PgConnectOptions::from_str(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        con.execute(
+            "CREATE TABLE flashsale_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+        )
+        .await
+        .unwrap();
+        for m in set.iter().filter(|m| m.version <= upto) {
+            sqlx::raw_sql(&m.sql).execute(&mut con).await.unwrap();
+            sqlx::query("INSERT INTO flashsale_migrations VALUES ($1, $2, 0)")
+                .bind(m.version)
+                .bind(&*m.description)
+                .execute(&mut con)
+                .await
+                .unwrap();
+        }
+        con.close().await.unwrap();
+    }
+
+    #[test]
+    fn migration_files_are_found_in_order() {
+        for set in [&*CATALOG, &*SHARD, &*sqlite::CATALOG, &*sqlite::SHARD] {
+            let found: Vec<(i64, &str)> =
+                set.iter().map(|m| (m.version, &*m.description)).collect();
+            assert_eq!(found, [(1, "init"), (2, "events")]);
+        }
+    }
+
+    #[tokio::test]
+    async fn migrating_twice_creates_the_databases_then_does_nothing() {
+        let (catalog, shards) = (
+            unique("catalog"),
+            vec![unique("shard_0"), unique("shard_1")],
+        );
+        let settings = cluster(&catalog, &shards);
+
+        let first = migrate_all(&settings).await.expect("first run");
+        let second = migrate_all(&settings).await.expect("second run");
+
+        let names: Vec<String> = [catalog.clone()]
+            .into_iter()
+            .chain(shards.clone())
+            .collect();
+        let report = |n| names.iter().map(|d| (d.clone(), n)).collect::<Vec<_>>();
+        assert_eq!(first, report(2));
+        assert_eq!(second, report(0));
+        assert_eq!(versions(&pg_url(&catalog)).await, [(1, true), (2, true)]);
+        assert!(pg_tables(&pg_url(&catalog))
+            .await
+            .contains(&"products".to_string()));
+        let shard_tables = pg_tables(&pg_url(&shards[1])).await;
+        assert!(
+            shard_tables.contains(&"orders".into()) && shard_tables.contains(&"outbox".into()),
+            "{shard_tables:?}"
+        );
+        drop_databases(&names).await;
+    }
+
+    #[tokio::test]
+    async fn an_edited_migration_is_refused() {
+        let db = unique("shard");
+        migrate_one(&pg_url(&db), &SHARD).await.expect("migrates");
+        let (edited, dir) = edited_copy("migrations/shard").await;
+
+        let err = migrate_one(&pg_url(&db), &edited).await.unwrap_err();
+
+        assert!(is_version_mismatch(&err.source, 1), "{err:?}");
+        let shown = err.to_string();
+        assert!(
+            shown.contains(&db)
+                && shown.contains("migration 1 was previously applied but has been modified")
+                && shown.contains("must never change"),
+            "{shown}"
+        );
+        // The lock went with the failed run's connection: the real set still runs.
+        assert_eq!(migrate_one(&pg_url(&db), &SHARD).await.unwrap().1, 0);
+        std::fs::remove_dir_all(dir).unwrap();
+        drop_databases(&[db]).await;
+    }
+
+    #[tokio::test]
+    async fn two_pods_migrating_fresh_databases_at_once_both_succeed() {
+        let (catalog, shards) = (
+            unique("catalog"),
+            vec![unique("shard_0"), unique("shard_1")],
+        );
+        let settings = cluster(&catalog, &shards);
+
+        let (a, b) = tokio::join!(migrate_all(&settings), migrate_all(&settings));
+
+        let (a, b) = (a.expect("first pod"), b.expect("second pod"));
+        for ((db, n), (_, m)) in a.iter().zip(&b) {
+            assert_eq!(n + m, 2, "each migration of {db} applied once: {a:?} {b:?}");
+            assert_eq!(versions(&pg_url(db)).await, [(1, true), (2, true)]);
+        }
+        let names: Vec<String> = [catalog].into_iter().chain(shards).collect();
+        drop_databases(&names).await;
+    }
+
+    #[tokio::test]
+    async fn databases_of_the_old_runner_are_taken_over() {
+        // Fully migrated by the old runner: nothing to apply, both versions recorded.
+        let done = unique("catalog");
+        ensure_database(&pg_url(&done)).await.unwrap();
+        old_runner_applied(&pg_url(&done), &CATALOG, 2).await;
+        assert_eq!(migrate_one(&pg_url(&done), &CATALOG).await.unwrap().1, 0);
+        assert_eq!(versions(&pg_url(&done)).await, [(1, true), (2, true)]);
+
+        // Migrated to version 1: version 2 is applied now.
+        let behind = unique("shard");
+        ensure_database(&pg_url(&behind)).await.unwrap();
+        old_runner_applied(&pg_url(&behind), &SHARD, 1).await;
+        assert_eq!(migrate_one(&pg_url(&behind), &SHARD).await.unwrap().1, 1);
+        assert_eq!(versions(&pg_url(&behind)).await, [(1, true), (2, true)]);
+        assert!(pg_tables(&pg_url(&behind)).await.contains(&"outbox".into()));
+        // From then on the checksums hold.
+        let (edited, dir) = edited_copy("migrations/shard").await;
+        let err = migrate_one(&pg_url(&behind), &edited).await.unwrap_err();
+        assert!(is_version_mismatch(&err.source, 1), "{err:?}");
+
+        std::fs::remove_dir_all(dir).unwrap();
+        drop_databases(&[done, behind]).await;
+    }
+
+    async fn sqlite_versions(path: &Path) -> Vec<i64> {
+        let pool = crate::db::sqlite_pool(path, 1)
+            .await
+            .unwrap();
+        let rows = sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        rows
+    }
+
+    fn remove_sqlite(path: &Path) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    #[tokio::test]
+    async fn embedded_files_migrate_once_and_refuse_an_edited_migration() {
+        let path = std::env::temp_dir().join(format!("{}.db", unique("shard")));
+
+        assert_eq!(sqlite::migrate(&path, &sqlite::SHARD).await.unwrap(), 2);
+        assert_eq!(sqlite::migrate(&path, &sqlite::SHARD).await.unwrap(), 0);
+        assert_eq!(sqlite_versions(&path).await, [1, 2]);
+
+        let (edited, dir) = edited_copy("migrations/sqlite/shard").await;
+        let err = sqlite::migrate(&path, &edited).await.unwrap_err();
+        assert!(is_version_mismatch(&err, 1), "{err:?}");
+        assert!(err
+            .to_string()
+            .contains("migration 1 was previously applied but has been modified"));
+
+        std::fs::remove_dir_all(dir).unwrap();
+        remove_sqlite(&path);
+    }
+
+    #[tokio::test]
+    async fn embedded_files_of_the_old_runner_are_taken_over() {
+        let path = std::env::temp_dir().join(format!("{}.db", unique("catalog")));
+        let pool = crate::db::sqlite_pool(&path, 1)
+            .await
+            .unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE flashsale_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let first = sqlite::CATALOG.iter().next().unwrap();
+        sqlx::raw_sql(&first.sql).execute(&pool).await.unwrap();
+        sqlx::query("INSERT INTO flashsale_migrations VALUES (1, 'init', 0)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+
+        assert_eq!(sqlite::migrate(&path, &sqlite::CATALOG).await.unwrap(), 1);
+        assert_eq!(sqlite_versions(&path).await, [1, 2]);
+        assert_eq!(sqlite::migrate(&path, &sqlite::CATALOG).await.unwrap(), 0);
+
+        remove_sqlite(&path);
+    }
 }

@@ -2,57 +2,94 @@
 //! under the data directory) and their migrations. Their actors are the same as in
 //! cluster mode ([`super::store`], [`super::catalog`]).
 
+use std::collections::HashSet;
 use std::path::Path;
+use std::sync::LazyLock;
 
-use sqlx::Row;
+use sqlx::migrate::{Migrate, Migrator};
+use sqlx::sqlite::SqliteConnection;
+use sqlx::Connection;
 
 use crate::db::sqlite_pool;
-use crate::domain::now_ms;
-use crate::shards::migrate::{migration, Migration};
+use crate::shards::migrate::{pending, taken_over, Embedded};
 
-pub const CATALOG: &[Migration] = &[
-    migration!(1, "init", "../../migrations/sqlite/catalog/0001_init.sql"),
-    migration!(
-        2,
-        "events",
-        "../../migrations/sqlite/catalog/0002_events.sql"
-    ),
-];
+pub static CATALOG: LazyLock<Migrator> = LazyLock::new(|| {
+    Embedded(&[
+        (
+            1,
+            "init",
+            include_str!("../../migrations/sqlite/catalog/0001_init.sql"),
+        ),
+        (
+            2,
+            "events",
+            include_str!("../../migrations/sqlite/catalog/0002_events.sql"),
+        ),
+    ])
+    .migrator()
+});
 
-pub const SHARD: &[Migration] = &[
-    migration!(1, "init", "../../migrations/sqlite/shard/0001_init.sql"),
-    migration!(2, "events", "../../migrations/sqlite/shard/0002_events.sql"),
-];
+pub static SHARD: LazyLock<Migrator> = LazyLock::new(|| {
+    Embedded(&[
+        (
+            1,
+            "init",
+            include_str!("../../migrations/sqlite/shard/0001_init.sql"),
+        ),
+        (
+            2,
+            "events",
+            include_str!("../../migrations/sqlite/shard/0002_events.sql"),
+        ),
+    ])
+    .migrator()
+});
 
-/// Applies the migrations `path` has not applied yet; returns how many.
-pub async fn migrate(path: &Path, set: &[Migration]) -> Result<usize, sqlx::Error> {
+/// Applies the migrations `path` has not applied yet; returns how many. Bookkeeping,
+/// checksums and the takeover of `flashsale_migrations` as in `shards::migrate`; one
+/// process owns a data directory, so there is no lock to take.
+pub async fn migrate(path: &Path, set: &Migrator) -> Result<usize, sqlx::Error> {
     let pool = sqlite_pool(path, 1).await?;
-    sqlx::raw_sql(
-        "CREATE TABLE IF NOT EXISTS flashsale_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
-    )
-    .execute(&pool)
-    .await?;
-    let applied: Vec<i64> = sqlx::query("SELECT version FROM flashsale_migrations")
-        .fetch_all(&pool)
+    let mut con = pool.acquire().await?;
+    let applied = baseline(&mut con, set).await?;
+    set.run(&mut *con).await?;
+    drop(con);
+    pool.close().await;
+    Ok(pending(set, &applied))
+}
+
+/// `shards::migrate::baseline` for SQLite.
+async fn baseline(con: &mut SqliteConnection, set: &Migrator) -> Result<HashSet<i64>, sqlx::Error> {
+    con.ensure_migrations_table().await?;
+    let mut applied: HashSet<i64> = con
+        .list_applied_migrations()
         .await?
         .iter()
-        .map(|r| r.get(0))
+        .map(|m| m.version)
         .collect();
-    let mut n = 0;
-    for m in set.iter().filter(|m| !applied.contains(&m.version)) {
-        let mut tx = pool.begin().await?;
-        sqlx::raw_sql(m.sql).execute(&mut *tx).await?;
+    let legacy: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'flashsale_migrations')",
+    )
+    .fetch_one(&mut *con)
+    .await?;
+    if !applied.is_empty() || !legacy {
+        return Ok(applied);
+    }
+    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM flashsale_migrations")
+        .fetch_all(&mut *con)
+        .await?;
+    let mut tx = con.begin().await?;
+    for m in taken_over(set, &versions) {
         sqlx::query(
-            "INSERT INTO flashsale_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (?, ?, TRUE, ?, 0)",
         )
         .bind(m.version)
-        .bind(m.name)
-        .bind(now_ms())
+        .bind(&*m.description)
+        .bind(&*m.checksum)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        n += 1;
+        applied.insert(m.version);
     }
-    pool.close().await;
-    Ok(n)
+    tx.commit().await?;
+    Ok(applied)
 }
