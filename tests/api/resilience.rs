@@ -164,11 +164,16 @@ async fn restarting_consumers_during_a_sale_loses_nothing(mode: Mode) {
         "shard-0",
     ] {
         let asked = names.iter().filter(|n| **n == name).count() as u64;
-        let a = actor(&app, name).await;
-        assert!(
-            restarts(&a) >= asked && a["status"] == "running",
-            "{name} was restarted {asked} time(s) and runs: {a}"
-        );
+        let what = format!("{name} was restarted {asked} time(s) and runs");
+        eventually(Duration::from_secs(10), &what, || async {
+            let a = actor(&app, name).await;
+            if restarts(&a) >= asked && a["status"] == "running" {
+                Ok(())
+            } else {
+                Err(a)
+            }
+        })
+        .await;
     }
     app.stop().await;
 }
