@@ -2,49 +2,78 @@
 //! started again on the same data: every accepted order is kept and completes,
 //! nothing is sold twice, and `remaining + sold == stock` once the reconciler has run.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use flashsale::auth::Tokens;
 use flashsale::domain::UserId;
 use futures_util::future::join_all;
 use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
 
 const ADMIN: &str = "crash-test-admin-token-0123";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
+/// The binary, serving; killed when dropped (a failing test leaves no process).
 struct Server {
     child: Child,
     public: String,
     admin: String,
 }
 
-fn start(data: &std::path::Path, public: u16, admin: u16) -> Server {
-    let child = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+/// A data directory, removed when dropped.
+struct DataDir(std::path::PathBuf);
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Starts the binary with both listeners on port 0, and reads the addresses it
+/// bound from what it prints at start ("What a run prints" in the README).
+async fn start(data: &std::path::Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flashsale"))
         .arg("serve")
-        .env("FLASHSALE__HTTP__LISTEN", format!("127.0.0.1:{public}"))
-        .env("FLASHSALE__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
+        .env("FLASHSALE__HTTP__LISTEN", "127.0.0.1:0")
+        .env("FLASHSALE__ADMIN__LISTEN", "127.0.0.1:0")
         .env("FLASHSALE__ADMIN__TOKEN", ADMIN)
         .env("FLASHSALE__EMBEDDED__DATA_DIR", data)
         .env("FLASHSALE__INVENTORY__RECONCILE_AFTER_MS", "1000")
         .env("FLASHSALE__INVENTORY__RECONCILE_EVERY_MS", "300")
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
+        .kill_on_drop(true)
         .spawn()
         .expect("the flashsale binary starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut public, mut admin) = (None, None);
+    let mut printed = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), async {
+        while public.is_none() || admin.is_none() {
+            let Some(line) = lines.next_line().await.expect("its stdout") else {
+                break; // it exited
+            };
+            let url = line.split_whitespace().last().unwrap_or_default();
+            if line.trim_start().starts_with("public API") {
+                public = Some(url.to_string());
+            } else if line.trim_start().starts_with("admin API") {
+                admin = Some(url.trim_end_matches("/admin").to_string());
+            }
+            printed.push(line);
+        }
+    })
+    .await;
+    let (Ok(()), Some(public), Some(admin)) = (read, public, admin) else {
+        panic!("the server did not print both addresses: {printed:?}");
+    };
+    // It prints nothing more that matters; keep its pipe drained all the same.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Server {
         child,
-        public: format!("http://127.0.0.1:{public}"),
-        admin: format!("http://127.0.0.1:{admin}"),
+        public,
+        admin,
     }
 }
 
@@ -56,7 +85,7 @@ async fn wait_ready(client: &reqwest::Client, server: &Server) {
                 return;
             }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("the server did not become ready");
 }
@@ -81,13 +110,14 @@ async fn admin(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_burst_loses_no_accepted_order_and_sells_nothing_twice() {
-    let data = std::env::temp_dir().join(format!("fs_crash_{}", uuid::Uuid::new_v4().simple()));
-    let (public, admin_port) = (free_port(), free_port());
+    let data =
+        DataDir(std::env::temp_dir().join(format!("fs_crash_{}", uuid::Uuid::new_v4().simple())));
+    let data = &data.0;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let mut server = start(&data, public, admin_port);
+    let mut server = start(data).await;
     wait_ready(&client, &server).await;
 
     let stock = 1000;
@@ -117,8 +147,9 @@ async fn kill_9_during_a_burst_loses_no_accepted_order_and_sells_nothing_twice()
 
     // Buyers keep arriving; the process is killed while they do.
     let url = format!("{}/orders/flash-sale/{product}", server.public);
-    let progress = std::sync::atomic::AtomicUsize::new(0);
+    let (progress, mut accepted_so_far) = tokio::sync::watch::channel(0);
     let burst = async {
+        let progress = progress; // dropped when the burst ends, which ends the wait below
         let mut accepted = Vec::new();
         for wave in buyers.chunks(40) {
             let replies = join_all(wave.iter().map(|t| {
@@ -132,21 +163,24 @@ async fn kill_9_during_a_burst_loses_no_accepted_order_and_sells_nothing_twice()
             for (t, r) in wave.iter().zip(replies) {
                 let Ok(r) = r else { continue };
                 if r.status() == reqwest::StatusCode::CREATED {
-                    let body: Value = r.json().await.unwrap();
+                    // A body cut off by the kill names no order to check.
+                    let Ok(body) = r.json::<Value>().await else {
+                        continue;
+                    };
                     accepted.push((t.clone(), body["orderId"].as_str().unwrap().to_string()));
                 }
             }
-            progress.store(accepted.len(), std::sync::atomic::Ordering::Relaxed);
+            progress.send_replace(accepted.len());
         }
         accepted
     };
     let killer = async {
         // Kill once a fifth of the stock is sold, while the next wave is in flight.
-        while progress.load(std::sync::atomic::Ordering::Relaxed) < 200 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        server.child.kill().expect("SIGKILL");
-        server.child.wait().unwrap();
+        accepted_so_far
+            .wait_for(|n| *n >= 200)
+            .await
+            .expect("the burst reaches 200 accepted orders");
+        server.child.kill().await.expect("SIGKILL");
     };
     let (accepted, ()) = tokio::join!(burst, killer);
     assert!(
@@ -159,7 +193,7 @@ async fn kill_9_during_a_burst_loses_no_accepted_order_and_sells_nothing_twice()
         accepted.len()
     );
 
-    let server = start(&data, public, admin_port);
+    let server = start(data).await;
     wait_ready(&client, &server).await;
 
     for (token, id) in &accepted {
@@ -180,7 +214,7 @@ async fn kill_9_during_a_burst_loses_no_accepted_order_and_sells_nothing_twice()
                 Instant::now() < deadline,
                 "accepted order {id} never completed: {status} {body}"
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -230,24 +264,52 @@ async fn kill_9_during_a_burst_loses_no_accepted_order_and_sells_nothing_twice()
     );
     let unique: std::collections::HashSet<_> = rows.iter().map(|(id, _)| id).collect();
     assert_eq!(unique.len(), rows.len(), "no order stored twice");
+}
 
-    let mut server = server;
-    server.child.kill().unwrap();
-    server.child.wait().unwrap();
-    let _ = std::fs::remove_dir_all(&data);
+/// PostgreSQL databases, dropped when this is dropped (a failing test too).
+struct Databases(Vec<String>);
+
+impl Drop for Databases {
+    fn drop(&mut self) {
+        let names = std::mem::take(&mut self.0);
+        // Drop cannot await: a runtime of its own, on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    let url = "postgres://postgres@127.0.0.1:5432/postgres";
+                    let Ok(pool) = sqlx::PgPool::connect(url).await else {
+                        return;
+                    };
+                    for name in names {
+                        let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                        let _ = sqlx::query(&sql).execute(&pool).await;
+                    }
+                    pool.close().await;
+                })
+        })
+        .join();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_process_exits_non_zero_when_the_supervisor_tree_gives_up() {
     // An inventory partition that can never connect: its supervisor escalates, the
     // root gives up, and the process exits so that its orchestrator can restart it.
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let db = |name: &str| {
-        format!(
-            "postgres://postgres@127.0.0.1:5432/fs_test_giveup_{}_{name}",
-            &id[..8]
-        )
-    };
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let dbs = Databases(
+        ["catalog", "shard_0"]
+            .iter()
+            .map(|name| format!("fs_test_giveup_{id}_{name}"))
+            .collect(),
+    );
+    let url = |db: &String| format!("postgres://postgres@127.0.0.1:5432/{db}");
+    // A port this test holds without listening: every connection to it is refused.
+    let refusing = tokio::net::TcpSocket::new_v4().unwrap();
+    refusing.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let dead_redis = refusing.local_addr().unwrap();
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_flashsale"))
         .args([
@@ -255,32 +317,31 @@ async fn the_process_exits_non_zero_when_the_supervisor_tree_gives_up() {
             "--config",
             concat!(env!("CARGO_MANIFEST_DIR"), "/config/cluster.toml"),
         ])
-        .env(
-            "FLASHSALE__HTTP__LISTEN",
-            format!("127.0.0.1:{}", free_port()),
-        )
-        .env(
-            "FLASHSALE__ADMIN__LISTEN",
-            format!("127.0.0.1:{}", free_port()),
-        )
+        .env("FLASHSALE__HTTP__LISTEN", "127.0.0.1:0")
+        .env("FLASHSALE__ADMIN__LISTEN", "127.0.0.1:0")
         .env("FLASHSALE__ADMIN__TOKEN", ADMIN)
-        .env("FLASHSALE__CATALOG__URL", db("catalog"))
+        .env("FLASHSALE__CATALOG__URL", url(&dbs.0[0]))
         .env(
             "FLASHSALE__SHARDS__URLS",
-            format!("[\"{}\"]", db("shard_0")),
+            format!("[\"{}\"]", url(&dbs.0[1])),
         )
         .env(
             "FLASHSALE__INVENTORY__URLS",
-            format!("[\"redis://127.0.0.1:{}/0\"]", free_port()),
+            format!("[\"redis://{dead_redis}/0\"]"),
         )
         .env("FLASHSALE__SUPERVISION__MAX_RESTARTS", "3")
         .env("FLASHSALE__SUPERVISION__BACKOFF_BASE_MS", "20")
         .env("FLASHSALE__SUPERVISION__BACKOFF_MAX_MS", "100")
         .env("RUST_LOG", "error")
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("the process exits within a minute")
         .expect("the flashsale binary runs");
     assert!(!out.status.success(), "exit status {:?}", out.status);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("gave up"), "says why: {stderr}");
     assert!(started.elapsed() < Duration::from_secs(60));
+    drop(refusing);
 }

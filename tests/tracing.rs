@@ -35,26 +35,23 @@ fn attr(span: &SpanData, key: &str) -> Option<String> {
 /// Waits until spans named `names` exist for `order` and returns them.
 async fn spans_of(order: &str, names: &[&str]) -> Vec<SpanData> {
     let (exporter, provider) = tracing_setup();
-    for _ in 0..100 {
+    let what = format!("spans {names:?} of order {order} all arrive");
+    helpers::eventually(Duration::from_secs(10), &what, || async {
         let _ = provider.force_flush();
-        let spans: Vec<SpanData> = exporter
-            .get_finished_spans()
-            .unwrap()
-            .into_iter()
+        let finished = exporter.get_finished_spans().unwrap();
+        let spans: Vec<SpanData> = finished
+            .iter()
             .filter(|s| attr(s, "order_id").as_deref() == Some(order))
+            .cloned()
             .collect();
         if names.iter().all(|n| spans.iter().any(|s| s.name == *n)) {
-            return spans;
+            Ok(spans)
+        } else {
+            let seen: Vec<_> = finished.iter().map(|s| s.name.to_string()).collect();
+            Err(format!("spans seen: {seen:?}"))
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let found: Vec<_> = exporter
-        .get_finished_spans()
-        .unwrap()
-        .iter()
-        .map(|s| s.name.to_string())
-        .collect();
-    panic!("spans {names:?} of order {order} never all arrived; spans seen: {found:?}");
+    })
+    .await
 }
 
 async fn buy(

@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::helpers::{spawn_app, Mode};
+use crate::helpers::{eventually, spawn_app, Mode};
 
 fn names(node: &Value, out: &mut Vec<String>) {
     out.push(node["name"].as_str().unwrap().to_string());
@@ -63,17 +63,20 @@ async fn the_tree_is_live_and_actors_restart_through_their_supervisor(mode: Mode
         .admin(Method::POST, "/admin/actors/inventory-1/restart", None)
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    let mut restarted = false;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let t = app.admin(Method::GET, "/admin/actors", None).await.body;
-        let node = find(&t, "inventory-1").unwrap().clone();
-        if node["restarts"] == 1 && node["status"] == "running" {
-            restarted = true;
-            break;
-        }
-    }
-    assert!(restarted, "inventory-1 came back with one restart counted");
+    eventually(
+        Duration::from_secs(10),
+        "inventory-1 comes back with one restart counted",
+        || async {
+            let t = app.admin(Method::GET, "/admin/actors", None).await.body;
+            let node = find(&t, "inventory-1").unwrap().clone();
+            if node["restarts"] == 1 && node["status"] == "running" {
+                Ok(())
+            } else {
+                Err(node)
+            }
+        },
+    )
+    .await;
     // and it serves again
     let product = app.sale(5, 5).await;
     let (_, token) = app.token_for_new_user();
@@ -132,21 +135,24 @@ async fn health_metrics_page_and_openapi(mode: Mode) {
         "flashsale_consumer_lag_seconds",
     ];
     // Some are recorded just after the order settles (the consumer acknowledges first).
-    let mut metrics = String::new();
-    for _ in 0..50 {
-        metrics = get(format!("{}/metrics", app.admin_address))
-            .await
-            .text()
-            .await
-            .unwrap();
-        if names.iter().all(|n| metrics.contains(n)) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for name in names {
-        assert!(metrics.contains(name), "{name} missing from /metrics");
-    }
+    let metrics = eventually(
+        Duration::from_secs(10),
+        "every metric is exported",
+        || async {
+            let metrics = get(format!("{}/metrics", app.admin_address))
+                .await
+                .text()
+                .await
+                .unwrap();
+            let missing: Vec<_> = names.iter().filter(|n| !metrics.contains(*n)).collect();
+            if missing.is_empty() {
+                Ok(metrics)
+            } else {
+                Err(format!("{missing:?} missing"))
+            }
+        },
+    )
+    .await;
     assert!(!metrics.contains(&token), "no user data in metrics");
 
     let page = get(format!("{}/admin", app.admin_address)).await;
@@ -259,13 +265,14 @@ async fn ready(app: &crate::helpers::TestApp) -> bool {
 }
 
 async fn wait_ready_is(app: &crate::helpers::TestApp, want: bool) {
-    for _ in 0..100 {
-        if ready(app).await == want {
-            return;
+    let what = format!("/readyz says ready: {want}");
+    eventually(Duration::from_secs(10), &what, || async {
+        match ready(app).await {
+            now if now == want => Ok(()),
+            now => Err(now),
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("/readyz never became {want}");
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,28 +336,43 @@ async fn a_shard_outage_delays_persistence_but_not_intake() {
         "a shard outage does not make the order path unready"
     );
     let id = r.body["orderId"].as_str().unwrap().to_string();
-    let mut shown = false;
-    for _ in 0..50 {
-        let tree = app.admin(Method::GET, "/admin/actors", None).await.body;
-        let shards = find(&tree, "shards").unwrap();
-        if shards["children"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["name"] != "catalog" && s["status"] != "running")
-        {
-            shown = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(shown, "the outage shows in the tree");
+    eventually(
+        Duration::from_secs(10),
+        "the outage shows in the tree",
+        || async {
+            let tree = app.admin(Method::GET, "/admin/actors", None).await.body;
+            let shards = find(&tree, "shards").unwrap().clone();
+            let down = shards["children"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["name"] != "catalog" && s["status"] != "running");
+            if down {
+                Ok(())
+            } else {
+                Err(shards)
+            }
+        },
+    )
+    .await;
+    // Its shard, looked at past the outage, does not have it: persistence waits.
+    let rows = app.all_shard_orders().await;
+    assert!(
+        rows.iter().all(|(_, o, _, _)| *o != id),
+        "persisted during the outage: {rows:?}"
+    );
 
     postgres.restore();
     assert_eq!(
         app.wait_settled(&token, &id).await["status"],
         "completed",
         "persisted after recovery"
+    );
+    let rows = app.all_shard_orders().await;
+    assert_eq!(
+        rows.iter().filter(|(_, o, _, _)| *o == id).count(),
+        1,
+        "stored once: {rows:?}"
     );
     app.stop().await;
 }

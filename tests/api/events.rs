@@ -8,7 +8,7 @@ use flashsale::events::{Delivered, OrderData, ORDER_EVENTS, PRODUCT_EVENTS, USER
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app, spawn_app_with, Mode, Options, TestApp};
+use crate::helpers::{eventually, spawn_app, spawn_app_with, Mode, Options, TestApp};
 
 fn of_kind<'a>(events: &'a [Delivered], kind: &'a str) -> impl Iterator<Item = &'a Delivered> {
     events.iter().filter(move |e| e.envelope.kind == kind)
@@ -338,12 +338,22 @@ async fn actor(app: &TestApp, name: &str) -> Value {
 
 in_both_modes!(a_consumer_restart_resumes_from_its_commits);
 async fn a_consumer_restart_resumes_from_its_commits(mode: Mode) {
-    let app = spawn_app(mode).await;
-    let product = app.sale(15, 1).await;
+    // One partition (the local log has one sequence): events are read in the order
+    // they were written, so a consumer that started over after its restart would read
+    // the 20 old events again before any new one.
+    let app = spawn_app_with(Options {
+        mode,
+        order_partitions: Some(1),
+        ..Options::default()
+    })
+    .await;
+    let product = app.sale(16, 1).await;
     buy_all(&app, product, 10).await;
     // Two events per order (created, completed): 20 read and committed.
-    let processed = |n: i64| move |a: &Value| a["processed"] == n && a["status"] == "running";
-    wait_actor(&app, "analytics-consumer", processed(20)).await;
+    wait_actor(&app, "analytics-consumer", |a| {
+        a["processed"] == 20 && a["status"] == "running"
+    })
+    .await;
     let r = app
         .admin(
             Method::POST,
@@ -359,29 +369,44 @@ async fn a_consumer_restart_resumes_from_its_commits(mode: Mode) {
     buy_all(&app, product, 5).await;
     app.admin_eventually("/admin/reports/sales", |r| analytics(r, product).0 == 15)
         .await;
-    // Only the 10 new events were read after the restart: nothing from before it.
-    wait_actor(&app, "analytics-consumer", processed(30)).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(actor(&app, "analytics-consumer").await["processed"], 30);
+    // Everything up to the 15th unit has been read and counted. One more order: once it
+    // is applied, `processed` counts exactly what was read after the restart.
+    buy_all(&app, product, 1).await;
+    app.admin_eventually("/admin/reports/sales", |r| analytics(r, product).0 == 16)
+        .await;
+    let after = wait_actor(&app, "analytics-consumer", |a| {
+        a["processed"].as_i64().is_some_and(|n| n >= 32)
+    })
+    .await;
+    assert_eq!(
+        after["processed"], 32,
+        "only the 12 new events were read after the restart: {after}"
+    );
     app.stop().await;
 }
 
-async fn wait_actor(app: &TestApp, name: &str, ok: impl Fn(&Value) -> bool) {
-    let mut last = Value::Null;
-    for _ in 0..300 {
-        last = actor(app, name).await;
-        if ok(&last) {
-            return;
+/// Waits until the actor's entry in the tree satisfies `ok`, and returns it.
+async fn wait_actor(app: &TestApp, name: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let what = format!("{name} reaches the expected state");
+    eventually(Duration::from_secs(30), &what, || async {
+        let a = actor(app, name).await;
+        if ok(&a) {
+            Ok(a)
+        } else {
+            Err(a)
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{name} never reached the expected state: {last}");
+    })
+    .await
 }
 
-/// A Kafka-compatible broker of this test's own, so that it can be stopped.
+/// A Kafka-compatible broker of this test's own, so that it can be stopped. A Kafka
+/// broker tells its clients its address, and a restarted one must come back where its
+/// clients look for it, so it cannot take a port-0 port: it gets a fixed port below
+/// the range the kernel hands out for port 0 (nobody else's port-0 socket lands
+/// there), and a start counts only once this child itself is seen listening on it.
 struct Broker {
     port: u16,
-    child: Option<std::process::Child>,
+    child: Option<tokio::process::Child>,
 }
 
 impl Broker {
@@ -397,15 +422,32 @@ impl Broker {
         "tansu".into()
     }
 
-    fn start(port: u16) -> Self {
-        let mut b = Self { port, child: None };
-        b.resume();
-        b
+    /// Starts on a free port of its own, trying others while another process holds one.
+    async fn start() -> Self {
+        let below = ephemeral_ports_start();
+        for _ in 0..20 {
+            let port = 20_000 + (rand_u16() % (below - 20_000));
+            let mut b = Self { port, child: None };
+            if b.try_resume().await {
+                return b;
+            }
+        }
+        panic!("no port below {below} for a broker of this test");
     }
 
-    fn resume(&mut self) {
+    async fn resume(&mut self) {
+        assert!(
+            self.try_resume().await,
+            "the broker could not listen on {} again",
+            self.port
+        );
+    }
+
+    /// Starts the broker on `self.port`; false when it did not become the listener
+    /// there (the port is somebody else's).
+    async fn try_resume(&mut self) -> bool {
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = std::process::Command::new(Self::binary())
+        let mut child = tokio::process::Command::new(Self::binary())
             .args([
                 "broker",
                 "--listener-url",
@@ -415,43 +457,73 @@ impl Broker {
             ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
             .spawn()
             .expect("tansu runs (scripts/services.sh installs it)");
-        self.child = Some(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
+        let pid = child.id().expect("a running child");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < deadline {
+            if listens(pid, self.port) {
+                self.child = Some(child);
+                return true;
             }
-            std::thread::sleep(Duration::from_millis(100));
+            if child.try_wait().ok().flatten().is_some() {
+                break; // it could not bind
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("the broker did not listen on {}", self.port);
+        let _ = child.kill().await;
+        false
     }
 
-    fn stop(&mut self) {
+    async fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            let _ = c.kill().await;
         }
     }
 }
 
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// The first port of the range the kernel picks port-0 ports from.
+fn ephemeral_ports_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .filter(|p| *p > 21_000)
+        .unwrap_or(32_768)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+fn rand_u16() -> u16 {
+    uuid::Uuid::new_v4().as_u128() as u16
+}
+
+/// Whether process `pid` holds a socket listening on 127.0.0.1/0.0.0.0:`port`
+/// (its socket inodes against /proc/net/tcp's listeners).
+fn listens(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let listeners: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            let (state, inode) = (*f.get(3)?, *f.get(9)?);
+            (local_port == port && state == "0A").then(|| format!("socket:[{inode}]"))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| listeners.iter().any(|l| target.as_os_str() == l.as_str()))
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relays_keep_every_event_through_a_broker_restart() {
-    let mut broker = Broker::start(free_port());
+    let mut broker = Broker::start().await;
     let app = spawn_app_with(Options {
         kafka_brokers: Some(format!("127.0.0.1:{}", broker.port)),
         ..Options::default()
@@ -468,13 +540,13 @@ async fn the_relays_keep_every_event_through_a_broker_restart() {
     )
     .await;
 
-    broker.stop();
+    broker.stop().await;
     let sold = buy_all(&app, product, n as usize).await;
     assert_eq!(sold.len(), n as usize, "intake does not need the broker");
     let unsent = unsent_rows(&app).await;
     assert!(unsent >= 2 * n, "the outboxes hold the events: {unsent}");
 
-    broker.resume();
+    broker.resume().await;
     let events = app
         .read_events(
             ORDER_EVENTS,
@@ -485,14 +557,19 @@ async fn the_relays_keep_every_event_through_a_broker_restart() {
         .await;
     assert_eq!(distinct_ids(&events, "OrderCompleted").len(), n as usize);
     assert_eq!(distinct_ids(&events, "OrderCreated").len(), n as usize);
-    for _ in 0..100 {
-        if unsent_rows(&app).await == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(unsent_rows(&app).await, 0, "every row is marked sent");
+    eventually(
+        Duration::from_secs(10),
+        "every outbox row is marked sent",
+        || async {
+            match unsent_rows(&app).await {
+                0 => Ok(()),
+                left => Err(left),
+            }
+        },
+    )
+    .await;
     app.stop().await;
+    broker.stop().await;
 }
 
 /// Outbox rows not yet marked sent, over every shard.

@@ -1,8 +1,11 @@
 //! `spawn_app`: a real application on port 0 over the real PostgreSQL, Redis and
 //! RabbitMQ of this machine, with its own databases, Redis key prefix and queues, and
-//! typed request helpers.
+//! typed request helpers. Whatever an app creates is removed when its `TestApp` is
+//! dropped, also when the test fails.
 
-use std::path::Path;
+use std::fmt::Display;
+use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -16,6 +19,10 @@ use serde_json::{json, Value};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const JWT_SECRET: &str = "test-jwt-secret-0123456789-0123456789";
+/// The Redis databases of the inventory partitions (also behind a test's proxy).
+const REDIS_DBS: [&str; 2] = ["redis://127.0.0.1:6379/14", "redis://127.0.0.1:6379/15"];
+/// How often a wait for a condition looks again.
+const POLL: Duration = Duration::from_millis(50);
 
 pub struct TestApp {
     pub address: String,
@@ -23,9 +30,11 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub settings: Settings,
     pub app_state: actix_web::web::Data<flashsale::http::AppState>,
+    /// The shards' databases, reached directly (never through a test's proxy), so
+    /// that a test can look at them during an outage it made.
     pub shard_urls: Vec<String>,
     pub mode: Mode,
-    stop: StopHandle,
+    cleanup: Cleanup,
 }
 
 pub use flashsale::config::Mode;
@@ -41,6 +50,8 @@ pub struct Options {
     pub postgres_port: Option<u16>,
     /// Another Kafka broker than the shared one.
     pub kafka_brokers: Option<String>,
+    /// Partitions of the order events topic (the configured count when `None`).
+    pub order_partitions: Option<i32>,
 }
 
 impl Default for Options {
@@ -53,6 +64,7 @@ impl Default for Options {
             inventory_urls: None,
             postgres_port: None,
             kafka_brokers: None,
+            order_partitions: None,
         }
     }
 }
@@ -82,6 +94,27 @@ fn init_logging() {
             flashsale::telemetry::init_logging(false);
         }
     });
+}
+
+/// Polls `check` until it answers `Ok`, and returns what it answered. Panics once
+/// `within` has passed, saying what was awaited and the last `Err` (what was seen).
+pub async fn eventually<T, E, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: Display,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let seen = match check().await {
+            Ok(done) => return done,
+            Err(seen) => seen,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            panic!("{what}: not within {within:?}; last seen: {seen}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 pub async fn spawn_app(mode: Mode) -> TestApp {
@@ -114,10 +147,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         .map(|i| Secret::new(pg(&format!("shard_{i}"))))
         .collect();
     s.shards.pool_size = 2;
-    s.inventory.urls = vec![
-        Secret::new("redis://127.0.0.1:6379/14"),
-        Secret::new("redis://127.0.0.1:6379/15"),
-    ];
+    s.inventory.urls = REDIS_DBS.iter().map(|u| Secret::new(*u)).collect();
     s.inventory.key_prefix = format!("t{id}");
     s.inventory.reconcile_after_ms = options.reconcile_after_ms;
     s.inventory.reconcile_every_ms = 500;
@@ -131,6 +161,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     if let Some(urls) = options.inventory_urls {
         s.inventory.urls = urls.into_iter().map(Secret::new).collect();
     }
+    let shard_urls: Vec<String> = s.shards.urls.iter().map(|u| u.expose().into()).collect();
     if let Some(port) = options.postgres_port {
         s.shards.urls = s
             .shards
@@ -151,10 +182,19 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     if let Some(brokers) = options.kafka_brokers {
         s.events.brokers = brokers;
     }
+    if let Some(n) = options.order_partitions {
+        s.events.order_partitions = n;
+    }
     s.embedded.shards = options.shards;
     s.embedded.data_dir = std::env::temp_dir().join(format!("fs_test_{id}"));
     s.validate().expect("test settings are valid");
 
+    // Armed before the start: a start that fails has created databases too.
+    let mut cleanup = Cleanup(Some(Leftovers {
+        settings: s.clone(),
+        shard_urls: shard_urls.clone(),
+        running: None,
+    }));
     let app = Application::build(s.clone())
         .await
         .expect("application starts");
@@ -162,7 +202,12 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let admin_address = format!("http://{}", app.admin_addr);
     let app_state = app.state.clone();
     let stop = app.stop_handle();
-    tokio::spawn(app.run_until_stopped());
+    let served = tokio::spawn(async move {
+        let _ = app.run_until_stopped().await;
+    });
+    if let Some(leftovers) = cleanup.0.as_mut() {
+        leftovers.running = Some((stop, served));
+    }
     let test_app = TestApp {
         address,
         admin_address,
@@ -170,19 +215,189 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap(),
-        shard_urls: s
-            .shards
-            .urls
-            .iter()
-            .map(|u| u.expose().to_string())
-            .collect(),
+        shard_urls,
         mode: s.mode,
         settings: s,
         app_state,
-        stop,
+        cleanup,
     };
     test_app.wait_ready().await;
     test_app
+}
+
+/// What a test app leaves behind: its running server and actors, its databases, the
+/// queues, Redis keys and topics named after it, and its data directory.
+struct Leftovers {
+    settings: Settings,
+    shard_urls: Vec<String>,
+    running: Option<(StopHandle, tokio::task::JoinHandle<()>)>,
+}
+
+impl Leftovers {
+    /// Stops the app (when `stop_app` and it runs) and removes everything it made.
+    /// Reports what it could not remove instead of failing the test for it.
+    async fn remove(self, stop_app: bool) {
+        let warn = |what: &str, e: &dyn Display| eprintln!("test cleanup: {what}: {e}");
+        if let (Some((stop, served)), true) = (self.running, stop_app) {
+            let within = Duration::from_secs(20);
+            if tokio::time::timeout(within, stop.stop()).await.is_err() {
+                warn("stopping the app", &"timed out");
+            }
+            // Served returns once the actor tree is down and has let go of its files.
+            if tokio::time::timeout(within, served).await.is_err() {
+                warn("waiting for the app to stop", &"timed out");
+            }
+        }
+        let s = &self.settings;
+        if s.mode == Mode::Cluster {
+            if let Err(e) = delete_queues(s).await {
+                warn("deleting the queues", &e);
+            }
+            if let Err(e) = delete_redis_keys(&s.inventory.key_prefix).await {
+                warn("deleting the Redis keys", &e);
+            }
+            if let Err(e) = delete_topics(s).await {
+                warn("deleting the topics", &e);
+            }
+            let mut dbs: Vec<&str> = vec![database_of(s.catalog.url.expose())];
+            dbs.extend(self.shard_urls.iter().map(|u| database_of(u)));
+            if let Err(e) = drop_databases(&dbs).await {
+                warn("dropping the databases", &e);
+            }
+        }
+        remove_dir(&s.embedded.data_dir).await;
+    }
+}
+
+/// Removes the leftovers when dropped: at the end of a test and when a failing test
+/// unwinds. `Drop` cannot await, so the removal runs on a runtime of its own on another
+/// thread and is waited for, while the test's runtime goes on serving the app until
+/// it has stopped. (A single-threaded test runtime cannot serve it meanwhile: then the
+/// app is left to the runtime's end and only its data is removed.)
+struct Cleanup(Option<Leftovers>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let Some(leftovers) = self.0.take() else {
+            return;
+        };
+        let stop_app = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let removal = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a cleanup runtime")
+                .block_on(leftovers.remove(stop_app));
+        });
+        if removal.join().is_err() {
+            eprintln!("test cleanup: the removal panicked");
+        }
+    }
+}
+
+fn database_of(url: &str) -> &str {
+    url.rsplit('/').next().unwrap_or_default()
+}
+
+async fn drop_databases(names: &[&str]) -> Result<(), sqlx::Error> {
+    let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await?;
+    for name in names {
+        // FORCE: connections an unstopped app still holds do not keep it.
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            name.replace('"', "")
+        ))
+        .execute(&pool)
+        .await?;
+    }
+    pool.close().await;
+    Ok(())
+}
+
+async fn delete_queues(s: &Settings) -> Result<(), lapin::Error> {
+    let conn =
+        lapin::Connection::connect(s.queue.url.expose(), lapin::ConnectionProperties::default())
+            .await?;
+    let ch = conn.create_channel().await?;
+    for q in [&s.queue.orders_queue, &s.queue.notifications_queue] {
+        ch.queue_delete(q.as_str().into(), Default::default())
+            .await?;
+    }
+    conn.close(200, "bye".into()).await
+}
+
+async fn delete_redis_keys(prefix: &str) -> redis::RedisResult<()> {
+    for url in REDIS_DBS {
+        let client = redis::Client::open(url)?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async::<()>(&mut conn)
+                    .await?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    Ok(())
+}
+
+async fn delete_topics(s: &Settings) -> Result<(), rdkafka::error::KafkaError> {
+    use flashsale::events::{ORDER_EVENTS, PRODUCT_EVENTS, USER_EVENTS};
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    // No broker there (none yet, or a test stopped its own): nothing to wait for.
+    let first = s.events.brokers.split(',').next().unwrap_or_default();
+    let reach = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::net::TcpStream::connect(first),
+    );
+    if !matches!(reach.await, Ok(Ok(_))) {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &s.events.brokers)
+        .set("socket.timeout.ms", "5000")
+        .create()?;
+    let names: Vec<String> = [ORDER_EVENTS, USER_EVENTS, PRODUCT_EVENTS]
+        .iter()
+        .map(|t| format!("{}{t}", s.events.topic_prefix))
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
+    // A topic that was never created (or a broker a test stopped) is no leftover.
+    let _ = admin.delete_topics(&names, &options).await?;
+    Ok(())
+}
+
+/// Removes a directory whose files the app may be closing at that moment.
+async fn remove_dir(dir: &PathBuf) {
+    let mut tries = 0;
+    while dir.exists() {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => return,
+            Err(_) if tries < 20 => tries += 1,
+            Err(e) => {
+                eprintln!("test cleanup: removing {}: {e}", dir.display());
+                return;
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// A response's status and JSON body.
@@ -211,47 +426,23 @@ impl Reply {
 }
 
 impl TestApp {
-    pub async fn stop(self) {
-        self.stop.stop().await;
-        if self.mode == Mode::Embedded {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let _ = std::fs::remove_dir_all(&self.settings.embedded.data_dir);
-            return;
-        }
-        // The queues belong to this test only.
-        if let Ok(conn) = lapin::Connection::connect(
-            self.settings.queue.url.expose(),
-            lapin::ConnectionProperties::default(),
-        )
-        .await
-        {
-            if let Ok(ch) = conn.create_channel().await {
-                for q in [
-                    &self.settings.queue.orders_queue,
-                    &self.settings.queue.notifications_queue,
-                ] {
-                    let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
-                }
-            }
-            let _ = conn.close(200, "bye".into()).await;
+    /// Stops the app and removes what it made; dropping the app does the same.
+    pub async fn stop(mut self) {
+        if let Some(leftovers) = self.cleanup.0.take() {
+            leftovers.remove(true).await;
         }
     }
 
     async fn wait_ready(&self) {
-        for _ in 0..100 {
-            if let Ok(r) = self
-                .client
-                .get(format!("{}/readyz", self.address))
-                .send()
-                .await
-            {
-                if r.status() == StatusCode::OK {
-                    return;
-                }
+        let url = format!("{}/readyz", self.address);
+        eventually(Duration::from_secs(30), "the app is ready", || async {
+            match self.client.get(&url).send().await {
+                Ok(r) if r.status() == StatusCode::OK => Ok(()),
+                Ok(r) => Err(r.status().to_string()),
+                Err(e) => Err(e.to_string()),
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("the application never became ready");
+        })
+        .await
     }
 
     /// Where the application's events go, opened the way its consumers open it.
@@ -300,16 +491,16 @@ impl TestApp {
 
     /// Polls an admin GET until `ok` accepts its body; returns the last body.
     pub async fn admin_eventually(&self, path: &str, ok: impl Fn(&Value) -> bool) -> Value {
-        let mut last = Value::Null;
-        for _ in 0..300 {
+        let what = format!("{path} reaches the expected state");
+        eventually(Duration::from_secs(30), &what, || async {
             let r = self.admin(reqwest::Method::GET, path, None).await;
             if r.status == StatusCode::OK && ok(&r.body) {
-                return r.body;
+                Ok(r.body)
+            } else {
+                Err(format!("{} {}", r.status, r.body))
             }
-            last = r.body;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("{path} never reached the expected state; last: {last}");
+        })
+        .await
     }
 
     /// A token for a fresh user, issued the way login issues it.
@@ -431,14 +622,16 @@ impl TestApp {
 
     /// Polls until the order has left `pending`; returns its final view.
     pub async fn wait_settled(&self, token: &str, order: &str) -> Value {
-        for _ in 0..300 {
+        let what = format!("order {order} settles");
+        eventually(Duration::from_secs(30), &what, || async {
             let r = self.get_order(token, order).await;
             if r.status == StatusCode::OK && r.body["status"] != "pending" {
-                return r.body;
+                Ok(r.body)
+            } else {
+                Err(format!("{} {}", r.status, r.body))
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("order {order} never settled");
+        })
+        .await
     }
 
     /// Every order row of every shard: (shard index, order id, user id, status).
@@ -494,25 +687,32 @@ impl TestApp {
 /// connection, as an outage would) and restore.
 pub struct Proxy {
     pub port: u16,
-    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    state: std::sync::Arc<std::sync::Mutex<ProxyState>>,
+}
+
+struct ProxyState {
+    up: bool,
+    connections: Vec<tokio::task::AbortHandle>,
 }
 
 impl Proxy {
     pub async fn start(target: &'static str) -> Self {
-        use std::sync::atomic::Ordering::SeqCst;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> =
-            Default::default();
-        let (flag, conns) = (up.clone(), connections.clone());
+        let state = std::sync::Arc::new(std::sync::Mutex::new(ProxyState {
+            up: true,
+            connections: Vec::new(),
+        }));
+        let shared = state.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
                     return;
                 };
-                if !flag.load(SeqCst) {
+                // Checked and recorded under one lock, so that a cut cannot miss a
+                // connection accepted just before it.
+                let mut state = shared.lock().unwrap();
+                if !state.up {
                     continue; // dropped: the connection is refused
                 }
                 let task = tokio::spawn(async move {
@@ -520,25 +720,194 @@ impl Proxy {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 });
-                conns.lock().unwrap().push(task.abort_handle());
+                state.connections.push(task.abort_handle());
             }
         });
-        Self {
-            port,
-            up,
-            connections,
-        }
+        Self { port, state }
     }
 
     /// The service goes away: open connections break, new ones are refused.
     pub fn cut(&self) {
-        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
-        for c in self.connections.lock().unwrap().drain(..) {
+        let mut state = self.state.lock().unwrap();
+        state.up = false;
+        for c in state.connections.drain(..) {
             c.abort();
         }
     }
 
     pub fn restore(&self) {
-        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.state.lock().unwrap().up = true;
+    }
+}
+
+/// Orders held in the order queue where the application's consumers cannot take
+/// them, as stalled consumers would leave them: accepted and durable, in no shard.
+pub enum HeldOrders {
+    /// A consumer of the order queue that outranks the application's (RabbitMQ
+    /// consumer priority: the broker delivers to it alone while it can take more) and
+    /// acknowledges nothing.
+    Amqp {
+        conn: Box<lapin::Connection>,
+        deliveries: Box<lapin::Consumer>,
+        held: Vec<String>,
+    },
+    /// A trigger on the embedded journal that moves each order message into a queue
+    /// nobody consumes, in the transaction that publishes it.
+    Journal {
+        pool: sqlx::SqlitePool,
+        queue: String,
+    },
+}
+
+const HOLD_TRIGGER: &str = "fs_test_hold_orders";
+
+impl HeldOrders {
+    fn aside(queue: &str) -> String {
+        format!("{queue}.held")
+    }
+
+    /// Waits until `order` is among the held messages, and panics if it never is.
+    pub async fn wait_for(&mut self, order: &str) {
+        let what = format!("order {order} is held in the queue");
+        match self {
+            HeldOrders::Amqp {
+                deliveries, held, ..
+            } => {
+                use futures_util::StreamExt;
+                let within = Duration::from_secs(10);
+                let found = tokio::time::timeout(within, async {
+                    while !held.iter().any(|o| o == order) {
+                        let d = deliveries.next().await.expect("the hold consumes")?;
+                        held.extend(order_ids(&d.data));
+                    }
+                    Ok::<_, lapin::Error>(())
+                })
+                .await;
+                match found {
+                    Ok(r) => r.expect("the held deliveries"),
+                    Err(_) => panic!("{what}: not within {within:?}; held: {held:?}"),
+                }
+            }
+            HeldOrders::Journal { pool, queue } => {
+                let aside = Self::aside(queue);
+                eventually(Duration::from_secs(10), &what, || async {
+                    let payloads: Vec<Vec<u8>> =
+                        sqlx::query_scalar("SELECT payload FROM messages WHERE queue = ?")
+                            .bind(&aside)
+                            .fetch_all(&*pool)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    let held: Vec<String> = payloads.iter().flat_map(|p| order_ids(p)).collect();
+                    if held.iter().any(|o| o == order) {
+                        Ok(())
+                    } else {
+                        Err(format!("{held:?}"))
+                    }
+                })
+                .await
+            }
+        }
+    }
+
+    /// Gives the held orders back to the application's consumers.
+    pub async fn release(self) {
+        match self {
+            HeldOrders::Amqp { conn, .. } => {
+                // A consumer that goes away returns what it did not acknowledge.
+                conn.close(200, "released".into())
+                    .await
+                    .expect("the hold closes");
+            }
+            HeldOrders::Journal { pool, queue } => {
+                let mut tx = pool.begin().await.unwrap();
+                sqlx::query(&format!("DROP TRIGGER {HOLD_TRIGGER}"))
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                sqlx::query("UPDATE messages SET queue = ? WHERE queue = ?")
+                    .bind(&queue)
+                    .bind(Self::aside(&queue))
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                pool.close().await;
+            }
+        }
+    }
+}
+
+/// The order ids a queue message carries (one order, or several in an array).
+fn order_ids(payload: &[u8]) -> Vec<String> {
+    let orders = match serde_json::from_slice::<Value>(payload) {
+        Ok(Value::Array(many)) => many,
+        Ok(one) => vec![one],
+        Err(_) => Vec::new(),
+    };
+    orders
+        .iter()
+        .filter_map(|o| o["orderId"].as_str().map(String::from))
+        .collect()
+}
+
+impl TestApp {
+    /// From now on, orders stay in the queue until `release`: see [`HeldOrders`].
+    pub async fn hold_orders(&self) -> HeldOrders {
+        let queue = self.settings.queue.orders_queue.clone();
+        match self.mode {
+            Mode::Cluster => {
+                use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
+                use lapin::types::{AMQPValue, FieldTable};
+                let conn = lapin::Connection::connect(
+                    self.settings.queue.url.expose(),
+                    lapin::ConnectionProperties::default(),
+                )
+                .await
+                .expect("RabbitMQ");
+                let ch = conn.create_channel().await.unwrap();
+                // Declared as the app declares it, in case its consumers have not yet.
+                ch.queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions::durable(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+                let mut priority = FieldTable::default();
+                priority.insert("x-priority".into(), AMQPValue::LongInt(100));
+                let deliveries = ch
+                    .basic_consume(
+                        queue.as_str().into(),
+                        "fs-test-hold".into(),
+                        BasicConsumeOptions::default(),
+                        priority,
+                    )
+                    .await
+                    .expect("the hold consumes the order queue");
+                HeldOrders::Amqp {
+                    conn: Box::new(conn),
+                    deliveries: Box::new(deliveries),
+                    held: Vec::new(),
+                }
+            }
+            Mode::Embedded => {
+                let path = self.settings.embedded.data_dir.join("queue.db");
+                let options = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(path)
+                    .busy_timeout(Duration::from_secs(10));
+                let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+                let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
+                sqlx::query(&format!(
+                    "CREATE TRIGGER {HOLD_TRIGGER} AFTER INSERT ON messages WHEN NEW.queue = {} \
+                     BEGIN UPDATE messages SET queue = {} WHERE id = NEW.id; END",
+                    quote(&queue),
+                    quote(&HeldOrders::aside(&queue)),
+                ))
+                .execute(&pool)
+                .await
+                .expect("the hold trigger");
+                HeldOrders::Journal { pool, queue }
+            }
+        }
     }
 }

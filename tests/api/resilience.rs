@@ -9,17 +9,33 @@ use flashsale::domain::OrderMessage;
 use flashsale::domain::{now_ms, IdempotencyKey, OrderId, ProductId, Quantity};
 use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
+use serde_json::Value;
 
-use crate::helpers::{spawn_app, spawn_app_with, Mode, Options, TestApp};
+use crate::helpers::{eventually, spawn_app, spawn_app_with, Mode, Options, TestApp};
 
-/// Buys with `buyers` fresh users in waves; returns (token, order id) of each 201.
-async fn burst(app: &TestApp, product: i64, buyers: usize) -> Vec<(String, String)> {
+/// Buys with `buyers` fresh users in waves of 40, and runs `fault(wave)` while each
+/// wave is in flight (and the orders of the waves before it are being consumed), so
+/// that every fault lands in the middle of the sale. Returns (token, order id) of each
+/// 201 and what the faults returned.
+async fn burst_with<T, F, Fut>(
+    app: &TestApp,
+    product: i64,
+    buyers: usize,
+    mut fault: F,
+) -> (Vec<(String, String)>, Vec<T>)
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
     let mut accepted = Vec::new();
-    for wave in 0..buyers.div_ceil(50) {
-        let tokens: Vec<_> = (0..50.min(buyers - wave * 50))
+    let mut faults = Vec::new();
+    for wave in 0..buyers.div_ceil(WAVE) {
+        let tokens: Vec<_> = (0..WAVE.min(buyers - wave * WAVE))
             .map(|_| app.token_for_new_user().1)
             .collect();
-        let replies = join_all(tokens.iter().map(|t| app.buy(t, product, "k", None))).await;
+        let buys = join_all(tokens.iter().map(|t| app.buy(t, product, "k", None)));
+        let (replies, done) = tokio::join!(buys, fault(wave));
+        faults.push(done);
         for (t, r) in tokens.iter().zip(replies) {
             match r.status {
                 StatusCode::CREATED => {
@@ -29,10 +45,11 @@ async fn burst(app: &TestApp, product: i64, buyers: usize) -> Vec<(String, Strin
                 other => panic!("unexpected {other}: {:?}", r.body),
             }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    accepted
+    (accepted, faults)
 }
+
+const WAVE: usize = 40;
 
 async fn assert_all_completed_once(app: &TestApp, accepted: &[(String, String)]) {
     for (token, id) in accepted {
@@ -52,24 +69,50 @@ async fn assert_all_completed_once(app: &TestApp, accepted: &[(String, String)])
     }
 }
 
+/// The actor's entry in the live tree.
+async fn actor(app: &TestApp, name: &str) -> Value {
+    fn find(node: &Value, name: &str) -> Option<Value> {
+        if node["name"] == name {
+            return Some(node.clone());
+        }
+        node["children"]
+            .as_array()?
+            .iter()
+            .find_map(|c| find(c, name))
+    }
+    let tree = app.admin(Method::GET, "/admin/actors", None).await.body;
+    find(&tree, name).unwrap_or_else(|| panic!("no {name} in {tree}"))
+}
+
+fn restarts(node: &Value) -> u64 {
+    node["restarts"].as_u64().unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_shard_connections_during_a_sale_loses_nothing() {
     let app = spawn_app(Mode::Cluster).await;
     let product = app.sale(150, 1).await;
-    let killer = async {
+    let shards = app.shard_urls.len();
+    let (accepted, killed) = burst_with(&app, product, 200, |_| async {
         let mut killed = 0;
-        for _ in 0..6 {
-            tokio::time::sleep(Duration::from_millis(150)).await;
-            for shard in 0..app.shard_urls.len() {
-                killed += app.kill_shard_connections(shard).await;
-            }
+        for shard in 0..shards {
+            killed += app.kill_shard_connections(shard).await;
         }
         killed
-    };
-    let (accepted, killed) = tokio::join!(burst(&app, product, 200), killer);
-    assert!(killed > 0, "connections were killed");
+    })
+    .await;
+    assert!(
+        killed.iter().sum::<i64>() > 0,
+        "connections were killed: {killed:?}"
+    );
     assert!(!accepted.is_empty());
     assert_all_completed_once(&app, &accepted).await;
+    // The kills were felt: a shard actor met a dead connection and was restarted.
+    let mut shard_restarts = 0;
+    for shard in 0..shards {
+        shard_restarts += restarts(&actor(&app, &format!("shard-{shard}")).await);
+    }
+    assert!(shard_restarts > 0, "no shard actor lost a connection");
     let counters = app.sale_counters(product).await;
     assert_eq!(
         counters["sold"],
@@ -84,42 +127,54 @@ in_both_modes!(restarting_consumers_during_a_sale_loses_nothing);
 async fn restarting_consumers_during_a_sale_loses_nothing(mode: Mode) {
     let app = spawn_app(mode).await;
     let product = app.sale(150, 1).await;
-    let restarter = async {
-        for name in [
-            "order-consumer-0",
-            "order-consumer-1",
-            "notification-consumer-0",
-            "shard-0",
-            "order-consumer-0",
-        ] {
-            tokio::time::sleep(Duration::from_millis(120)).await;
+    let names = [
+        "order-consumer-0",
+        "order-consumer-1",
+        "notification-consumer-0",
+        "shard-0",
+        "order-consumer-0",
+    ];
+    // One restart per wave, each of an actor that is running at that moment.
+    let (accepted, _) = burst_with(&app, product, names.len() * WAVE, |wave| {
+        let app = &app;
+        async move {
+            let name = names[wave];
+            eventually(Duration::from_secs(10), &format!("{name} runs"), || async {
+                let a = actor(app, name).await;
+                if a["status"] == "running" {
+                    Ok(())
+                } else {
+                    Err(a)
+                }
+            })
+            .await;
             let r = app
                 .admin(Method::POST, &format!("/admin/actors/{name}/restart"), None)
                 .await;
-            assert!(
-                matches!(r.status, StatusCode::OK | StatusCode::SERVICE_UNAVAILABLE),
-                "{:?}",
-                r.body
-            );
+            assert_eq!(r.status, StatusCode::OK, "restart {name}: {:?}", r.body);
         }
-    };
-    let (accepted, ()) = tokio::join!(burst(&app, product, 200), restarter);
+    })
+    .await;
     assert_eq!(accepted.len(), 150, "the restarts did not stop intake");
     assert_all_completed_once(&app, &accepted).await;
-    let tree = app.admin(Method::GET, "/admin/actors", None).await.body;
-    let consumers = &tree["children"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == "consumers")
-        .unwrap()["children"];
-    let c0 = consumers
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == "order-consumer-0")
-        .unwrap();
-    assert!(c0["restarts"].as_u64().unwrap() >= 1, "{c0}");
+    for name in [
+        "order-consumer-0",
+        "order-consumer-1",
+        "notification-consumer-0",
+        "shard-0",
+    ] {
+        let asked = names.iter().filter(|n| **n == name).count() as u64;
+        let what = format!("{name} was restarted {asked} time(s) and runs");
+        eventually(Duration::from_secs(10), &what, || async {
+            let a = actor(&app, name).await;
+            if restarts(&a) >= asked && a["status"] == "running" {
+                Ok(())
+            } else {
+                Err(a)
+            }
+        })
+        .await;
+    }
     app.stop().await;
 }
 
@@ -150,16 +205,19 @@ async fn the_reconciler_releases_reservations_that_were_never_published(mode: Mo
     assert_eq!(r, ReserveOutcome::Created(lost.clone()));
     assert_eq!(app.sale_counters(product).await["remaining"], 2);
 
-    let mut released = false;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let c = app.sale_counters(product).await;
-        if c["remaining"] == 3 && c["pending"] == 0 {
-            released = true;
-            break;
-        }
-    }
-    assert!(released, "the stale reservation was released");
+    eventually(
+        Duration::from_secs(10),
+        "the stale reservation is released",
+        || async {
+            let c = app.sale_counters(product).await;
+            if c["remaining"] == 3 && c["pending"] == 0 {
+                Ok(())
+            } else {
+                Err(c)
+            }
+        },
+    )
+    .await;
 
     // Had the message reached the queue after all, the order is recorded as cancelled.
     let message = OrderMessage {
@@ -195,19 +253,46 @@ in_both_modes!(orders_are_visible_as_pending_before_their_shard_has_them);
 async fn orders_are_visible_as_pending_before_their_shard_has_them(mode: Mode) {
     let app = spawn_app(mode).await;
     let product = app.sale(5, 1).await;
-    // Stop the order consumers' progress by restarting the shards repeatedly is racy;
-    // instead read straight after the 201: the order is either pending or completed.
-    let (_, token) = app.token_for_new_user();
+    let (user, token) = app.token_for_new_user();
+    // The order consumers are stalled: what is accepted now waits in the queue.
+    let mut held = app.hold_orders().await;
+
     let r = app.buy(&token, product, "p", None).await;
-    let id = r.body["orderId"].as_str().unwrap();
-    let now = app.get_order(&token, id).await;
-    assert_eq!(now.status, StatusCode::OK);
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let id = r.body["orderId"].as_str().unwrap().to_string();
+    held.wait_for(&id).await;
+
+    let now = app.get_order(&token, &id).await;
+    assert_eq!(now.status, StatusCode::OK, "{:?}", now.body);
+    assert_eq!(now.body["status"], "pending", "{:?}", now.body);
+    assert_eq!(now.body["orderId"], id.as_str());
+    assert_eq!(now.body["userId"], user.as_str());
+    assert_eq!(now.body["productId"], product);
+    assert_eq!(now.body["quantity"], 1);
+    let rows = app.all_shard_orders().await;
     assert!(
-        matches!(now.body["status"].as_str(), Some("pending" | "completed")),
-        "{:?}",
-        now.body
+        rows.iter().all(|(_, o, _, _)| *o != id),
+        "no shard has the order yet: {rows:?}"
     );
-    assert_eq!(now.body["orderId"], id);
-    assert_eq!(app.wait_settled(&token, id).await["status"], "completed");
+    let counters = app.sale_counters(product).await;
+    assert_eq!(
+        (&counters["pending"], &counters["completed"]),
+        (&1.into(), &0.into()),
+        "{counters}"
+    );
+    let (_, stranger) = app.token_for_new_user();
+    assert_eq!(
+        app.get_order(&stranger, &id).await.status,
+        StatusCode::NOT_FOUND,
+        "a pending order is its owner's only"
+    );
+
+    // The consumers get it: it is completed, and stored once.
+    held.release().await;
+    assert_eq!(app.wait_settled(&token, &id).await["status"], "completed");
+    let rows = app.all_shard_orders().await;
+    let stored: Vec<_> = rows.iter().filter(|(_, o, _, _)| *o == id).collect();
+    assert_eq!(stored.len(), 1, "{rows:?}");
+    assert_eq!(stored[0].3, "completed");
     app.stop().await;
 }
