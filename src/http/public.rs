@@ -314,12 +314,18 @@ async fn get_order(
 ) -> Result<HttpResponse, ApiError> {
     let user = state.user(&req)?;
     let order = OrderId::parse(&order).map_err(|_| ApiError::NotFound)?;
-    if let Some(view) = stored_order(&state, &user, &order).await? {
-        return Ok(HttpResponse::Ok().json(view));
-    }
-    match pending_order(&state, &user, &order).await? {
-        Some(view) => Ok(HttpResponse::Ok().json(view)),
-        None => Err(ApiError::NotFound),
+    // While its shard is away an accepted order is still known to its inventory
+    // partition: a shard outage delays persistence, not what the buyer sees.
+    let shard_down = match stored_order(&state, &user, &order).await {
+        Ok(Some(view)) => return Ok(HttpResponse::Ok().json(view)),
+        Ok(None) => None,
+        Err(e @ (ApiError::Unavailable(_) | ApiError::Overloaded)) => Some(e),
+        Err(e) => return Err(e),
+    };
+    match (pending_order(&state, &user, &order).await?, shard_down) {
+        (Some(view), _) => Ok(HttpResponse::Ok().json(view)),
+        (None, Some(e)) => Err(e),
+        (None, None) => Err(ApiError::NotFound),
     }
 }
 

@@ -472,9 +472,7 @@ mod tests {
     }
 
     async fn sqlite_versions(path: &Path) -> Vec<i64> {
-        let pool = crate::db::sqlite_pool(path, 1)
-            .await
-            .unwrap();
+        let pool = crate::db::sqlite_pool(path, 1).await.unwrap();
         let rows = sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
             .fetch_all(&pool)
             .await
@@ -513,9 +511,7 @@ mod tests {
     #[tokio::test]
     async fn embedded_files_of_the_old_runner_are_taken_over() {
         let path = std::env::temp_dir().join(format!("{}.db", unique("catalog")));
-        let pool = crate::db::sqlite_pool(&path, 1)
-            .await
-            .unwrap();
+        let pool = crate::db::sqlite_pool(&path, 1).await.unwrap();
         sqlx::raw_sql(
             "CREATE TABLE flashsale_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
         )

@@ -355,6 +355,14 @@ async fn a_shard_outage_delays_persistence_but_not_intake() {
         },
     )
     .await;
+    // The buyer still sees the order, pending: the outage delays only persistence.
+    let during = app.get_order(&token, &id).await;
+    assert_eq!(
+        (during.status, during.body["status"].as_str()),
+        (StatusCode::OK, Some("pending")),
+        "{:?}",
+        during.body
+    );
     // Its shard, looked at past the outage, does not have it: persistence waits.
     let rows = app.all_shard_orders().await;
     assert!(
