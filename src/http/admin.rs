@@ -43,7 +43,7 @@ fn admin(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct NewProduct {
     name: String,
     price_cents: i64,

@@ -82,16 +82,30 @@ pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::B
     Ok(body)
 }
 
-/// Reads and parses a JSON body.
+/// Reads and parses a JSON body; see [`parse_json`].
 pub async fn json_body<T: DeserializeOwned>(
     payload: web::Payload,
     limit: usize,
 ) -> Result<T, ApiError> {
     let body = read_body(payload, limit).await?;
-    if body.is_empty() {
+    if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::InvalidRequest("a JSON body is required".into()));
     }
-    serde_json::from_slice(&body)
+    parse_json(&body)
+}
+
+/// Parses a request body that must be a JSON object with the fields of `T`. Every body
+/// type is `#[serde(deny_unknown_fields)]`, so a field the API does not know is refused
+/// (`400 invalid_request`) rather than dropped: a misspelt optional field would
+/// otherwise change nothing and look accepted.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // serde also reads a struct from a JSON array of its fields; the API takes objects.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::InvalidRequest(
+            "the body must be a JSON object".into(),
+        ));
+    }
+    serde_json::from_slice(body)
         .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
 }
 

@@ -9,7 +9,7 @@ use serde_json::json;
 use tracing::Instrument;
 
 use super::error::ApiError;
-use super::{json_body, method_not_allowed, read_body, AppState};
+use super::{json_body, method_not_allowed, parse_json, read_body, AppState};
 use crate::actors::catalog::{CatalogOp, CatalogReply, Product};
 use crate::actors::inventory::{InventoryOp, InventoryReply, ReserveOutcome, ReserveRequest};
 use crate::actors::queue::PublishOp;
@@ -43,6 +43,7 @@ fn unexpected<T: std::fmt::Debug>(what: &str, reply: T) -> ApiError {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Credentials {
     email: String,
     password: String,
@@ -183,8 +184,7 @@ fn quantity(body: &[u8], max: u32) -> Result<Quantity, ApiError> {
     struct OrderBody {
         quantity: Option<serde_json::Value>,
     }
-    let parsed: OrderBody = serde_json::from_slice(body)
-        .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))?;
+    let parsed: OrderBody = parse_json(body)?;
     match parsed.quantity {
         None => Ok(Quantity::ONE),
         Some(v) => {

@@ -1,6 +1,6 @@
 //! Bad input gets a clear JSON error, never a crash or an order.
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::helpers::{spawn_app, Mode};
@@ -200,6 +200,106 @@ async fn other_bad_requests_get_json_errors(mode: Mode) {
         r.status(),
         StatusCode::UNAUTHORIZED,
         "the admin API needs the admin token"
+    );
+    app.stop().await;
+}
+
+in_both_modes!(a_body_with_an_unknown_field_or_not_an_object_is_refused);
+async fn a_body_with_an_unknown_field_or_not_an_object_is_refused(mode: Mode) {
+    let app = spawn_app(mode).await;
+    let product = app.sale(10, 5).await;
+    let (_, token) = app.token_for_new_user();
+    let credentials = json!({"email": "eve@example.com", "password": "long-password"});
+    let mut with_extra = credentials.clone();
+    with_extra["admin"] = json!(true);
+
+    for path in ["/auth/register", "/auth/login"] {
+        for body in [
+            with_extra.clone(),
+            json!(["eve@example.com", "long-password"]),
+        ] {
+            let r = app.post_json(path, &body).await;
+            assert_error(
+                r.status,
+                &r.body,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+            );
+        }
+    }
+    // Refused means not done: the address is still free.
+    let r = app.register("eve@example.com", "long-password").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+
+    let url = format!("{}/orders/flash-sale/{product}", app.address);
+    for (key, body) in [("u1", json!({"quantity": 1, "qty": 2})), ("u2", json!([1]))] {
+        let r = app
+            .client
+            .post(&url)
+            .bearer_auth(&token)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        assert_error(
+            status,
+            &r.json().await.unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        );
+    }
+    let r = app
+        .client
+        .patch(format!("{}/users/me", app.address))
+        .bearer_auth(&token)
+        .json(&json!({"displayName": "Eve", "role": "admin"}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    assert_error(
+        status,
+        &r.json().await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    );
+
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/admin/products".to_string(),
+            json!({"name": "Pad", "priceCents": 1, "stock": 5}),
+        ),
+        (
+            Method::PATCH,
+            format!("/admin/products/{product}"),
+            json!({"priceCents": 1, "colour": "red"}),
+        ),
+        (
+            Method::PUT,
+            format!("/admin/flash-sales/{product}"),
+            json!({"stock": 99, "perUserLimit": 1, "limit": 3}),
+        ),
+        (
+            Method::PUT,
+            format!("/admin/flash-sales/{product}"),
+            json!([99, 1]),
+        ),
+    ] {
+        let r = app.admin(method.clone(), &path, Some(body)).await;
+        assert_error(
+            r.status,
+            &r.body,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        );
+    }
+    let sale = app.sale_counters(product).await;
+    assert_eq!(
+        (sale["stock"].as_i64(), sale["remaining"].as_i64()),
+        (Some(10), Some(10))
     );
     app.stop().await;
 }
