@@ -213,17 +213,25 @@ struct SaleBody {
     ends_at: Option<Value>,
 }
 
-/// A time given as RFC 3339 text or as epoch milliseconds.
+/// The last instant RFC 3339 can write, 9999-12-31T23:59:59.999Z, in epoch milliseconds.
+const LAST_INSTANT_MS: i64 = 253_402_300_799_999;
+
+/// A time given as RFC 3339 text or as epoch milliseconds (up to the year 9999, which
+/// the answer can still show).
 fn instant(v: Option<Value>, what: &str) -> Result<Option<i64>, ApiError> {
+    let invalid = || {
+        ApiError::InvalidRequest(format!(
+            "{what} must be an RFC 3339 time or epoch milliseconds up to the year 9999"
+        ))
+    };
     match v {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => parse_rfc3339(&s)
-            .map(Some)
-            .map_err(|_| ApiError::InvalidRequest(format!("{what} must be an RFC 3339 time"))),
-        Some(Value::Number(n)) if n.as_i64().is_some_and(|n| n > 0) => Ok(n.as_i64()),
-        Some(_) => Err(ApiError::InvalidRequest(format!(
-            "{what} must be an RFC 3339 time"
-        ))),
+        Some(Value::String(s)) => parse_rfc3339(&s).map(Some).map_err(|_| invalid()),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(ms @ 1..=LAST_INSTANT_MS) => Ok(Some(ms)),
+            _ => Err(invalid()),
+        },
+        Some(_) => Err(invalid()),
     }
 }
 

@@ -303,3 +303,36 @@ async fn a_body_with_an_unknown_field_or_not_an_object_is_refused(mode: Mode) {
     );
     app.stop().await;
 }
+
+in_both_modes!(a_sale_time_past_the_year_9999_is_refused);
+async fn a_sale_time_past_the_year_9999_is_refused(mode: Mode) {
+    let app = spawn_app(mode).await;
+    let product = app.sale(10, 5).await;
+    let path = format!("/admin/flash-sales/{product}");
+    // The answer shows both times as RFC 3339, which has four-digit years.
+    for ends_at in [json!(253_402_300_800_000_i64), json!(i64::MAX)] {
+        let r = app
+            .admin(
+                Method::PUT,
+                &path,
+                Some(json!({"stock": 10, "perUserLimit": 5, "endsAt": ends_at})),
+            )
+            .await;
+        assert_error(
+            r.status,
+            &r.body,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        );
+    }
+    let r = app
+        .admin(
+            Method::PUT,
+            &path,
+            Some(json!({"stock": 10, "perUserLimit": 5, "endsAt": 253_402_300_799_999_i64})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["endsAt"], "9999-12-31T23:59:59.999Z");
+    app.stop().await;
+}
