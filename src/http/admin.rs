@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::public::product_cache_key;
-use super::{json_body, method_not_allowed, AppState};
+use super::{admin_document, json_body, resource, AppState};
 use crate::actors::catalog::{CatalogOp, CatalogReply};
 use crate::actors::inventory::{InventoryOp, InventoryReply, SaleCounters, SaleDefinition};
 use crate::domain::{now_ms, parse_rfc3339, rfc3339, ProductId, ProductName};
@@ -16,22 +16,21 @@ use crate::domain::{now_ms, parse_rfc3339, rfc3339, ProductId, ProductName};
 const PAGE: &str = include_str!("admin.html");
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    let resource =
-        |path: &str| web::resource(path.to_string()).default_service(web::to(method_not_allowed));
-    cfg.service(resource("/admin/products").route(web::post().to(create_product)))
-        .service(resource("/admin/products/{id}").route(web::patch().to(update_product)))
-        .service(resource("/admin/reports/sales").route(web::get().to(sales_report)))
-        .service(resource("/admin/reports/orders").route(web::get().to(orders_report)))
-        .service(resource("/admin/reports/inventory").route(web::get().to(inventory_report)))
+    cfg.service(resource("/admin/products").post(create_product))
+        .service(resource("/admin/products/{id}").patch(update_product))
+        .service(resource("/admin/reports/sales").get(sales_report))
+        .service(resource("/admin/reports/orders").get(orders_report))
+        .service(resource("/admin/reports/inventory").get(inventory_report))
         .service(
             resource("/admin/flash-sales/{productId}")
-                .route(web::put().to(put_sale))
-                .route(web::get().to(get_sale)),
+                .put(put_sale)
+                .get(get_sale),
         )
-        .service(resource("/admin/actors").route(web::get().to(actors)))
-        .service(resource("/admin/actors/{name}/restart").route(web::post().to(restart)))
-        .service(resource("/admin").route(web::get().to(page)))
-        .service(resource("/metrics").route(web::get().to(metrics)));
+        .service(resource("/admin/actors").get(actors))
+        .service(resource("/admin/actors/{name}/restart").post(restart))
+        .service(resource("/admin").get(page))
+        .service(resource("/admin/openapi.json").get(admin_document))
+        .service(resource("/metrics").get(metrics));
 }
 
 fn admin(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
