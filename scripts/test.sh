@@ -29,3 +29,4 @@ cleanup
 trap cleanup EXIT
 
 cargo test --locked --workspace -- --test-threads 2 "$@"
+bash scripts/schemathesis.sh

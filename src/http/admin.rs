@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::public::product_cache_key;
-use super::{json_body, method_not_allowed, AppState};
+use super::{admin_document, json_body, resource, AppState};
 use crate::actors::inventory::{BelowSold, CacheDel, Counters, ListSales, LoadSale, SaleCounters};
 use crate::domain::{now_ms, parse_rfc3339, rfc3339, ProductId, ProductName, SaleDefinition};
 use crate::shards::catalog::{CreateProduct, OrdersReport, PutSale, SalesReport, UpdateProduct};
@@ -19,22 +19,21 @@ use crate::supervisors::TreeNode;
 const PAGE: &str = include_str!("admin.html");
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    let resource =
-        |path: &str| web::resource(path.to_string()).default_service(web::to(method_not_allowed));
-    cfg.service(resource("/admin/products").route(web::post().to(create_product)))
-        .service(resource("/admin/products/{id}").route(web::patch().to(update_product)))
-        .service(resource("/admin/reports/sales").route(web::get().to(sales_report)))
-        .service(resource("/admin/reports/orders").route(web::get().to(orders_report)))
-        .service(resource("/admin/reports/inventory").route(web::get().to(inventory_report)))
+    cfg.service(resource("/admin/products").post(create_product))
+        .service(resource("/admin/products/{id}").patch(update_product))
+        .service(resource("/admin/reports/sales").get(sales_report))
+        .service(resource("/admin/reports/orders").get(orders_report))
+        .service(resource("/admin/reports/inventory").get(inventory_report))
         .service(
             resource("/admin/flash-sales/{productId}")
-                .route(web::put().to(put_sale))
-                .route(web::get().to(get_sale)),
+                .put(put_sale)
+                .get(get_sale),
         )
-        .service(resource("/admin/actors").route(web::get().to(actors)))
-        .service(resource("/admin/actors/{name}/restart").route(web::post().to(restart)))
-        .service(resource("/admin").route(web::get().to(page)))
-        .service(resource("/metrics").route(web::get().to(metrics)));
+        .service(resource("/admin/actors").get(actors))
+        .service(resource("/admin/actors/{name}/restart").post(restart))
+        .service(resource("/admin").get(page))
+        .service(resource("/admin/openapi.json").get(admin_document))
+        .service(resource("/metrics").get(metrics));
 }
 
 fn admin(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
@@ -46,7 +45,7 @@ fn admin(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct NewProduct {
     name: String,
     price_cents: i64,
@@ -201,17 +200,25 @@ struct SaleBody {
     ends_at: Option<Value>,
 }
 
-/// A time given as RFC 3339 text or as epoch milliseconds.
+/// The last instant RFC 3339 can write, 9999-12-31T23:59:59.999Z, in epoch milliseconds.
+const LAST_INSTANT_MS: i64 = 253_402_300_799_999;
+
+/// A time given as RFC 3339 text or as epoch milliseconds (up to the year 9999, which
+/// the answer can still show).
 fn instant(v: Option<Value>, what: &str) -> Result<Option<i64>, ApiError> {
+    let invalid = || {
+        ApiError::InvalidRequest(format!(
+            "{what} must be an RFC 3339 time or epoch milliseconds up to the year 9999"
+        ))
+    };
     match v {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => parse_rfc3339(&s)
-            .map(Some)
-            .map_err(|_| ApiError::InvalidRequest(format!("{what} must be an RFC 3339 time"))),
-        Some(Value::Number(n)) if n.as_i64().is_some_and(|n| n > 0) => Ok(n.as_i64()),
-        Some(_) => Err(ApiError::InvalidRequest(format!(
-            "{what} must be an RFC 3339 time"
-        ))),
+        Some(Value::String(s)) => parse_rfc3339(&s).map(Some).map_err(|_| invalid()),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(ms @ 1..=LAST_INSTANT_MS) => Ok(Some(ms)),
+            _ => Err(invalid()),
+        },
+        Some(_) => Err(invalid()),
     }
 }
 

@@ -1,6 +1,10 @@
 //! The two HTTP listeners: the public API (`public`) and the internal admin API
 //! (`admin`). Handlers turn requests into domain types, call actors through the
 //! directory with deadlines, and map every failure through [`error::ApiError`].
+//!
+//! Each listener serves an OpenAPI document that describes it exactly: the public one
+//! at `GET /openapi.json` (`openapi.json`), the admin one at `GET /admin/openapi.json`
+//! (`openapi-admin.json`). `scripts/schemathesis.sh` holds both to the server.
 
 pub mod admin;
 pub mod error;
@@ -11,9 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
-use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::dev::{AppService, HttpServiceFactory, Server, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::Method;
 use actix_web::middleware::Next;
-use actix_web::{web, App, HttpRequest, HttpServer};
+use actix_web::{
+    web, App, FromRequest, Handler, HttpRequest, HttpResponse, HttpServer, Responder, ResponseError,
+};
 use futures_util::StreamExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::de::DeserializeOwned;
@@ -82,25 +90,141 @@ pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::B
     Ok(body)
 }
 
-/// Reads and parses a JSON body.
+/// Reads and parses a JSON body; see [`parse_json`].
 pub async fn json_body<T: DeserializeOwned>(
     payload: web::Payload,
     limit: usize,
 ) -> Result<T, ApiError> {
     let body = read_body(payload, limit).await?;
-    if body.is_empty() {
+    if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::InvalidRequest("a JSON body is required".into()));
     }
-    serde_json::from_slice(&body)
+    parse_json(&body)
+}
+
+/// Parses a request body that must be a JSON object with the fields of `T`. Every body
+/// type is `#[serde(deny_unknown_fields)]`, so a field the API does not know is refused
+/// (`400 invalid_request`) rather than dropped: a misspelt optional field would
+/// otherwise change nothing and look accepted.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // serde also reads a struct from a JSON array of its fields; the API takes objects.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::InvalidRequest(
+            "the body must be a JSON object".into(),
+        ));
+    }
+    serde_json::from_slice(body)
         .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
 }
 
-pub async fn not_found() -> actix_web::HttpResponse {
-    actix_web::ResponseError::error_response(&ApiError::NotFound)
+pub async fn not_found() -> HttpResponse {
+    ApiError::NotFound.error_response()
 }
 
-pub async fn method_not_allowed() -> actix_web::HttpResponse {
-    actix_web::ResponseError::error_response(&ApiError::MethodNotAllowed)
+/// A resource that answers the methods given to it, and any other method with
+/// `405 method_not_allowed` and an `Allow` header naming them (RFC 9110, 15.5.6):
+/// `cfg.service(resource("/admin/flash-sales/{productId}").put(put_sale).get(get_sale))`.
+pub fn resource(path: &str) -> Resource {
+    Resource {
+        inner: web::resource(path),
+        allowed: Vec::new(),
+    }
+}
+
+pub struct Resource {
+    inner: actix_web::Resource,
+    allowed: Vec<Method>,
+}
+
+impl Resource {
+    pub fn get<F, Args>(self, handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.route(Method::GET, handler)
+    }
+
+    pub fn post<F, Args>(self, handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.route(Method::POST, handler)
+    }
+
+    pub fn put<F, Args>(self, handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.route(Method::PUT, handler)
+    }
+
+    pub fn patch<F, Args>(self, handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.route(Method::PATCH, handler)
+    }
+
+    fn route<F, Args>(mut self, method: Method, handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.inner = self.inner.route(web::method(method.clone()).to(handler));
+        self.allowed.push(method);
+        self
+    }
+}
+
+impl HttpServiceFactory for Resource {
+    fn register(self, config: &mut AppService) {
+        let names: Vec<&str> = self.allowed.iter().map(Method::as_str).collect();
+        let allow = HeaderValue::from_str(&names.join(", ")).expect("method names are ASCII");
+        self.inner
+            .default_service(web::to(move || method_not_allowed(allow.clone())))
+            .register(config)
+    }
+}
+
+async fn method_not_allowed(allow: HeaderValue) -> HttpResponse {
+    let mut res = ApiError::MethodNotAllowed.error_response();
+    res.headers_mut().insert(header::ALLOW, allow);
+    res
+}
+
+/// The public API's document, served at `GET /openapi.json` on the public listener.
+pub const PUBLIC_DOCUMENT: &str = include_str!("openapi.json");
+/// The admin API's document, served at `GET /admin/openapi.json` on the admin listener.
+pub const ADMIN_DOCUMENT: &str = include_str!("openapi-admin.json");
+
+pub async fn public_document() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(PUBLIC_DOCUMENT)
+}
+
+pub async fn admin_document() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(ADMIN_DOCUMENT)
+}
+
+/// Malformed query strings and path segments get the API's JSON errors, not actix's
+/// plain-text ones.
+fn extractor_errors(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::QueryConfig::default().error_handler(|e, _| {
+        ApiError::InvalidRequest(format!("invalid query string: {e}")).into()
+    }))
+    .app_data(web::PathConfig::default().error_handler(|_, _| ApiError::NotFound.into()));
 }
 
 /// Counts requests and their latency by route template and status.
@@ -133,6 +257,7 @@ pub fn public_server(
         App::new()
             .app_data(state.clone())
             .wrap(actix_web::middleware::from_fn(observe))
+            .configure(extractor_errors)
             .configure(public::routes)
             .default_service(web::to(not_found))
     })
@@ -151,6 +276,7 @@ pub fn admin_server(state: web::Data<AppState>, listener: TcpListener) -> std::i
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .configure(extractor_errors)
             .configure(admin::routes)
             .default_service(web::to(not_found))
     })

@@ -9,7 +9,7 @@ use serde_json::json;
 use tracing::Instrument;
 
 use super::error::ApiError;
-use super::{json_body, method_not_allowed, read_body, AppState};
+use super::{json_body, parse_json, public_document, read_body, resource, AppState};
 use crate::actors::inventory::{
     CacheGet, CacheSet, Counters, Lookup, MarkPublished, RateCheck, Release, ReserveOutcome,
     ReserveRequest, Restock,
@@ -23,26 +23,24 @@ use crate::domain::{
 use crate::shards::catalog::{CreateCredential, GetCredential, GetProduct, Product};
 use crate::shards::{CancelOrder, Cancellation, CreateUser, GetOrder, ListOrders, UpdateUser};
 
-const OPENAPI: &str = include_str!("openapi.json");
 const RATE_WINDOW_MS: i64 = 60_000;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    let resource =
-        |path: &str| web::resource(path.to_string()).default_service(web::to(method_not_allowed));
-    cfg.service(resource("/auth/register").route(web::post().to(register)))
-        .service(resource("/auth/login").route(web::post().to(login)))
-        .service(resource("/products/{id}").route(web::get().to(get_product)))
-        .service(resource("/orders/flash-sale/{productId}").route(web::post().to(flash_sale)))
-        .service(resource("/orders/{orderId}").route(web::get().to(get_order)))
-        .service(resource("/orders/{orderId}/cancel").route(web::post().to(cancel_order)))
-        .service(resource("/users/me").route(web::patch().to(update_me)))
-        .service(resource("/users/me/orders").route(web::get().to(my_orders)))
-        .service(resource("/healthz").route(web::get().to(healthz)))
-        .service(resource("/readyz").route(web::get().to(readyz)))
-        .service(resource("/openapi.json").route(web::get().to(openapi)));
+    cfg.service(resource("/auth/register").post(register))
+        .service(resource("/auth/login").post(login))
+        .service(resource("/products/{id}").get(get_product))
+        .service(resource("/orders/flash-sale/{productId}").post(flash_sale))
+        .service(resource("/orders/{orderId}").get(get_order))
+        .service(resource("/orders/{orderId}/cancel").post(cancel_order))
+        .service(resource("/users/me").patch(update_me))
+        .service(resource("/users/me/orders").get(my_orders))
+        .service(resource("/healthz").get(healthz))
+        .service(resource("/readyz").get(readyz))
+        .service(resource("/openapi.json").get(public_document));
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Credentials {
     email: String,
     password: String,
@@ -157,8 +155,7 @@ fn quantity(body: &[u8], max: u32) -> Result<Quantity, ApiError> {
     struct OrderBody {
         quantity: Option<serde_json::Value>,
     }
-    let parsed: OrderBody = serde_json::from_slice(body)
-        .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))?;
+    let parsed: OrderBody = parse_json(body)?;
     match parsed.quantity {
         None => Ok(Quantity::ONE),
         Some(v) => {
@@ -503,10 +500,4 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             .insert_header((header::RETRY_AFTER, "1"))
             .json(body)
     }
-}
-
-async fn openapi() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(OPENAPI)
 }

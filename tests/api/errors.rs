@@ -1,9 +1,12 @@
-//! Bad input gets a clear JSON error, never a crash or an order.
+//! Bad input gets a clear JSON error, never a crash or an order; each listener's
+//! OpenAPI document describes that listener's paths and methods.
 
-use reqwest::StatusCode;
+use std::collections::BTreeSet;
+
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app, Mode};
+use crate::helpers::{spawn_app, Mode, TestApp};
 
 fn assert_error(status: StatusCode, body: &Value, want_status: StatusCode, want_code: &str) {
     assert_eq!(status, want_status, "{body:?}");
@@ -190,6 +193,19 @@ async fn other_bad_requests_get_json_errors(mode: Mode) {
         .await;
     assert_error(r.status, &r.body, StatusCode::NOT_FOUND, "not_found");
     let r = app
+        .admin(
+            reqwest::Method::GET,
+            "/admin/reports/sales?productId=1&productId=2",
+            None,
+        )
+        .await;
+    assert_error(
+        r.status,
+        &r.body,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    );
+    let r = app
         .client
         .post(format!("{}/admin/products", app.admin_address))
         .json(&json!({"name": "x", "priceCents": 1}))
@@ -201,5 +217,270 @@ async fn other_bad_requests_get_json_errors(mode: Mode) {
         StatusCode::UNAUTHORIZED,
         "the admin API needs the admin token"
     );
+    app.stop().await;
+}
+
+in_both_modes!(a_body_with_an_unknown_field_or_not_an_object_is_refused);
+async fn a_body_with_an_unknown_field_or_not_an_object_is_refused(mode: Mode) {
+    let app = spawn_app(mode).await;
+    let product = app.sale(10, 5).await;
+    let (_, token) = app.token_for_new_user();
+    let credentials = json!({"email": "eve@example.com", "password": "long-password"});
+    let mut with_extra = credentials.clone();
+    with_extra["admin"] = json!(true);
+
+    for path in ["/auth/register", "/auth/login"] {
+        for body in [
+            with_extra.clone(),
+            json!(["eve@example.com", "long-password"]),
+        ] {
+            let r = app.post_json(path, &body).await;
+            assert_error(
+                r.status,
+                &r.body,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+            );
+        }
+    }
+    // Refused means not done: the address is still free.
+    let r = app.register("eve@example.com", "long-password").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+
+    let url = format!("{}/orders/flash-sale/{product}", app.address);
+    for (key, body) in [("u1", json!({"quantity": 1, "qty": 2})), ("u2", json!([1]))] {
+        let r = app
+            .client
+            .post(&url)
+            .bearer_auth(&token)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        assert_error(
+            status,
+            &r.json().await.unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        );
+    }
+    let r = app
+        .client
+        .patch(format!("{}/users/me", app.address))
+        .bearer_auth(&token)
+        .json(&json!({"displayName": "Eve", "role": "admin"}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    assert_error(
+        status,
+        &r.json().await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    );
+
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/admin/products".to_string(),
+            json!({"name": "Pad", "priceCents": 1, "stock": 5}),
+        ),
+        (
+            Method::PATCH,
+            format!("/admin/products/{product}"),
+            json!({"priceCents": 1, "colour": "red"}),
+        ),
+        (
+            Method::PUT,
+            format!("/admin/flash-sales/{product}"),
+            json!({"stock": 99, "perUserLimit": 1, "limit": 3}),
+        ),
+        (
+            Method::PUT,
+            format!("/admin/flash-sales/{product}"),
+            json!([99, 1]),
+        ),
+    ] {
+        let r = app.admin(method.clone(), &path, Some(body)).await;
+        assert_error(
+            r.status,
+            &r.body,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        );
+    }
+    let sale = app.sale_counters(product).await;
+    assert_eq!(
+        (sale["stock"].as_i64(), sale["remaining"].as_i64()),
+        (Some(10), Some(10))
+    );
+    app.stop().await;
+}
+
+in_both_modes!(a_sale_time_past_the_year_9999_is_refused);
+async fn a_sale_time_past_the_year_9999_is_refused(mode: Mode) {
+    let app = spawn_app(mode).await;
+    let product = app.sale(10, 5).await;
+    let path = format!("/admin/flash-sales/{product}");
+    // The answer shows both times as RFC 3339, which has four-digit years.
+    for ends_at in [json!(253_402_300_800_000_i64), json!(i64::MAX)] {
+        let r = app
+            .admin(
+                Method::PUT,
+                &path,
+                Some(json!({"stock": 10, "perUserLimit": 5, "endsAt": ends_at})),
+            )
+            .await;
+        assert_error(
+            r.status,
+            &r.body,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        );
+    }
+    let r = app
+        .admin(
+            Method::PUT,
+            &path,
+            Some(json!({"stock": 10, "perUserLimit": 5, "endsAt": 253_402_300_799_999_i64})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["endsAt"], "9999-12-31T23:59:59.999Z");
+    app.stop().await;
+}
+
+/// The `(path, methods)` an OpenAPI document lists, methods in upper case.
+fn documented(doc: &Value) -> Vec<(String, BTreeSet<String>)> {
+    doc["paths"]
+        .as_object()
+        .expect("the document has paths")
+        .iter()
+        .map(|(path, item)| {
+            let methods = item
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| !matches!(k.as_str(), "parameters" | "summary" | "description"))
+                .map(|k| k.to_ascii_uppercase())
+                .collect();
+            (path.clone(), methods)
+        })
+        .collect()
+}
+
+async fn document(app: &TestApp, url: String) -> Value {
+    let r = app.client.get(url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let doc: Value = r.json().await.expect("the document is JSON");
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    doc
+}
+
+in_both_modes!(each_listener_serves_the_document_of_its_own_paths);
+async fn each_listener_serves_the_document_of_its_own_paths(mode: Mode) {
+    let app = spawn_app(mode).await;
+    let public = document(&app, format!("{}/openapi.json", app.address)).await;
+    let admin = document(&app, format!("{}/admin/openapi.json", app.admin_address)).await;
+    let public_paths: Vec<_> = documented(&public).into_iter().map(|(p, _)| p).collect();
+    let admin_paths: Vec<_> = documented(&admin).into_iter().map(|(p, _)| p).collect();
+
+    for path in &public_paths {
+        assert!(
+            !path.starts_with("/admin") && path != "/metrics",
+            "{path} is on the admin listener, not the public one"
+        );
+    }
+    for path in [
+        "/admin/products",
+        "/admin/products/{id}",
+        "/admin/flash-sales/{productId}",
+        "/admin/reports/sales",
+        "/admin/reports/orders",
+        "/admin/reports/inventory",
+        "/admin/actors",
+        "/admin/actors/{name}/restart",
+        "/admin",
+        "/admin/openapi.json",
+        "/metrics",
+    ] {
+        assert!(
+            admin_paths.iter().any(|p| p == path),
+            "{path} missing from the admin document"
+        );
+    }
+    // The admin document names its bearer scheme, and the admin API wants it.
+    let schemes = admin["components"]["securitySchemes"].as_object().unwrap();
+    let (name, scheme) = schemes.iter().next().expect("a security scheme");
+    assert_eq!(
+        (&scheme["type"], &scheme["scheme"]),
+        (&json!("http"), &json!("bearer"))
+    );
+    assert_eq!(admin["security"], json!([{ name: [] }]));
+    // Neither listener answers the other's paths.
+    for (base, path) in [
+        (&app.address, "/admin/openapi.json"),
+        (&app.address, "/admin/products"),
+        (&app.admin_address, "/openapi.json"),
+    ] {
+        let r = app
+            .client
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{base}{path}");
+    }
+    app.stop().await;
+}
+
+in_both_modes!(a_method_a_path_lacks_is_405_with_the_allowed_ones);
+async fn a_method_a_path_lacks_is_405_with_the_allowed_ones(mode: Mode) {
+    let app = spawn_app(mode).await;
+    let listeners = [
+        (app.address.clone(), format!("{}/openapi.json", app.address)),
+        (
+            app.admin_address.clone(),
+            format!("{}/admin/openapi.json", app.admin_address),
+        ),
+    ];
+    for (base, doc_url) in listeners {
+        let doc = document(&app, doc_url).await;
+        for (path, methods) in documented(&doc) {
+            // Any value routes; without credentials nothing changes.
+            let url = format!("{base}{}", path.replace("{", "").replace("}", ""));
+            for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"] {
+                let r = app
+                    .client
+                    .request(Method::from_bytes(method.as_bytes()).unwrap(), &url)
+                    .send()
+                    .await
+                    .unwrap();
+                if methods.contains(method) {
+                    assert_ne!(r.status(), StatusCode::METHOD_NOT_ALLOWED, "{method} {url}");
+                    continue;
+                }
+                assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED, "{method} {url}");
+                let allow: BTreeSet<String> = r
+                    .headers()
+                    .get("allow")
+                    .unwrap_or_else(|| panic!("{method} {url}: 405 without Allow"))
+                    .to_str()
+                    .unwrap()
+                    .split(',')
+                    .map(|m| m.trim().to_string())
+                    .collect();
+                assert_eq!(
+                    allow, methods,
+                    "{method} {url}: Allow names what the document lists"
+                );
+                let body: Value = r.json().await.unwrap();
+                assert_eq!(body["error"], "method_not_allowed");
+            }
+        }
+    }
     app.stop().await;
 }
