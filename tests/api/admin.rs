@@ -5,23 +5,13 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::helpers::{eventually, spawn_app, Mode};
+use crate::helpers::{eventually, find, spawn_app, Mode};
 
 fn names(node: &Value, out: &mut Vec<String>) {
     out.push(node["name"].as_str().unwrap().to_string());
     for c in node["children"].as_array().unwrap() {
         names(c, out);
     }
-}
-
-fn find<'a>(node: &'a Value, name: &str) -> Option<&'a Value> {
-    if node["name"] == name {
-        return Some(node);
-    }
-    node["children"]
-        .as_array()?
-        .iter()
-        .find_map(|c| find(c, name))
 }
 
 in_both_modes!(the_tree_is_live_and_actors_restart_through_their_supervisor);

@@ -665,6 +665,40 @@ impl TestApp {
         all
     }
 
+    /// Runs statements on shard `i` (one connection), behind the application's back;
+    /// returns the rows they changed.
+    pub async fn exec_on_shard(&self, i: usize, sql: &str) -> u64 {
+        match self.mode {
+            Mode::Cluster => {
+                let pool = sqlx::PgPool::connect(&self.shard_urls[i]).await.unwrap();
+                let n = sqlx::raw_sql(sql)
+                    .execute(&pool)
+                    .await
+                    .unwrap()
+                    .rows_affected();
+                pool.close().await;
+                n
+            }
+            Mode::Embedded => {
+                let path = self
+                    .settings
+                    .embedded
+                    .data_dir
+                    .join(format!("shard-{i}.db"));
+                let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+                    .await
+                    .unwrap();
+                let n = sqlx::raw_sql(sql)
+                    .execute(&pool)
+                    .await
+                    .unwrap()
+                    .rows_affected();
+                pool.close().await;
+                n
+            }
+        }
+    }
+
     /// Terminates every PostgreSQL connection to shard `i` (as a failover would).
     pub async fn kill_shard_connections(&self, i: usize) -> i64 {
         let db = self.shard_urls[i].rsplit('/').next().unwrap().to_string();
@@ -910,4 +944,15 @@ impl TestApp {
             }
         }
     }
+}
+
+/// The node called `name` in a tree as `GET /admin/actors` draws it.
+pub fn find<'a>(node: &'a Value, name: &str) -> Option<&'a Value> {
+    if node["name"] == name {
+        return Some(node);
+    }
+    node["children"]
+        .as_array()?
+        .iter()
+        .find_map(|c| find(c, name))
 }
