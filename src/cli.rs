@@ -141,6 +141,7 @@ pub async fn run(cli: Cli) -> ExitCode {
 async fn serve(settings: Settings) -> ExitCode {
     let settings_mode = settings.mode;
     let data_dir = settings.embedded.data_dir.clone();
+    let configured_token = settings.admin.token.is_some();
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => {
@@ -165,12 +166,19 @@ async fn serve(settings: Settings) -> ExitCode {
         );
     }
     if embedded {
+        // The token itself only when it was just generated (and printed above anyway).
+        let token = if app.admin_token_generated {
+            app.admin_token.expose().to_string()
+        } else if configured_token {
+            "\"$FLASHSALE__ADMIN__TOKEN\"".to_string()
+        } else {
+            format!("\"$(cat {})\"", data_dir.join("admin-token").display())
+        };
         println!("  demo sale    cargo run --release -p flashsale-load -- burst --buyers 2000 --stock 100 \\");
         println!(
-            "                 --target http://{} --admin-url http://{} --admin-token {} --jwt-secret-file {}",
+            "                 --target http://{} --admin-url http://{} --admin-token {token} --jwt-secret-file {}",
             app.public_addr,
             app.admin_addr,
-            app.admin_token.expose(),
             data_dir.join("jwt-secret").display()
         );
     }

@@ -345,3 +345,68 @@ async fn the_process_exits_non_zero_when_the_supervisor_tree_gives_up() {
     assert!(started.elapsed() < Duration::from_secs(60));
     drop(refusing);
 }
+
+/// What `serve` prints at start in embedded mode, through its demo line; the process is
+/// killed afterwards.
+async fn start_output(data: &std::path::Path, admin_token: Option<&str>) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flashsale"));
+    cmd.arg("serve")
+        .env("FLASHSALE__HTTP__LISTEN", "127.0.0.1:0")
+        .env("FLASHSALE__ADMIN__LISTEN", "127.0.0.1:0")
+        .env("FLASHSALE__EMBEDDED__DATA_DIR", data)
+        .env_remove("FLASHSALE__ADMIN__TOKEN")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    if let Some(token) = admin_token {
+        cmd.env("FLASHSALE__ADMIN__TOKEN", token);
+    }
+    let mut child = cmd.spawn().expect("the flashsale binary starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.expect("its stdout") {
+            printed.push_str(&line);
+            printed.push('\n');
+            if line.contains("--jwt-secret-file") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(matches!(read, Ok(true)), "no demo line in: {printed}");
+    child.kill().await.unwrap();
+    printed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_is_printed_only_when_generated() {
+    let data = DataDir(std::env::temp_dir().join(format!("fs_test_token_{}", std::process::id())));
+    let configured = "configured-admin-token-0123456789";
+    let out = start_output(&data.0, Some(configured)).await;
+    assert!(
+        !out.contains(configured),
+        "a configured token is never printed: {out}"
+    );
+    assert!(out.contains("$FLASHSALE__ADMIN__TOKEN"), "{out}");
+
+    let other =
+        DataDir(std::env::temp_dir().join(format!("fs_test_token2_{}", std::process::id())));
+    let first = start_output(&other.0, None).await;
+    let generated = std::fs::read_to_string(other.0.join("admin-token")).unwrap();
+    assert!(
+        first.contains(generated.trim()),
+        "a generated token is printed once: {first}"
+    );
+    let again = start_output(&other.0, None).await;
+    assert!(
+        !again.contains(generated.trim()),
+        "not at every start: {again}"
+    );
+    assert!(
+        again.contains("admin-token)"),
+        "the demo line reads the kept file: {again}"
+    );
+}

@@ -228,10 +228,11 @@ impl Backends {
 
     /// Without a configured admin token: in cluster mode one for this run; in embedded
     /// mode one generated on first start and kept in the data directory (mode 0600).
+    /// Answers whether it was generated now.
     pub fn admin_token(&self) -> Result<(Secret, bool), StartError> {
         match self {
             Backends::Cluster { .. } => Ok((Secret::new(random_secret(32)), true)),
-            Backends::Embedded { dir, .. } => Ok((stored_secret(&dir.join("admin-token"))?, true)),
+            Backends::Embedded { dir, .. } => stored_secret(&dir.join("admin-token")),
         }
     }
 
@@ -240,7 +241,7 @@ impl Backends {
     pub async fn jwt_secret(&self, directory: &Directory) -> Result<Secret, StartError> {
         match self {
             Backends::Cluster { .. } => shared_secret(directory, "jwt_secret").await,
-            Backends::Embedded { dir, .. } => stored_secret(&dir.join("jwt-secret")),
+            Backends::Embedded { dir, .. } => Ok(stored_secret(&dir.join("jwt-secret"))?.0),
         }
     }
 }

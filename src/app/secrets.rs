@@ -34,13 +34,14 @@ pub async fn shared_secret(directory: &Directory, name: &str) -> Result<Secret, 
 }
 
 /// A secret kept in a file readable by its owner only, generated when missing.
-pub fn stored_secret(path: &std::path::Path) -> Result<Secret, StartError> {
+/// Answers the secret and whether it was made now (only then is it worth printing).
+pub fn stored_secret(path: &std::path::Path) -> Result<(Secret, bool), StartError> {
     let err = |source| StartError::DataDir {
         path: path.display().to_string(),
         source,
     };
     match std::fs::read_to_string(path) {
-        Ok(t) if t.trim().len() >= 16 => return Ok(Secret::new(t.trim())),
+        Ok(t) if t.trim().len() >= 16 => return Ok((Secret::new(t.trim()), false)),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e)),
@@ -52,5 +53,5 @@ pub fn stored_secret(path: &std::path::Path) -> Result<Secret, StartError> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(path).map_err(err)?;
     std::io::Write::write_all(&mut file, value.as_bytes()).map_err(err)?;
-    Ok(Secret::new(value))
+    Ok((Secret::new(value), true))
 }

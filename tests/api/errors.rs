@@ -544,3 +544,35 @@ async fn a_corrupt_row_fails_its_request_alone_not_the_shard(mode: Mode) {
     );
     app.stop().await;
 }
+
+in_both_modes!(random_methods_do_not_grow_the_metrics);
+async fn random_methods_do_not_grow_the_metrics(mode: Mode) {
+    let app = spawn_app(mode).await;
+    for i in 0..40 {
+        let method = Method::from_bytes(format!("PROBE{i}").as_bytes()).unwrap();
+        let r = app
+            .client
+            .request(method, format!("{}/healthz", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let metrics = app.admin(Method::GET, "/metrics", None).await;
+    let text = metrics.body.as_str().expect("Prometheus text");
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("flashsale_http_requests_total{"))
+        .collect();
+    assert!(
+        series.iter().all(|l| !l.contains("PROBE")),
+        "a raw method became a label: {series:?}"
+    );
+    assert!(
+        series
+            .iter()
+            .any(|l| l.contains("method=\"other\"") && l.contains("route=\"/healthz\"")),
+        "unknown methods are counted as other: {series:?}"
+    );
+    app.stop().await;
+}
