@@ -137,7 +137,7 @@ pub trait Request<M>: Send + 'static {
 /// Declares a protocol: an enum whose variants pair each request type with a
 /// [`ReplyPort`] of its reply type, and a [`Request`] impl for each request type.
 ///
-/// ```ignore
+/// ```text
 /// protocol! {
 ///     pub enum ShardMsg {
 ///         Get(GetOrder) -> Option<OrderView>,
