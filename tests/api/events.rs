@@ -321,21 +321,6 @@ async fn price_changes_apply_while_events_flow(mode: Mode) {
     app.stop().await;
 }
 
-/// The actor's entry in the live tree.
-async fn actor(app: &TestApp, name: &str) -> Value {
-    fn find(node: &Value, name: &str) -> Option<Value> {
-        if node["name"] == name {
-            return Some(node.clone());
-        }
-        node["children"]
-            .as_array()?
-            .iter()
-            .find_map(|c| find(c, name))
-    }
-    let tree = app.admin(Method::GET, "/admin/actors", None).await.body;
-    find(&tree, name).unwrap_or_else(|| panic!("no {name} in {tree}"))
-}
-
 in_both_modes!(a_consumer_restart_resumes_from_its_commits);
 async fn a_consumer_restart_resumes_from_its_commits(mode: Mode) {
     // One partition (the local log has one sequence): events are read in the order
@@ -389,7 +374,7 @@ async fn a_consumer_restart_resumes_from_its_commits(mode: Mode) {
 async fn wait_actor(app: &TestApp, name: &str, ok: impl Fn(&Value) -> bool) -> Value {
     let what = format!("{name} reaches the expected state");
     eventually(Duration::from_secs(30), &what, || async {
-        let a = actor(app, name).await;
+        let a = app.actor(name).await;
         if ok(&a) {
             Ok(a)
         } else {

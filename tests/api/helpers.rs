@@ -637,66 +637,54 @@ impl TestApp {
     /// Every order row of every shard: (shard index, order id, user id, status).
     pub async fn all_shard_orders(&self) -> Vec<(usize, String, String, String)> {
         let mut all = Vec::new();
-        let sql = "SELECT order_id, user_id, status FROM orders";
         for i in 0..self.settings.shard_count() {
-            let rows: Vec<(String, String, String)> = match self.mode {
-                Mode::Cluster => {
-                    let pool = sqlx::PgPool::connect(&self.shard_urls[i]).await.unwrap();
-                    let rows = sqlx::query_as(sql).fetch_all(&pool).await.unwrap();
-                    pool.close().await;
-                    rows
-                }
-                Mode::Embedded => {
-                    let path = self
-                        .settings
-                        .embedded
-                        .data_dir
-                        .join(format!("shard-{i}.db"));
-                    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
-                        .await
-                        .unwrap();
-                    let rows = sqlx::query_as(sql).fetch_all(&pool).await.unwrap();
-                    pool.close().await;
-                    rows
-                }
-            };
+            let pool = self.shard_pool(i).await;
+            let rows: Vec<(String, String, String)> =
+                sqlx::query_as("SELECT order_id, user_id, status FROM orders")
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+            pool.close().await;
             all.extend(rows.into_iter().map(|(o, u, s)| (i, o, u, s)));
         }
         all
     }
 
+    /// A connection to shard `i` that bypasses the application (PostgreSQL directly, or
+    /// the SQLite file).
+    async fn shard_pool(&self, i: usize) -> sqlx::AnyPool {
+        let url = match self.mode {
+            Mode::Cluster => self.shard_urls[i].clone(),
+            Mode::Embedded => {
+                let dir = &self.settings.embedded.data_dir;
+                format!("sqlite://{}", dir.join(format!("shard-{i}.db")).display())
+            }
+        };
+        flashsale::db::any_pool(&url, 1).await.unwrap()
+    }
+
+    /// An actor's entry in the live tree.
+    pub async fn actor(&self, name: &str) -> Value {
+        let tree = self
+            .admin(reqwest::Method::GET, "/admin/actors", None)
+            .await
+            .body;
+        find(&tree, name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {tree}"))
+    }
+
     /// Runs statements on shard `i` (one connection), behind the application's back;
     /// returns the rows they changed.
     pub async fn exec_on_shard(&self, i: usize, sql: &str) -> u64 {
-        match self.mode {
-            Mode::Cluster => {
-                let pool = sqlx::PgPool::connect(&self.shard_urls[i]).await.unwrap();
-                let n = sqlx::raw_sql(sql)
-                    .execute(&pool)
-                    .await
-                    .unwrap()
-                    .rows_affected();
-                pool.close().await;
-                n
-            }
-            Mode::Embedded => {
-                let path = self
-                    .settings
-                    .embedded
-                    .data_dir
-                    .join(format!("shard-{i}.db"));
-                let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
-                    .await
-                    .unwrap();
-                let n = sqlx::raw_sql(sql)
-                    .execute(&pool)
-                    .await
-                    .unwrap()
-                    .rows_affected();
-                pool.close().await;
-                n
-            }
-        }
+        let pool = self.shard_pool(i).await;
+        let n = sqlx::raw_sql(sql)
+            .execute(&pool)
+            .await
+            .unwrap()
+            .rows_affected();
+        pool.close().await;
+        n
     }
 
     /// Terminates every PostgreSQL connection to shard `i` (as a failover would).

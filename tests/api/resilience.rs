@@ -69,21 +69,6 @@ async fn assert_all_completed_once(app: &TestApp, accepted: &[(String, String)])
     }
 }
 
-/// The actor's entry in the live tree.
-async fn actor(app: &TestApp, name: &str) -> Value {
-    fn find(node: &Value, name: &str) -> Option<Value> {
-        if node["name"] == name {
-            return Some(node.clone());
-        }
-        node["children"]
-            .as_array()?
-            .iter()
-            .find_map(|c| find(c, name))
-    }
-    let tree = app.admin(Method::GET, "/admin/actors", None).await.body;
-    find(&tree, name).unwrap_or_else(|| panic!("no {name} in {tree}"))
-}
-
 fn restarts(node: &Value) -> u64 {
     node["restarts"].as_u64().unwrap_or(0)
 }
@@ -110,7 +95,7 @@ async fn killing_shard_connections_during_a_sale_loses_nothing() {
     // The kills were felt: a shard actor met a dead connection and was restarted.
     let mut shard_restarts = 0;
     for shard in 0..shards {
-        shard_restarts += restarts(&actor(&app, &format!("shard-{shard}")).await);
+        shard_restarts += restarts(&app.actor(&format!("shard-{shard}")).await);
     }
     assert!(shard_restarts > 0, "no shard actor lost a connection");
     let counters = app.sale_counters(product).await;
@@ -140,7 +125,7 @@ async fn restarting_consumers_during_a_sale_loses_nothing(mode: Mode) {
         async move {
             let name = names[wave];
             eventually(Duration::from_secs(10), &format!("{name} runs"), || async {
-                let a = actor(app, name).await;
+                let a = app.actor(name).await;
                 if a["status"] == "running" {
                     Ok(())
                 } else {
@@ -166,7 +151,7 @@ async fn restarting_consumers_during_a_sale_loses_nothing(mode: Mode) {
         let asked = names.iter().filter(|n| **n == name).count() as u64;
         let what = format!("{name} was restarted {asked} time(s) and runs");
         eventually(Duration::from_secs(10), &what, || async {
-            let a = actor(&app, name).await;
+            let a = app.actor(name).await;
             if restarts(&a) >= asked && a["status"] == "running" {
                 Ok(())
             } else {
