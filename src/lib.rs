@@ -1,14 +1,18 @@
 //! flashsale: an actor-based, reactive flash-sale order engine.
 //!
-//! Layout:
-//! - [`config`]: layered, validated settings;
-//! - [`domain`]: request newtypes built only through fallible parsing;
-//! - [`supervisors`]: the supervisor tree, the directory of current actors, live stats;
-//! - [`actors`]: the leaf actors (inventory partitions, shards, catalog, queue
-//!   publishers and consumers, reconciler) and the generic batching worker;
-//! - [`shards`]: stable hashing, PostgreSQL backends and migrations;
+//! Layout, each layer depending only on the ones above it:
+//! - [`config`], [`domain`]: layered, validated settings; request newtypes built only
+//!   through fallible parsing, and the order and sale records;
+//! - [`supervisors`]: the machinery every actor runs on (slots with typed protocols,
+//!   the batching worker, child specs, backoff, live stats); it knows no actor;
+//! - [`db`]: every database pool, write transactions, which errors break an actor;
+//! - [`events`]: the domain event model and its buses (Kafka, the local log);
+//! - [`shards`]: the shard and catalog protocols and their backends, the stable hash,
+//!   migrations;
+//! - [`actors`]: the inventory partitions, queue publishers and consumers, the order
+//!   handlers, reconciler, outbox relays, event consumers, and the directory;
 //! - [`http`]: the public and admin APIs;
-//! - [`app`]: assembles all of it from settings.
+//! - [`app`]: assembles all of it from settings; [`cli`]: the command line.
 
 pub mod actors;
 pub mod app;
