@@ -18,6 +18,10 @@ use crate::supervisors::TreeNode;
 
 const PAGE: &str = include_str!("admin.html");
 
+/// The most units a sale or a buyer's limit may have: far beyond any sale, and exact in
+/// the doubles the inventory's Lua scripts compute with (up to 2^53).
+const MAX_UNITS: i64 = 1_000_000_000_000;
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/admin/products").post(create_product))
         .service(resource("/admin/products/{id}").patch(update_product))
@@ -249,15 +253,16 @@ async fn put_sale(
     admin(&state, &req)?;
     let product = ProductId::parse(&product).map_err(|_| ApiError::NotFound)?;
     let body: SaleBody = json_body(payload, state.settings.http.body_limit).await?;
-    if body.stock < 0 {
-        return Err(ApiError::InvalidRequest(
-            "stock must not be negative".into(),
-        ));
+    // Counts stay exact integers in every backend (Redis scripts compute in doubles).
+    if !(0..=MAX_UNITS).contains(&body.stock) {
+        return Err(ApiError::InvalidRequest(format!(
+            "stock must be from 0 to {MAX_UNITS}"
+        )));
     }
-    if body.per_user_limit < 1 {
-        return Err(ApiError::InvalidRequest(
-            "perUserLimit must be at least 1".into(),
-        ));
+    if !(1..=MAX_UNITS).contains(&body.per_user_limit) {
+        return Err(ApiError::InvalidRequest(format!(
+            "perUserLimit must be from 1 to {MAX_UNITS}"
+        )));
     }
     let sale = SaleDefinition {
         stock: body.stock,

@@ -22,6 +22,7 @@ use crate::domain::{
 };
 use crate::shards::catalog::{CreateCredential, GetCredential, GetProduct, Product};
 use crate::shards::{CancelOrder, Cancellation, CreateUser, GetOrder, ListOrders, UpdateUser};
+use crate::supervisors::slot::CallError;
 
 const RATE_WINDOW_MS: i64 = 60_000;
 
@@ -123,20 +124,32 @@ async fn get_product(
     let id = ProductId::parse(&id).map_err(|_| ApiError::NotFound)?;
     let partition = state.directory.product_partition(id);
     let key = product_cache_key(id);
-    if let Some(json) = partition.call(CacheGet { key: key.clone() }).await? {
-        metrics::counter!("flashsale_product_cache_total", "result" => "hit").increment(1);
+    // The cache is an optimisation: while its partition is away, read the catalog.
+    let cache_up = partition.stats.is_running();
+    let cached = match cache_up {
+        true => partition.call(CacheGet { key: key.clone() }).await,
+        false => Err(CallError::Unavailable),
+    };
+    let result = match &cached {
+        Ok(Some(_)) => "hit",
+        Ok(None) => "miss",
+        Err(_) => "bypass",
+    };
+    metrics::counter!("flashsale_product_cache_total", "result" => result).increment(1);
+    if let Ok(Some(json)) = cached {
         return Ok(HttpResponse::Ok()
             .content_type("application/json")
             .body(json));
     }
-    metrics::counter!("flashsale_product_cache_total", "result" => "miss").increment(1);
     let product = find_product(&state, id).await?.ok_or(ApiError::NotFound)?;
     let json = serde_json::to_string(&product).expect("products serialise");
-    partition.tell(CacheSet {
-        key,
-        value: json.clone(),
-        ttl_secs: state.settings.inventory.product_cache_ttl_secs,
-    });
+    if cache_up {
+        partition.tell(CacheSet {
+            key,
+            value: json.clone(),
+            ttl_secs: state.settings.inventory.product_cache_ttl_secs,
+        });
+    }
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(json))

@@ -293,6 +293,16 @@ async fn readiness_follows_an_inventory_outage_and_recovery() {
         "the outage shows in the tree: {partition}"
     );
     assert!(partition["lastError"].is_string());
+    // The product cache is away with its partition: products are read from the catalog.
+    let p = app
+        .client
+        .get(format!("{}/products/{product}", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(p.status(), StatusCode::OK);
+    let p: serde_json::Value = p.json().await.unwrap();
+    assert_eq!(p["id"], product);
 
     redis.restore();
     wait_ready_is(&app, true).await;

@@ -576,3 +576,32 @@ async fn random_methods_do_not_grow_the_metrics(mode: Mode) {
     );
     app.stop().await;
 }
+
+in_both_modes!(a_stock_beyond_exact_counting_is_refused);
+async fn a_stock_beyond_exact_counting_is_refused(mode: Mode) {
+    let app = spawn_app(mode).await;
+    let product = app.sale(5, 1).await;
+    let path = format!("/admin/flash-sales/{product}");
+    for body in [
+        json!({"stock": 10_000_000_000_000_000i64, "perUserLimit": 1}),
+        json!({"stock": 5, "perUserLimit": 10_000_000_000_000_000i64}),
+    ] {
+        let r = app.admin(Method::PUT, &path, Some(body)).await;
+        assert_error(
+            r.status,
+            &r.body,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        );
+    }
+    // The sale is as it was, and sells.
+    let c = app.sale_counters(product).await;
+    assert_eq!(
+        (c["stock"].as_i64(), c["perUserLimit"].as_i64()),
+        (Some(5), Some(1))
+    );
+    let (_, token) = app.token_for_new_user();
+    let r = app.buy(&token, product, "k", None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    app.stop().await;
+}
