@@ -119,6 +119,9 @@ impl Application {
             policy,
             metrics,
             settings: std::sync::Arc::new(settings),
+            hashing: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
         });
         let public_addr = public_listener.local_addr().expect("bound");
         let admin_addr = admin_listener.local_addr().expect("bound");

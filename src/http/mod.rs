@@ -41,6 +41,29 @@ pub struct AppState {
     pub tree: Arc<TreeNode>,
     pub policy: Policy,
     pub metrics: PrometheusHandle,
+    /// Password hashes computed at once: one per core. Each costs a blocking thread and
+    /// tens of MiB; a login flood beyond this is refused (`503`) instead of queued.
+    pub hashing: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    /// Runs a password hash or check on the blocking pool, or refuses at once when as
+    /// many are running as there are cores.
+    pub async fn hash<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let Ok(permit) = self.hashing.clone().try_acquire_owned() else {
+            metrics::counter!("flashsale_password_hashes_refused_total").increment(1);
+            return Err(ApiError::Overloaded);
+        };
+        let done = actix_web::web::block(move || {
+            let _permit = permit;
+            work()
+        })
+        .await;
+        done.map_err(ApiError::internal)
+    }
 }
 
 impl AppState {

@@ -55,9 +55,9 @@ async fn register(
     let body: Credentials = json_body(payload, state.settings.http.body_limit).await?;
     let email = Email::parse(&body.email).map_err(|e| ApiError::InvalidRequest(e.0))?;
     let password = Password::parse(&body.password).map_err(|e| ApiError::InvalidRequest(e.0))?;
-    let hash = web::block(move || auth::hash_password(&password))
-        .await
-        .map_err(ApiError::internal)?
+    let hash = state
+        .hash(move || auth::hash_password(&password))
+        .await?
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let user = UserId::new_random();
     let dir = &state.directory;
@@ -100,9 +100,9 @@ async fn login(
         None => (None, auth::dummy_hash().to_string()),
     };
     let password = body.password;
-    let ok = web::block(move || auth::verify_password(&password, &hash))
-        .await
-        .map_err(ApiError::internal)?;
+    let ok = state
+        .hash(move || auth::verify_password(&password, &hash))
+        .await?;
     let user = match (ok, user) {
         (true, Some(user)) => UserId::parse(&user).map_err(ApiError::internal)?,
         _ => return Err(ApiError::InvalidCredentials),

@@ -605,3 +605,51 @@ async fn a_stock_beyond_exact_counting_is_refused(mode: Mode) {
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     app.stop().await;
 }
+
+in_both_modes!(a_login_flood_is_refused_beyond_the_cores_and_orders_go_on);
+async fn a_login_flood_is_refused_beyond_the_cores_and_orders_go_on(mode: Mode) {
+    let app = spawn_app(mode).await;
+    let r = app
+        .register("victim@example.com", "correct horse battery")
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let product = app.sale(5, 1).await;
+    // Two hundred wrong passwords at once: each costs an argon2 check.
+    let wrong: Vec<String> = (0..200).map(|i| format!("wrong password {i}")).collect();
+    let flood: Vec<_> = wrong
+        .iter()
+        .map(|password| app.login("victim@example.com", password))
+        .collect();
+    let (_, token) = app.token_for_new_user();
+    let (answers, order) = tokio::join!(
+        futures_util::future::join_all(flood),
+        app.buy(&token, product, "during-the-flood", None)
+    );
+    assert_eq!(
+        order.status,
+        StatusCode::CREATED,
+        "the order path is unaffected: {:?}",
+        order.body
+    );
+    let refused = answers
+        .iter()
+        .filter(|r| r.status == StatusCode::SERVICE_UNAVAILABLE)
+        .inspect(|r| assert!(r.headers.contains_key("retry-after"), "{:?}", r.body))
+        .count();
+    assert!(
+        answers
+            .iter()
+            .all(|r| matches!(r.status.as_u16(), 401 | 503)),
+        "only wrong-credential or overloaded answers"
+    );
+    assert!(
+        refused > 0,
+        "hashing beyond the cores is refused, not queued"
+    );
+    // Once the flood has passed, the right password logs in.
+    let ok = app
+        .login("victim@example.com", "correct horse battery")
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
+    app.stop().await;
+}
