@@ -20,12 +20,17 @@ use crate::supervisors::slot::{ItemError, ReplyPort};
 
 /// How long a caller waits for a pooled connection before the backend counts as down.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest a PostgreSQL statement may run: a hung or locked database fails the
+/// actor waiting on it (its supervisor restarts it) instead of holding it for ever.
+const STATEMENT_TIMEOUT_MS: u64 = 10_000;
 /// How long SQLite waits for another connection's write lock.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A PostgreSQL pool named `flashsale` in `pg_stat_activity`.
 pub async fn pg_pool(url: &str, size: u32) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(url)?.application_name("flashsale");
+    let options = PgConnectOptions::from_str(url)?
+        .application_name("flashsale")
+        .options([("statement_timeout", STATEMENT_TIMEOUT_MS.to_string())]);
     PgPoolOptions::new()
         .max_connections(size)
         .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -55,9 +60,19 @@ pub async fn sqlite_pool(path: &Path, size: u32) -> Result<SqlitePool, sqlx::Err
 pub async fn any_pool(url: &str, size: u32) -> Result<AnyPool, sqlx::Error> {
     static DRIVERS: Once = Once::new();
     DRIVERS.call_once(sqlx::any::install_default_drivers);
+    let postgres = !is_sqlite(url);
     AnyPoolOptions::new()
         .max_connections(size)
         .acquire_timeout(ACQUIRE_TIMEOUT)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if postgres {
+                    let set = format!("SET statement_timeout = {STATEMENT_TIMEOUT_MS}");
+                    sqlx::Executor::execute(&mut *conn, set.as_str()).await?;
+                }
+                Ok(())
+            })
+        })
         .connect(url)
         .await
 }

@@ -275,6 +275,23 @@ pub struct OrderMessage {
     pub traceparent: Option<String>,
 }
 
+impl OrderMessage {
+    /// Whether a message read from a queue is an order this engine could have
+    /// accepted; the reason when it is not.
+    pub fn check(&self) -> Result<(), ParseError> {
+        OrderId::parse(&self.order_id)?;
+        UserId::parse(&self.user_id)?;
+        if self.product_id < 1 {
+            return Err(invalid("product id must be positive"));
+        }
+        if !(1..=i64::from(i32::MAX)).contains(&self.quantity) {
+            return Err(invalid("quantity out of range"));
+        }
+        IdempotencyKey::parse(&self.idempotency_key)?;
+        Ok(())
+    }
+}
+
 /// An order as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]

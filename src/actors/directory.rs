@@ -110,6 +110,15 @@ impl Directory {
         Ok(sum)
     }
 
+    /// Whether work told to the actors is still waiting in an inbox (a release, a
+    /// cache write): at shutdown the tree stops only once it has been done.
+    pub fn has_queued_work(&self) -> bool {
+        self.inventory.iter().any(|s| s.has_work())
+            || self.shards.iter().any(|s| s.has_work())
+            || self.publishers.iter().any(|s| s.has_work())
+            || self.catalog.has_work()
+    }
+
     /// The order path can accept: every inventory partition and a publisher are up.
     pub fn order_path_ready(&self) -> bool {
         self.inventory.iter().all(|s| s.stats.is_running())

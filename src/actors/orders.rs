@@ -3,17 +3,25 @@
 //! reconciler released it first), sends the confirmation to the notification queue,
 //! and only then lets its batch be acknowledged. A notification consumer delivers
 //! confirmations and records each one on the user's shard.
+//!
+//! What cannot be processed on its own (a message that is no order, an order its
+//! shard refuses) is kept as a dead letter in the catalog, with the reason, and the
+//! rest of the batch goes on; only a backend that is away fails the batch, which is
+//! then redelivered.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use futures_util::future::try_join_all;
+use futures_util::future::{join_all, try_join_all};
 use ractor::ActorProcessingErr;
 
 use super::directory::Directory;
 use super::inventory::Claim;
 use super::queue::{DeliveryHandler, Outbound, QueueMessage};
 use crate::domain::{OrderId, OrderMessage, OrderStatus, ProductId};
+use crate::shards::catalog::{DeadLetterEntry, RecordDeadLetters};
 use crate::shards::{InsertOrder, RecordNotification};
+use crate::supervisors::slot::{CallError, ItemError};
 use crate::telemetry::{start_child_span, start_order_span, traceparent_of};
 
 /// How far behind a consumer is: the age of the oldest order in its batch.
@@ -24,28 +32,110 @@ fn record_lag(queue: &'static str, orders: &[OrderMessage]) {
     }
 }
 
-/// A message carries one order (an object) or several (an array).
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
-enum Carried {
-    One(OrderMessage),
-    Many(Vec<OrderMessage>),
+/// The orders of a batch, and what could not be read as one.
+struct Parsed {
+    orders: Vec<OrderMessage>,
+    dead: Vec<DeadLetterEntry>,
 }
 
-fn parse_orders(batch: &[QueueMessage]) -> Vec<OrderMessage> {
-    let mut orders = Vec::with_capacity(batch.len());
-    for d in batch {
-        match serde_json::from_slice::<Carried>(&d.payload) {
-            Ok(Carried::One(o)) => orders.push(o),
-            Ok(Carried::Many(many)) => orders.extend(many),
-            Err(e) => {
-                // A message nobody can read would block the queue for ever.
-                tracing::error!(error = %e, "dropping an unreadable order message");
-                metrics::counter!("flashsale_queue_poison_messages_total").increment(1);
-            }
+impl Parsed {
+    fn dead_letter(&mut self, reason: String, payload: String) {
+        self.dead.push(DeadLetterEntry { reason, payload });
+    }
+
+    fn element(&mut self, value: serde_json::Value) {
+        match serde_json::from_value::<OrderMessage>(value.clone()) {
+            Ok(order) => match order.check() {
+                Ok(()) => self.orders.push(order),
+                Err(e) => self.dead_letter(format!("invalid order: {}", e.0), value.to_string()),
+            },
+            Err(e) => self.dead_letter(format!("not an order: {e}"), value.to_string()),
         }
     }
-    orders
+}
+
+/// A message carries one order (an object) or several (an array); each element stands
+/// on its own, so one bad element never holds back its neighbours.
+fn parse_orders(batch: &[QueueMessage]) -> Parsed {
+    let mut parsed = Parsed {
+        orders: Vec::with_capacity(batch.len()),
+        dead: Vec::new(),
+    };
+    for d in batch {
+        match serde_json::from_slice::<serde_json::Value>(&d.payload) {
+            Ok(serde_json::Value::Array(many)) => many.into_iter().for_each(|v| parsed.element(v)),
+            Ok(one) => parsed.element(one),
+            Err(e) => parsed.dead_letter(
+                format!("not JSON: {e}"),
+                String::from_utf8_lossy(&d.payload).into_owned(),
+            ),
+        }
+    }
+    parsed
+}
+
+/// Orders handled at once: claims and writes go to their actors a chunk at a time,
+/// never more than an inbox takes.
+const CHUNK: usize = 256;
+
+/// Calls `call` for every item, concurrently. An item whose actor's inbox is full is
+/// asked again once the inbox had time to drain; an actor that is away fails the
+/// batch (it is redelivered). Answers each item's reply, or its own error.
+async fn call_each<'a, T, R, F, Fut>(
+    items: &'a [T],
+    call: F,
+) -> Result<Vec<Result<R, ItemError>>, ActorProcessingErr>
+where
+    F: Fn(&'a T) -> Fut,
+    Fut: std::future::Future<Output = Result<R, CallError>>,
+{
+    let mut answers: Vec<Option<Result<R, ItemError>>> = items.iter().map(|_| None).collect();
+    loop {
+        let todo: Vec<usize> = (0..items.len()).filter(|&i| answers[i].is_none()).collect();
+        if todo.is_empty() {
+            return Ok(answers.into_iter().map(|a| a.expect("answered")).collect());
+        }
+        let replies = join_all(todo.iter().map(|&i| call(&items[i]))).await;
+        let mut full = false;
+        for (i, reply) in todo.into_iter().zip(replies) {
+            match reply {
+                Ok(r) => answers[i] = Some(Ok(r)),
+                Err(CallError::Failed(e)) => answers[i] = Some(Err(e)),
+                Err(CallError::Overloaded) => full = true,
+                Err(e @ CallError::Unavailable) => return Err(e.into()),
+            }
+        }
+        if full {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Keeps what no consumer can process, with the reason, before the batch is acked.
+async fn bury(
+    dir: &Directory,
+    queue: &str,
+    dead: Vec<DeadLetterEntry>,
+) -> Result<(), ActorProcessingErr> {
+    if dead.is_empty() {
+        return Ok(());
+    }
+    for d in &dead {
+        tracing::error!(queue, reason = %d.reason, "message dead-lettered");
+    }
+    let n = dead.len() as u64;
+    dir.catalog
+        .call(RecordDeadLetters {
+            queue: queue.to_string(),
+            letters: dead,
+        })
+        .await?;
+    metrics::counter!("flashsale_dead_letters_total", "queue" => queue.to_string()).increment(n);
+    Ok(())
+}
+
+fn order_payload(o: &OrderMessage) -> String {
+    serde_json::to_string(o).expect("orders serialise")
 }
 
 pub struct OrderHandler {
@@ -60,60 +150,74 @@ impl DeliveryHandler for OrderHandler {
         batch: &[QueueMessage],
     ) -> Result<usize, ActorProcessingErr> {
         let dir = &self.directory;
-        let orders = parse_orders(batch);
+        let Parsed { orders, mut dead } = parse_orders(batch);
         record_lag("orders", &orders);
-        // One span per order, in the trace of the request that accepted it; each ends
-        // when this batch is done with it.
-        let spans: Vec<_> = orders
-            .iter()
-            .map(|o| start_order_span("consume_order", o.traceparent.as_deref(), &o.order_id))
-            .collect();
-        let claims = try_join_all(orders.iter().zip(&spans).map(|(o, cx)| async move {
-            let _claim = start_child_span(cx, "inventory_claim");
-            let product = ProductId::from_db(o.product_id);
-            let order = OrderId::parse(&o.order_id).map_err(|e| e.to_string())?;
-            dir.product_partition(product)
-                .call(Claim { product, order })
-                .await
-                .map_err(|e| format!("claim: {e}"))
-        }))
-        .await?;
-        try_join_all(
-            orders
-                .iter()
-                .zip(&claims)
-                .zip(&spans)
-                .map(|((o, claimed), cx)| {
-                    let status = if *claimed {
-                        OrderStatus::Completed
-                    } else {
-                        OrderStatus::Cancelled
-                    };
-                    async move {
-                        let _write = start_child_span(cx, "shard_write");
-                        dir.shard(&o.user_id)
-                            .call(InsertOrder {
-                                order: o.clone(),
-                                status,
-                            })
-                            .await
-                            .map_err(|e| format!("shard write: {e}"))
-                    }
-                }),
-        )
-        .await?;
         let mut confirmations = Vec::new();
-        for ((o, claimed), span) in orders.iter().zip(&claims).zip(&spans) {
-            let outcome = if *claimed { "completed" } else { "cancelled" };
-            metrics::counter!("flashsale_orders_persisted_total", "status" => outcome).increment(1);
-            if !*claimed {
-                tracing::warn!(order_id = %o.order_id, "order was released before it was persisted; recorded as cancelled");
-                continue;
+        for chunk in orders.chunks(CHUNK) {
+            // One span per order, in the trace of the request that accepted it; each
+            // ends when this batch is done with it.
+            let spans: Vec<_> = chunk
+                .iter()
+                .map(|o| start_order_span("consume_order", o.traceparent.as_deref(), &o.order_id))
+                .collect();
+            let claiming: Vec<_> = spans
+                .iter()
+                .map(|cx| start_child_span(cx, "inventory_claim"))
+                .collect();
+            let claims = call_each(chunk, |o| {
+                let product = ProductId::from_db(o.product_id);
+                let order = OrderId::parse(&o.order_id).expect("checked");
+                dir.product_partition(product).call(Claim { product, order })
+            })
+            .await?;
+            drop(claiming);
+            let mut claimed = Vec::with_capacity(chunk.len());
+            for ((o, claim), cx) in chunk.iter().zip(claims).zip(&spans) {
+                match claim {
+                    Ok(c) => claimed.push((o, c, cx)),
+                    Err(e) => dead.push(DeadLetterEntry {
+                        reason: format!("claim: {e}"),
+                        payload: order_payload(o),
+                    }),
+                }
             }
-            let mut confirmation = o.clone();
-            confirmation.traceparent = traceparent_of(span).or_else(|| o.traceparent.clone());
-            confirmations.push(confirmation);
+            let writing: Vec<_> = claimed
+                .iter()
+                .map(|(_, _, cx)| start_child_span(cx, "shard_write"))
+                .collect();
+            let writes = call_each(&claimed, |(o, claimed, _)| {
+                let status = match claimed {
+                    true => OrderStatus::Completed,
+                    false => OrderStatus::Cancelled,
+                };
+                dir.shard(&o.user_id).call(InsertOrder {
+                    order: (*o).clone(),
+                    status,
+                })
+            })
+            .await?;
+            drop(writing);
+            for ((o, claimed, span), written) in claimed.into_iter().zip(writes) {
+                if let Err(e) = written {
+                    dead.push(DeadLetterEntry {
+                        reason: format!("shard write: {e}"),
+                        payload: order_payload(o),
+                    });
+                    continue;
+                }
+                let outcome = if claimed { "completed" } else { "cancelled" };
+                metrics::counter!("flashsale_orders_persisted_total", "status" => outcome)
+                    .increment(1);
+                if !claimed {
+                    tracing::warn!(order_id = %o.order_id, "order was released before it was persisted; recorded as cancelled");
+                    continue;
+                }
+                let mut confirmation = o.clone();
+                confirmation.traceparent = traceparent_of(span).or_else(|| o.traceparent.clone());
+                confirmations.push(confirmation);
+            }
         }
+        bury(dir, &dir.orders_queue, dead).await?;
         // The batch's confirmations travel as one message.
         if !confirmations.is_empty() {
             let payload = serde_json::to_vec(&confirmations).expect("orders serialise");
@@ -169,7 +273,7 @@ impl DeliveryHandler for NotificationHandler {
         batch: &[QueueMessage],
     ) -> Result<usize, ActorProcessingErr> {
         let dir = &self.directory;
-        let orders = parse_orders(batch);
+        let Parsed { orders, mut dead } = parse_orders(batch);
         record_lag("notifications", &orders);
         let _spans: Vec<_> = orders
             .iter()
@@ -187,18 +291,23 @@ impl DeliveryHandler for NotificationHandler {
             try_join_all(orders.iter().map(|o| hook.deliver(o))).await?;
         }
         let channel = if webhook.is_some() { "webhook" } else { "log" };
-        try_join_all(orders.iter().map(|o| async move {
-            let order = OrderId::parse(&o.order_id).map_err(|e| e.to_string())?;
-            dir.shard(&o.user_id)
-                .call(RecordNotification {
-                    order,
-                    user: o.user_id.clone(),
-                    channel: channel.into(),
-                })
-                .await
-                .map_err(|e| format!("record notification: {e}"))
-        }))
+        let recorded = call_each(&orders, |o| {
+            dir.shard(&o.user_id).call(RecordNotification {
+                order: OrderId::parse(&o.order_id).expect("checked"),
+                user: o.user_id.clone(),
+                channel: channel.into(),
+            })
+        })
         .await?;
+        for (o, r) in orders.iter().zip(recorded) {
+            if let Err(e) = r {
+                dead.push(DeadLetterEntry {
+                    reason: format!("record notification: {e}"),
+                    payload: order_payload(o),
+                });
+            }
+        }
+        bury(dir, &dir.notifications_queue, dead).await?;
         if !orders.is_empty() {
             tracing::info!(count = orders.len(), "delivered order confirmations");
         }

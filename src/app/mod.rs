@@ -16,6 +16,7 @@ use ractor::ActorRef;
 use ractor_supervisor::SupervisorMsg;
 use tokio::task::JoinHandle;
 
+use crate::actors::directory::Directory;
 use crate::auth::Tokens;
 use crate::config::{Secret, Settings};
 use crate::http::{self, AppState};
@@ -69,18 +70,27 @@ pub struct Application {
     root_done: JoinHandle<()>,
 }
 
-/// Stops a running application: HTTP first, then the actor tree.
+/// Stops a running application: HTTP first (requests in flight finish), then what
+/// they left in the actors' inboxes, then the actor tree.
 #[derive(Clone)]
 pub struct StopHandle {
     public: ServerHandle,
     admin: ServerHandle,
     root: ActorRef<SupervisorMsg>,
+    directory: std::sync::Arc<Directory>,
 }
+
+/// How long a shutdown waits for the actors' inboxes to empty.
+const DRAIN: Duration = Duration::from_secs(5);
 
 impl StopHandle {
     pub async fn stop(&self) {
         self.public.stop(true).await;
         self.admin.stop(true).await;
+        let deadline = tokio::time::Instant::now() + DRAIN;
+        while self.directory.has_queued_work() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         self.root.stop(Some("shutdown".into()));
     }
 }
@@ -155,6 +165,7 @@ impl Application {
             public: self.public.handle(),
             admin: self.admin.handle(),
             root: self.root.clone(),
+            directory: self.state.directory.clone(),
         }
     }
 

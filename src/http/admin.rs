@@ -1,5 +1,5 @@
 //! The admin API on the internal listener: products, flash sales, the live actor tree
-//! and restarts, the admin page and Prometheus metrics.
+//! and restarts, dead letters, the admin page and Prometheus metrics.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::future::join_all;
@@ -11,7 +11,9 @@ use super::public::product_cache_key;
 use super::{admin_document, json_body, resource, AppState};
 use crate::actors::inventory::{BelowSold, CacheDel, Counters, ListSales, LoadSale, SaleCounters};
 use crate::domain::{now_ms, parse_rfc3339, rfc3339, ProductId, ProductName, SaleDefinition};
-use crate::shards::catalog::{CreateProduct, OrdersReport, PutSale, SalesReport, UpdateProduct};
+use crate::shards::catalog::{
+    CreateProduct, ListDeadLetters, OrdersReport, PutSale, SalesReport, UpdateProduct,
+};
 use crate::shards::UnitTotals;
 use crate::supervisors::stats::Kind;
 use crate::supervisors::TreeNode;
@@ -28,6 +30,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/admin/reports/sales").get(sales_report))
         .service(resource("/admin/reports/orders").get(orders_report))
         .service(resource("/admin/reports/inventory").get(inventory_report))
+        .service(resource("/admin/dead-letters").get(dead_letters))
         .service(
             resource("/admin/flash-sales/{productId}")
                 .put(put_sale)
@@ -164,6 +167,34 @@ async fn sales_report(
         .call(SalesReport { product })
         .await?;
     Ok(HttpResponse::Ok().json(report))
+}
+
+#[derive(Deserialize)]
+struct DeadLetterQuery {
+    limit: Option<String>,
+}
+
+/// Queue messages no consumer could process, newest first, with the reason.
+async fn dead_letters(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: web::Query<DeadLetterQuery>,
+) -> Result<HttpResponse, ApiError> {
+    admin(&state, &req)?;
+    let limit = match query.limit.as_deref() {
+        None => 100,
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| ApiError::InvalidRequest("limit must be an integer from 1 to 1000".into()))?,
+    };
+    let letters = state
+        .directory
+        .catalog
+        .call(ListDeadLetters { limit })
+        .await?;
+    Ok(HttpResponse::Ok().json(letters))
 }
 
 /// Orders per product and per user, as the reporting consumer counted them.

@@ -1,7 +1,7 @@
 //! The public API: accounts, products, flash-sale orders, health and the OpenAPI
 //! document.
 
-use actix_web::http::header;
+use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::future::join_all;
 use serde::Deserialize;
@@ -180,7 +180,7 @@ fn quantity(body: &[u8], max: u32) -> Result<Quantity, ApiError> {
     }
 }
 
-fn accepted(order: &OrderId, status: actix_web::http::StatusCode) -> HttpResponse {
+fn accepted(order: &OrderId, status: StatusCode) -> HttpResponse {
     HttpResponse::build(status)
         .insert_header((header::LOCATION, format!("/orders/{order}")))
         .json(json!({ "orderId": order, "status": "pending" }))
@@ -265,11 +265,12 @@ async fn place_order(
     let partition = dir.product_partition(product);
     let reserve = tracing::info_span!("inventory_reserve");
     let outcome = partition.call(request).instrument(reserve).await?;
-    let order = match outcome {
-        ReserveOutcome::Created(order) => order,
-        ReserveOutcome::Replay(order) => {
-            return Ok(accepted(&order, actix_web::http::StatusCode::OK))
-        }
+    let (order, quantity, created_at, status) = match outcome {
+        ReserveOutcome::Created(order) => (order, quantity.get().into(), now, StatusCode::CREATED),
+        ReserveOutcome::Replay(order) => return Ok(accepted(&order, StatusCode::OK)),
+        // The key's order may not be in the queue yet: publish it (again) before
+        // naming it. Consumers take an order once, however often it was published.
+        ReserveOutcome::Unpublished(u) => (u.order, u.quantity, u.created_at, StatusCode::OK),
         ReserveOutcome::OutOfStock => return Err(ApiError::OutOfStock),
         ReserveOutcome::LimitReached => return Err(ApiError::PurchaseLimitReached),
         ReserveOutcome::NotActive => return Err(ApiError::SaleNotActive),
@@ -286,9 +287,9 @@ async fn place_order(
         order_id: order.to_string(),
         user_id: user.to_string(),
         product_id: product.get(),
-        quantity: i64::from(quantity.get()),
+        quantity,
         idempotency_key: key.as_str().to_string(),
-        created_at: now,
+        created_at,
         traceparent: crate::telemetry::current_traceparent(),
     };
     let publish = Publish {
@@ -298,23 +299,49 @@ async fn place_order(
     };
     let publishing = tracing::info_span!("queue_publish");
     match dir.publisher().call(publish).instrument(publishing).await {
-        Ok(true) => {
-            partition.tell(MarkPublished {
-                product,
-                order: order.clone(),
-            });
-            Ok(accepted(&order, actix_web::http::StatusCode::CREATED))
-        }
-        failed => {
-            // Nothing stays reserved for an order the queue may not have.
+        Ok(true) => {}
+        // The broker refused it, or it never reached the publisher: nothing stays
+        // reserved for an order the queue does not have.
+        Ok(false) | Err(CallError::Overloaded) => {
             partition.tell(Release { product, order });
-            tracing::warn!(?failed, "order publish failed; reservation released");
-            Err(ApiError::Unavailable(
+            tracing::warn!("order publish failed; reservation released");
+            return Err(ApiError::Unavailable(
                 "the order queue is unavailable; retry shortly".into(),
+            ));
+        }
+        // The broker may have kept it: the reservation stays, and a retry with the same
+        // key finds the order (publishing it if it is not in the queue after all).
+        Err(e) => {
+            tracing::warn!(error = %e, "order publish outcome unknown; reservation kept");
+            return Err(ApiError::Unavailable(REUSE_KEY.into()));
+        }
+    }
+    // Accepted once the partition knows the message is queued: from then on the
+    // reconciler leaves the reservation alone, whatever the consumers' lag.
+    let marked = partition.call(MarkPublished {
+        product,
+        order: order.clone(),
+    });
+    match marked.await {
+        Ok(true) => Ok(accepted(&order, status)),
+        Ok(false) => {
+            // Released as stale while its publish took too long: the queued message
+            // will be recorded as cancelled; the key is free for a new order.
+            tracing::warn!("order released before its publish was confirmed");
+            Err(ApiError::Unavailable(
+                "the order was not accepted in time; retry shortly".into(),
             ))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "order queued but not marked published");
+            Err(ApiError::Unavailable(REUSE_KEY.into()))
         }
     }
 }
+
+/// What a buyer is told when the order's fate is not known yet.
+const REUSE_KEY: &str =
+    "the order may have been accepted; retry with the same Idempotency-Key to find it";
 
 #[tracing::instrument(skip_all, fields(order_id = %order))]
 async fn get_order(

@@ -91,6 +91,43 @@ pub struct SharedSecret {
     pub candidate: String,
 }
 
+/// Queue messages (or elements of one) that no consumer can process: kept with the
+/// reason, out of the way of the rest.
+#[derive(Debug)]
+pub struct RecordDeadLetters {
+    pub queue: String,
+    pub letters: Vec<DeadLetterEntry>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeadLetterEntry {
+    pub reason: String,
+    pub payload: String,
+}
+
+/// The newest dead letters, up to `limit`, and how many there are.
+#[derive(Debug)]
+pub struct ListDeadLetters {
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    pub id: i64,
+    pub queue: String,
+    pub reason: String,
+    pub payload: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetters {
+    pub total: i64,
+    pub dead_letters: Vec<DeadLetter>,
+}
+
 crate::protocol! {
     /// What the catalog actor serves.
     pub enum CatalogMsg {
@@ -103,6 +140,8 @@ crate::protocol! {
         CreateCredential(CreateCredential) -> bool,
         GetCredential(GetCredential) -> Option<Credential>,
         SharedSecret(SharedSecret) -> String,
+        RecordDeadLetters(RecordDeadLetters) -> (),
+        ListDeadLetters(ListDeadLetters) -> DeadLetters,
     }
 }
 
@@ -363,6 +402,51 @@ impl Catalog {
         row.try_get("value")
     }
 
+    async fn record_dead_letters(&self, req: &RecordDeadLetters) -> Result<(), sqlx::Error> {
+        let now = now_ms();
+        let mut tx = self.write_tx().await?;
+        for letter in &req.letters {
+            sqlx::query(
+                "INSERT INTO dead_letters (queue, reason, payload, created_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(req.queue.as_str())
+            .bind(letter.reason.as_str())
+            .bind(letter.payload.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await
+    }
+
+    async fn dead_letters(&self, limit: i64) -> Result<DeadLetters, sqlx::Error> {
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters")
+            .fetch_one(&self.pool)
+            .await?;
+        let rows = sqlx::query(
+            "SELECT id, queue, reason, payload, created_at FROM dead_letters ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let dead_letters = rows
+            .iter()
+            .map(|r| {
+                Ok(DeadLetter {
+                    id: r.try_get("id")?,
+                    queue: r.try_get("queue")?,
+                    reason: r.try_get("reason")?,
+                    payload: r.try_get("payload")?,
+                    created_at: rfc3339(r.try_get("created_at")?),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok(DeadLetters {
+            total,
+            dead_letters,
+        })
+    }
+
     /// Serves one message; an error returned here breaks the catalog.
     async fn serve(&self, msg: CatalogMsg) -> Result<(), sqlx::Error> {
         match msg {
@@ -394,6 +478,12 @@ impl Catalog {
             }
             CatalogMsg::SharedSecret(req, port) => {
                 settle(port, self.shared_secret(&req).await, "shared secret")
+            }
+            CatalogMsg::RecordDeadLetters(req, port) => {
+                settle(port, self.record_dead_letters(&req).await, "record dead letters")
+            }
+            CatalogMsg::ListDeadLetters(req, port) => {
+                settle(port, self.dead_letters(req.limit).await, "list dead letters")
             }
         }
     }

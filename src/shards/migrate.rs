@@ -70,6 +70,11 @@ pub static CATALOG: LazyLock<Migrator> = LazyLock::new(|| {
             "events",
             include_str!("../../migrations/catalog/0002_events.sql"),
         ),
+        (
+            3,
+            "dead_letters",
+            include_str!("../../migrations/catalog/0003_dead_letters.sql"),
+        ),
     ])
     .migrator()
 });
@@ -85,6 +90,11 @@ pub static SHARD: LazyLock<Migrator> = LazyLock::new(|| {
             2,
             "events",
             include_str!("../../migrations/shard/0002_events.sql"),
+        ),
+        (
+            3,
+            "keys_expire",
+            include_str!("../../migrations/shard/0003_keys_expire.sql"),
         ),
     ])
     .migrator()
@@ -391,9 +401,9 @@ mod tests {
             .chain(shards.clone())
             .collect();
         let report = |n| names.iter().map(|d| (d.clone(), n)).collect::<Vec<_>>();
-        assert_eq!(first, report(2));
+        assert_eq!(first, report(3));
         assert_eq!(second, report(0));
-        assert_eq!(versions(&pg_url(&catalog)).await, [(1, true), (2, true)]);
+        assert_eq!(versions(&pg_url(&catalog)).await, [(1, true), (2, true), (3, true)]);
         assert!(pg_tables(&pg_url(&catalog))
             .await
             .contains(&"products".to_string()));
@@ -439,8 +449,8 @@ mod tests {
 
         let (a, b) = (a.expect("first pod"), b.expect("second pod"));
         for ((db, n), (_, m)) in a.iter().zip(&b) {
-            assert_eq!(n + m, 2, "each migration of {db} applied once: {a:?} {b:?}");
-            assert_eq!(versions(&pg_url(db)).await, [(1, true), (2, true)]);
+            assert_eq!(n + m, 3, "each migration of {db} applied once: {a:?} {b:?}");
+            assert_eq!(versions(&pg_url(db)).await, [(1, true), (2, true), (3, true)]);
         }
         let names: Vec<String> = [catalog].into_iter().chain(shards).collect();
         drop_databases(&names).await;
@@ -448,19 +458,20 @@ mod tests {
 
     #[tokio::test]
     async fn databases_of_the_old_runner_are_taken_over() {
-        // Fully migrated by the old runner: nothing to apply, both versions recorded.
+        // Fully migrated by the old runner (which knew two): both versions recorded, the
+        // newer one applied.
         let done = unique("catalog");
         ensure_database(&pg_url(&done)).await.unwrap();
         old_runner_applied(&pg_url(&done), &CATALOG, 2).await;
-        assert_eq!(migrate_one(&pg_url(&done), &CATALOG).await.unwrap().1, 0);
-        assert_eq!(versions(&pg_url(&done)).await, [(1, true), (2, true)]);
+        assert_eq!(migrate_one(&pg_url(&done), &CATALOG).await.unwrap().1, 1);
+        assert_eq!(versions(&pg_url(&done)).await, [(1, true), (2, true), (3, true)]);
 
-        // Migrated to version 1: version 2 is applied now.
+        // Migrated to version 1: the later ones are applied now.
         let behind = unique("shard");
         ensure_database(&pg_url(&behind)).await.unwrap();
         old_runner_applied(&pg_url(&behind), &SHARD, 1).await;
-        assert_eq!(migrate_one(&pg_url(&behind), &SHARD).await.unwrap().1, 1);
-        assert_eq!(versions(&pg_url(&behind)).await, [(1, true), (2, true)]);
+        assert_eq!(migrate_one(&pg_url(&behind), &SHARD).await.unwrap().1, 2);
+        assert_eq!(versions(&pg_url(&behind)).await, [(1, true), (2, true), (3, true)]);
         assert!(pg_tables(&pg_url(&behind)).await.contains(&"outbox".into()));
         // From then on the checksums hold.
         let (edited, dir) = edited_copy("migrations/shard").await;
@@ -493,9 +504,9 @@ mod tests {
     async fn embedded_files_migrate_once_and_refuse_an_edited_migration() {
         let path = std::env::temp_dir().join(format!("{}.db", unique("shard")));
 
-        assert_eq!(sqlite::migrate(&path, &sqlite::SHARD).await.unwrap(), 2);
+        assert_eq!(sqlite::migrate(&path, &sqlite::SHARD).await.unwrap(), 3);
         assert_eq!(sqlite::migrate(&path, &sqlite::SHARD).await.unwrap(), 0);
-        assert_eq!(sqlite_versions(&path).await, [1, 2]);
+        assert_eq!(sqlite_versions(&path).await, [1, 2, 3]);
 
         let (edited, dir) = edited_copy("migrations/sqlite/shard").await;
         let err = sqlite::migrate(&path, &edited).await.unwrap_err();
@@ -526,8 +537,8 @@ mod tests {
             .unwrap();
         pool.close().await;
 
-        assert_eq!(sqlite::migrate(&path, &sqlite::CATALOG).await.unwrap(), 1);
-        assert_eq!(sqlite_versions(&path).await, [1, 2]);
+        assert_eq!(sqlite::migrate(&path, &sqlite::CATALOG).await.unwrap(), 2);
+        assert_eq!(sqlite_versions(&path).await, [1, 2, 3]);
         assert_eq!(sqlite::migrate(&path, &sqlite::CATALOG).await.unwrap(), 0);
 
         remove_sqlite(&path);

@@ -25,6 +25,11 @@ pub static CATALOG: LazyLock<Migrator> = LazyLock::new(|| {
             "events",
             include_str!("../../migrations/sqlite/catalog/0002_events.sql"),
         ),
+        (
+            3,
+            "dead_letters",
+            include_str!("../../migrations/sqlite/catalog/0003_dead_letters.sql"),
+        ),
     ])
     .migrator()
 });
@@ -40,6 +45,11 @@ pub static SHARD: LazyLock<Migrator> = LazyLock::new(|| {
             2,
             "events",
             include_str!("../../migrations/sqlite/shard/0002_events.sql"),
+        ),
+        (
+            3,
+            "keys_expire",
+            include_str!("../../migrations/sqlite/shard/0003_keys_expire.sql"),
         ),
     ])
     .migrator()

@@ -52,6 +52,12 @@ pub struct Options {
     pub kafka_brokers: Option<String>,
     /// Partitions of the order events topic (the configured count when `None`).
     pub order_partitions: Option<i32>,
+    /// How often the reconciler sweeps (ms).
+    pub reconcile_every_ms: u64,
+    /// How long an idempotency key is remembered.
+    pub idempotency_ttl_secs: Option<u64>,
+    /// Bounds every actor's inbox (the configured bound when `None`).
+    pub inbox_capacity: Option<usize>,
 }
 
 impl Default for Options {
@@ -65,6 +71,9 @@ impl Default for Options {
             postgres_port: None,
             kafka_brokers: None,
             order_partitions: None,
+            reconcile_every_ms: 500,
+            idempotency_ttl_secs: None,
+            inbox_capacity: None,
         }
     }
 }
@@ -150,7 +159,13 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     s.inventory.urls = REDIS_DBS.iter().map(|u| Secret::new(*u)).collect();
     s.inventory.key_prefix = format!("t{id}");
     s.inventory.reconcile_after_ms = options.reconcile_after_ms;
-    s.inventory.reconcile_every_ms = 500;
+    s.inventory.reconcile_every_ms = options.reconcile_every_ms;
+    if let Some(ttl) = options.idempotency_ttl_secs {
+        s.inventory.idempotency_ttl_secs = ttl;
+    }
+    if let Some(n) = options.inbox_capacity {
+        s.limits.inbox_capacity = n;
+    }
     s.queue.orders_queue = format!("fstest.{id}.orders");
     s.queue.notifications_queue = format!("fstest.{id}.notifications");
     s.supervision.backoff_base_ms = 50;

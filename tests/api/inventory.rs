@@ -14,7 +14,7 @@ use flashsale::actors::inventory::redis::RedisConnect;
 use flashsale::actors::inventory::{
     BelowSold, CacheDel, CacheGet, CacheSet, Claim, Counters, InventoryMsg, ListSales, LoadSale,
     Lookup, MarkPublished, RateCheck, Release, ReleaseStale, ReserveOutcome, ReserveRequest,
-    Restock, SaleCounters,
+    Restock, SaleCounters, UnpublishedOrder,
 };
 use flashsale::domain::{
     now_ms, IdempotencyKey, OrderId, ProductId, Quantity, SaleDefinition, UserId,
@@ -204,7 +204,7 @@ impl Partition {
         self.slot.call(Claim { product, order }).await.unwrap()
     }
 
-    async fn publish(&self, product: ProductId, order: &OrderId) {
+    async fn publish(&self, product: ProductId, order: &OrderId) -> bool {
         let order = order.clone();
         self.slot
             .call(MarkPublished { product, order })
@@ -264,6 +264,7 @@ async fn reservations_replay_limit_and_stock(backend: Backend) {
     assert_eq!((loaded.stock, loaded.remaining, loaded.pending), (3, 3, 0));
 
     let first = p.created(pid, &ann, "k", 2).await;
+    assert!(p.publish(pid, &first).await);
     // The same key replays its order, whatever the quantity asked.
     assert_eq!(
         p.reserve(pid, &ann, "k", 1).await,
@@ -392,7 +393,7 @@ async fn stale_unpublished_reservations_are_released_published_ones_kept(backend
         ReserveOutcome::Created(o) => o,
         other => panic!("{other:?}"),
     };
-    p.publish(pid, &published).await;
+    assert!(p.publish(pid, &published).await);
     let fresh = p.created(pid, &cat, "fresh", 1).await;
     assert_eq!(p.units(pid).await, (2, 3));
 
@@ -428,7 +429,7 @@ async fn claims_and_restocks_happen_once_per_order(backend: Backend) {
     let (pid, ann) = (product(), UserId::new_random());
     p.load(pid, open_sale(3, 1)).await.unwrap();
     let order = p.created(pid, &ann, "k", 1).await;
-    p.publish(pid, &order).await;
+    assert!(p.publish(pid, &order).await);
     assert!(p.claim(pid, &order).await);
     assert!(
         p.claim(pid, &order).await,
@@ -489,7 +490,7 @@ async fn keys_and_lookups_expire_after_their_lifetime(backend: Backend) {
     let (pid, ann) = (product(), UserId::new_random());
     p.load(pid, open_sale(5, 5)).await.unwrap();
     let first = p.created(pid, &ann, "k", 1).await;
-    p.publish(pid, &first).await;
+    assert!(p.publish(pid, &first).await);
     let pending = p
         .slot
         .call(Lookup {
@@ -547,4 +548,55 @@ async fn the_product_cache_keeps_values_for_their_ttl(backend: Backend) {
     })
     .await;
     assert!(gone, "the value expires after its TTL");
+}
+
+on_both_backends!(a_key_replays_its_order_only_once_it_is_published);
+async fn a_key_replays_its_order_only_once_it_is_published(backend: Backend) {
+    let p = partition(backend, 3600).await;
+    let (pid, ann, bob, cat) = (
+        product(),
+        UserId::new_random(),
+        UserId::new_random(),
+        UserId::new_random(),
+    );
+    p.load(pid, open_sale(5, 5)).await.unwrap();
+    let at = now_ms();
+    let order = match p.reserve_at(pid, &ann, "k", 2, at).await {
+        ReserveOutcome::Created(o) => o,
+        other => panic!("{other:?}"),
+    };
+    // Not yet known to be in the queue: whoever asks again must publish it first.
+    assert_eq!(
+        p.reserve(pid, &ann, "k", 1).await,
+        ReserveOutcome::Unpublished(UnpublishedOrder {
+            order: order.clone(),
+            quantity: 2,
+            created_at: at,
+        })
+    );
+    assert!(p.publish(pid, &order).await);
+    assert!(p.publish(pid, &order).await, "marking twice is harmless");
+    assert_eq!(
+        p.reserve(pid, &ann, "k", 1).await,
+        ReserveOutcome::Replay(order.clone())
+    );
+    // A failed publish of a twin comes too late to release a published order.
+    p.release(pid, &order).await;
+    assert_eq!(p.units(pid).await, (3, 2));
+
+    // Released first: the mark says so (its message will be claimed as cancelled).
+    let lost = p.created(pid, &bob, "k", 1).await;
+    p.release(pid, &lost).await;
+    assert!(!p.publish(pid, &lost).await);
+    assert!(!p.claim(pid, &lost).await);
+
+    // Claimed before the mark arrived (a fast consumer): still accepted.
+    let quick = p.created(pid, &cat, "k", 1).await;
+    assert!(p.claim(pid, &quick).await);
+    assert!(p.publish(pid, &quick).await);
+    assert_eq!(
+        p.reserve(pid, &cat, "k", 1).await,
+        ReserveOutcome::Replay(quick.clone())
+    );
+    assert_eq!(p.units(pid).await, (2, 2));
 }

@@ -9,3 +9,4 @@ mod events;
 mod inventory;
 mod orders;
 mod resilience;
+mod promises;

@@ -16,7 +16,7 @@ use sqlx::Row;
 
 use super::{
     BelowSold, InventoryMsg, PendingOrder, RateWindow, ReserveOutcome, ReserveRequest,
-    SaleCounters, SaleSummary,
+    SaleCounters, SaleSummary, UnpublishedOrder,
 };
 use crate::db::sqlite_pool;
 use crate::domain::{now_ms, OrderId, SaleDefinition};
@@ -242,16 +242,22 @@ impl LocalInventory {
             self.changes.push(Change::Idem(ik.clone()));
         }
         if let Some((prev, _)) = self.idem.get(&ik).cloned() {
-            let stale = self
-                .resv
-                .get(&prev)
-                .is_some_and(|rv| !rv.published && r.now_ms - rv.ts > self.stale_ms);
-            if stale {
-                self.release(&prev);
-            } else {
-                return OrderId::parse(&prev)
-                    .map(ReserveOutcome::Replay)
-                    .unwrap_or(ReserveOutcome::NoSale);
+            let Ok(order) = OrderId::parse(&prev) else {
+                return ReserveOutcome::NoSale;
+            };
+            match self.resv.get(&prev) {
+                None => return ReserveOutcome::Replay(order),
+                Some(rv) if rv.published => return ReserveOutcome::Replay(order),
+                Some(rv) if r.now_ms - rv.ts <= self.stale_ms => {
+                    return ReserveOutcome::Unpublished(UnpublishedOrder {
+                        order,
+                        quantity: rv.qty,
+                        created_at: rv.ts,
+                    })
+                }
+                Some(_) => {
+                    self.release(&prev);
+                }
             }
         }
         let Some(sale) = self.sales.get(&pid).copied() else {
@@ -337,12 +343,16 @@ impl LocalInventory {
         })
     }
 
-    fn mark_published(&mut self, order: &str) {
-        if let Some(rv) = self.resv.get_mut(order) {
-            if !rv.published {
-                rv.published = true;
-                self.changes.push(Change::Resv(order.to_string()));
+    fn mark_published(&mut self, order: &str) -> bool {
+        match self.resv.get_mut(order) {
+            Some(rv) => {
+                if !rv.published {
+                    rv.published = true;
+                    self.changes.push(Change::Resv(order.to_string()));
+                }
+                true
             }
+            None => !self.released.contains(order),
         }
     }
 
@@ -454,11 +464,13 @@ impl LocalInventory {
         match msg {
             InventoryMsg::Reserve(r, port) => port.defer(Ok(self.reserve(&r))),
             InventoryMsg::MarkPublished(r, port) => {
-                self.mark_published(r.order.as_str());
-                port.defer(Ok(()))
+                port.defer(Ok(self.mark_published(r.order.as_str())))
             }
             InventoryMsg::Release(r, port) => {
-                self.release(r.order.as_str());
+                let unpublished = self.resv.get(r.order.as_str()).is_some_and(|r| !r.published);
+                if unpublished {
+                    self.release(r.order.as_str());
+                }
                 port.defer(Ok(()))
             }
             InventoryMsg::Claim(r, port) => port.defer(Ok(self.claim(r.order.as_str()))),

@@ -23,13 +23,26 @@ pub struct ReserveRequest {
 pub enum ReserveOutcome {
     /// Stock reserved under this new order id.
     Created(OrderId),
-    /// The key was seen before: its order id, unchanged.
+    /// The key was seen before and its order is in the queue (or beyond): its order
+    /// id, unchanged.
     Replay(OrderId),
+    /// The key was seen before, but its order may not be in the queue yet (its
+    /// publish is under way, failed without a release, or timed out): whoever asks
+    /// again publishes it before answering.
+    Unpublished(UnpublishedOrder),
     OutOfStock,
     LimitReached,
     NotActive,
     /// No flash sale is loaded for the product.
     NoSale,
+}
+
+/// A reservation whose order message is not known to be in the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnpublishedOrder {
+    pub order: OrderId,
+    pub quantity: i64,
+    pub created_at: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,13 +73,16 @@ pub struct PendingOrder {
 }
 
 /// The order message is safely in the queue: the reconciler must leave it alone.
+/// Answers `false` when the reservation was released meanwhile (its message will be
+/// claimed as cancelled).
 #[derive(Debug)]
 pub struct MarkPublished {
     pub product: ProductId,
     pub order: OrderId,
 }
 
-/// The publish failed: give the units back and forget the key.
+/// The publish failed: give the units back and forget the key (unless the order was
+/// published meanwhile by a retry with the same key).
 #[derive(Debug)]
 pub struct Release {
     pub product: ProductId,
@@ -177,7 +193,7 @@ crate::protocol! {
     /// What an inventory partition serves.
     pub enum InventoryMsg {
         Reserve(ReserveRequest) -> ReserveOutcome,
-        MarkPublished(MarkPublished) -> (),
+        MarkPublished(MarkPublished) -> bool,
         Release(Release) -> (),
         Claim(Claim) -> bool,
         Restock(Restock) -> bool,

@@ -17,6 +17,7 @@ use redis::Value;
 
 use super::{
     BelowSold, InventoryMsg, PendingOrder, RateWindow, ReserveOutcome, SaleCounters, SaleSummary,
+    UnpublishedOrder,
 };
 use crate::domain::OrderId;
 use crate::supervisors::slot::{ItemError, Message, ReplyPort};
@@ -25,13 +26,14 @@ use crate::supervisors::worker::{Backend, Batch, Connect};
 const COMMON: &str = include_str!("lua/common.lua");
 
 /// ARGV: prefix, pid, uid, key, qty, oid, now, stale_ms, ttl.
-/// Returns {code, order id}: 0 created, 1 replay, 2 out of stock, 3 limit, 4 not active, 5 no sale.
+/// Returns {code, order id}: 0 created, 1 replay, 2 out of stock, 3 limit, 4 not active,
+/// 5 no sale; or {6, order id, quantity, created at} for a replay of an unpublished order.
 const RESERVE: &str = include_str!("lua/reserve.lua");
 
-/// ARGV: prefix, pid, oid.
+/// ARGV: prefix, pid, oid. Returns 0 when the reservation was released.
 const MARK_PUBLISHED: &str = include_str!("lua/mark_published.lua");
 
-/// ARGV: prefix, pid, oid. Returns 1 when something was released.
+/// ARGV: prefix, pid, oid. Returns 1 when an unpublished reservation was released.
 const RELEASE: &str = include_str!("lua/release.lua");
 
 /// ARGV: prefix, pid, oid. Returns 1 to persist the order, 0 if it was released.
@@ -285,6 +287,7 @@ fn reserve_outcome(v: &Value) -> Result<ReserveOutcome, ItemError> {
         .ok_or_else(|| bad("reserve", v))?;
     let order = items.get(1).and_then(text).unwrap_or_default();
     let order = || OrderId::parse(&order).map_err(|_| bad("reserve", v));
+    let number = |i: usize| items.get(i).and_then(int).ok_or_else(|| bad("reserve", v));
     Ok(match code {
         0 => ReserveOutcome::Created(order()?),
         1 => ReserveOutcome::Replay(order()?),
@@ -292,6 +295,11 @@ fn reserve_outcome(v: &Value) -> Result<ReserveOutcome, ItemError> {
         3 => ReserveOutcome::LimitReached,
         4 => ReserveOutcome::NotActive,
         5 => ReserveOutcome::NoSale,
+        6 => ReserveOutcome::Unpublished(UnpublishedOrder {
+            order: order()?,
+            quantity: number(2)?,
+            created_at: number(3)?,
+        }),
         _ => return Err(bad("reserve", v)),
     })
 }
@@ -362,8 +370,8 @@ fn answer(msg: InventoryMsg, v: Value) -> Result<(), ActorProcessingErr> {
     let v = &v;
     match msg {
         InventoryMsg::Reserve(_, p) => send(p, reserve_outcome(v)),
-        InventoryMsg::MarkPublished(_, p)
-        | InventoryMsg::Release(_, p)
+        InventoryMsg::MarkPublished(_, p) => send(p, flag("mark published", v)),
+        InventoryMsg::Release(_, p)
         | InventoryMsg::CacheSet(_, p)
         | InventoryMsg::CacheDel(_, p) => send(p, Ok(())),
         InventoryMsg::Claim(_, p) => send(p, flag("claim", v)),

@@ -1,5 +1,7 @@
 //! RabbitMQ: durable queues, persistent messages, publisher confirms, prefetch.
 
+use std::time::Duration;
+
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -13,6 +15,21 @@ use super::{
     AckToken, Acknowledge, Batch, Outbound, PublisherMsg, QueueMessage, QueueSource, Subscription,
 };
 use crate::supervisors::worker::{Backend, Batch as WorkBatch, Connect};
+
+/// How long the broker may take to connect, or to confirm or acknowledge, before the
+/// actor counts it as hung and fails: its supervisor restarts it (reconnecting), and
+/// readiness shows it meanwhile. A broker in a memory alarm blocks publishers this way.
+const BROKER_DEADLINE: Duration = Duration::from_secs(5);
+
+async fn within<T>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, ActorProcessingErr> {
+    match tokio::time::timeout(BROKER_DEADLINE, call).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(format!("RabbitMQ did not {what} within {BROKER_DEADLINE:?}").into()),
+    }
+}
 
 async fn open(url: &str, declare: &[String]) -> Result<(Connection, Channel), lapin::Error> {
     let conn = Connection::connect(url, ConnectionProperties::default()).await?;
@@ -84,7 +101,7 @@ impl Connect for AmqpPublisherConnect {
     type Backend = AmqpPublisher;
 
     async fn connect(&self) -> Result<AmqpPublisher, ActorProcessingErr> {
-        let (conn, channel) = open(&self.url, &self.declare).await?;
+        let (conn, channel) = within("connect", open(&self.url, &self.declare)).await?;
         Ok(AmqpPublisher {
             _conn: conn,
             channel,
@@ -146,7 +163,7 @@ impl Backend for AmqpPublisher {
                 (*q, p.as_slice(), traceparent)
             })
             .collect();
-        let acked = publish_all(&self.channel, &messages).await?;
+        let acked = within("confirm", publish_all(&self.channel, &messages)).await?;
         let mut answers = vec![false; live.len()];
         for ((_, idx), ok) in groups.iter().zip(acked) {
             for i in idx {
@@ -169,7 +186,7 @@ struct AmqpOutbound {
 impl Outbound for AmqpOutbound {
     async fn publish(&self, messages: &[(&str, &[u8])]) -> Result<(), ActorProcessingErr> {
         let messages: Vec<_> = messages.iter().map(|(q, p)| (*q, *p, None)).collect();
-        let acked = publish_all(&self.channel, &messages).await?;
+        let acked = within("confirm", publish_all(&self.channel, &messages)).await?;
         if acked.iter().all(|a| *a) {
             Ok(())
         } else {
@@ -191,7 +208,7 @@ impl Acknowledge for AmqpAcker {
             ..
         }) = batch.last()
         {
-            acker.ack(BasicAckOptions { multiple: true }).await?;
+            within("acknowledge", acker.ack(BasicAckOptions { multiple: true })).await?;
         }
         Ok(())
     }
@@ -226,7 +243,7 @@ impl QueueSource for AmqpSource {
     ) -> Result<Subscription, ActorProcessingErr> {
         let mut declare = self.declare.clone();
         declare.push(queue.to_string());
-        let (conn, out) = open(&self.url, &declare).await?;
+        let (conn, out) = within("connect", open(&self.url, &declare)).await?;
         let consume = conn.create_channel().await?;
         consume
             .basic_qos(prefetch, BasicQosOptions::default())

@@ -4,13 +4,11 @@ local ik = k('idem', pid, uid, key)
 local prev = redis.call('GET', ik)
 if prev then
   local st = redis.call('HGET', k('resv', pid), prev)
-  local s, ts = nil, nil
-  if st then s, ts = parse(st) end
-  if s == 'R' and now - ts > stale then
-    release(pid, prev, st)
-  else
-    return {1, prev}
-  end
+  if not st then return {1, prev} end
+  local s, ts, q = parse(st)
+  if s == 'P' then return {1, prev} end
+  if now - ts <= stale then return {6, prev, q, ts} end
+  release(pid, prev, st)
 end
 local sk = k('sale', pid)
 local sale = redis.call('HMGET', sk, 'remaining', 'limit', 'starts', 'ends')
@@ -23,6 +21,7 @@ if bought + qty > limit then return {3, ''} end
 if remaining < qty then return {2, ''} end
 redis.call('HINCRBY', sk, 'remaining', -qty)
 redis.call('INCRBY', bk, qty)
+keep(bk, ends)
 redis.call('SET', ik, oid, 'EX', ARGV[9])
 redis.call('HSET', k('resv', pid), oid, 'R|' .. ARGV[7] .. '|' .. ARGV[5] .. '|' .. uid .. '|' .. key)
 redis.call('SET', k('ord', oid), uid .. '|' .. pid .. '|' .. ARGV[5] .. '|' .. ARGV[7], 'EX', ARGV[9])

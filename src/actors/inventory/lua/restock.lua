@@ -3,6 +3,9 @@
 local pid, oid, uid, q = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 if redis.call('SISMEMBER', k('rel', pid), oid) == 1 then return 0 end
 if redis.call('SADD', k('restocked', pid), oid) == 0 then return 0 end
+local ends = sale_end(pid)
+keep(k('restocked', pid), ends)
 redis.call('HINCRBY', k('sale', pid), 'remaining', q)
 redis.call('DECRBY', k('bought', pid, uid), q)
+keep(k('bought', pid, uid), ends)
 return 1

@@ -1,0 +1,227 @@
+//! Accepted means kept: the races and bad inputs that could contradict an answer a
+//! buyer already holds, each made reachable (a reconciler that sweeps every few
+//! milliseconds, a tiny inbox, a key that expires in a second, a hand-published bad
+//! message) and checked end to end.
+
+use std::time::Duration;
+
+use flashsale::actors::inventory::{ReserveOutcome, ReserveRequest};
+use flashsale::actors::queue::Publish;
+use flashsale::domain::{now_ms, IdempotencyKey, OrderId, ProductId, Quantity};
+use futures_util::future::join_all;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::helpers::{spawn_app_with, Mode, Options, TestApp};
+
+/// Publishes raw bytes to the order queue, as a foreign or broken producer would.
+async fn publish_raw(app: &TestApp, payload: Vec<u8>) {
+    let dir = &app.app_state.directory;
+    let publish = Publish {
+        queue: dir.orders_queue.clone(),
+        payload,
+        traceparent: None,
+    };
+    assert!(dir.publisher().call(publish).await.unwrap(), "published");
+}
+
+in_both_modes!(a_201_is_never_cancelled_however_eager_the_reconciler);
+async fn a_201_is_never_cancelled_however_eager_the_reconciler(mode: Mode) {
+    // Every reservation is stale after 20 ms and swept every 5: whatever the
+    // reconciler does between a publish and its 201, the 201 must complete.
+    let app = spawn_app_with(Options {
+        mode,
+        reconcile_after_ms: 20,
+        reconcile_every_ms: 5,
+        ..Options::default()
+    })
+    .await;
+    let product = app.sale(200, 1).await;
+    let tokens: Vec<String> = (0..120).map(|_| app.token_for_new_user().1).collect();
+    let mut accepted = Vec::new();
+    for wave in tokens.chunks(30) {
+        let replies = join_all(wave.iter().map(|t| app.buy(t, product, "k", None))).await;
+        for (t, r) in wave.iter().zip(replies) {
+            match r.status {
+                StatusCode::CREATED => {
+                    accepted.push((t.clone(), r.body["orderId"].as_str().unwrap().to_string()))
+                }
+                StatusCode::SERVICE_UNAVAILABLE => {}
+                other => panic!("unexpected {other}: {:?}", r.body),
+            }
+        }
+    }
+    // Most are refused (released before their publish was confirmed); some get in.
+    assert!(accepted.len() >= 5, "some buyers were accepted: {}", accepted.len());
+    for (token, id) in &accepted {
+        let settled = app.wait_settled(token, id).await;
+        assert_eq!(settled["status"], "completed", "a 201 ended {settled}");
+    }
+    app.stop().await;
+}
+
+in_both_modes!(a_replay_of_an_unpublished_order_publishes_it_before_naming_it);
+async fn a_replay_of_an_unpublished_order_publishes_it_before_naming_it(mode: Mode) {
+    let app = spawn_app_with(Options {
+        mode,
+        ..Options::default()
+    })
+    .await;
+    let product = app.sale(3, 1).await;
+    let pid = ProductId::from_db(product);
+    let (user, token) = app.token_for_new_user();
+    // A first attempt reserved and then lost its publish (a timeout, a crashed pod).
+    let first = OrderId::generate();
+    let reserve = ReserveRequest {
+        product: pid,
+        user: user.clone(),
+        key: IdempotencyKey::parse("retry").unwrap(),
+        quantity: Quantity::ONE,
+        order: first.clone(),
+        now_ms: now_ms(),
+    };
+    let partition = app.app_state.directory.product_partition(pid);
+    assert_eq!(
+        partition.call(reserve).await.unwrap(),
+        ReserveOutcome::Created(first.clone())
+    );
+
+    // The retry names that order, and the order exists: it completes.
+    let r = app.buy(&token, product, "retry", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["orderId"], first.as_str());
+    assert_eq!(
+        app.wait_settled(&token, first.as_str()).await["status"],
+        "completed"
+    );
+    let again = app.buy(&token, product, "retry", None).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.body["orderId"], first.as_str());
+    let c = app.sale_counters(product).await;
+    assert_eq!((c["remaining"].as_i64(), c["pending"].as_i64()), (Some(2), Some(0)));
+    assert_eq!(app.all_shard_orders().await.len(), 1, "stored once");
+    app.stop().await;
+}
+
+in_both_modes!(an_order_under_a_key_reused_after_its_lifetime_is_kept);
+async fn an_order_under_a_key_reused_after_its_lifetime_is_kept(mode: Mode) {
+    let app = spawn_app_with(Options {
+        mode,
+        idempotency_ttl_secs: Some(1),
+        ..Options::default()
+    })
+    .await;
+    let product = app.sale(5, 2).await;
+    let (_, token) = app.token_for_new_user();
+    let first = app.buy(&token, product, "reused", None).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+    let first = first.body["orderId"].as_str().unwrap().to_string();
+    assert_eq!(app.wait_settled(&token, &first).await["status"], "completed");
+
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let second = app.buy(&token, product, "reused", None).await;
+    assert_eq!(second.status, StatusCode::CREATED, "{:?}", second.body);
+    let second = second.body["orderId"].as_str().unwrap().to_string();
+    assert_ne!(first, second, "the key was forgotten: a new order");
+    assert_eq!(
+        app.wait_settled(&token, &second).await["status"],
+        "completed",
+        "the order accepted under the reused key is stored"
+    );
+    app.stop().await;
+}
+
+fn order_json(user: &str, product: i64, quantity: i64) -> Value {
+    json!({
+        "orderId": OrderId::generate().to_string(),
+        "userId": user,
+        "productId": product,
+        "quantity": quantity,
+        "idempotencyKey": "foreign",
+        "createdAt": now_ms(),
+    })
+}
+
+in_both_modes!(poison_messages_are_dead_lettered_and_the_rest_flows);
+async fn poison_messages_are_dead_lettered_and_the_rest_flows(mode: Mode) {
+    let app = spawn_app_with(Options {
+        mode,
+        ..Options::default()
+    })
+    .await;
+    let product = app.sale(10, 5).await;
+    let (user, token) = app.token_for_new_user();
+    let good = order_json(user.as_str(), product, 1);
+    let bad_quantity = order_json(user.as_str(), product, 0);
+    publish_raw(&app, b"\xffnot json at all".to_vec()).await;
+    publish_raw(&app, br#"{"hello": "world"}"#.to_vec()).await;
+    // One bad element of a grouped message never takes its neighbours with it.
+    publish_raw(&app, serde_json::to_vec(&json!([good, bad_quantity])).unwrap()).await;
+
+    // Orders keep flowing.
+    let r = app.buy(&token, product, "after", None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let id = r.body["orderId"].as_str().unwrap();
+    assert_eq!(app.wait_settled(&token, id).await["status"], "completed");
+    let good_id = good["orderId"].as_str().unwrap();
+    assert_eq!(app.wait_settled(&token, good_id).await["status"], "completed");
+
+    let letters = app
+        .admin_eventually("/admin/dead-letters", |v| v["total"] == 3)
+        .await;
+    let reasons: Vec<&str> = letters["deadLetters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["reason"].as_str().unwrap())
+        .collect();
+    assert!(reasons.iter().any(|r| r.starts_with("not JSON")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.starts_with("not an order")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("quantity")), "{reasons:?}");
+    for l in letters["deadLetters"].as_array().unwrap() {
+        assert_eq!(l["queue"], app.settings.queue.orders_queue.as_str());
+    }
+    let bad = app.admin(Method::GET, "/admin/dead-letters?limit=0", None).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.admin_address))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("flashsale_dead_letters_total{queue=\""),
+        "the dead letters are counted"
+    );
+    app.stop().await;
+}
+
+in_both_modes!(a_backlog_larger_than_an_inbox_is_claimed_in_chunks);
+async fn a_backlog_larger_than_an_inbox_is_claimed_in_chunks(mode: Mode) {
+    let app = spawn_app_with(Options {
+        mode,
+        inbox_capacity: Some(8),
+        ..Options::default()
+    })
+    .await;
+    let product = app.sale(100, 100).await;
+    let tokens: Vec<String> = (0..60).map(|_| app.token_for_new_user().1).collect();
+    let mut held = app.hold_orders().await;
+    let mut accepted = Vec::new();
+    for token in &tokens {
+        let r = app.buy(token, product, "k", None).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        accepted.push((token, r.body["orderId"].as_str().unwrap().to_string()));
+    }
+    held.wait_for(&accepted.last().unwrap().1).await;
+    // The whole backlog reaches the consumers at once.
+    held.release().await;
+    for (token, id) in &accepted {
+        assert_eq!(app.wait_settled(token, id).await["status"], "completed");
+    }
+    app.stop().await;
+}
