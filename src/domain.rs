@@ -292,6 +292,15 @@ impl OrderMessage {
     }
 }
 
+/// A completed order as a rebuild of the inventory counts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SoldOrder {
+    pub order_id: String,
+    pub user_id: String,
+    pub quantity: i64,
+    pub idempotency_key: String,
+}
+
 /// An order as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]

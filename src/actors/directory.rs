@@ -80,7 +80,11 @@ impl Directory {
 
     /// The inventory partition of a product: `murmur3(productId) % P`.
     pub fn product_partition(&self, product: ProductId) -> &InventorySlot {
-        &self.inventory[bucket(&product.to_string(), self.inventory.len())]
+        &self.inventory[self.partition_index(product)]
+    }
+
+    pub fn partition_index(&self, product: ProductId) -> usize {
+        bucket(&product.to_string(), self.inventory.len())
     }
 
     /// The partition that keeps a user's rate-limit window.

@@ -8,4 +8,5 @@ pub mod inventory;
 pub mod orders;
 pub mod queue;
 pub mod reconciler;
+pub mod recovery;
 pub mod relay;

@@ -166,8 +166,15 @@ impl DeliveryHandler for OrderHandler {
                 .collect();
             let claims = call_each(chunk, |o| {
                 let product = ProductId::from_db(o.product_id);
-                let order = OrderId::parse(&o.order_id).expect("checked");
-                dir.product_partition(product).call(Claim { product, order })
+                let claim = Claim {
+                    product,
+                    order: OrderId::parse(&o.order_id).expect("checked"),
+                    user: o.user_id.clone(),
+                    quantity: o.quantity,
+                    key: o.idempotency_key.clone(),
+                    created_at: o.created_at,
+                };
+                dir.product_partition(product).call(claim)
             })
             .await?;
             drop(claiming);

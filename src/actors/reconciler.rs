@@ -1,6 +1,7 @@
 //! The reconciler: every few seconds it asks each inventory partition to release the
 //! reservations whose order was never published (the process died between reserving
-//! and publishing), so no stock is held for ever.
+//! and publishing), so no stock is held for ever; and it rebuilds a partition that
+//! lost its state ([`super::recovery`]).
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use ractor::ActorProcessingErr;
 
 use super::directory::Directory;
 use super::inventory::ReleaseStale;
+use super::recovery::{rebuild_if_lost, Outcome};
 use crate::domain::now_ms;
 use crate::supervisors::slot::Wake;
 use crate::supervisors::worker::{Backend, Batch, Connect, Tick};
@@ -40,6 +42,20 @@ impl Backend for Reconciler {
     }
 
     async fn tick(&mut self) -> Result<Tick, ActorProcessingErr> {
+        for partition in 0..self.directory.inventory.len() {
+            match rebuild_if_lost(&self.directory, partition).await {
+                Ok(Outcome::Ready) => {}
+                Ok(Outcome::Waiting { queued }) => {
+                    tracing::warn!(partition, queued, "rebuild waits for the queued orders to be claimed");
+                }
+                Ok(Outcome::Rebuilt { sales, sold }) => {
+                    tracing::warn!(partition, sales, sold, "inventory partition rebuilt from the shards; its sales reopen");
+                    metrics::counter!("flashsale_inventory_rebuilds_total", "partition" => partition.to_string())
+                        .increment(1);
+                }
+                Err(e) => tracing::warn!(partition, error = %e, "rebuild check skipped"),
+            }
+        }
         for (partition, slot) in self.directory.inventory.iter().enumerate() {
             match slot.call(ReleaseStale { now_ms: now_ms() }).await {
                 Ok(n) if n > 0 => {

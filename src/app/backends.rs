@@ -11,6 +11,7 @@ use super::StartError;
 use crate::actors::directory::{CatalogSlot, Directory, InventorySlot, PublisherSlot, ShardSlot};
 use crate::actors::inventory::local::LocalInventoryConnect;
 use crate::actors::inventory::redis::RedisConnect;
+use crate::actors::recovery::CatalogSales;
 use crate::actors::queue::amqp::{AmqpPublisherConnect, AmqpSource};
 use crate::actors::queue::local::{LocalPublisherConnect, LocalQueue, LocalSource};
 use crate::actors::queue::QueueSource;
@@ -164,6 +165,7 @@ impl Backends {
         settings: &Settings,
         i: usize,
         slot: Arc<InventorySlot>,
+        catalog: &Arc<CatalogSlot>,
         policy: &Policy,
     ) -> Child {
         let inv = &settings.inventory;
@@ -174,6 +176,11 @@ impl Backends {
                     prefix: format!("{}:{deployment}", inv.key_prefix),
                     stale_ms: inv.reconcile_after_ms,
                     idempotency_ttl_secs: inv.idempotency_ttl_secs,
+                    has_sales: Arc::new(CatalogSales {
+                        catalog: catalog.clone(),
+                        partition: i,
+                        partitions: settings.partition_count(),
+                    }),
                 };
                 supervisors::worker(slot, Arc::new(connect), inv.max_batch, None, policy)
             }

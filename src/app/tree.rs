@@ -127,7 +127,7 @@ pub async fn spawn(
     let nudge = |i: usize| Nudge::new(relays[i].clone());
 
     // shards: the catalog and one actor per order shard
-    let mut shard_children = vec![backends.catalog(settings, catalog, nudge(0), policy)];
+    let mut shard_children = vec![backends.catalog(settings, catalog.clone(), nudge(0), policy)];
     for (i, slot) in shards.into_iter().enumerate() {
         shard_children.push(backends.shard(settings, i, slot, nudge(i + 1), policy));
     }
@@ -136,7 +136,7 @@ pub async fn spawn(
     let mut inventory_children: Vec<Child> = inventory
         .into_iter()
         .enumerate()
-        .map(|(i, slot)| backends.inventory(settings, i, slot, policy))
+        .map(|(i, slot)| backends.inventory(settings, i, slot, &catalog, policy))
         .collect();
     let reconcile = Duration::from_millis(settings.inventory.reconcile_every_ms);
     inventory_children.push(supervisors::worker(

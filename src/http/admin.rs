@@ -7,9 +7,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::public::product_cache_key;
+use super::public::{product_cache_key, REBUILDING};
 use super::{admin_document, json_body, resource, AppState};
-use crate::actors::inventory::{BelowSold, CacheDel, Counters, ListSales, LoadSale, SaleCounters};
+use crate::actors::inventory::{CacheDel, Counters, ListSales, LoadSale, SaleCounters, SaleRefused};
 use crate::domain::{now_ms, parse_rfc3339, rfc3339, ProductId, ProductName, SaleDefinition};
 use crate::shards::catalog::{
     CreateProduct, ListDeadLetters, OrdersReport, PutSale, SalesReport, UpdateProduct,
@@ -321,10 +321,11 @@ async fn put_sale(
         .product_partition(product)
         .call(LoadSale { product, sale })
         .await?
-        .map_err(|BelowSold { sold }| {
-            ApiError::InvalidRequest(format!(
+        .map_err(|refused| match refused {
+            SaleRefused::BelowSold { sold } => ApiError::InvalidRequest(format!(
                 "stock cannot be below the {sold} units already sold"
-            ))
+            )),
+            SaleRefused::Rebuilding => ApiError::Unavailable(REBUILDING.into()),
         })?;
     let totals = state.directory.product_totals(product).await?;
     Ok(HttpResponse::Ok().json(sale_json(product, &counters, totals)))

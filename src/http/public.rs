@@ -274,6 +274,7 @@ async fn place_order(
         ReserveOutcome::OutOfStock => return Err(ApiError::OutOfStock),
         ReserveOutcome::LimitReached => return Err(ApiError::PurchaseLimitReached),
         ReserveOutcome::NotActive => return Err(ApiError::SaleNotActive),
+        ReserveOutcome::Rebuilding => return Err(ApiError::Unavailable(REBUILDING.into())),
         ReserveOutcome::NoSale => {
             return match find_product(state, product).await? {
                 Some(_) => Err(ApiError::SaleNotActive),
@@ -338,6 +339,10 @@ async fn place_order(
         }
     }
 }
+
+/// What a buyer is told while the sale's inventory partition rebuilds its lost state.
+pub(crate) const REBUILDING: &str =
+    "the sale's inventory is being rebuilt after a failure; retry shortly";
 
 /// What a buyer is told when the order's fate is not known yet.
 const REUSE_KEY: &str =

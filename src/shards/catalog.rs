@@ -128,6 +128,10 @@ pub struct DeadLetters {
     pub dead_letters: Vec<DeadLetter>,
 }
 
+/// Every stored sale, by product.
+#[derive(Debug)]
+pub struct SaleDefinitions;
+
 crate::protocol! {
     /// What the catalog actor serves.
     pub enum CatalogMsg {
@@ -142,6 +146,7 @@ crate::protocol! {
         SharedSecret(SharedSecret) -> String,
         RecordDeadLetters(RecordDeadLetters) -> (),
         ListDeadLetters(ListDeadLetters) -> DeadLetters,
+        SaleDefinitions(SaleDefinitions) -> Vec<(ProductId, SaleDefinition)>,
     }
 }
 
@@ -402,6 +407,25 @@ impl Catalog {
         row.try_get("value")
     }
 
+    async fn sale_definitions(&self) -> Result<Vec<(ProductId, SaleDefinition)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT product_id, stock, per_user_limit, starts_at, ends_at FROM flash_sales",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let sale = SaleDefinition {
+                    stock: r.try_get("stock")?,
+                    per_user_limit: r.try_get("per_user_limit")?,
+                    starts_at: r.try_get("starts_at")?,
+                    ends_at: r.try_get("ends_at")?,
+                };
+                Ok((ProductId::from_db(r.try_get("product_id")?), sale))
+            })
+            .collect()
+    }
+
     async fn record_dead_letters(&self, req: &RecordDeadLetters) -> Result<(), sqlx::Error> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
@@ -481,6 +505,9 @@ impl Catalog {
             }
             CatalogMsg::RecordDeadLetters(req, port) => {
                 settle(port, self.record_dead_letters(&req).await, "record dead letters")
+            }
+            CatalogMsg::SaleDefinitions(_, port) => {
+                settle(port, self.sale_definitions().await, "sale definitions")
             }
             CatalogMsg::ListDeadLetters(req, port) => {
                 settle(port, self.dead_letters(req.limit).await, "list dead letters")

@@ -15,7 +15,7 @@ pub mod postgres;
 pub mod sqlite;
 pub mod store;
 
-use crate::domain::{OrderId, OrderMessage, OrderStatus, OrderView, ProductId};
+use crate::domain::{OrderId, OrderMessage, OrderStatus, OrderView, ProductId, SoldOrder};
 
 /// Persist an order with its final status (idempotent on the order id).
 #[derive(Debug)]
@@ -88,6 +88,12 @@ pub struct Cancellation {
     pub now: bool,
 }
 
+/// The completed orders of one product on this shard (a rebuild of its inventory).
+#[derive(Debug)]
+pub struct SaleOrders {
+    pub product: ProductId,
+}
+
 crate::protocol! {
     /// What a shard actor serves.
     pub enum ShardMsg {
@@ -98,6 +104,7 @@ crate::protocol! {
         CreateUser(CreateUser) -> (),
         UpdateUser(UpdateUser) -> bool,
         Totals(ProductTotals) -> UnitTotals,
+        SaleOrders(SaleOrders) -> Vec<SoldOrder>,
         /// `None` when the shard has no such order of that user.
         Cancel(CancelOrder) -> Option<Cancellation>,
     }

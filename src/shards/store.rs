@@ -14,7 +14,7 @@ use super::{
     RecordNotification, ShardMsg, UnitTotals, UpdateUser,
 };
 use crate::db::{self, settle};
-use crate::domain::{now_ms, rfc3339, OrderMessage, OrderStatus, OrderView};
+use crate::domain::{now_ms, rfc3339, OrderMessage, OrderStatus, OrderView, SoldOrder};
 use crate::events::{self, CancelReason};
 use crate::supervisors::slot::{Message, Nudge};
 use crate::supervisors::worker::{Backend, Batch, Connect};
@@ -245,6 +245,26 @@ impl Shard {
         })
     }
 
+    async fn sale_orders(&self, product: i64) -> Result<Vec<SoldOrder>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT order_id, user_id, quantity, idempotency_key FROM orders \
+             WHERE product_id = $1 AND status = 'completed'",
+        )
+        .bind(product)
+        .fetch_all(&self.primary)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SoldOrder {
+                    order_id: r.try_get("order_id")?,
+                    user_id: r.try_get("user_id")?,
+                    quantity: r.try_get("quantity")?,
+                    idempotency_key: r.try_get("idempotency_key")?,
+                })
+            })
+            .collect()
+    }
+
     /// Answers one message that is not a group-committed write. An error returned here
     /// breaks the shard; a request's own failure goes back to its caller.
     async fn serve(&self, msg: ShardMsg) -> Result<(), sqlx::Error> {
@@ -265,6 +285,9 @@ impl Shard {
                 settle(port, self.update_user(&req).await, "update user")
             }
             ShardMsg::Cancel(req, port) => settle(port, self.cancel(&req).await, "cancel order"),
+            ShardMsg::SaleOrders(req, port) => {
+                settle(port, self.sale_orders(req.product.get()).await, "sale orders")
+            }
             ShardMsg::Totals(req, port) => {
                 settle(port, self.totals(req.product.get()).await, "product totals")
             }

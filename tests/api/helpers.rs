@@ -342,7 +342,7 @@ async fn delete_queues(s: &Settings) -> Result<(), lapin::Error> {
     conn.close(200, "bye".into()).await
 }
 
-async fn delete_redis_keys(prefix: &str) -> redis::RedisResult<()> {
+pub async fn delete_redis_keys(prefix: &str) -> redis::RedisResult<()> {
     for url in REDIS_DBS {
         let client = redis::Client::open(url)?;
         let mut conn = client.get_multiplexed_async_connection().await?;

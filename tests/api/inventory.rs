@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use flashsale::actors::directory::InventorySlot;
 use flashsale::actors::inventory::local::LocalInventoryConnect;
-use flashsale::actors::inventory::redis::RedisConnect;
+use flashsale::actors::inventory::redis::{HasSales, RedisConnect};
 use flashsale::actors::inventory::{
-    BelowSold, CacheDel, CacheGet, CacheSet, Claim, Counters, InventoryMsg, ListSales, LoadSale,
+    CacheDel, CacheGet, CacheSet, Claim, Counters, InventoryMsg, ListSales, LoadSale,
     Lookup, MarkPublished, RateCheck, Release, ReleaseStale, ReserveOutcome, ReserveRequest,
-    Restock, SaleCounters, UnpublishedOrder,
+    Restock, SaleCounters, SaleRefused, UnpublishedOrder,
 };
 use flashsale::domain::{
     now_ms, IdempotencyKey, OrderId, ProductId, Quantity, SaleDefinition, UserId,
@@ -68,6 +68,16 @@ where
     (slot, actor)
 }
 
+/// A partition of its own: nothing durable to rebuild from.
+struct NoSales;
+
+#[ractor::async_trait]
+impl HasSales for NoSales {
+    async fn has_sales(&self) -> Result<bool, ractor::ActorProcessingErr> {
+        Ok(false)
+    }
+}
+
 /// A fresh partition of `backend` whose idempotency keys live `ttl_secs`.
 pub async fn partition(backend: Backend, ttl_secs: u64) -> Partition {
     let id = uuid::Uuid::new_v4().simple().to_string();
@@ -78,6 +88,7 @@ pub async fn partition(backend: Backend, ttl_secs: u64) -> Partition {
                 prefix: format!("conformance:{id}"),
                 stale_ms: STALE_MS,
                 idempotency_ttl_secs: ttl_secs,
+                has_sales: Arc::new(NoSales),
             })
             .await;
             Partition {
@@ -149,7 +160,7 @@ impl Partition {
         &self,
         product: ProductId,
         sale: SaleDefinition,
-    ) -> Result<SaleCounters, BelowSold> {
+    ) -> Result<SaleCounters, SaleRefused> {
         self.slot.call(LoadSale { product, sale }).await.unwrap()
     }
 
@@ -200,8 +211,15 @@ impl Partition {
     }
 
     async fn claim(&self, product: ProductId, order: &OrderId) -> bool {
-        let order = order.clone();
-        self.slot.call(Claim { product, order }).await.unwrap()
+        let claim = Claim {
+            product,
+            order: order.clone(),
+            user: UserId::new_random().to_string(),
+            quantity: 1,
+            key: "k".into(),
+            created_at: now_ms(),
+        };
+        self.slot.call(claim).await.unwrap()
     }
 
     async fn publish(&self, product: ProductId, order: &OrderId) -> bool {
@@ -289,7 +307,7 @@ async fn reservations_replay_limit_and_stock(backend: Backend) {
     // The stock can grow, never below what is sold; what is sold is kept.
     assert_eq!(
         p.load(pid, open_sale(2, 2)).await,
-        Err(BelowSold { sold: 3 })
+        Err(SaleRefused::BelowSold { sold: 3 })
     );
     let raised = p.load(pid, open_sale(5, 2)).await.unwrap();
     assert_eq!((raised.stock, raised.remaining), (5, 2));

@@ -36,10 +36,15 @@ async fn a_201_is_never_cancelled_however_eager_the_reconciler(mode: Mode) {
         ..Options::default()
     })
     .await;
-    let product = app.sale(200, 1).await;
-    let tokens: Vec<String> = (0..120).map(|_| app.token_for_new_user().1).collect();
+    let product = app.sale(1_000, 1).await;
+    // Most buyers are refused (released before their publish was confirmed); waves go
+    // on until enough got in, however slow the machine.
     let mut accepted = Vec::new();
-    for wave in tokens.chunks(30) {
+    for _ in 0..30 {
+        if accepted.len() >= 10 {
+            break;
+        }
+        let wave: Vec<String> = (0..30).map(|_| app.token_for_new_user().1).collect();
         let replies = join_all(wave.iter().map(|t| app.buy(t, product, "k", None))).await;
         for (t, r) in wave.iter().zip(replies) {
             match r.status {
@@ -51,8 +56,7 @@ async fn a_201_is_never_cancelled_however_eager_the_reconciler(mode: Mode) {
             }
         }
     }
-    // Most are refused (released before their publish was confirmed); some get in.
-    assert!(accepted.len() >= 5, "some buyers were accepted: {}", accepted.len());
+    assert!(accepted.len() >= 10, "buyers were accepted: {}", accepted.len());
     for (token, id) in &accepted {
         let settled = app.wait_settled(token, id).await;
         assert_eq!(settled["status"], "completed", "a 201 ended {settled}");
@@ -223,5 +227,97 @@ async fn a_backlog_larger_than_an_inbox_is_claimed_in_chunks(mode: Mode) {
     for (token, id) in &accepted {
         assert_eq!(app.wait_settled(token, id).await["status"], "completed");
     }
+    app.stop().await;
+}
+
+/// Buys with a fresh user until the answer is not `503`, and returns (token, answer).
+async fn buy_once_open(app: &TestApp, product: i64) -> (String, crate::helpers::Reply) {
+    crate::helpers::eventually(Duration::from_secs(30), "the sale reopens", || async {
+        let (_, token) = app.token_for_new_user();
+        let r = app.buy(&token, product, "k", None).await;
+        match r.status {
+            StatusCode::SERVICE_UNAVAILABLE => Err(format!("{} {}", r.status, r.body)),
+            _ => Ok((token, r)),
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_that_loses_its_state_rebuilds_it_and_never_oversells() {
+    let app = spawn_app_with(Options {
+        reconcile_every_ms: 200,
+        ..Options::default()
+    })
+    .await;
+    let product = app.sale(10, 2).await;
+    let (_, ann) = app.token_for_new_user();
+    let mut accepted = Vec::new();
+    for (token, key) in [(&ann, "a1"), (&ann, "a2")] {
+        let r = app.buy(token, product, key, None).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        accepted.push((token.clone(), r.body["orderId"].as_str().unwrap().to_string()));
+    }
+    for _ in 0..2 {
+        let (_, token) = app.token_for_new_user();
+        let r = app.buy(&token, product, "k", None).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        accepted.push((token, r.body["orderId"].as_str().unwrap().to_string()));
+    }
+    for (token, id) in &accepted {
+        assert_eq!(app.wait_settled(token, id).await["status"], "completed");
+    }
+    // One more accepted order is still in the queue when the state goes.
+    let mut held = app.hold_orders().await;
+    let (_, dan) = app.token_for_new_user();
+    let r = app.buy(&dan, product, "d1", None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let queued = r.body["orderId"].as_str().unwrap().to_string();
+    held.wait_for(&queued).await;
+    accepted.push((dan.clone(), queued.clone()));
+
+    // The partition's Redis loses everything (a restart without persistence).
+    crate::helpers::delete_redis_keys(&app.settings.inventory.key_prefix)
+        .await
+        .unwrap();
+    held.release().await;
+
+    // The sale answers 503 until it is rebuilt, then sells again.
+    let (eve, r) = buy_once_open(&app, product).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    accepted.push((eve, r.body["orderId"].as_str().unwrap().to_string()));
+    // The order from before the loss is honoured.
+    assert_eq!(app.wait_settled(&dan, &queued).await["status"], "completed");
+    // Replays of old keys name their orders; per-user limits hold.
+    let replay = app.buy(&ann, product, "a1", None).await;
+    assert_eq!(replay.status, StatusCode::OK, "{:?}", replay.body);
+    assert_eq!(replay.body["orderId"], accepted[0].1.as_str());
+    let third = app.buy(&ann, product, "a3", None).await;
+    assert_eq!(third.error(), "purchase_limit_reached", "{:?}", third.body);
+
+    // Exactly the stock is sold in total.
+    loop {
+        let (token, r) = buy_once_open(&app, product).await;
+        match r.status {
+            StatusCode::CREATED => {
+                accepted.push((token, r.body["orderId"].as_str().unwrap().to_string()))
+            }
+            _ => {
+                assert_eq!(r.error(), "out_of_stock", "{:?}", r.body);
+                break;
+            }
+        }
+    }
+    assert_eq!(accepted.len(), 10, "the stock of 10, one unit each but ann's two");
+    for (token, id) in &accepted {
+        assert_eq!(app.wait_settled(token, id).await["status"], "completed");
+    }
+    let completed = app
+        .all_shard_orders()
+        .await
+        .iter()
+        .filter(|r| r.3 == "completed")
+        .count();
+    assert_eq!(completed, 10);
     app.stop().await;
 }

@@ -15,8 +15,8 @@ use sqlx::sqlite::SqlitePool;
 use sqlx::Row;
 
 use super::{
-    BelowSold, InventoryMsg, PendingOrder, RateWindow, ReserveOutcome, ReserveRequest,
-    SaleCounters, SaleSummary, UnpublishedOrder,
+    InventoryMsg, PartitionState, PendingOrder, RateWindow, ReserveOutcome, ReserveRequest,
+    SaleCounters, SaleRefused, SaleSummary, UnpublishedOrder,
 };
 use crate::db::sqlite_pool;
 use crate::domain::{now_ms, OrderId, SaleDefinition};
@@ -304,14 +304,14 @@ impl LocalInventory {
         ReserveOutcome::Created(r.order.clone())
     }
 
-    fn load_sale(&mut self, pid: i64, def: &SaleDefinition) -> Result<SaleCounters, BelowSold> {
+    fn load_sale(&mut self, pid: i64, def: &SaleDefinition) -> Result<SaleCounters, SaleRefused> {
         let sold = self
             .sales
             .get(&pid)
             .map(|s| s.stock - s.remaining)
             .unwrap_or(0);
         if def.stock < sold {
-            return Err(BelowSold { sold });
+            return Err(SaleRefused::BelowSold { sold });
         }
         let sale = Sale {
             stock: def.stock,
@@ -498,6 +498,13 @@ impl LocalInventory {
             }
             InventoryMsg::Sales(_, port) => port.defer(Ok(self.sales())),
             InventoryMsg::ReleaseStale(r, port) => port.defer(Ok(self.release_stale(r.now_ms))),
+            // The partition's file is its durable truth: its state is never lost
+            // without the file, and with the file there is nothing to rebuild from.
+            InventoryMsg::Recovery(_, port) => port.defer(Ok(PartitionState::Ready)),
+            InventoryMsg::RebuildSale(r, port) => {
+                let sold = self.sales.get(&r.product.get()).map(|s| s.stock - s.remaining);
+                port.defer(Ok(sold.unwrap_or(0)))
+            }
         }
     }
 

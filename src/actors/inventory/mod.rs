@@ -6,7 +6,9 @@
 pub mod local;
 pub mod redis;
 
-use crate::domain::{IdempotencyKey, OrderId, ProductId, Quantity, SaleDefinition, UserId};
+use crate::domain::{
+    IdempotencyKey, OrderId, ProductId, Quantity, SaleDefinition, SoldOrder, UserId,
+};
 
 #[derive(Debug, Clone)]
 pub struct ReserveRequest {
@@ -35,6 +37,8 @@ pub enum ReserveOutcome {
     NotActive,
     /// No flash sale is loaded for the product.
     NoSale,
+    /// The partition lost its state and is rebuilding it: retry shortly.
+    Rebuilding,
 }
 
 /// A reservation whose order message is not known to be in the queue.
@@ -90,11 +94,16 @@ pub struct Release {
 }
 
 /// A consumer takes the order: `true` to persist it, `false` when it was released
-/// meanwhile and must be recorded as cancelled.
+/// meanwhile and must be recorded as cancelled. The order's details count it when it
+/// was accepted before the partition lost its state.
 #[derive(Debug)]
 pub struct Claim {
     pub product: ProductId,
     pub order: OrderId,
+    pub user: String,
+    pub quantity: i64,
+    pub key: String,
+    pub created_at: i64,
 }
 
 /// A cancelled order's units go back to the sale, once per order (answers `false` for
@@ -128,10 +137,37 @@ pub struct LoadSale {
     pub sale: SaleDefinition,
 }
 
-/// The new stock is below what is already sold.
+/// Why a sale was not loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BelowSold {
-    pub sold: i64,
+pub enum SaleRefused {
+    /// The new stock is below what is already sold.
+    BelowSold { sold: i64 },
+    /// The partition is rebuilding its state: what is sold is not known yet.
+    Rebuilding,
+}
+
+/// Whether the partition's state is whole, or being rebuilt after it was lost.
+#[derive(Debug)]
+pub struct Recovery {
+    /// Ends the rebuild: every sale of the partition has been rebuilt.
+    pub finish: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionState {
+    Ready,
+    /// Lost at `since` (epoch ms): orders accepted before then are counted as they
+    /// are claimed.
+    Rebuilding { since: i64 },
+}
+
+/// Rebuilds one sale of a partition that lost its state, from its completed orders;
+/// answers the units sold.
+#[derive(Debug)]
+pub struct RebuildSale {
+    pub product: ProductId,
+    pub sale: SaleDefinition,
+    pub orders: Vec<SoldOrder>,
 }
 
 #[derive(Debug)]
@@ -198,7 +234,7 @@ crate::protocol! {
         Claim(Claim) -> bool,
         Restock(Restock) -> bool,
         RateCheck(RateCheck) -> RateWindow,
-        LoadSale(LoadSale) -> Result<SaleCounters, BelowSold>,
+        LoadSale(LoadSale) -> Result<SaleCounters, SaleRefused>,
         Counters(Counters) -> Option<SaleCounters>,
         Lookup(Lookup) -> Option<PendingOrder>,
         CacheGet(CacheGet) -> Option<String>,
@@ -206,5 +242,7 @@ crate::protocol! {
         CacheDel(CacheDel) -> (),
         ReleaseStale(ReleaseStale) -> i64,
         Sales(ListSales) -> Vec<SaleSummary>,
+        Recovery(Recovery) -> PartitionState,
+        RebuildSale(RebuildSale) -> i64,
     }
 }

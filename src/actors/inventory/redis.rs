@@ -9,6 +9,7 @@
 //! order ids; `P:ord:{oid}` the accepted order until its shard has it; `P:rl:{uid}`
 //! the rate-limit window; `P:product:{id}` the product cache.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::ActorProcessingErr;
@@ -16,10 +17,10 @@ use redis::aio::MultiplexedConnection;
 use redis::Value;
 
 use super::{
-    BelowSold, InventoryMsg, PendingOrder, RateWindow, ReserveOutcome, SaleCounters, SaleSummary,
-    UnpublishedOrder,
+    InventoryMsg, PartitionState, PendingOrder, RateWindow, ReserveOutcome, SaleCounters,
+    SaleRefused, SaleSummary, UnpublishedOrder,
 };
-use crate::domain::OrderId;
+use crate::domain::{now_ms, OrderId};
 use crate::supervisors::slot::{ItemError, Message, ReplyPort};
 use crate::supervisors::worker::{Backend, Batch, Connect};
 
@@ -36,13 +37,25 @@ const MARK_PUBLISHED: &str = include_str!("lua/mark_published.lua");
 /// ARGV: prefix, pid, oid. Returns 1 when an unpublished reservation was released.
 const RELEASE: &str = include_str!("lua/release.lua");
 
-/// ARGV: prefix, pid, oid. Returns 1 to persist the order, 0 if it was released.
+/// ARGV: prefix, pid, oid, uid, qty, key, created_at, ttl. Returns 1 to persist the
+/// order, 0 if it was released.
 const CLAIM: &str = include_str!("lua/claim.lua");
+
+/// ARGV: prefix, state, since (no prologue: it runs when the state may be gone).
+const EPOCH: &str = include_str!("lua/epoch.lua");
+
+/// ARGV: prefix, finish. Returns {rebuilding, since}.
+const RECOVERY: &str = include_str!("lua/recovery.lua");
+
+/// ARGV: prefix, pid, stock, limit, starts, ends, ttl, then oid, uid, qty, key per
+/// order. Returns the units sold.
+const REBUILD: &str = include_str!("lua/rebuild.lua");
 
 /// ARGV: prefix, now, stale_ms. Returns how many reservations were released.
 const RELEASE_STALE: &str = include_str!("lua/release_stale.lua");
 
-/// ARGV: prefix, pid, stock, limit, starts, ends. Returns {stock, remaining} or {-1, sold}.
+/// ARGV: prefix, pid, stock, limit, starts, ends. Returns {stock, remaining}, {-1, sold}
+/// or {-2, 0} while the partition rebuilds.
 const LOAD_SALE: &str = include_str!("lua/load_sale.lua");
 
 /// ARGV: prefix, pid. Returns {} or {stock, remaining, limit, starts, ends, pending units}.
@@ -66,6 +79,8 @@ struct Scripts {
     rate: String,
     sales: String,
     restock: String,
+    recovery: String,
+    rebuild: String,
 }
 
 pub struct RedisConnect {
@@ -73,6 +88,51 @@ pub struct RedisConnect {
     pub prefix: String,
     pub stale_ms: u64,
     pub idempotency_ttl_secs: u64,
+    /// Whether the catalog holds sales of this partition: then a partition found
+    /// without its epoch marker has lost its state (else it is new).
+    pub has_sales: Arc<dyn HasSales>,
+}
+
+/// Asks the durable side whether a partition had sales to lose.
+#[ractor::async_trait]
+pub trait HasSales: Send + Sync + 'static {
+    async fn has_sales(&self) -> Result<bool, ActorProcessingErr>;
+}
+
+impl RedisConnect {
+    /// Finds the partition's epoch marker, creating it when it is missing: `ready` for
+    /// a new partition, `rebuilding` for one whose state is gone.
+    async fn epoch(&self, con: &mut MultiplexedConnection) -> Result<PartitionState, ActorProcessingErr> {
+        let marker = format!("{}:epoch", self.prefix);
+        let exists: bool = redis::cmd("EXISTS").arg(&marker).query_async(con).await?;
+        let (state, since) = match exists {
+            true => ("ready", 0),
+            false => match self.has_sales.has_sales().await? {
+                true => ("rebuilding", now_ms()),
+                false => ("ready", 0),
+            },
+        };
+        let v: Value = redis::cmd("EVAL")
+            .arg(EPOCH)
+            .arg(0)
+            .arg(&self.prefix)
+            .arg(state)
+            .arg(since)
+            .query_async(con)
+            .await?;
+        let state = match &v {
+            Value::Array(items) => match (items.first().and_then(text).as_deref(), items.get(1).and_then(int)) {
+                (Some("rebuilding"), Some(since)) => PartitionState::Rebuilding { since },
+                (Some("ready"), _) => PartitionState::Ready,
+                _ => return Err(format!("unexpected epoch marker {v:?}").into()),
+            },
+            _ => return Err(format!("unexpected epoch marker {v:?}").into()),
+        };
+        if let PartitionState::Rebuilding { since } = state {
+            tracing::error!(prefix = %self.prefix, since, "the inventory partition lost its state; its sales answer 503 until they are rebuilt");
+        }
+        Ok(state)
+    }
 }
 
 pub struct RedisInventory {
@@ -113,7 +173,11 @@ impl Connect for RedisConnect {
             rate: load(RATE).await?,
             sales: load(SALES).await?,
             restock: load(RESTOCK).await?,
+            recovery: load(RECOVERY).await?,
+            rebuild: load(REBUILD).await?,
         };
+        // A partition that lost its state comes up rebuilding (see `actors::recovery`).
+        self.epoch(&mut con).await?;
         Ok(RedisInventory {
             con,
             scripts,
@@ -156,9 +220,36 @@ impl RedisInventory {
                 c.arg(product.get()).arg(order.as_str());
                 c
             }
-            InventoryMsg::Claim(super::Claim { product, order }, _) => {
-                let mut c = self.script(&s.claim);
-                c.arg(product.get()).arg(order.as_str());
+            InventoryMsg::Claim(c, _) => {
+                let mut cmd = self.script(&s.claim);
+                cmd.arg(c.product.get())
+                    .arg(c.order.as_str())
+                    .arg(&c.user)
+                    .arg(c.quantity)
+                    .arg(&c.key)
+                    .arg(c.created_at)
+                    .arg(self.ttl_secs);
+                cmd
+            }
+            InventoryMsg::Recovery(super::Recovery { finish }, _) => {
+                let mut c = self.script(&s.recovery);
+                c.arg(if *finish { 1 } else { 0 });
+                c
+            }
+            InventoryMsg::RebuildSale(r, _) => {
+                let mut c = self.script(&s.rebuild);
+                c.arg(r.product.get())
+                    .arg(r.sale.stock)
+                    .arg(r.sale.per_user_limit)
+                    .arg(r.sale.starts_at.unwrap_or(0))
+                    .arg(r.sale.ends_at.unwrap_or(0))
+                    .arg(self.ttl_secs);
+                for o in &r.orders {
+                    c.arg(&o.order_id)
+                        .arg(&o.user_id)
+                        .arg(o.quantity)
+                        .arg(&o.idempotency_key);
+                }
                 c
             }
             InventoryMsg::Restock(
@@ -273,7 +364,7 @@ fn opt_ms(n: i64) -> Option<i64> {
 fn broken(e: &redis::ServerError) -> bool {
     matches!(
         e.code(),
-        "NOSCRIPT" | "LOADING" | "READONLY" | "MASTERDOWN" | "BUSY" | "CLUSTERDOWN"
+        "NOSCRIPT" | "LOADING" | "READONLY" | "MASTERDOWN" | "BUSY" | "CLUSTERDOWN" | "LOST"
     )
 }
 
@@ -295,6 +386,7 @@ fn reserve_outcome(v: &Value) -> Result<ReserveOutcome, ItemError> {
         3 => ReserveOutcome::LimitReached,
         4 => ReserveOutcome::NotActive,
         5 => ReserveOutcome::NoSale,
+        7 => ReserveOutcome::Rebuilding,
         6 => ReserveOutcome::Unpublished(UnpublishedOrder {
             order: order()?,
             quantity: number(2)?,
@@ -383,8 +475,10 @@ fn answer(msg: InventoryMsg, v: Value) -> Result<(), ActorProcessingErr> {
         InventoryMsg::LoadSale(req, p) => send(
             p,
             pair("load sale", v).map(|(a, b)| {
-                if a < 0 {
-                    Err(BelowSold { sold: b })
+                if a == -2 {
+                    Err(SaleRefused::Rebuilding)
+                } else if a < 0 {
+                    Err(SaleRefused::BelowSold { sold: b })
                 } else {
                     Ok(SaleCounters {
                         stock: a,
@@ -402,6 +496,14 @@ fn answer(msg: InventoryMsg, v: Value) -> Result<(), ActorProcessingErr> {
         InventoryMsg::CacheGet(_, p) => send(p, Ok(text(v))),
         InventoryMsg::ReleaseStale(_, p) => send(p, int(v).ok_or_else(|| bad("reconcile", v))),
         InventoryMsg::Sales(_, p) => send(p, sales(v)),
+        InventoryMsg::Recovery(_, p) => send(
+            p,
+            pair("recovery", v).map(|(rebuilding, since)| match rebuilding {
+                1 => PartitionState::Rebuilding { since },
+                _ => PartitionState::Ready,
+            }),
+        ),
+        InventoryMsg::RebuildSale(_, p) => send(p, int(v).ok_or_else(|| bad("rebuild", v))),
     }
     Ok(())
 }

@@ -12,7 +12,8 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use ractor::ActorProcessingErr;
 
 use super::{
-    AckToken, Acknowledge, Batch, Outbound, PublisherMsg, QueueMessage, QueueSource, Subscription,
+    AckToken, Acknowledge, Batch, Outbound, PublisherBatch, PublisherMsg, QueueMessage, QueueSource,
+    Subscription,
 };
 use crate::supervisors::worker::{Backend, Batch as WorkBatch, Connect};
 
@@ -47,6 +48,18 @@ async fn open(url: &str, declare: &[String]) -> Result<(Connection, Channel), la
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     Ok((conn, channel))
+}
+
+/// Messages of `queue` ready to be delivered (not those delivered and unacknowledged).
+async fn queue_depth(channel: &Channel, queue: &str) -> Result<u64, lapin::Error> {
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let q = channel
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await?;
+    Ok(u64::from(q.message_count()))
 }
 
 /// Most orders carried by one message.
@@ -114,7 +127,14 @@ impl Backend for AmqpPublisher {
     type Msg = PublisherMsg;
 
     async fn process(&mut self, batch: WorkBatch<Self>) -> Result<(), ActorProcessingErr> {
-        let (live, ports) = PublisherMsg::split(batch);
+        let PublisherBatch {
+            publishes: live,
+            ports,
+            depths,
+        } = PublisherMsg::split(batch);
+        for (q, port) in depths {
+            port.ok(within("declare", queue_depth(&self.channel, &q.queue)).await?);
+        }
         // Orders for one queue travel together: up to MAX_PER_MESSAGE in one persistent
         // message, confirmed once. The broker then persists and delivers a few messages
         // instead of thousands; every caller still hears only after the confirm.
@@ -214,15 +234,7 @@ impl Acknowledge for AmqpAcker {
     }
 
     async fn depth(&self, queue: &str) -> Result<u64, ActorProcessingErr> {
-        let options = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let q = self
-            ._channel
-            .queue_declare(queue.into(), options, FieldTable::default())
-            .await?;
-        Ok(u64::from(q.message_count()))
+        within("declare", queue_depth(&self._channel, queue)).await
     }
 }
 

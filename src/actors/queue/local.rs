@@ -16,7 +16,8 @@ use sqlx::Row;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::{
-    AckToken, Acknowledge, Batch, Outbound, PublisherMsg, QueueMessage, QueueSource, Subscription,
+    AckToken, Acknowledge, Batch, Outbound, PublisherBatch, PublisherMsg, QueueMessage, QueueSource,
+    Subscription,
 };
 use crate::db::sqlite_pool;
 use crate::supervisors::worker::{Backend, Batch as WorkBatch, Connect};
@@ -154,7 +155,14 @@ impl Backend for LocalPublisher {
     type Msg = PublisherMsg;
 
     async fn process(&mut self, batch: WorkBatch<Self>) -> Result<(), ActorProcessingErr> {
-        let (live, ports) = PublisherMsg::split(batch);
+        let PublisherBatch {
+            publishes: live,
+            ports,
+            depths,
+        } = PublisherMsg::split(batch);
+        for (q, port) in depths {
+            port.ok(self.queue.depth(&q.queue).await?.max(0) as u64);
+        }
         let messages: Vec<(&str, &[u8])> = live
             .iter()
             .map(|p| (p.queue.as_str(), p.payload.as_slice()))

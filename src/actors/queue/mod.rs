@@ -27,22 +27,46 @@ pub struct Publish {
     pub traceparent: Option<String>,
 }
 
+/// Messages of a queue waiting to be delivered.
+#[derive(Debug)]
+pub struct QueueDepth {
+    pub queue: String,
+}
+
 crate::protocol! {
     /// What a publisher serves: `true` once the queue has durably accepted the
     /// message, `false` when it refused.
     pub enum PublisherMsg {
         Publish(Publish) -> bool,
+        Depth(QueueDepth) -> u64,
     }
 }
 
+/// A publisher's batch: the live publishes and, in the same order, where their
+/// answers go; and the depth questions.
+pub struct PublisherBatch {
+    pub publishes: Vec<Publish>,
+    pub ports: Vec<ReplyPort<bool>>,
+    pub depths: Vec<(QueueDepth, ReplyPort<u64>)>,
+}
+
 impl PublisherMsg {
-    /// The batch's live requests and, in the same order, where their answers go.
-    pub fn split(batch: Vec<Self>) -> (Vec<Publish>, Vec<ReplyPort<bool>>) {
-        batch
-            .into_iter()
-            .filter(|m| !m.abandoned())
-            .map(|PublisherMsg::Publish(request, port)| (request, port))
-            .unzip()
+    pub fn split(batch: Vec<Self>) -> PublisherBatch {
+        let mut split = PublisherBatch {
+            publishes: Vec::new(),
+            ports: Vec::new(),
+            depths: Vec::new(),
+        };
+        for m in batch.into_iter().filter(|m| !m.abandoned()) {
+            match m {
+                PublisherMsg::Publish(request, port) => {
+                    split.publishes.push(request);
+                    split.ports.push(port);
+                }
+                PublisherMsg::Depth(request, port) => split.depths.push((request, port)),
+            }
+        }
+        split
     }
 }
 

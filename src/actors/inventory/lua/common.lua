@@ -25,3 +25,11 @@ local function release(pid, oid, st)
   if redis.call('GET', ik) == oid then redis.call('DEL', ik) end
   redis.call('DEL', k('ord', oid))
 end
+-- A partition whose state is gone (a restart without persistence, a flush) answers
+-- nothing from it: the actor fails, and its restart finds the state gone and rebuilds.
+if redis.call('EXISTS', P .. ':epoch') == 0 then
+  return redis.error_reply('LOST the partition state is gone')
+end
+local function rebuilding()
+  return redis.call('HGET', P .. ':epoch', 'state') == 'rebuilding'
+end

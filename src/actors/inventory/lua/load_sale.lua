@@ -1,3 +1,4 @@
+if rebuilding() then return {-2, 0} end
 local sk = k('sale', ARGV[2])
 local old = redis.call('HMGET', sk, 'stock', 'remaining')
 local sold = 0

@@ -1,5 +1,6 @@
 local pid, uid, key, oid = ARGV[2], ARGV[3], ARGV[4], ARGV[6]
 local qty, now, stale = tonumber(ARGV[5]), tonumber(ARGV[7]), tonumber(ARGV[8])
+if rebuilding() then return {7, ''} end
 local ik = k('idem', pid, uid, key)
 local prev = redis.call('GET', ik)
 if prev then

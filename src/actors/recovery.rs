@@ -1,0 +1,99 @@
+//! Rebuilding an inventory partition that lost its state (a Redis restart without
+//! persistence, a flush). The partition finds out itself: every script refuses to run
+//! without the partition's epoch marker, the actor fails, and its restart creates the
+//! marker as `rebuilding` when the catalog holds sales of the partition. From then on
+//! its sales answer `503` while claims of orders accepted before the loss are honoured
+//! and recorded. The reconciler finishes the job here once the order queue has
+//! drained: each sale comes back from the catalog's definition and the completed
+//! orders in the shards, merged with the orders claimed meanwhile; what was sold is
+//! kept, buyers' units and the orders' idempotency keys come back.
+
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use ractor::ActorProcessingErr;
+
+use super::directory::{CatalogSlot, Directory};
+use super::inventory::redis::HasSales;
+use super::inventory::{RebuildSale, Recovery};
+use super::queue::QueueDepth;
+use crate::shards::catalog::SaleDefinitions;
+use crate::shards::hash::bucket;
+use crate::shards::SaleOrders;
+use crate::supervisors::slot::CallError;
+
+/// Whether the catalog holds a sale of one partition.
+pub struct CatalogSales {
+    pub catalog: Arc<CatalogSlot>,
+    pub partition: usize,
+    pub partitions: usize,
+}
+
+#[ractor::async_trait]
+impl HasSales for CatalogSales {
+    async fn has_sales(&self) -> Result<bool, ActorProcessingErr> {
+        let sales = self.catalog.call(SaleDefinitions).await?;
+        Ok(sales
+            .iter()
+            .any(|(p, _)| bucket(&p.to_string(), self.partitions) == self.partition))
+    }
+}
+
+/// What one look at a partition found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its state is whole.
+    Ready,
+    /// It waits for orders still in the queue to be claimed first.
+    Waiting { queued: u64 },
+    /// It was rebuilt: sales and the units they had sold.
+    Rebuilt { sales: usize, sold: i64 },
+}
+
+/// Rebuilds partition `index` if it lost its state and the order queue has drained.
+pub async fn rebuild_if_lost(dir: &Directory, index: usize) -> Result<Outcome, CallError> {
+    let slot = &dir.inventory[index];
+    if slot.call(Recovery { finish: false }).await? == super::inventory::PartitionState::Ready {
+        return Ok(Outcome::Ready);
+    }
+    // Orders in the queue are not in the shards yet: they are counted as they are
+    // claimed, and the sale reopens only once none is left waiting.
+    let queued = dir
+        .publisher()
+        .call(QueueDepth {
+            queue: dir.orders_queue.clone(),
+        })
+        .await?;
+    if queued > 0 {
+        return Ok(Outcome::Waiting { queued });
+    }
+    let sales = dir.catalog.call(SaleDefinitions).await?;
+    let mine: Vec<_> = sales
+        .into_iter()
+        .filter(|(p, _)| dir.partition_index(*p) == index)
+        .collect();
+    let mut sold = 0;
+    for (product, sale) in &mine {
+        let per_shard = join_all(
+            dir.shards
+                .iter()
+                .map(|s| s.call(SaleOrders { product: *product })),
+        )
+        .await;
+        let mut orders = Vec::new();
+        for part in per_shard {
+            orders.extend(part?);
+        }
+        let rebuild = RebuildSale {
+            product: *product,
+            sale: *sale,
+            orders,
+        };
+        sold += slot.call(rebuild).await?;
+    }
+    slot.call(Recovery { finish: true }).await?;
+    Ok(Outcome::Rebuilt {
+        sales: mine.len(),
+        sold,
+    })
+}
