@@ -170,6 +170,11 @@ pub struct HttpSettings {
     pub workers: usize,
     /// Largest accepted request body, in bytes (larger bodies get `413`).
     pub body_limit: usize,
+    /// How long a request body may take to arrive (a slow body gets `408`).
+    pub body_timeout_ms: u64,
+    /// Proxies whose `X-Forwarded-For` names the client (empty: the peer is the
+    /// client; the header is ignored).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -243,6 +248,12 @@ pub struct QueueSettings {
 pub struct LimitSettings {
     /// Requests per minute per user on the order path, shared by all pods.
     pub rate_per_minute: u32,
+    /// Order requests per minute per client address (0: no limit).
+    pub orders_per_ip_per_minute: u32,
+    /// Login attempts per minute per account.
+    pub logins_per_account_per_minute: u32,
+    /// Logins and registrations per minute per client address (0: no limit).
+    pub auth_per_ip_per_minute: u32,
     /// Queued requests per actor before the HTTP layer answers `503 overloaded`.
     pub inbox_capacity: usize,
     /// Deadline of every call into an actor.
@@ -268,6 +279,8 @@ mode = "embedded"
 listen = "0.0.0.0:8080"
 workers = 2
 body_limit = 16384
+body_timeout_ms = 10000
+trusted_proxies = []
 
 [admin]
 listen = "127.0.0.1:9090"
@@ -306,6 +319,9 @@ max_batch = 1000
 
 [limits]
 rate_per_minute = 10
+orders_per_ip_per_minute = 0
+logins_per_account_per_minute = 10
+auth_per_ip_per_minute = 120
 inbox_capacity = 8192
 call_timeout_ms = 3000
 max_quantity = 10000
@@ -456,6 +472,11 @@ impl Settings {
                 self.limits.rate_per_minute as usize,
             ),
             ("limits.max_quantity", self.limits.max_quantity as usize),
+            (
+                "limits.logins_per_account_per_minute",
+                self.limits.logins_per_account_per_minute as usize,
+            ),
+            ("http.body_timeout_ms", self.http.body_timeout_ms as usize),
             ("shards.pool_size", self.shards.pool_size as usize),
             ("embedded.shards", self.embedded.shards),
             ("embedded.partitions", self.embedded.partitions),

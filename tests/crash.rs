@@ -108,8 +108,26 @@ async fn admin(
     r.json().await.unwrap()
 }
 
+/// How the process is stopped in the middle of the burst.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stop {
+    /// SIGKILL: nothing is finished.
+    Kill,
+    /// SIGTERM: requests in flight are served, then the process exits 0.
+    Term,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_burst_loses_no_accepted_order_and_sells_nothing_twice() {
+    stop_during_a_burst(Stop::Kill).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_burst_exits_zero_and_loses_no_accepted_order() {
+    stop_during_a_burst(Stop::Term).await
+}
+
+async fn stop_during_a_burst(stop: Stop) {
     let data =
         DataDir(std::env::temp_dir().join(format!("fs_crash_{}", uuid::Uuid::new_v4().simple())));
     let data = &data.0;
@@ -175,12 +193,28 @@ async fn kill_9_during_a_burst_loses_no_accepted_order_and_sells_nothing_twice()
         accepted
     };
     let killer = async {
-        // Kill once a fifth of the stock is sold, while the next wave is in flight.
+        // Stop once a fifth of the stock is sold, while the next wave is in flight.
         accepted_so_far
             .wait_for(|n| *n >= 200)
             .await
             .expect("the burst reaches 200 accepted orders");
-        server.child.kill().await.expect("SIGKILL");
+        match stop {
+            Stop::Kill => server.child.kill().await.expect("SIGKILL"),
+            Stop::Term => {
+                let pid = server.child.id().expect("running").to_string();
+                let sent = tokio::process::Command::new("kill")
+                    .args(["-TERM", &pid])
+                    .status()
+                    .await
+                    .expect("kill -TERM");
+                assert!(sent.success());
+                let exited = tokio::time::timeout(Duration::from_secs(60), server.child.wait())
+                    .await
+                    .expect("a drained process exits")
+                    .unwrap();
+                assert!(exited.success(), "SIGTERM exits 0: {exited}");
+            }
+        }
     };
     let (accepted, ()) = tokio::join!(burst, killer);
     assert!(

@@ -87,9 +87,9 @@ impl Directory {
         bucket(&product.to_string(), self.inventory.len())
     }
 
-    /// The partition that keeps a user's rate-limit window.
-    pub fn user_partition(&self, user: &str) -> &InventorySlot {
-        &self.inventory[bucket(user, self.inventory.len())]
+    /// The partition that keeps a rate-limit window (a user's, a client address's).
+    pub fn rate_partition(&self, key: &str) -> &InventorySlot {
+        &self.inventory[bucket(key, self.inventory.len())]
     }
 
     pub fn publisher(&self) -> &PublisherSlot {

@@ -64,7 +64,7 @@ async fn create_product(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     admin(&state, &req)?;
-    let body: NewProduct = json_body(payload, state.settings.http.body_limit).await?;
+    let body: NewProduct = json_body(payload, &state.settings.http).await?;
     let name = ProductName::parse(&body.name).map_err(|e| ApiError::InvalidRequest(e.0))?;
     if body.price_cents < 0 {
         return Err(ApiError::InvalidRequest(
@@ -103,7 +103,7 @@ async fn update_product(
 ) -> Result<HttpResponse, ApiError> {
     admin(&state, &req)?;
     let id = ProductId::parse(&id).map_err(|_| ApiError::NotFound)?;
-    let body: ProductChange = json_body(payload, state.settings.http.body_limit).await?;
+    let body: ProductChange = json_body(payload, &state.settings.http).await?;
     let name = body
         .name
         .as_deref()
@@ -283,7 +283,7 @@ async fn put_sale(
 ) -> Result<HttpResponse, ApiError> {
     admin(&state, &req)?;
     let product = ProductId::parse(&product).map_err(|_| ApiError::NotFound)?;
-    let body: SaleBody = json_body(payload, state.settings.http.body_limit).await?;
+    let body: SaleBody = json_body(payload, &state.settings.http).await?;
     // Counts stay exact integers in every backend (Redis scripts compute in doubles).
     if !(0..=MAX_UNITS).contains(&body.stock) {
         return Err(ApiError::InvalidRequest(format!(

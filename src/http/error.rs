@@ -1,5 +1,6 @@
 //! The one error type of the HTTP layer and its single mapping to status codes and
-//! the JSON body `{"error": code, "message": text}`.
+//! the JSON body `{"error": code, "message": text}`. An internal error's message is
+//! generic but for a request id, which the log shows with the cause.
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
@@ -19,6 +20,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("request body is too large")]
     PayloadTooLarge,
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     #[error("that e-mail address is already registered")]
     EmailTaken,
     #[error("wrong e-mail or password")]
@@ -69,6 +72,7 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::BodyTimeout => "request_timeout",
             ApiError::EmailTaken => "email_taken",
             ApiError::InvalidCredentials => "invalid_credentials",
             ApiError::OutOfStock => "out_of_stock",
@@ -103,6 +107,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::EmailTaken => StatusCode::CONFLICT,
             ApiError::InvalidCredentials => StatusCode::UNAUTHORIZED,
             ApiError::OutOfStock => StatusCode::CONFLICT,
@@ -129,7 +134,12 @@ impl ResponseError for ApiError {
                 res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
             ApiError::Internal(cause) => {
-                tracing::error!(cause = %chain(cause.as_ref()), "internal error")
+                // The client quotes the request id; the log has the cause under it.
+                let request = uuid::Uuid::new_v4().simple().to_string();
+                tracing::error!(request_id = %request, cause = %chain(cause.as_ref()), "internal error");
+                res.insert_header(("X-Request-Id", request.as_str()));
+                let message = format!("internal error (request {request})");
+                return res.json(json!({ "error": self.code(), "message": message }));
             }
             _ => {}
         }

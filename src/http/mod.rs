@@ -10,7 +10,7 @@ pub mod admin;
 pub mod error;
 pub mod public;
 
-use std::net::TcpListener;
+use std::net::{IpAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 
 use crate::actors::directory::Directory;
 use crate::auth::Tokens;
-use crate::config::{Secret, Settings};
+use crate::config::{HttpSettings, Secret, Settings};
 use crate::domain::UserId;
 use crate::supervisors::{Policy, TreeNode};
 use error::ApiError;
@@ -66,6 +66,34 @@ impl AppState {
     }
 }
 
+/// The client's address: the peer, or, when the peer is a trusted proxy, the nearest
+/// address in `X-Forwarded-For` that is not one (addresses further left could be made
+/// up by the client).
+pub fn client_ip(req: &HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
+    let mut client = req.peer_addr()?.ip();
+    if !trusted.contains(&client) {
+        return Some(client);
+    }
+    let forwarded = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    for hop in forwarded.rsplit(',') {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !trusted.contains(&ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    Some(client)
+}
+
 impl AppState {
     /// The user named by a valid `Authorization: Bearer` token.
     pub fn user(&self, req: &HttpRequest) -> Result<UserId, ApiError> {
@@ -98,7 +126,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Reads a request body of at most `limit` bytes.
-pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
+pub async fn read_body(payload: web::Payload, http: &HttpSettings) -> Result<web::BytesMut, ApiError> {
+    let deadline = Duration::from_millis(http.body_timeout_ms);
+    tokio::time::timeout(deadline, read_all(payload, http.body_limit))
+        .await
+        .map_err(|_| ApiError::BodyTimeout)?
+}
+
+async fn read_all(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| match e {
@@ -116,9 +151,9 @@ pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::B
 /// Reads and parses a JSON body; see [`parse_json`].
 pub async fn json_body<T: DeserializeOwned>(
     payload: web::Payload,
-    limit: usize,
+    http: &HttpSettings,
 ) -> Result<T, ApiError> {
-    let body = read_body(payload, limit).await?;
+    let body = read_body(payload, http).await?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::InvalidRequest("a JSON body is required".into()));
     }

@@ -9,7 +9,7 @@ use serde_json::json;
 use tracing::Instrument;
 
 use super::error::ApiError;
-use super::{json_body, parse_json, public_document, read_body, resource, AppState};
+use super::{client_ip, json_body, parse_json, public_document, read_body, resource, AppState};
 use crate::actors::inventory::{
     CacheGet, CacheSet, Counters, Lookup, MarkPublished, RateCheck, Release, ReserveOutcome,
     ReserveRequest, Restock,
@@ -25,6 +25,39 @@ use crate::shards::{CancelOrder, Cancellation, CreateUser, GetOrder, ListOrders,
 use crate::supervisors::slot::CallError;
 
 const RATE_WINDOW_MS: i64 = 60_000;
+
+/// Counts a request in the one-minute window of `key`, shared by every pod; `429` with
+/// `Retry-After` past `per_minute` (0: no limit).
+async fn rate_limit(state: &AppState, key: String, per_minute: u32) -> Result<(), ApiError> {
+    if per_minute == 0 {
+        return Ok(());
+    }
+    let window = state
+        .directory
+        .rate_partition(&key)
+        .call(RateCheck {
+            key,
+            window_ms: RATE_WINDOW_MS,
+        })
+        .await?;
+    if window.count > i64::from(per_minute) {
+        return Err(ApiError::RateLimited {
+            retry_after_secs: ((window.reset_ms.max(1) + 999) / 1000) as u64,
+        });
+    }
+    Ok(())
+}
+
+/// Logins and registrations from one client address.
+async fn limit_auth(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+    match client_ip(req, &state.settings.http.trusted_proxies) {
+        Some(ip) => {
+            let per_minute = state.settings.limits.auth_per_ip_per_minute;
+            rate_limit(state, format!("ip-auth:{ip}"), per_minute).await
+        }
+        None => Ok(()),
+    }
+}
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/auth/register").post(register))
@@ -50,9 +83,13 @@ struct Credentials {
 #[tracing::instrument(skip_all)]
 async fn register(
     state: web::Data<AppState>,
+    req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body: Credentials = json_body(payload, state.settings.http.body_limit).await?;
+    // Each attempt costs a password hash, and says whether an address is registered:
+    // both are rationed per client address.
+    limit_auth(&state, &req).await?;
+    let body: Credentials = json_body(payload, &state.settings.http).await?;
     let email = Email::parse(&body.email).map_err(|e| ApiError::InvalidRequest(e.0))?;
     let password = Password::parse(&body.password).map_err(|e| ApiError::InvalidRequest(e.0))?;
     let hash = state
@@ -84,12 +121,17 @@ async fn register(
 #[tracing::instrument(skip_all)]
 async fn login(
     state: web::Data<AppState>,
+    req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body: Credentials = json_body(payload, state.settings.http.body_limit).await?;
+    limit_auth(&state, &req).await?;
+    let body: Credentials = json_body(payload, &state.settings.http).await?;
     let Ok(email) = Email::parse(&body.email) else {
         return Err(ApiError::InvalidCredentials);
     };
+    // Guessing one account's password is rationed, from any number of addresses.
+    let per_account = state.settings.limits.logins_per_account_per_minute;
+    rate_limit(&state, format!("login:{}", email.as_str()), per_account).await?;
     let found = state
         .directory
         .catalog
@@ -235,22 +277,15 @@ async fn place_order(
             ApiError::InvalidRequest("Idempotency-Key must be visible ASCII characters".into())
         })?;
     let key = IdempotencyKey::parse(key).map_err(|e| ApiError::InvalidRequest(e.0))?;
-    let body = read_body(payload, state.settings.http.body_limit).await?;
+    let body = read_body(payload, &state.settings.http).await?;
     let quantity = quantity(&body, state.settings.limits.max_quantity)?;
     let dir = &state.directory;
 
-    let limit = i64::from(state.settings.limits.rate_per_minute);
-    let window = dir
-        .user_partition(user.as_str())
-        .call(RateCheck {
-            user: user.clone(),
-            window_ms: RATE_WINDOW_MS,
-        })
-        .await?;
-    if window.count > limit {
-        return Err(ApiError::RateLimited {
-            retry_after_secs: ((window.reset_ms.max(1) + 999) / 1000) as u64,
-        });
+    let limits = &state.settings.limits;
+    // The user's key is the user id itself (as stored before per-address limits).
+    rate_limit(state, user.to_string(), limits.rate_per_minute).await?;
+    if let Some(ip) = client_ip(req, &state.settings.http.trusted_proxies) {
+        rate_limit(state, format!("ip-orders:{ip}"), limits.orders_per_ip_per_minute).await?;
     }
 
     let now = now_ms();
@@ -488,7 +523,7 @@ async fn update_me(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let user = state.user(&req)?;
-    let body: UserUpdate = json_body(payload, state.settings.http.body_limit).await?;
+    let body: UserUpdate = json_body(payload, &state.settings.http).await?;
     let name = body.display_name.trim();
     if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
         return Err(ApiError::InvalidRequest(

@@ -2,11 +2,12 @@
 //! OpenAPI document describes that listener's paths and methods.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{find, spawn_app, Mode, TestApp};
+use crate::helpers::{find, spawn_app, spawn_app_with, Mode, Options, TestApp};
 
 fn assert_error(status: StatusCode, body: &Value, want_status: StatusCode, want_code: &str) {
     assert_eq!(status, want_status, "{body:?}");
@@ -514,9 +515,12 @@ async fn a_corrupt_row_fails_its_request_alone_not_the_shard(mode: Mode) {
         StatusCode::INTERNAL_SERVER_ERROR,
         "internal",
     );
+    let message = r.body["message"].as_str().unwrap_or_default();
+    let request_id = r.headers["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(
-        r.body["message"], "internal error",
-        "no internals leak: {:?}",
+        message,
+        format!("internal error (request {request_id})"),
+        "no internals leak, the request id to quote: {:?}",
         r.body
     );
 
@@ -606,16 +610,25 @@ async fn a_stock_beyond_exact_counting_is_refused(mode: Mode) {
     app.stop().await;
 }
 
-in_both_modes!(a_login_flood_is_refused_beyond_the_cores_and_orders_go_on);
-async fn a_login_flood_is_refused_beyond_the_cores_and_orders_go_on(mode: Mode) {
+/// Resident memory of this process (the app runs in it), in MiB.
+fn resident_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib / 1024
+}
+
+in_both_modes!(a_login_flood_is_refused_and_bounded_and_orders_go_on);
+async fn a_login_flood_is_refused_and_bounded_and_orders_go_on(mode: Mode) {
     let app = spawn_app(mode).await;
     let r = app
         .register("victim@example.com", "correct horse battery")
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let product = app.sale(5, 1).await;
-    // Two hundred wrong passwords at once: each costs an argon2 check.
-    let wrong: Vec<String> = (0..200).map(|i| format!("wrong password {i}")).collect();
+    let before = resident_mib();
+    // Six hundred wrong passwords at once: each would cost an argon2 check.
+    let wrong: Vec<String> = (0..600).map(|i| format!("wrong password {i}")).collect();
     let flood: Vec<_> = wrong
         .iter()
         .map(|password| app.login("victim@example.com", password))
@@ -625,31 +638,131 @@ async fn a_login_flood_is_refused_beyond_the_cores_and_orders_go_on(mode: Mode) 
         futures_util::future::join_all(flood),
         app.buy(&token, product, "during-the-flood", None)
     );
+    let grown = resident_mib().saturating_sub(before);
     assert_eq!(
         order.status,
         StatusCode::CREATED,
         "the order path is unaffected: {:?}",
         order.body
     );
-    let refused = answers
-        .iter()
-        .filter(|r| r.status == StatusCode::SERVICE_UNAVAILABLE)
-        .inspect(|r| assert!(r.headers.contains_key("retry-after"), "{:?}", r.body))
-        .count();
     assert!(
         answers
             .iter()
-            .all(|r| matches!(r.status.as_u16(), 401 | 503)),
-        "only wrong-credential or overloaded answers"
+            .all(|r| matches!(r.status.as_u16(), 401 | 429 | 503)),
+        "only wrong-credential, rate-limited or overloaded answers"
     );
+    for r in answers.iter().filter(|r| r.status.as_u16() != 401) {
+        assert!(r.headers.contains_key("retry-after"), "{:?}", r.body);
+    }
+    let limited = answers.iter().filter(|r| r.status == StatusCode::TOO_MANY_REQUESTS);
+    let checked = answers.iter().filter(|r| r.status == StatusCode::UNAUTHORIZED);
     assert!(
-        refused > 0,
-        "hashing beyond the cores is refused, not queued"
+        checked.count() <= 10,
+        "at most the account's ten attempts a minute were checked"
     );
-    // Once the flood has passed, the right password logs in.
-    let ok = app
+    assert!(limited.count() >= 500, "the rest were refused at once");
+    assert!(grown < 256, "resident memory grew {grown} MiB");
+    // The account's window is spent: even the right password waits for it.
+    let locked = app
         .login("victim@example.com", "correct horse battery")
         .await;
-    assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
+    assert_eq!(locked.status, StatusCode::TOO_MANY_REQUESTS, "{:?}", locked.body);
+    app.stop().await;
+}
+
+in_both_modes!(order_and_login_limits_per_client_address_trust_only_configured_proxies);
+async fn order_and_login_limits_per_client_address_trust_only_configured_proxies(mode: Mode) {
+    let app = spawn_app_with(Options {
+        mode,
+        configure: Some(|s| {
+            s.limits.orders_per_ip_per_minute = 3;
+            s.limits.auth_per_ip_per_minute = 2;
+            s.http.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        }),
+        ..Options::default()
+    })
+    .await;
+    let product = app.sale(100, 1).await;
+    let buy_from = |ip: &'static str| {
+        let (_, token) = app.token_for_new_user();
+        let url = format!("{}/orders/flash-sale/{product}", app.address);
+        let request = app
+            .client
+            .post(url)
+            .bearer_auth(token)
+            .header("Idempotency-Key", "k")
+            .header("X-Forwarded-For", format!("203.0.113.9, {ip}"));
+        async move { request.send().await.unwrap().status() }
+    };
+    for _ in 0..3 {
+        assert_eq!(buy_from("198.51.100.1").await, StatusCode::CREATED);
+    }
+    // A fourth buyer behind the same address is limited; another address is not.
+    assert_eq!(buy_from("198.51.100.1").await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(buy_from("198.51.100.2").await, StatusCode::CREATED);
+
+    let login_from = |ip: &'static str| {
+        let url = format!("{}/auth/login", app.address);
+        let request = app
+            .client
+            .post(url)
+            .header("X-Forwarded-For", ip)
+            .json(&serde_json::json!({"email": format!("{}@example.com", uuid::Uuid::new_v4()), "password": "whatever it is"}));
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(login_from("198.51.100.7").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(login_from("198.51.100.7").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(login_from("198.51.100.7").await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(login_from("198.51.100.8").await, StatusCode::UNAUTHORIZED);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_peer_cannot_choose_its_address() {
+    let app = spawn_app_with(Options {
+        configure: Some(|s| s.limits.orders_per_ip_per_minute = 2),
+        ..Options::default()
+    })
+    .await;
+    let product = app.sale(100, 1).await;
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        let (_, token) = app.token_for_new_user();
+        let r = app
+            .client
+            .post(format!("{}/orders/flash-sale/{product}", app.address))
+            .bearer_auth(token)
+            .header("Idempotency-Key", "k")
+            .header("X-Forwarded-For", format!("198.51.100.{i}"))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses, [201, 201, 429], "the header is ignored: one address");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_does_not_arrive_in_time_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(Options {
+        mode: Mode::Embedded,
+        configure: Some(|s| s.http.body_timeout_ms = 300),
+        ..Options::default()
+    })
+    .await;
+    let addr = app.address.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = "POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"email\":";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .expect("answered before the client gave up")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
     app.stop().await;
 }

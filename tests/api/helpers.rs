@@ -58,6 +58,10 @@ pub struct Options {
     pub idempotency_ttl_secs: Option<u64>,
     /// Bounds every actor's inbox (the configured bound when `None`).
     pub inbox_capacity: Option<usize>,
+    /// Routes the RabbitMQ connections through this port (a proxy).
+    pub amqp_port: Option<u16>,
+    /// Changes any other setting.
+    pub configure: Option<fn(&mut Settings)>,
 }
 
 impl Default for Options {
@@ -74,6 +78,8 @@ impl Default for Options {
             reconcile_every_ms: 500,
             idempotency_ttl_secs: None,
             inbox_capacity: None,
+            amqp_port: None,
+            configure: None,
         }
     }
 }
@@ -166,6 +172,10 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     if let Some(n) = options.inbox_capacity {
         s.limits.inbox_capacity = n;
     }
+    if let Some(port) = options.amqp_port {
+        let url = s.queue.url.expose().replace("127.0.0.1:5672", &format!("127.0.0.1:{port}"));
+        s.queue.url = Secret::new(url);
+    }
     s.queue.orders_queue = format!("fstest.{id}.orders");
     s.queue.notifications_queue = format!("fstest.{id}.notifications");
     s.supervision.backoff_base_ms = 50;
@@ -199,6 +209,9 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     }
     if let Some(n) = options.order_partitions {
         s.events.order_partitions = n;
+    }
+    if let Some(configure) = options.configure {
+        configure(&mut s);
     }
     s.embedded.shards = options.shards;
     s.embedded.data_dir = std::env::temp_dir().join(format!("fs_test_{id}"));
@@ -725,6 +738,7 @@ impl TestApp {
 pub struct Proxy {
     pub port: u16,
     state: std::sync::Arc<std::sync::Mutex<ProxyState>>,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct ProxyState {
@@ -734,16 +748,18 @@ struct ProxyState {
 
 impl Proxy {
     pub async fn start(target: &'static str) -> Self {
+        use std::sync::atomic::AtomicBool;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let state = std::sync::Arc::new(std::sync::Mutex::new(ProxyState {
             up: true,
             connections: Vec::new(),
         }));
-        let shared = state.clone();
+        let stalled = std::sync::Arc::new(AtomicBool::new(false));
+        let (shared, held) = (state.clone(), stalled.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     return;
                 };
                 // Checked and recorded under one lock, so that a cut cannot miss a
@@ -752,15 +768,20 @@ impl Proxy {
                 if !state.up {
                     continue; // dropped: the connection is refused
                 }
+                let held = held.clone();
                 let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = tokio::net::TcpStream::connect(target).await {
+                        forward(inbound, outbound, held).await;
                     }
                 });
                 state.connections.push(task.abort_handle());
             }
         });
-        Self { port, state }
+        Self {
+            port,
+            state,
+            stalled,
+        }
     }
 
     /// The service goes away: open connections break, new ones are refused.
@@ -774,6 +795,49 @@ impl Proxy {
 
     pub fn restore(&self) {
         self.state.lock().unwrap().up = true;
+    }
+
+    /// The service goes on receiving, but its answers are held back until `resume`
+    /// (a broker whose confirms are late, a network that lost its way back).
+    pub fn stall(&self) {
+        self.stalled.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn resume(&self) {
+        self.stalled.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies both ways; what comes back waits while `stalled`.
+async fn forward(
+    inbound: tokio::net::TcpStream,
+    outbound: tokio::net::TcpStream,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut from_client, mut to_client) = inbound.into_split();
+    let (mut from_server, mut to_server) = outbound.into_split();
+    let up = async {
+        let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+    };
+    let down = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match from_server.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            while stalled.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if to_client.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
     }
 }
 

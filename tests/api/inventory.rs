@@ -476,7 +476,7 @@ async fn the_rate_window_counts_and_resets(backend: Backend) {
     let user = UserId::new_random();
     let check = || {
         p.slot.call(RateCheck {
-            user: user.clone(),
+            key: user.to_string(),
             window_ms: 400,
         })
     };
@@ -488,12 +488,12 @@ async fn the_rate_window_counts_and_resets(backend: Backend) {
     let other = p
         .slot
         .call(RateCheck {
-            user: UserId::new_random(),
+            key: UserId::new_random().to_string(),
             window_ms: 400,
         })
         .await
         .unwrap();
-    assert_eq!(other.count, 1, "windows are per user");
+    assert_eq!(other.count, 1, "windows are per key");
     tokio::time::sleep(Duration::from_millis(450)).await;
     assert_eq!(
         check().await.unwrap().count,

@@ -321,3 +321,47 @@ async fn a_partition_that_loses_its_state_rebuilds_it_and_never_oversells() {
     assert_eq!(completed, 10);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_whose_confirm_is_late_is_found_by_a_retry_with_the_same_key() {
+    let broker = crate::helpers::Proxy::start("127.0.0.1:5672").await;
+    let app = spawn_app_with(Options {
+        amqp_port: Some(broker.port),
+        ..Options::default()
+    })
+    .await;
+    let product = app.sale(5, 1).await;
+    let (_, token) = app.token_for_new_user();
+
+    // The broker keeps the message, but its confirm comes after the caller gave up.
+    broker.stall();
+    let r = app.buy(&token, product, "once", None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    let said = r.body["message"].as_str().unwrap_or_default();
+    assert!(said.contains("same Idempotency-Key"), "{said}");
+    broker.resume();
+
+    // The buyer retries with the same key (slowly: the rate limit counts retries)
+    // and finds the order the broker kept.
+    let mut retry = None;
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let r = app.buy(&token, product, "once", None).await;
+        if r.status != StatusCode::SERVICE_UNAVAILABLE {
+            retry = Some(r);
+            break;
+        }
+    }
+    let retry = retry.expect("the retry is answered once the broker is back");
+    assert_eq!(retry.status, StatusCode::OK, "{:?}", retry.body);
+    let id = retry.body["orderId"].as_str().unwrap();
+    assert_eq!(app.wait_settled(&token, id).await["status"], "completed");
+    let completed: Vec<_> = app
+        .all_shard_orders()
+        .await
+        .into_iter()
+        .filter(|r| r.3 == "completed")
+        .collect();
+    assert_eq!(completed.len(), 1, "bought once: {completed:?}");
+    app.stop().await;
+}

@@ -387,7 +387,7 @@ impl LocalInventory {
         let now = now_ms();
         let (ends, count) = self
             .rate
-            .entry(r.user.to_string())
+            .entry(r.key.clone())
             .or_insert((now + r.window_ms, 0));
         if *ends <= now {
             (*ends, *count) = (now + r.window_ms, 0);

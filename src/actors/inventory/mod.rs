@@ -116,10 +116,11 @@ pub struct Restock {
     pub quantity: i64,
 }
 
-/// Counts a request in the user's rate-limit window.
+/// Counts a request in a rate-limit window: a user's, an account's logins, a client
+/// address's requests (keys of each kind have a prefix of their own).
 #[derive(Debug)]
 pub struct RateCheck {
-    pub user: UserId,
+    pub key: String,
     pub window_ms: i64,
 }
 

@@ -268,9 +268,9 @@ impl RedisInventory {
                     .arg(*quantity);
                 c
             }
-            InventoryMsg::RateCheck(super::RateCheck { user, window_ms }, _) => {
+            InventoryMsg::RateCheck(super::RateCheck { key, window_ms }, _) => {
                 let mut c = self.script(&s.rate);
-                c.arg(user.as_str()).arg(*window_ms);
+                c.arg(key.as_str()).arg(*window_ms);
                 c
             }
             InventoryMsg::LoadSale(super::LoadSale { product, sale }, _) => {
