@@ -1,0 +1,175 @@
+//! Outages of the shared services themselves in the middle of a sale: RabbitMQ
+//! restarted, Redis losing everything (its data flushed and every connection dropped,
+//! as a restart without persistence does). They take away services every other test
+//! uses, so they live in a test binary of their own (cargo runs test binaries one at a
+//! time) and run one after the other.
+
+#[path = "api/helpers.rs"]
+#[macro_use]
+#[allow(dead_code)]
+mod helpers;
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use reqwest::StatusCode;
+
+use helpers::{eventually, spawn_app_with, Options, TestApp};
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Buys with fresh users in waves of 40; `fault` runs while wave 2 is in flight.
+/// Returns (token, order id) of each `201`.
+async fn burst<F: std::future::Future<Output = ()>>(
+    app: &TestApp,
+    product: i64,
+    waves: usize,
+    fault: F,
+) -> Vec<(String, String)> {
+    let mut fault = Some(fault);
+    let mut accepted = Vec::new();
+    for wave in 0..waves {
+        let tokens: Vec<String> = (0..40).map(|_| app.token_for_new_user().1).collect();
+        let buys = join_all(tokens.iter().map(|t| app.buy(t, product, "k", None)));
+        let replies = match (wave, fault.take()) {
+            (2, Some(f)) => tokio::join!(buys, f).0,
+            (_, f) => {
+                fault = f;
+                buys.await
+            }
+        };
+        for (t, r) in tokens.iter().zip(replies) {
+            match r.status {
+                StatusCode::CREATED => {
+                    accepted.push((t.clone(), r.body["orderId"].as_str().unwrap().to_string()))
+                }
+                StatusCode::CONFLICT | StatusCode::SERVICE_UNAVAILABLE => {}
+                other => panic!("unexpected {other}: {:?}", r.body),
+            }
+        }
+    }
+    accepted
+}
+
+/// Every `201` ends `completed`, stored once, and the books balance.
+async fn assert_kept(app: &TestApp, product: i64, accepted: &[(String, String)]) {
+    for (token, id) in accepted {
+        assert_eq!(
+            app.wait_settled(token, id).await["status"],
+            "completed",
+            "order {id}"
+        );
+    }
+    let rows = app.all_shard_orders().await;
+    for (_, id) in accepted {
+        let stored = rows.iter().filter(|r| &r.1 == id).count();
+        assert_eq!(stored, 1, "order {id} stored exactly once");
+    }
+    let counters = eventually(Duration::from_secs(60), "the books balance", || async {
+        let c = app.sale_counters(product).await;
+        if c["pending"] == 0 && c["sold"] == c["completed"] {
+            Ok(c)
+        } else {
+            Err(c)
+        }
+    })
+    .await;
+    let completed = rows.iter().filter(|r| r.3 == "completed").count() as i64;
+    assert!(
+        counters["sold"].as_i64().unwrap() >= completed,
+        "{counters} vs {completed} stored"
+    );
+}
+
+async fn run(program: &str, args: &[&str]) {
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rabbitmq_restart_during_a_burst_loses_no_accepted_order() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let app = spawn_app_with(Options {
+        reconcile_after_ms: 3_000,
+        ..Options::default()
+    })
+    .await;
+    let product = app.sale(1_000, 1).await;
+    let restart = async {
+        run("rabbitmqctl", &["stop_app"]).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        run("rabbitmqctl", &["start_app"]).await;
+        run("rabbitmqctl", &["await_startup", "--timeout", "120"]).await;
+    };
+    let accepted = burst(&app, product, 6, restart).await;
+    assert!(accepted.len() >= 80, "{} accepted", accepted.len());
+    assert_kept(&app, product, &accepted).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_losing_everything_during_a_burst_sells_exactly_the_stock() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let app = spawn_app_with(Options {
+        reconcile_every_ms: 200,
+        ..Options::default()
+    })
+    .await;
+    let stock = 150;
+    let product = app.sale(stock, 1).await;
+    let lose_everything = async {
+        for db in ["14", "15"] {
+            run("redis-cli", &["-n", db, "FLUSHDB"]).await;
+        }
+        run("redis-cli", &["CLIENT", "KILL", "TYPE", "normal"]).await;
+    };
+    let mut accepted = burst(&app, product, 4, lose_everything).await;
+    // More buyers until the sale is sold out.
+    loop {
+        let (_, token) = app.token_for_new_user();
+        let r = app.buy(&token, product, "k", None).await;
+        match r.status {
+            StatusCode::CREATED => {
+                accepted.push((token, r.body["orderId"].as_str().unwrap().to_string()))
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            _ => {
+                assert_eq!(r.error(), "out_of_stock", "{:?}", r.body);
+                break;
+            }
+        }
+    }
+    assert_kept(&app, product, &accepted).await;
+    // Exactly the stock is sold: the 201s, and orders whose buyers were told to retry
+    // with the same key when the partition went away between publish and answer.
+    let completed = app
+        .all_shard_orders()
+        .await
+        .iter()
+        .filter(|r| r.3 == "completed")
+        .count() as i64;
+    assert_eq!(completed, stock, "{} answered 201", accepted.len());
+    // Replays of keys from before the loss return their orders; limits hold.
+    for (token, id) in accepted.iter().take(5) {
+        let replay = app.buy(token, product, "k", None).await;
+        assert_eq!(replay.status, StatusCode::OK, "{:?}", replay.body);
+        assert_eq!(replay.body["orderId"], id.as_str());
+        let more = app.buy(token, product, "another", None).await;
+        assert!(
+            more.error() == "purchase_limit_reached",
+            "{:?}",
+            more.body
+        );
+    }
+    app.stop().await;
+}
