@@ -96,7 +96,7 @@ async fn register(
         .hash(move || auth::hash_password(&password))
         .await?
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let user = UserId::new_random();
+    let mut user = UserId::new_random();
     let dir = &state.directory;
     let created = dir
         .catalog
@@ -107,8 +107,14 @@ async fn register(
         })
         .await?;
     if !created {
-        return Err(ApiError::EmailTaken);
+        // The login and the user row live in two databases. A registration that
+        // stopped between them is finished by its retry (the same address and
+        // password); anyone else is told the address is taken.
+        user = same_registration(&state, &email, body.password)
+            .await?
+            .ok_or(ApiError::EmailTaken)?;
     }
+    // Idempotent: a user row that exists is kept (and announced once).
     dir.shard(user.as_str())
         .call(CreateUser {
             user: user.to_string(),
@@ -116,6 +122,34 @@ async fn register(
         })
         .await?;
     Ok(HttpResponse::Created().json(json!({ "userId": user })))
+}
+
+/// The user of an existing login with this password, if it is one.
+async fn same_registration(
+    state: &AppState,
+    email: &Email,
+    password: String,
+) -> Result<Option<UserId>, ApiError> {
+    let found = state
+        .directory
+        .catalog
+        .call(GetCredential {
+            email: email.clone(),
+        })
+        .await?;
+    let Some(credential) = found else {
+        return Ok(None);
+    };
+    let hash = credential.password_hash;
+    let same = state
+        .hash(move || auth::verify_password(&password, &hash))
+        .await?;
+    if !same {
+        return Ok(None);
+    }
+    UserId::parse(&credential.user)
+        .map(Some)
+        .map_err(ApiError::internal)
 }
 
 #[tracing::instrument(skip_all)]

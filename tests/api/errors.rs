@@ -766,3 +766,43 @@ async fn a_body_that_does_not_arrive_in_time_is_refused() {
     assert!(answer.contains("request_timeout"), "{answer}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_cut_off_between_its_databases_is_finished_by_its_retry() {
+    use crate::helpers::{eventually, Proxy};
+    let postgres = Proxy::start("127.0.0.1:5432").await;
+    let app = spawn_app_with(Options {
+        postgres_port: Some(postgres.port),
+        ..Options::default()
+    })
+    .await;
+    // The login is stored in the catalog; the user's shard is away.
+    postgres.cut();
+    let r = app.register("half@example.com", "long-password").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    postgres.restore();
+
+    // The retry finishes it, and names the same user every time.
+    let first = eventually(Duration::from_secs(30), "the retry registers", || async {
+        let r = app.register("half@example.com", "long-password").await;
+        match r.status {
+            StatusCode::CREATED => Ok(r.body["userId"].as_str().unwrap().to_string()),
+            _ => Err(format!("{} {}", r.status, r.body)),
+        }
+    })
+    .await;
+    let again = app.register("half@example.com", "long-password").await;
+    assert_eq!(again.status, StatusCode::CREATED, "{:?}", again.body);
+    assert_eq!(again.body["userId"], first.as_str());
+    let shard = app.app_state.directory.shard_index(&first);
+    let rows = app
+        .exec_on_shard(shard, &format!("SELECT 1 FROM users WHERE user_id = '{first}'"))
+        .await;
+    assert_eq!(rows, 1, "the user row exists");
+    let login = app.login("half@example.com", "long-password").await;
+    assert_eq!(login.status, StatusCode::OK, "{:?}", login.body);
+    // Anyone else is told the address is taken.
+    let other = app.register("half@example.com", "another-password").await;
+    assert_eq!(other.error(), "email_taken", "{:?}", other.body);
+    app.stop().await;
+}
