@@ -9,7 +9,7 @@ use ractor::ActorProcessingErr;
 
 use super::directory::Directory;
 use super::inventory::ReleaseStale;
-use super::recovery::{rebuild_if_lost, Outcome};
+use super::recovery::{finish_restocks, rebuild_if_lost, Outcome};
 use crate::domain::now_ms;
 use crate::supervisors::slot::Wake;
 use crate::supervisors::worker::{Backend, Batch, Connect, Tick};
@@ -42,9 +42,10 @@ impl Backend for Reconciler {
     }
 
     async fn tick(&mut self) -> Result<Tick, ActorProcessingErr> {
-        for partition in 0..self.directory.inventory.len() {
+        let mut ready = vec![false; self.directory.inventory.len()];
+        for (partition, ready) in ready.iter_mut().enumerate() {
             match rebuild_if_lost(&self.directory, partition).await {
-                Ok(Outcome::Ready) => {}
+                Ok(Outcome::Ready) => *ready = true,
                 Ok(Outcome::Waiting { queued }) => {
                     tracing::warn!(partition, queued, "rebuild waits for the queued orders to be claimed");
                 }
@@ -52,9 +53,15 @@ impl Backend for Reconciler {
                     tracing::warn!(partition, sales, sold, "inventory partition rebuilt from the shards; its sales reopen");
                     metrics::counter!("flashsale_inventory_rebuilds_total", "partition" => partition.to_string())
                         .increment(1);
+                    *ready = true;
                 }
                 Err(e) => tracing::warn!(partition, error = %e, "rebuild check skipped"),
             }
+        }
+        match finish_restocks(&self.directory, &ready).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(orders = n, "finished the restocks of cancellations cut off by a failure"),
+            Err(e) => tracing::debug!(error = %e, "restocks skipped"),
         }
         for (partition, slot) in self.directory.inventory.iter().enumerate() {
             match slot.call(ReleaseStale { now_ms: now_ms() }).await {

@@ -7,6 +7,9 @@
 //! drained: each sale comes back from the catalog's definition and the completed
 //! orders in the shards, merged with the orders claimed meanwhile; what was sold is
 //! kept, buyers' units and the orders' idempotency keys come back.
+//!
+//! The reconciler also finishes cancellations whose restock was cut off: the shard
+//! keeps a row for each until the partition has the units back.
 
 use std::sync::Arc;
 
@@ -15,11 +18,12 @@ use ractor::ActorProcessingErr;
 
 use super::directory::{CatalogSlot, Directory};
 use super::inventory::redis::HasSales;
-use super::inventory::{RebuildSale, Recovery};
+use super::inventory::{RebuildSale, Recovery, Restock};
 use super::queue::QueueDepth;
 use crate::shards::catalog::SaleDefinitions;
 use crate::shards::hash::bucket;
-use crate::shards::SaleOrders;
+use crate::domain::now_ms;
+use crate::shards::{PendingRestocks, RestockDone, SaleOrders};
 use crate::supervisors::slot::CallError;
 
 /// Whether the catalog holds a sale of one partition.
@@ -74,6 +78,17 @@ pub async fn rebuild_if_lost(dir: &Directory, index: usize) -> Result<Outcome, C
         .collect();
     let mut sold = 0;
     for (product, sale) in &mine {
+        // A cancelled order is not counted as sold: units a cancellation had yet to
+        // give back are in the rebuilt sale already.
+        for shard in &dir.shards {
+            let unfinished = PendingRestocks {
+                before: i64::MAX,
+                product: Some(*product),
+            };
+            for p in shard.call(unfinished).await? {
+                shard.call(RestockDone { order: p.order }).await?;
+            }
+        }
         let per_shard = join_all(
             dir.shards
                 .iter()
@@ -96,4 +111,36 @@ pub async fn rebuild_if_lost(dir: &Directory, index: usize) -> Result<Outcome, C
         sales: mine.len(),
         sold,
     })
+}
+
+/// How long a cancellation's own request has to give its units back before the
+/// reconciler does it.
+const RESTOCK_GRACE_MS: i64 = 5_000;
+
+/// Gives back the units of cancellations whose request failed after the shard had
+/// cancelled the order (the partition takes them once per order), for the sales of the
+/// partitions in `ready`; answers how many orders it finished.
+pub async fn finish_restocks(dir: &Directory, ready: &[bool]) -> Result<usize, CallError> {
+    let mut finished = 0;
+    for shard in &dir.shards {
+        let unfinished = PendingRestocks {
+            before: now_ms() - RESTOCK_GRACE_MS,
+            product: None,
+        };
+        for p in shard.call(unfinished).await? {
+            if !ready[dir.partition_index(p.product)] {
+                continue;
+            }
+            let restock = Restock {
+                product: p.product,
+                order: p.order.clone(),
+                user: p.user,
+                quantity: p.quantity,
+            };
+            dir.product_partition(p.product).call(restock).await?;
+            shard.call(RestockDone { order: p.order }).await?;
+            finished += 1;
+        }
+    }
+    Ok(finished)
 }

@@ -21,7 +21,9 @@ use crate::domain::{
     Password, ProductId, Quantity, UserId,
 };
 use crate::shards::catalog::{CreateCredential, GetCredential, GetProduct, Product};
-use crate::shards::{CancelOrder, Cancellation, CreateUser, GetOrder, ListOrders, UpdateUser};
+use crate::shards::{
+    CancelOrder, Cancellation, CreateUser, GetOrder, ListOrders, RestockDone, UpdateUser,
+};
 use crate::supervisors::slot::CallError;
 
 const RATE_WINDOW_MS: i64 = 60_000;
@@ -486,7 +488,8 @@ async fn pending_order(
 
 /// The owner cancels a completed order while its sale is active: the order becomes
 /// `cancelled` (emitting `OrderCancelled`) and its units go back to the sale, exactly
-/// once however often this is called (a retry after a failure finishes the restock).
+/// once however often this is called (a retry after a failure finishes the restock,
+/// and so does the reconciler when nobody retries).
 #[tracing::instrument(skip_all, fields(order_id = %order))]
 async fn cancel_order(
     state: web::Data<AppState>,
@@ -529,15 +532,17 @@ async fn cancel_order(
             view.status.as_str()
         )));
     }
-    // Idempotent per order: only the first call for a sold order returns units.
+    // Idempotent per order: only the first call for a sold order returns units. Should
+    // this fail, the shard remembers the restock and the reconciler finishes it.
     let restocked = partition
         .call(Restock {
             product,
-            order,
+            order: order.clone(),
             user: user.to_string(),
             quantity: view.quantity,
         })
         .await?;
+    dir.shard(user.as_str()).call(RestockDone { order }).await?;
     if now || restocked {
         tracing::info!(restocked, "order cancelled by its owner");
     }

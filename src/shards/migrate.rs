@@ -96,6 +96,11 @@ pub static SHARD: LazyLock<Migrator> = LazyLock::new(|| {
             "keys_expire",
             include_str!("../../migrations/shard/0003_keys_expire.sql"),
         ),
+        (
+            4,
+            "restocks",
+            include_str!("../../migrations/shard/0004_restocks.sql"),
+        ),
     ])
     .migrator()
 });
@@ -301,6 +306,15 @@ mod tests {
         }
     }
 
+    /// Every version of a set, as `versions` shows them once applied.
+    fn all(set: &Migrator) -> Vec<(i64, bool)> {
+        set.iter().map(|m| (m.version, true)).collect()
+    }
+
+    fn numbers(set: &Migrator) -> Vec<i64> {
+        set.iter().map(|m| m.version).collect()
+    }
+
     async fn versions(url: &str) -> Vec<(i64, bool)> {
         let mut con = PgConnectOptions::from_str(url)
             .unwrap()
@@ -400,10 +414,13 @@ mod tests {
             .into_iter()
             .chain(shards.clone())
             .collect();
-        let report = |n| names.iter().map(|d| (d.clone(), n)).collect::<Vec<_>>();
-        assert_eq!(first, report(3));
-        assert_eq!(second, report(0));
-        assert_eq!(versions(&pg_url(&catalog)).await, [(1, true), (2, true), (3, true)]);
+        let each = |catalog_n, shard_n| {
+            let n = |i| if i == 0 { catalog_n } else { shard_n };
+            names.iter().enumerate().map(|(i, d)| (d.clone(), n(i))).collect::<Vec<_>>()
+        };
+        assert_eq!(first, each(CATALOG.iter().count(), SHARD.iter().count()));
+        assert_eq!(second, each(0, 0));
+        assert_eq!(versions(&pg_url(&catalog)).await, all(&CATALOG));
         assert!(pg_tables(&pg_url(&catalog))
             .await
             .contains(&"products".to_string()));
@@ -449,8 +466,9 @@ mod tests {
 
         let (a, b) = (a.expect("first pod"), b.expect("second pod"));
         for ((db, n), (_, m)) in a.iter().zip(&b) {
-            assert_eq!(n + m, 3, "each migration of {db} applied once: {a:?} {b:?}");
-            assert_eq!(versions(&pg_url(db)).await, [(1, true), (2, true), (3, true)]);
+            let set = if db == &catalog { &*CATALOG } else { &*SHARD };
+            assert_eq!(n + m, set.iter().count(), "each migration of {db} applied once: {a:?} {b:?}");
+            assert_eq!(versions(&pg_url(db)).await, all(set));
         }
         let names: Vec<String> = [catalog].into_iter().chain(shards).collect();
         drop_databases(&names).await;
@@ -464,14 +482,17 @@ mod tests {
         ensure_database(&pg_url(&done)).await.unwrap();
         old_runner_applied(&pg_url(&done), &CATALOG, 2).await;
         assert_eq!(migrate_one(&pg_url(&done), &CATALOG).await.unwrap().1, 1);
-        assert_eq!(versions(&pg_url(&done)).await, [(1, true), (2, true), (3, true)]);
+        assert_eq!(versions(&pg_url(&done)).await, all(&CATALOG));
 
         // Migrated to version 1: the later ones are applied now.
         let behind = unique("shard");
         ensure_database(&pg_url(&behind)).await.unwrap();
         old_runner_applied(&pg_url(&behind), &SHARD, 1).await;
-        assert_eq!(migrate_one(&pg_url(&behind), &SHARD).await.unwrap().1, 2);
-        assert_eq!(versions(&pg_url(&behind)).await, [(1, true), (2, true), (3, true)]);
+        assert_eq!(
+            migrate_one(&pg_url(&behind), &SHARD).await.unwrap().1,
+            SHARD.iter().count() - 1
+        );
+        assert_eq!(versions(&pg_url(&behind)).await, all(&SHARD));
         assert!(pg_tables(&pg_url(&behind)).await.contains(&"outbox".into()));
         // From then on the checksums hold.
         let (edited, dir) = edited_copy("migrations/shard").await;
@@ -504,9 +525,10 @@ mod tests {
     async fn embedded_files_migrate_once_and_refuse_an_edited_migration() {
         let path = std::env::temp_dir().join(format!("{}.db", unique("shard")));
 
-        assert_eq!(sqlite::migrate(&path, &sqlite::SHARD).await.unwrap(), 3);
+        let n = sqlite::SHARD.iter().count();
+        assert_eq!(sqlite::migrate(&path, &sqlite::SHARD).await.unwrap(), n);
         assert_eq!(sqlite::migrate(&path, &sqlite::SHARD).await.unwrap(), 0);
-        assert_eq!(sqlite_versions(&path).await, [1, 2, 3]);
+        assert_eq!(sqlite_versions(&path).await, numbers(&sqlite::SHARD));
 
         let (edited, dir) = edited_copy("migrations/sqlite/shard").await;
         let err = sqlite::migrate(&path, &edited).await.unwrap_err();
@@ -537,8 +559,9 @@ mod tests {
             .unwrap();
         pool.close().await;
 
-        assert_eq!(sqlite::migrate(&path, &sqlite::CATALOG).await.unwrap(), 2);
-        assert_eq!(sqlite_versions(&path).await, [1, 2, 3]);
+        let n = sqlite::CATALOG.iter().count();
+        assert_eq!(sqlite::migrate(&path, &sqlite::CATALOG).await.unwrap(), n - 1);
+        assert_eq!(sqlite_versions(&path).await, numbers(&sqlite::CATALOG));
         assert_eq!(sqlite::migrate(&path, &sqlite::CATALOG).await.unwrap(), 0);
 
         remove_sqlite(&path);

@@ -94,6 +94,29 @@ pub struct SaleOrders {
     pub product: ProductId,
 }
 
+/// Units of a cancelled order still to be given back, for the reconciler.
+#[derive(Debug)]
+pub struct PendingRestocks {
+    /// Only those older than this (epoch ms): younger ones are their request's to do.
+    pub before: i64,
+    /// Only those of this product (all when `None`).
+    pub product: Option<ProductId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRestock {
+    pub order: OrderId,
+    pub user: String,
+    pub product: ProductId,
+    pub quantity: i64,
+}
+
+/// The inventory partition has a cancelled order's units back.
+#[derive(Debug)]
+pub struct RestockDone {
+    pub order: OrderId,
+}
+
 crate::protocol! {
     /// What a shard actor serves.
     pub enum ShardMsg {
@@ -105,6 +128,8 @@ crate::protocol! {
         UpdateUser(UpdateUser) -> bool,
         Totals(ProductTotals) -> UnitTotals,
         SaleOrders(SaleOrders) -> Vec<SoldOrder>,
+        PendingRestocks(PendingRestocks) -> Vec<PendingRestock>,
+        RestockDone(RestockDone) -> (),
         /// `None` when the shard has no such order of that user.
         Cancel(CancelOrder) -> Option<Cancellation>,
     }

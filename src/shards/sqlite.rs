@@ -51,6 +51,11 @@ pub static SHARD: LazyLock<Migrator> = LazyLock::new(|| {
             "keys_expire",
             include_str!("../../migrations/sqlite/shard/0003_keys_expire.sql"),
         ),
+        (
+            4,
+            "restocks",
+            include_str!("../../migrations/sqlite/shard/0004_restocks.sql"),
+        ),
     ])
     .migrator()
 });

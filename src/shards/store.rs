@@ -11,10 +11,12 @@ use sqlx::{AnyConnection, AnyPool, PgPool, Row};
 
 use super::{
     outbox, postgres, CancelOrder, Cancellation, CreateUser, GetOrder, InsertOrder,
-    RecordNotification, ShardMsg, UnitTotals, UpdateUser,
+    PendingRestock, PendingRestocks, RecordNotification, ShardMsg, UnitTotals, UpdateUser,
 };
 use crate::db::{self, settle};
-use crate::domain::{now_ms, rfc3339, OrderMessage, OrderStatus, OrderView, SoldOrder};
+use crate::domain::{
+    now_ms, rfc3339, OrderId, OrderMessage, OrderStatus, OrderView, ProductId, SoldOrder,
+};
 use crate::events::{self, CancelReason};
 use crate::supervisors::slot::{Message, Nudge};
 use crate::supervisors::worker::{Backend, Batch, Connect};
@@ -205,6 +207,19 @@ impl Shard {
                 };
                 let event = events::order_cancelled(&cancelled, CancelReason::Customer, now);
                 outbox::append(&mut tx, &[event], now).await?;
+                // The units go back to the sale after this commits; until the partition
+                // has them, this row remembers them.
+                sqlx::query(
+                    "INSERT INTO restocks (order_id, user_id, product_id, quantity, created_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                )
+                .bind(cancelled.order_id.as_str())
+                .bind(cancelled.user_id.as_str())
+                .bind(cancelled.product_id)
+                .bind(cancelled.quantity)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
                 Some(Cancellation {
                     order: OrderView::new(&cancelled, OrderStatus::Cancelled),
                     now: true,
@@ -265,6 +280,41 @@ impl Shard {
             .collect()
     }
 
+    async fn pending_restocks(
+        &self,
+        req: &PendingRestocks,
+    ) -> Result<Vec<PendingRestock>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT order_id, user_id, product_id, quantity FROM restocks \
+             WHERE created_at < $1 AND ($2 = 0 OR product_id = $2) ORDER BY created_at LIMIT 500",
+        )
+        .bind(req.before)
+        .bind(req.product.map(|p| p.get()).unwrap_or(0))
+        .fetch_all(&self.primary)
+        .await?;
+        let mut pending = Vec::with_capacity(rows.len());
+        for r in rows {
+            let order: String = r.try_get("order_id")?;
+            let order = OrderId::parse(&order)
+                .map_err(|e| sqlx::Error::Decode(format!("restock of {order}: {}", e.0).into()))?;
+            pending.push(PendingRestock {
+                order,
+                user: r.try_get("user_id")?,
+                product: ProductId::from_db(r.try_get("product_id")?),
+                quantity: r.try_get("quantity")?,
+            });
+        }
+        Ok(pending)
+    }
+
+    async fn restock_done(&self, order: &OrderId) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM restocks WHERE order_id = $1")
+            .bind(order.as_str())
+            .execute(&self.primary)
+            .await?;
+        Ok(())
+    }
+
     /// Answers one message that is not a group-committed write. An error returned here
     /// breaks the shard; a request's own failure goes back to its caller.
     async fn serve(&self, msg: ShardMsg) -> Result<(), sqlx::Error> {
@@ -285,6 +335,12 @@ impl Shard {
                 settle(port, self.update_user(&req).await, "update user")
             }
             ShardMsg::Cancel(req, port) => settle(port, self.cancel(&req).await, "cancel order"),
+            ShardMsg::PendingRestocks(req, port) => {
+                settle(port, self.pending_restocks(&req).await, "pending restocks")
+            }
+            ShardMsg::RestockDone(req, port) => {
+                settle(port, self.restock_done(&req.order).await, "restock done")
+            }
             ShardMsg::SaleOrders(req, port) => {
                 settle(port, self.sale_orders(req.product.get()).await, "sale orders")
             }

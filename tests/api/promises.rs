@@ -365,3 +365,53 @@ async fn a_publish_whose_confirm_is_late_is_found_by_a_retry_with_the_same_key()
     assert_eq!(completed.len(), 1, "bought once: {completed:?}");
     app.stop().await;
 }
+
+in_both_modes!(a_cancellation_cut_off_before_its_restock_is_finished_by_the_reconciler);
+async fn a_cancellation_cut_off_before_its_restock_is_finished_by_the_reconciler(mode: Mode) {
+    let app = spawn_app_with(Options {
+        mode,
+        reconcile_every_ms: 200,
+        ..Options::default()
+    })
+    .await;
+    let product = app.sale(3, 1).await;
+    let (user, token) = app.token_for_new_user();
+    let r = app.buy(&token, product, "k", None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let id = r.body["orderId"].as_str().unwrap().to_string();
+    assert_eq!(app.wait_settled(&token, &id).await["status"], "completed");
+
+    // The shard cancels the order; the request dies before the units go back.
+    let cancel = flashsale::shards::CancelOrder {
+        order: OrderId::parse(&id).unwrap(),
+        user: user.to_string(),
+        traceparent: None,
+    };
+    let dir = &app.app_state.directory;
+    let done = dir.shard(user.as_str()).call(cancel).await.unwrap().unwrap();
+    assert!(done.now);
+    assert_eq!(app.sale_counters(product).await["remaining"], 2);
+
+    crate::helpers::eventually(
+        Duration::from_secs(30),
+        "the reconciler gives the unit back",
+        || async {
+            let c = app.sale_counters(product).await;
+            if c["remaining"] == 3 {
+                Ok(())
+            } else {
+                Err(c)
+            }
+        },
+    )
+    .await;
+    // Once: the owner's retry answers the cancelled order and gives nothing more back.
+    let retry = app
+        .post_auth(&token, &format!("/orders/{id}/cancel"))
+        .await;
+    assert_eq!(retry.status, StatusCode::OK, "{:?}", retry.body);
+    assert_eq!(retry.body["status"], "cancelled");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(app.sale_counters(product).await["remaining"], 3);
+    app.stop().await;
+}
