@@ -391,11 +391,30 @@ mod tests {
     }
 
     #[test]
-    fn migration_files_are_found_in_order() {
-        for set in [&*CATALOG, &*SHARD, &*sqlite::CATALOG, &*sqlite::SHARD] {
-            let found: Vec<(i64, &str)> =
-                set.iter().map(|m| (m.version, &*m.description)).collect();
-            assert_eq!(found, [(1, "init"), (2, "events")]);
+    fn every_migration_file_is_embedded_in_order() {
+        let sets = [
+            (&*CATALOG, "migrations/catalog"),
+            (&*SHARD, "migrations/shard"),
+            (&*sqlite::CATALOG, "migrations/sqlite/catalog"),
+            (&*sqlite::SHARD, "migrations/sqlite/shard"),
+        ];
+        for (set, dir) in sets {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+            let mut files: Vec<(i64, String)> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter_map(|f| {
+                    let (n, name) = f.strip_suffix(".sql")?.split_once('_')?;
+                    Some((n.parse().ok()?, name.to_string()))
+                })
+                .collect();
+            files.sort();
+            let embedded: Vec<(i64, String)> = set
+                .iter()
+                .map(|m| (m.version, m.description.to_string()))
+                .collect();
+            assert_eq!(embedded, files, "{}", dir.display());
+            assert_eq!(embedded[0], (1, "init".to_string()));
         }
     }
 
