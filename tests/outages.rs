@@ -140,9 +140,7 @@ async fn redis_losing_everything_during_a_burst_sells_exactly_the_stock() {
             StatusCode::CREATED => {
                 accepted.push((token, r.body["orderId"].as_str().unwrap().to_string()))
             }
-            StatusCode::SERVICE_UNAVAILABLE => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
+            StatusCode::SERVICE_UNAVAILABLE => tokio::time::sleep(Duration::from_millis(100)).await,
             _ => {
                 assert_eq!(r.error(), "out_of_stock", "{:?}", r.body);
                 break;
@@ -165,11 +163,7 @@ async fn redis_losing_everything_during_a_burst_sells_exactly_the_stock() {
         assert_eq!(replay.status, StatusCode::OK, "{:?}", replay.body);
         assert_eq!(replay.body["orderId"], id.as_str());
         let more = app.buy(token, product, "another", None).await;
-        assert!(
-            more.error() == "purchase_limit_reached",
-            "{:?}",
-            more.body
-        );
+        assert!(more.error() == "purchase_limit_reached", "{:?}", more.body);
     }
     app.stop().await;
 }

@@ -47,10 +47,19 @@ impl Backend for Reconciler {
             match rebuild_if_lost(&self.directory, partition).await {
                 Ok(Outcome::Ready) => *ready = true,
                 Ok(Outcome::Waiting { queued }) => {
-                    tracing::warn!(partition, queued, "rebuild waits for the queued orders to be claimed");
+                    tracing::warn!(
+                        partition,
+                        queued,
+                        "rebuild waits for the queued orders to be claimed"
+                    );
                 }
                 Ok(Outcome::Rebuilt { sales, sold }) => {
-                    tracing::warn!(partition, sales, sold, "inventory partition rebuilt from the shards; its sales reopen");
+                    tracing::warn!(
+                        partition,
+                        sales,
+                        sold,
+                        "inventory partition rebuilt from the shards; its sales reopen"
+                    );
                     metrics::counter!("flashsale_inventory_rebuilds_total", "partition" => partition.to_string())
                         .increment(1);
                     *ready = true;
@@ -60,7 +69,10 @@ impl Backend for Reconciler {
         }
         match finish_restocks(&self.directory, &ready).await {
             Ok(0) => {}
-            Ok(n) => tracing::warn!(orders = n, "finished the restocks of cancellations cut off by a failure"),
+            Ok(n) => tracing::warn!(
+                orders = n,
+                "finished the restocks of cancellations cut off by a failure"
+            ),
             Err(e) => tracing::debug!(error = %e, "restocks skipped"),
         }
         for (partition, slot) in self.directory.inventory.iter().enumerate() {

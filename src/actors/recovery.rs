@@ -20,9 +20,9 @@ use super::directory::{CatalogSlot, Directory};
 use super::inventory::redis::HasSales;
 use super::inventory::{RebuildSale, Recovery, Restock};
 use super::queue::QueueDepth;
+use crate::domain::now_ms;
 use crate::shards::catalog::SaleDefinitions;
 use crate::shards::hash::bucket;
-use crate::domain::now_ms;
 use crate::shards::{PendingRestocks, RestockDone, SaleOrders};
 use crate::supervisors::slot::CallError;
 

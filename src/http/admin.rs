@@ -9,7 +9,9 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::public::{product_cache_key, REBUILDING};
 use super::{admin_document, json_body, resource, AppState};
-use crate::actors::inventory::{CacheDel, Counters, ListSales, LoadSale, SaleCounters, SaleRefused};
+use crate::actors::inventory::{
+    CacheDel, Counters, ListSales, LoadSale, SaleCounters, SaleRefused,
+};
 use crate::domain::{now_ms, parse_rfc3339, rfc3339, ProductId, ProductName, SaleDefinition};
 use crate::shards::catalog::{
     CreateProduct, ListDeadLetters, OrdersReport, PutSale, SalesReport, UpdateProduct,
@@ -187,7 +189,9 @@ async fn dead_letters(
             .parse::<i64>()
             .ok()
             .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| ApiError::InvalidRequest("limit must be an integer from 1 to 1000".into()))?,
+            .ok_or_else(|| {
+                ApiError::InvalidRequest("limit must be an integer from 1 to 1000".into())
+            })?,
     };
     let letters = state
         .directory

@@ -126,7 +126,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Reads a request body of at most `limit` bytes.
-pub async fn read_body(payload: web::Payload, http: &HttpSettings) -> Result<web::BytesMut, ApiError> {
+pub async fn read_body(
+    payload: web::Payload,
+    http: &HttpSettings,
+) -> Result<web::BytesMut, ApiError> {
     let deadline = Duration::from_millis(http.body_timeout_ms);
     tokio::time::timeout(deadline, read_all(payload, http.body_limit))
         .await

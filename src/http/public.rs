@@ -321,7 +321,12 @@ async fn place_order(
     // The user's key is the user id itself (as stored before per-address limits).
     rate_limit(state, user.to_string(), limits.rate_per_minute).await?;
     if let Some(ip) = client_ip(req, &state.settings.http.trusted_proxies) {
-        rate_limit(state, format!("ip-orders:{ip}"), limits.orders_per_ip_per_minute).await?;
+        rate_limit(
+            state,
+            format!("ip-orders:{ip}"),
+            limits.orders_per_ip_per_minute,
+        )
+        .await?;
     }
 
     let now = now_ms();

@@ -503,15 +503,19 @@ impl Catalog {
             CatalogMsg::SharedSecret(req, port) => {
                 settle(port, self.shared_secret(&req).await, "shared secret")
             }
-            CatalogMsg::RecordDeadLetters(req, port) => {
-                settle(port, self.record_dead_letters(&req).await, "record dead letters")
-            }
+            CatalogMsg::RecordDeadLetters(req, port) => settle(
+                port,
+                self.record_dead_letters(&req).await,
+                "record dead letters",
+            ),
             CatalogMsg::SaleDefinitions(_, port) => {
                 settle(port, self.sale_definitions().await, "sale definitions")
             }
-            CatalogMsg::ListDeadLetters(req, port) => {
-                settle(port, self.dead_letters(req.limit).await, "list dead letters")
-            }
+            CatalogMsg::ListDeadLetters(req, port) => settle(
+                port,
+                self.dead_letters(req.limit).await,
+                "list dead letters",
+            ),
         }
     }
 }

@@ -435,7 +435,11 @@ mod tests {
             .collect();
         let each = |catalog_n, shard_n| {
             let n = |i| if i == 0 { catalog_n } else { shard_n };
-            names.iter().enumerate().map(|(i, d)| (d.clone(), n(i))).collect::<Vec<_>>()
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (d.clone(), n(i)))
+                .collect::<Vec<_>>()
         };
         assert_eq!(first, each(CATALOG.iter().count(), SHARD.iter().count()));
         assert_eq!(second, each(0, 0));
@@ -486,7 +490,11 @@ mod tests {
         let (a, b) = (a.expect("first pod"), b.expect("second pod"));
         for ((db, n), (_, m)) in a.iter().zip(&b) {
             let set = if db == &catalog { &*CATALOG } else { &*SHARD };
-            assert_eq!(n + m, set.iter().count(), "each migration of {db} applied once: {a:?} {b:?}");
+            assert_eq!(
+                n + m,
+                set.iter().count(),
+                "each migration of {db} applied once: {a:?} {b:?}"
+            );
             assert_eq!(versions(&pg_url(db)).await, all(set));
         }
         let names: Vec<String> = [catalog].into_iter().chain(shards).collect();
@@ -579,7 +587,10 @@ mod tests {
         pool.close().await;
 
         let n = sqlite::CATALOG.iter().count();
-        assert_eq!(sqlite::migrate(&path, &sqlite::CATALOG).await.unwrap(), n - 1);
+        assert_eq!(
+            sqlite::migrate(&path, &sqlite::CATALOG).await.unwrap(),
+            n - 1
+        );
         assert_eq!(sqlite_versions(&path).await, numbers(&sqlite::CATALOG));
         assert_eq!(sqlite::migrate(&path, &sqlite::CATALOG).await.unwrap(), 0);
 

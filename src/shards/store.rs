@@ -10,8 +10,8 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool, PgPool, Row};
 
 use super::{
-    outbox, postgres, CancelOrder, Cancellation, CreateUser, GetOrder, InsertOrder,
-    PendingRestock, PendingRestocks, RecordNotification, ShardMsg, UnitTotals, UpdateUser,
+    outbox, postgres, CancelOrder, Cancellation, CreateUser, GetOrder, InsertOrder, PendingRestock,
+    PendingRestocks, RecordNotification, ShardMsg, UnitTotals, UpdateUser,
 };
 use crate::db::{self, settle};
 use crate::domain::{
@@ -341,9 +341,11 @@ impl Shard {
             ShardMsg::RestockDone(req, port) => {
                 settle(port, self.restock_done(&req.order).await, "restock done")
             }
-            ShardMsg::SaleOrders(req, port) => {
-                settle(port, self.sale_orders(req.product.get()).await, "sale orders")
-            }
+            ShardMsg::SaleOrders(req, port) => settle(
+                port,
+                self.sale_orders(req.product.get()).await,
+                "sale orders",
+            ),
             ShardMsg::Totals(req, port) => {
                 settle(port, self.totals(req.product.get()).await, "product totals")
             }

@@ -654,8 +654,12 @@ async fn a_login_flood_is_refused_and_bounded_and_orders_go_on(mode: Mode) {
     for r in answers.iter().filter(|r| r.status.as_u16() != 401) {
         assert!(r.headers.contains_key("retry-after"), "{:?}", r.body);
     }
-    let limited = answers.iter().filter(|r| r.status == StatusCode::TOO_MANY_REQUESTS);
-    let checked = answers.iter().filter(|r| r.status == StatusCode::UNAUTHORIZED);
+    let limited = answers
+        .iter()
+        .filter(|r| r.status == StatusCode::TOO_MANY_REQUESTS);
+    let checked = answers
+        .iter()
+        .filter(|r| r.status == StatusCode::UNAUTHORIZED);
     assert!(
         checked.count() <= 10,
         "at most the account's ten attempts a minute were checked"
@@ -666,7 +670,12 @@ async fn a_login_flood_is_refused_and_bounded_and_orders_go_on(mode: Mode) {
     let locked = app
         .login("victim@example.com", "correct horse battery")
         .await;
-    assert_eq!(locked.status, StatusCode::TOO_MANY_REQUESTS, "{:?}", locked.body);
+    assert_eq!(
+        locked.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{:?}",
+        locked.body
+    );
     app.stop().await;
 }
 
@@ -698,7 +707,10 @@ async fn order_and_login_limits_per_client_address_trust_only_configured_proxies
         assert_eq!(buy_from("198.51.100.1").await, StatusCode::CREATED);
     }
     // A fourth buyer behind the same address is limited; another address is not.
-    assert_eq!(buy_from("198.51.100.1").await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        buy_from("198.51.100.1").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
     assert_eq!(buy_from("198.51.100.2").await, StatusCode::CREATED);
 
     let login_from = |ip: &'static str| {
@@ -712,7 +724,10 @@ async fn order_and_login_limits_per_client_address_trust_only_configured_proxies
     };
     assert_eq!(login_from("198.51.100.7").await, StatusCode::UNAUTHORIZED);
     assert_eq!(login_from("198.51.100.7").await, StatusCode::UNAUTHORIZED);
-    assert_eq!(login_from("198.51.100.7").await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        login_from("198.51.100.7").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
     assert_eq!(login_from("198.51.100.8").await, StatusCode::UNAUTHORIZED);
     app.stop().await;
 }
@@ -739,7 +754,11 @@ async fn an_untrusted_peer_cannot_choose_its_address() {
             .unwrap();
         statuses.push(r.status().as_u16());
     }
-    assert_eq!(statuses, [201, 201, 429], "the header is ignored: one address");
+    assert_eq!(
+        statuses,
+        [201, 201, 429],
+        "the header is ignored: one address"
+    );
     app.stop().await;
 }
 
@@ -796,7 +815,10 @@ async fn a_registration_cut_off_between_its_databases_is_finished_by_its_retry()
     assert_eq!(again.body["userId"], first.as_str());
     let shard = app.app_state.directory.shard_index(&first);
     let rows = app
-        .exec_on_shard(shard, &format!("SELECT 1 FROM users WHERE user_id = '{first}'"))
+        .exec_on_shard(
+            shard,
+            &format!("SELECT 1 FROM users WHERE user_id = '{first}'"),
+        )
         .await;
     assert_eq!(rows, 1, "the user row exists");
     let login = app.login("half@example.com", "long-password").await;

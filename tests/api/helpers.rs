@@ -173,7 +173,11 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         s.limits.inbox_capacity = n;
     }
     if let Some(port) = options.amqp_port {
-        let url = s.queue.url.expose().replace("127.0.0.1:5672", &format!("127.0.0.1:{port}"));
+        let url = s
+            .queue
+            .url
+            .expose()
+            .replace("127.0.0.1:5672", &format!("127.0.0.1:{port}"));
         s.queue.url = Secret::new(url);
     }
     s.queue.orders_queue = format!("fstest.{id}.orders");
@@ -800,11 +804,13 @@ impl Proxy {
     /// The service goes on receiving, but its answers are held back until `resume`
     /// (a broker whose confirms are late, a network that lost its way back).
     pub fn stall(&self) {
-        self.stalled.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.stalled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn resume(&self) {
-        self.stalled.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.stalled
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

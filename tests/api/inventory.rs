@@ -12,9 +12,9 @@ use flashsale::actors::directory::InventorySlot;
 use flashsale::actors::inventory::local::LocalInventoryConnect;
 use flashsale::actors::inventory::redis::{HasSales, RedisConnect};
 use flashsale::actors::inventory::{
-    CacheDel, CacheGet, CacheSet, Claim, Counters, InventoryMsg, ListSales, LoadSale,
-    Lookup, MarkPublished, RateCheck, Release, ReleaseStale, ReserveOutcome, ReserveRequest,
-    Restock, SaleCounters, SaleRefused, UnpublishedOrder,
+    CacheDel, CacheGet, CacheSet, Claim, Counters, InventoryMsg, ListSales, LoadSale, Lookup,
+    MarkPublished, RateCheck, Release, ReleaseStale, ReserveOutcome, ReserveRequest, Restock,
+    SaleCounters, SaleRefused, UnpublishedOrder,
 };
 use flashsale::domain::{
     now_ms, IdempotencyKey, OrderId, ProductId, Quantity, SaleDefinition, UserId,

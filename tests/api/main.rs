@@ -8,5 +8,5 @@ mod errors;
 mod events;
 mod inventory;
 mod orders;
-mod resilience;
 mod promises;
+mod resilience;

@@ -56,7 +56,11 @@ async fn a_201_is_never_cancelled_however_eager_the_reconciler(mode: Mode) {
             }
         }
     }
-    assert!(accepted.len() >= 10, "buyers were accepted: {}", accepted.len());
+    assert!(
+        accepted.len() >= 10,
+        "buyers were accepted: {}",
+        accepted.len()
+    );
     for (token, id) in &accepted {
         let settled = app.wait_settled(token, id).await;
         assert_eq!(settled["status"], "completed", "a 201 ended {settled}");
@@ -102,7 +106,10 @@ async fn a_replay_of_an_unpublished_order_publishes_it_before_naming_it(mode: Mo
     assert_eq!(again.status, StatusCode::OK);
     assert_eq!(again.body["orderId"], first.as_str());
     let c = app.sale_counters(product).await;
-    assert_eq!((c["remaining"].as_i64(), c["pending"].as_i64()), (Some(2), Some(0)));
+    assert_eq!(
+        (c["remaining"].as_i64(), c["pending"].as_i64()),
+        (Some(2), Some(0))
+    );
     assert_eq!(app.all_shard_orders().await.len(), 1, "stored once");
     app.stop().await;
 }
@@ -120,7 +127,10 @@ async fn an_order_under_a_key_reused_after_its_lifetime_is_kept(mode: Mode) {
     let first = app.buy(&token, product, "reused", None).await;
     assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
     let first = first.body["orderId"].as_str().unwrap().to_string();
-    assert_eq!(app.wait_settled(&token, &first).await["status"], "completed");
+    assert_eq!(
+        app.wait_settled(&token, &first).await["status"],
+        "completed"
+    );
 
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let second = app.buy(&token, product, "reused", None).await;
@@ -160,7 +170,11 @@ async fn poison_messages_are_dead_lettered_and_the_rest_flows(mode: Mode) {
     publish_raw(&app, b"\xffnot json at all".to_vec()).await;
     publish_raw(&app, br#"{"hello": "world"}"#.to_vec()).await;
     // One bad element of a grouped message never takes its neighbours with it.
-    publish_raw(&app, serde_json::to_vec(&json!([good, bad_quantity])).unwrap()).await;
+    publish_raw(
+        &app,
+        serde_json::to_vec(&json!([good, bad_quantity])).unwrap(),
+    )
+    .await;
 
     // Orders keep flowing.
     let r = app.buy(&token, product, "after", None).await;
@@ -168,7 +182,10 @@ async fn poison_messages_are_dead_lettered_and_the_rest_flows(mode: Mode) {
     let id = r.body["orderId"].as_str().unwrap();
     assert_eq!(app.wait_settled(&token, id).await["status"], "completed");
     let good_id = good["orderId"].as_str().unwrap();
-    assert_eq!(app.wait_settled(&token, good_id).await["status"], "completed");
+    assert_eq!(
+        app.wait_settled(&token, good_id).await["status"],
+        "completed"
+    );
 
     let letters = app
         .admin_eventually("/admin/dead-letters", |v| v["total"] == 3)
@@ -179,13 +196,24 @@ async fn poison_messages_are_dead_lettered_and_the_rest_flows(mode: Mode) {
         .iter()
         .map(|l| l["reason"].as_str().unwrap())
         .collect();
-    assert!(reasons.iter().any(|r| r.starts_with("not JSON")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.starts_with("not an order")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("quantity")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.starts_with("not JSON")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.starts_with("not an order")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("quantity")),
+        "{reasons:?}"
+    );
     for l in letters["deadLetters"].as_array().unwrap() {
         assert_eq!(l["queue"], app.settings.queue.orders_queue.as_str());
     }
-    let bad = app.admin(Method::GET, "/admin/dead-letters?limit=0", None).await;
+    let bad = app
+        .admin(Method::GET, "/admin/dead-letters?limit=0", None)
+        .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     let metrics = app
         .client
@@ -256,7 +284,10 @@ async fn a_partition_that_loses_its_state_rebuilds_it_and_never_oversells() {
     for (token, key) in [(&ann, "a1"), (&ann, "a2")] {
         let r = app.buy(token, product, key, None).await;
         assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-        accepted.push((token.clone(), r.body["orderId"].as_str().unwrap().to_string()));
+        accepted.push((
+            token.clone(),
+            r.body["orderId"].as_str().unwrap().to_string(),
+        ));
     }
     for _ in 0..2 {
         let (_, token) = app.token_for_new_user();
@@ -308,7 +339,11 @@ async fn a_partition_that_loses_its_state_rebuilds_it_and_never_oversells() {
             }
         }
     }
-    assert_eq!(accepted.len(), 10, "the stock of 10, one unit each but ann's two");
+    assert_eq!(
+        accepted.len(),
+        10,
+        "the stock of 10, one unit each but ann's two"
+    );
     for (token, id) in &accepted {
         assert_eq!(app.wait_settled(token, id).await["status"], "completed");
     }
@@ -388,7 +423,12 @@ async fn a_cancellation_cut_off_before_its_restock_is_finished_by_the_reconciler
         traceparent: None,
     };
     let dir = &app.app_state.directory;
-    let done = dir.shard(user.as_str()).call(cancel).await.unwrap().unwrap();
+    let done = dir
+        .shard(user.as_str())
+        .call(cancel)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(done.now);
     assert_eq!(app.sale_counters(product).await["remaining"], 2);
 
@@ -406,9 +446,7 @@ async fn a_cancellation_cut_off_before_its_restock_is_finished_by_the_reconciler
     )
     .await;
     // Once: the owner's retry answers the cancelled order and gives nothing more back.
-    let retry = app
-        .post_auth(&token, &format!("/orders/{id}/cancel"))
-        .await;
+    let retry = app.post_auth(&token, &format!("/orders/{id}/cancel")).await;
     assert_eq!(retry.status, StatusCode::OK, "{:?}", retry.body);
     assert_eq!(retry.body["status"], "cancelled");
     tokio::time::sleep(Duration::from_millis(600)).await;

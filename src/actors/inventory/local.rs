@@ -467,7 +467,10 @@ impl LocalInventory {
                 port.defer(Ok(self.mark_published(r.order.as_str())))
             }
             InventoryMsg::Release(r, port) => {
-                let unpublished = self.resv.get(r.order.as_str()).is_some_and(|r| !r.published);
+                let unpublished = self
+                    .resv
+                    .get(r.order.as_str())
+                    .is_some_and(|r| !r.published);
                 if unpublished {
                     self.release(r.order.as_str());
                 }
@@ -502,7 +505,10 @@ impl LocalInventory {
             // without the file, and with the file there is nothing to rebuild from.
             InventoryMsg::Recovery(_, port) => port.defer(Ok(PartitionState::Ready)),
             InventoryMsg::RebuildSale(r, port) => {
-                let sold = self.sales.get(&r.product.get()).map(|s| s.stock - s.remaining);
+                let sold = self
+                    .sales
+                    .get(&r.product.get())
+                    .map(|s| s.stock - s.remaining);
                 port.defer(Ok(sold.unwrap_or(0)))
             }
         }

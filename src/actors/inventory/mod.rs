@@ -159,7 +159,9 @@ pub enum PartitionState {
     Ready,
     /// Lost at `since` (epoch ms): orders accepted before then are counted as they
     /// are claimed.
-    Rebuilding { since: i64 },
+    Rebuilding {
+        since: i64,
+    },
 }
 
 /// Rebuilds one sale of a partition that lost its state, from its completed orders;

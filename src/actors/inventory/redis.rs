@@ -102,7 +102,10 @@ pub trait HasSales: Send + Sync + 'static {
 impl RedisConnect {
     /// Finds the partition's epoch marker, creating it when it is missing: `ready` for
     /// a new partition, `rebuilding` for one whose state is gone.
-    async fn epoch(&self, con: &mut MultiplexedConnection) -> Result<PartitionState, ActorProcessingErr> {
+    async fn epoch(
+        &self,
+        con: &mut MultiplexedConnection,
+    ) -> Result<PartitionState, ActorProcessingErr> {
         let marker = format!("{}:epoch", self.prefix);
         let exists: bool = redis::cmd("EXISTS").arg(&marker).query_async(con).await?;
         let (state, since) = match exists {
@@ -121,7 +124,10 @@ impl RedisConnect {
             .query_async(con)
             .await?;
         let state = match &v {
-            Value::Array(items) => match (items.first().and_then(text).as_deref(), items.get(1).and_then(int)) {
+            Value::Array(items) => match (
+                items.first().and_then(text).as_deref(),
+                items.get(1).and_then(int),
+            ) {
                 (Some("rebuilding"), Some(since)) => PartitionState::Rebuilding { since },
                 (Some("ready"), _) => PartitionState::Ready,
                 _ => return Err(format!("unexpected epoch marker {v:?}").into()),

@@ -12,8 +12,8 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use ractor::ActorProcessingErr;
 
 use super::{
-    AckToken, Acknowledge, Batch, Outbound, PublisherBatch, PublisherMsg, QueueMessage, QueueSource,
-    Subscription,
+    AckToken, Acknowledge, Batch, Outbound, PublisherBatch, PublisherMsg, QueueMessage,
+    QueueSource, Subscription,
 };
 use crate::supervisors::worker::{Backend, Batch as WorkBatch, Connect};
 

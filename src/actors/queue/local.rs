@@ -16,8 +16,8 @@ use sqlx::Row;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::{
-    AckToken, Acknowledge, Batch, Outbound, PublisherBatch, PublisherMsg, QueueMessage, QueueSource,
-    Subscription,
+    AckToken, Acknowledge, Batch, Outbound, PublisherBatch, PublisherMsg, QueueMessage,
+    QueueSource, Subscription,
 };
 use crate::db::sqlite_pool;
 use crate::supervisors::worker::{Backend, Batch as WorkBatch, Connect};
