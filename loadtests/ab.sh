@@ -2,8 +2,9 @@
 # Two builds of the server on the same burst, alternating, in one run: a change is
 # judged against its baseline on the same machine in the same minutes, never against a
 # figure from another day. For each run and mode, each binary gets a fresh server
-# (cluster mode: config/cluster.toml with topics of its own; embedded mode: an empty
-# data directory) and the same burst; the table gives the median of each.
+# (cluster mode: config/cluster.toml with topics, databases, Redis keys and queues of
+# its own; embedded mode: an empty data directory) and the same burst; the table
+# gives the median of each.
 #
 #   loadtests/ab.sh BASELINE_BIN CANDIDATE_BIN
 #   RUNS=5 MODES=cluster BUYERS=20000 loadtests/ab.sh old/flashsale target/release/flashsale
@@ -13,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -ne 2 ]; then
-  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 baseline=$1 candidate=$2
@@ -42,6 +43,13 @@ one() {
   if [ "$mode" = cluster ]; then
     config=(--config "$PWD/config/cluster.toml")
     export FLASHSALE__EVENTS__TOPIC_PREFIX="ab$(date +%s%N)." FLASHSALE__EVENTS__GROUP_PREFIX="ab$(date +%s%N)"
+    # Each build keeps to databases, keys and queues of its own: a build with newer
+    # migrations must not migrate the other's databases from under it.
+    local pg=postgres://postgres@127.0.0.1:5432/flashsale_ab_$label
+    export FLASHSALE__CATALOG__URL="${pg}_catalog"
+    export FLASHSALE__SHARDS__URLS="[\"${pg}_shard_0\",\"${pg}_shard_1\",\"${pg}_shard_2\",\"${pg}_shard_3\"]"
+    export FLASHSALE__INVENTORY__KEY_PREFIX="ab_$label"
+    export FLASHSALE__QUEUE__ORDERS_QUEUE="ab.$label.orders" FLASHSALE__QUEUE__NOTIFICATIONS_QUEUE="ab.$label.notifications"
   fi
   # Embedded mode keeps its data under ./data: each server starts in an empty directory.
   (cd "$data" && exec "$bin" serve "${config[@]}") > "$out/server-$mode-$label-$run.log" 2>&1 &

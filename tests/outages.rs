@@ -53,18 +53,8 @@ async fn burst<F: std::future::Future<Output = ()>>(
 
 /// Every `201` ends `completed`, stored once, and the books balance.
 async fn assert_kept(app: &TestApp, product: i64, accepted: &[(String, String)]) {
-    for (token, id) in accepted {
-        assert_eq!(
-            app.wait_settled(token, id).await["status"],
-            "completed",
-            "order {id}"
-        );
-    }
+    app.assert_completed_once(accepted).await;
     let rows = app.all_shard_orders().await;
-    for (_, id) in accepted {
-        let stored = rows.iter().filter(|r| &r.1 == id).count();
-        assert_eq!(stored, 1, "order {id} stored exactly once");
-    }
     let counters = eventually(Duration::from_secs(60), "the books balance", || async {
         let c = app.sale_counters(product).await;
         if c["pending"] == 0 && c["sold"] == c["completed"] {

@@ -666,6 +666,22 @@ impl TestApp {
         .await
     }
 
+    /// Every (token, order id) accepted ends `completed`, stored exactly once.
+    pub async fn assert_completed_once(&self, accepted: &[(String, String)]) {
+        for (token, id) in accepted {
+            assert_eq!(
+                self.wait_settled(token, id).await["status"],
+                "completed",
+                "order {id}"
+            );
+        }
+        let rows = self.all_shard_orders().await;
+        for (_, id) in accepted {
+            let stored = rows.iter().filter(|r| &r.1 == id).count();
+            assert_eq!(stored, 1, "order {id} stored exactly once");
+        }
+    }
+
     /// Every order row of every shard: (shard index, order id, user id, status).
     pub async fn all_shard_orders(&self) -> Vec<(usize, String, String, String)> {
         let mut all = Vec::new();

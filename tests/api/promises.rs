@@ -453,3 +453,67 @@ async fn a_cancellation_cut_off_before_its_restock_is_finished_by_the_reconciler
     assert_eq!(app.sale_counters(product).await["remaining"], 3);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_written_before_epoch_markers_is_whole_after_a_restart() {
+    let app = spawn_app_with(Options::default()).await;
+    let product = app.sale(5, 1).await;
+    let (_, token) = app.token_for_new_user();
+    // An order in flight: reserved in the partition, in no shard yet.
+    let mut held = app.hold_orders().await;
+    let r = app.buy(&token, product, "k", None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let first = r.body["orderId"].as_str().unwrap().to_string();
+    held.wait_for(&first).await;
+    // A partition as an earlier version left it: its sales, no epoch marker.
+    let pid = ProductId::from_db(product);
+    let dir = &app.app_state.directory;
+    let index = dir.partition_index(pid);
+    let url = app.settings.inventory.urls[index].expose().to_string();
+    let mut redis = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let prefix = format!("{}:", app.settings.inventory.key_prefix);
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*:epoch"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let restarted = app
+        .admin(
+            Method::POST,
+            &format!("/admin/actors/inventory-{index}/restart"),
+            None,
+        )
+        .await;
+    assert!(restarted.status.is_success(), "{:?}", restarted.body);
+
+    // It comes back whole and sells on at once: nothing to rebuild.
+    let (_, other) = app.token_for_new_user();
+    let r =
+        crate::helpers::eventually(Duration::from_secs(10), "the partition is back", || async {
+            let r = app.buy(&other, product, "k", None).await;
+            match r.status {
+                StatusCode::SERVICE_UNAVAILABLE => Err(format!("{}", r.body)),
+                _ => Ok(r),
+            }
+        })
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    held.release().await;
+    assert_eq!(
+        app.wait_settled(&token, &first).await["status"],
+        "completed"
+    );
+    let c = app.sale_counters(product).await;
+    assert_eq!(c["remaining"], 3, "the order in flight still counts: {c}");
+    app.stop().await;
+}

@@ -51,24 +51,6 @@ where
 
 const WAVE: usize = 40;
 
-async fn assert_all_completed_once(app: &TestApp, accepted: &[(String, String)]) {
-    for (token, id) in accepted {
-        assert_eq!(
-            app.wait_settled(token, id).await["status"],
-            "completed",
-            "order {id}"
-        );
-    }
-    let rows = app.all_shard_orders().await;
-    for (_, id) in accepted {
-        assert_eq!(
-            rows.iter().filter(|r| &r.1 == id).count(),
-            1,
-            "order {id} stored exactly once"
-        );
-    }
-}
-
 fn restarts(node: &Value) -> u64 {
     node["restarts"].as_u64().unwrap_or(0)
 }
@@ -91,7 +73,7 @@ async fn killing_shard_connections_during_a_sale_loses_nothing() {
         "connections were killed: {killed:?}"
     );
     assert!(!accepted.is_empty());
-    assert_all_completed_once(&app, &accepted).await;
+    app.assert_completed_once(&accepted).await;
     // The kills were felt: a shard actor met a dead connection and was restarted.
     let mut shard_restarts = 0;
     for shard in 0..shards {
@@ -141,7 +123,7 @@ async fn restarting_consumers_during_a_sale_loses_nothing(mode: Mode) {
     })
     .await;
     assert_eq!(accepted.len(), 150, "the restarts did not stop intake");
-    assert_all_completed_once(&app, &accepted).await;
+    app.assert_completed_once(&accepted).await;
     for name in [
         "order-consumer-0",
         "order-consumer-1",

@@ -108,12 +108,19 @@ impl RedisConnect {
     ) -> Result<PartitionState, ActorProcessingErr> {
         let marker = format!("{}:epoch", self.prefix);
         let exists: bool = redis::cmd("EXISTS").arg(&marker).query_async(con).await?;
-        let (state, since) = match exists {
+        // Without the marker, the state is gone if the partition holds no sale while
+        // the catalog has some for it. Sales without a marker are a partition written
+        // before markers existed: whole.
+        let holds_sales: bool = match exists {
+            true => true,
+            false => {
+                let sales = format!("{}:sales", self.prefix);
+                redis::cmd("EXISTS").arg(&sales).query_async(con).await?
+            }
+        };
+        let (state, since) = match holds_sales || !self.has_sales.has_sales().await? {
             true => ("ready", 0),
-            false => match self.has_sales.has_sales().await? {
-                true => ("rebuilding", now_ms()),
-                false => ("ready", 0),
-            },
+            false => ("rebuilding", now_ms()),
         };
         let v: Value = redis::cmd("EVAL")
             .arg(EPOCH)
