@@ -241,6 +241,9 @@ pub struct QueueSettings {
     pub order_consumers: usize,
     pub notification_consumers: usize,
     pub max_batch: usize,
+    /// How long the broker may take to connect, confirm or acknowledge before the
+    /// actor waiting on it fails (and is restarted).
+    pub deadline_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -258,6 +261,8 @@ pub struct LimitSettings {
     pub inbox_capacity: usize,
     /// Deadline of every call into an actor.
     pub call_timeout_ms: u64,
+    /// The longest a PostgreSQL statement may run before its actor fails.
+    pub statement_timeout_ms: u64,
     /// Largest quantity one order may ask for.
     pub max_quantity: u32,
 }
@@ -316,6 +321,7 @@ publishers = 2
 order_consumers = 2
 notification_consumers = 1
 max_batch = 1000
+deadline_ms = 5000
 
 [limits]
 rate_per_minute = 10
@@ -324,6 +330,7 @@ logins_per_account_per_minute = 10
 auth_per_ip_per_minute = 120
 inbox_capacity = 8192
 call_timeout_ms = 3000
+statement_timeout_ms = 10000
 max_quantity = 10000
 
 [notifications]
@@ -465,6 +472,11 @@ impl Settings {
                 self.queue.notification_consumers,
             ),
             ("queue.max_batch", self.queue.max_batch),
+            ("queue.deadline_ms", self.queue.deadline_ms as usize),
+            (
+                "limits.statement_timeout_ms",
+                self.limits.statement_timeout_ms as usize,
+            ),
             ("queue.prefetch", self.queue.prefetch as usize),
             ("limits.inbox_capacity", self.limits.inbox_capacity),
             (

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Once;
 use std::time::Duration;
 
@@ -20,9 +21,18 @@ use crate::supervisors::slot::{ItemError, ReplyPort};
 
 /// How long a caller waits for a pooled connection before the backend counts as down.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
-/// The longest a PostgreSQL statement may run: a hung or locked database fails the
-/// actor waiting on it (its supervisor restarts it) instead of holding it for ever.
-const STATEMENT_TIMEOUT_MS: u64 = 10_000;
+/// The longest a PostgreSQL statement may run (`limits.statement_timeout_ms`): a hung
+/// or locked database fails the actor waiting on it (its supervisor restarts it)
+/// instead of holding it for ever. One setting for the process, set at start.
+static STATEMENT_TIMEOUT_MS: AtomicU64 = AtomicU64::new(10_000);
+
+pub fn set_statement_timeout(ms: u64) {
+    STATEMENT_TIMEOUT_MS.store(ms, Ordering::Relaxed);
+}
+
+fn statement_timeout_ms() -> u64 {
+    STATEMENT_TIMEOUT_MS.load(Ordering::Relaxed)
+}
 /// How long SQLite waits for another connection's write lock.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -30,7 +40,7 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub async fn pg_pool(url: &str, size: u32) -> Result<PgPool, sqlx::Error> {
     let options = PgConnectOptions::from_str(url)?
         .application_name("flashsale")
-        .options([("statement_timeout", STATEMENT_TIMEOUT_MS.to_string())]);
+        .options([("statement_timeout", statement_timeout_ms().to_string())]);
     PgPoolOptions::new()
         .max_connections(size)
         .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -61,13 +71,14 @@ pub async fn any_pool(url: &str, size: u32) -> Result<AnyPool, sqlx::Error> {
     static DRIVERS: Once = Once::new();
     DRIVERS.call_once(sqlx::any::install_default_drivers);
     let postgres = !is_sqlite(url);
+    let timeout = statement_timeout_ms();
     AnyPoolOptions::new()
         .max_connections(size)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 if postgres {
-                    let set = format!("SET statement_timeout = {STATEMENT_TIMEOUT_MS}");
+                    let set = format!("SET statement_timeout = {timeout}");
                     sqlx::Executor::execute(&mut *conn, set.as_str()).await?;
                 }
                 Ok(())

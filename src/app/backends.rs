@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::secrets::{random_secret, shared_secret, stored_secret};
 use super::StartError;
@@ -208,6 +209,7 @@ impl Backends {
                 let connect = AmqpPublisherConnect {
                     url: q.url.expose().to_string(),
                     declare,
+                    deadline: Duration::from_millis(q.deadline_ms),
                 };
                 supervisors::worker(slot, Arc::new(connect), q.max_batch, None, policy)
             }
@@ -226,6 +228,7 @@ impl Backends {
             Backends::Cluster { .. } => Arc::new(AmqpSource {
                 url: q.url.expose().to_string(),
                 declare: vec![q.orders_queue.clone(), q.notifications_queue.clone()],
+                deadline: Duration::from_millis(q.deadline_ms),
             }),
             Backends::Embedded { queue, .. } => Arc::new(LocalSource {
                 queue: queue.clone(),

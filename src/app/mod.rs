@@ -106,6 +106,7 @@ fn bind(what: &'static str, addr: &str) -> Result<TcpListener, StartError> {
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         let metrics = crate::telemetry::metrics_handle();
+        crate::db::set_statement_timeout(settings.limits.statement_timeout_ms);
         let backends = Backends::prepare(&settings).await?;
         let public_listener = bind("public", &settings.http.listen)?;
         let admin_listener = bind("admin", &settings.admin.listen)?;

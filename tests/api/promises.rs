@@ -362,6 +362,7 @@ async fn a_publish_whose_confirm_is_late_is_found_by_a_retry_with_the_same_key()
     let broker = crate::helpers::Proxy::start("127.0.0.1:5672").await;
     let app = spawn_app_with(Options {
         amqp_port: Some(broker.port),
+        configure: Some(|s| s.queue.deadline_ms = 1_000),
         ..Options::default()
     })
     .await;
@@ -374,6 +375,14 @@ async fn a_publish_whose_confirm_is_late_is_found_by_a_retry_with_the_same_key()
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
     let said = r.body["message"].as_str().unwrap_or_default();
     assert!(said.contains("same Idempotency-Key"), "{said}");
+    // The publisher waiting for the confirm gave up at its deadline and restarted.
+    let restarted = |tree: &serde_json::Value| {
+        ["order-publisher-0", "order-publisher-1"]
+            .iter()
+            .filter_map(|n| crate::helpers::find(tree, n))
+            .any(|n| n["restarts"].as_u64() > Some(0))
+    };
+    app.admin_eventually("/admin/actors", restarted).await;
     broker.resume();
 
     // The buyer retries with the same key (slowly: the rate limit counts retries)

@@ -17,18 +17,18 @@ use super::{
 };
 use crate::supervisors::worker::{Backend, Batch as WorkBatch, Connect};
 
-/// How long the broker may take to connect, or to confirm or acknowledge, before the
-/// actor counts it as hung and fails: its supervisor restarts it (reconnecting), and
-/// readiness shows it meanwhile. A broker in a memory alarm blocks publishers this way.
-const BROKER_DEADLINE: Duration = Duration::from_secs(5);
-
+/// Runs a call to the broker within `deadline` (`queue.deadline_ms`): connecting,
+/// confirming, acknowledging. A broker that takes longer counts as hung and fails the
+/// actor: its supervisor restarts it (reconnecting), and readiness shows it meanwhile.
+/// A broker in a memory alarm blocks publishers this way.
 async fn within<T>(
+    deadline: Duration,
     what: &str,
     call: impl std::future::Future<Output = Result<T, lapin::Error>>,
 ) -> Result<T, ActorProcessingErr> {
-    match tokio::time::timeout(BROKER_DEADLINE, call).await {
+    match tokio::time::timeout(deadline, call).await {
         Ok(r) => Ok(r?),
-        Err(_) => Err(format!("RabbitMQ did not {what} within {BROKER_DEADLINE:?}").into()),
+        Err(_) => Err(format!("RabbitMQ did not {what} within {deadline:?}").into()),
     }
 }
 
@@ -102,11 +102,13 @@ async fn publish_all(
 pub struct AmqpPublisherConnect {
     pub url: String,
     pub declare: Vec<String>,
+    pub deadline: Duration,
 }
 
 pub struct AmqpPublisher {
     _conn: Connection,
     channel: Channel,
+    deadline: Duration,
 }
 
 #[ractor::async_trait]
@@ -114,10 +116,12 @@ impl Connect for AmqpPublisherConnect {
     type Backend = AmqpPublisher;
 
     async fn connect(&self) -> Result<AmqpPublisher, ActorProcessingErr> {
-        let (conn, channel) = within("connect", open(&self.url, &self.declare)).await?;
+        let (conn, channel) =
+            within(self.deadline, "connect", open(&self.url, &self.declare)).await?;
         Ok(AmqpPublisher {
             _conn: conn,
             channel,
+            deadline: self.deadline,
         })
     }
 }
@@ -133,7 +137,12 @@ impl Backend for AmqpPublisher {
             depths,
         } = PublisherMsg::split(batch);
         for (q, port) in depths {
-            port.ok(within("declare", queue_depth(&self.channel, &q.queue)).await?);
+            port.ok(within(
+                self.deadline,
+                "declare",
+                queue_depth(&self.channel, &q.queue),
+            )
+            .await?);
         }
         // Orders for one queue travel together: up to MAX_PER_MESSAGE in one persistent
         // message, confirmed once. The broker then persists and delivers a few messages
@@ -183,7 +192,12 @@ impl Backend for AmqpPublisher {
                 (*q, p.as_slice(), traceparent)
             })
             .collect();
-        let acked = within("confirm", publish_all(&self.channel, &messages)).await?;
+        let acked = within(
+            self.deadline,
+            "confirm",
+            publish_all(&self.channel, &messages),
+        )
+        .await?;
         let mut answers = vec![false; live.len()];
         for ((_, idx), ok) in groups.iter().zip(acked) {
             for i in idx {
@@ -200,13 +214,19 @@ impl Backend for AmqpPublisher {
 struct AmqpOutbound {
     _conn: Connection,
     channel: Channel,
+    deadline: Duration,
 }
 
 #[ractor::async_trait]
 impl Outbound for AmqpOutbound {
     async fn publish(&self, messages: &[(&str, &[u8])]) -> Result<(), ActorProcessingErr> {
         let messages: Vec<_> = messages.iter().map(|(q, p)| (*q, *p, None)).collect();
-        let acked = within("confirm", publish_all(&self.channel, &messages)).await?;
+        let acked = within(
+            self.deadline,
+            "confirm",
+            publish_all(&self.channel, &messages),
+        )
+        .await?;
         if acked.iter().all(|a| *a) {
             Ok(())
         } else {
@@ -217,6 +237,7 @@ impl Outbound for AmqpOutbound {
 
 struct AmqpAcker {
     _channel: Channel,
+    deadline: Duration,
 }
 
 #[ractor::async_trait]
@@ -228,13 +249,18 @@ impl Acknowledge for AmqpAcker {
             ..
         }) = batch.last()
         {
-            within("acknowledge", acker.ack(BasicAckOptions { multiple: true })).await?;
+            within(
+                self.deadline,
+                "acknowledge",
+                acker.ack(BasicAckOptions { multiple: true }),
+            )
+            .await?;
         }
         Ok(())
     }
 
     async fn depth(&self, queue: &str) -> Result<u64, ActorProcessingErr> {
-        within("declare", queue_depth(&self._channel, queue)).await
+        within(self.deadline, "declare", queue_depth(&self._channel, queue)).await
     }
 }
 
@@ -242,6 +268,7 @@ pub struct AmqpSource {
     pub url: String,
     /// Queues declared before consuming (the consumed one and those published to).
     pub declare: Vec<String>,
+    pub deadline: Duration,
 }
 
 #[ractor::async_trait]
@@ -255,7 +282,7 @@ impl QueueSource for AmqpSource {
     ) -> Result<Subscription, ActorProcessingErr> {
         let mut declare = self.declare.clone();
         declare.push(queue.to_string());
-        let (conn, out) = within("connect", open(&self.url, &declare)).await?;
+        let (conn, out) = within(self.deadline, "connect", open(&self.url, &declare)).await?;
         let consume = conn.create_channel().await?;
         consume
             .basic_qos(prefetch, BasicQosOptions::default())
@@ -291,8 +318,12 @@ impl QueueSource for AmqpSource {
             out: Box::new(AmqpOutbound {
                 _conn: conn,
                 channel: out,
+                deadline: self.deadline,
             }),
-            acker: Box::new(AmqpAcker { _channel: consume }),
+            acker: Box::new(AmqpAcker {
+                _channel: consume,
+                deadline: self.deadline,
+            }),
         })
     }
 }
