@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -183,10 +184,23 @@ async fn serve(settings: Settings) -> ExitCode {
         );
     }
     let stop = app.stop_handle();
+    let shutdown = app.state.settings.shutdown.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
-        tracing::info!("shutting down: no new requests, draining actors");
-        stop.stop().await;
+        tokio::spawn(async {
+            shutdown_signal().await;
+            eprintln!("flashsale: a second stop signal: exiting at once");
+            std::process::exit(1);
+        });
+        let drain = Duration::from_secs(shutdown.drain_secs);
+        let grace = Duration::from_secs(shutdown.grace_secs);
+        if tokio::time::timeout(grace, stop.drain_then_stop(drain))
+            .await
+            .is_err()
+        {
+            eprintln!("flashsale: the stop did not finish within shutdown.grace_secs; exiting");
+            std::process::exit(1);
+        }
     });
     match app.run_until_stopped().await {
         Ok(()) => ExitCode::SUCCESS,

@@ -76,6 +76,18 @@ pub struct Settings {
     pub notifications: NotificationSettings,
     pub telemetry: TelemetrySettings,
     pub events: EventSettings,
+    pub shutdown: ShutdownSettings,
+}
+
+/// What a stop signal (SIGTERM, SIGINT) does: `/readyz` answers 503 at once, the
+/// listeners keep serving for `drain_secs` (a load balancer needs that long to stop
+/// sending), then requests in flight finish and the actors' inboxes drain, all within
+/// `grace_secs`. A second signal exits at once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSettings {
+    pub drain_secs: u64,
+    pub grace_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -333,6 +345,10 @@ call_timeout_ms = 3000
 statement_timeout_ms = 10000
 max_quantity = 10000
 
+[shutdown]
+drain_secs = 5
+grace_secs = 25
+
 [notifications]
 webhook_timeout_ms = 5000
 
@@ -473,6 +489,7 @@ impl Settings {
             ),
             ("queue.max_batch", self.queue.max_batch),
             ("queue.deadline_ms", self.queue.deadline_ms as usize),
+            ("shutdown.grace_secs", self.shutdown.grace_secs as usize),
             (
                 "limits.statement_timeout_ms",
                 self.limits.statement_timeout_ms as usize,
@@ -504,6 +521,12 @@ impl Settings {
             if value == 0 {
                 return bad(format!("{what} must be greater than zero"));
             }
+        }
+        if self.shutdown.drain_secs >= self.shutdown.grace_secs {
+            return bad(format!(
+                "shutdown.drain_secs ({}) must be below shutdown.grace_secs ({})",
+                self.shutdown.drain_secs, self.shutdown.grace_secs
+            ));
         }
         if let Some(url) = &self.notifications.webhook_url {
             if !url.starts_with("http://") && !url.starts_with("https://") {
@@ -665,6 +688,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("admin.token"), "{err}");
+        let err = Settings::load_with_env(
+            None,
+            env(&[
+                ("FLASHSALE__SHUTDOWN__DRAIN_SECS", "30"),
+                ("FLASHSALE__SHUTDOWN__GRACE_SECS", "25"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("shutdown.drain_secs"), "{err}");
+        let err = Settings::load_with_env(None, env(&[("FLASHSALE__QUEUE__DEADLINE_MS", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("queue.deadline_ms"), "{err}");
     }
 
     #[test]

@@ -41,6 +41,7 @@ async fn start(data: &std::path::Path) -> Server {
         .env("FLASHSALE__EMBEDDED__DATA_DIR", data)
         .env("FLASHSALE__INVENTORY__RECONCILE_AFTER_MS", "1000")
         .env("FLASHSALE__INVENTORY__RECONCILE_EVERY_MS", "300")
+        .env("FLASHSALE__SHUTDOWN__DRAIN_SECS", "2")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -201,13 +202,25 @@ async fn stop_during_a_burst(stop: Stop) {
         match stop {
             Stop::Kill => server.child.kill().await.expect("SIGKILL"),
             Stop::Term => {
-                let pid = server.child.id().expect("running").to_string();
-                let sent = tokio::process::Command::new("kill")
-                    .args(["-TERM", &pid])
-                    .status()
-                    .await
-                    .expect("kill -TERM");
-                assert!(sent.success());
+                signal(&server, "TERM").await;
+                // Draining: no longer ready, still serving.
+                let deadline = Instant::now() + Duration::from_secs(1);
+                let readiness = loop {
+                    let r = client
+                        .get(format!("{}/readyz", server.public))
+                        .send()
+                        .await
+                        .expect("the listener still serves while draining");
+                    if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                        || Instant::now() > deadline
+                    {
+                        break r;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                };
+                assert_eq!(readiness.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+                let body: Value = readiness.json().await.unwrap();
+                assert_eq!(body["draining"], true, "{body}");
                 let exited = tokio::time::timeout(Duration::from_secs(60), server.child.wait())
                     .await
                     .expect("a drained process exits")
@@ -298,6 +311,34 @@ async fn stop_during_a_burst(stop: Stop) {
     );
     let unique: std::collections::HashSet<_> = rows.iter().map(|(id, _)| id).collect();
     assert_eq!(unique.len(), rows.len(), "no order stored twice");
+}
+
+async fn signal(server: &Server, name: &str) {
+    let pid = server.child.id().expect("running").to_string();
+    let sent = Command::new("kill")
+        .args([&format!("-{name}"), &pid])
+        .status()
+        .await
+        .expect("kill");
+    assert!(sent.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stop_signal_exits_at_once() {
+    let data =
+        DataDir(std::env::temp_dir().join(format!("fs_crash_{}", uuid::Uuid::new_v4().simple())));
+    let client = reqwest::Client::new();
+    let mut server = start(&data.0).await;
+    wait_ready(&client, &server).await;
+    signal(&server, "TERM").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&server, "INT").await;
+    // The drain period (2 s) is not waited out.
+    let exited = tokio::time::timeout(Duration::from_millis(1_500), server.child.wait())
+        .await
+        .expect("exits at once")
+        .unwrap();
+    assert_eq!(exited.code(), Some(1), "{exited}");
 }
 
 /// PostgreSQL databases, dropped when this is dropped (a failing test too).

@@ -116,11 +116,15 @@ impl Directory {
 
     /// Whether work told to the actors is still waiting in an inbox (a release, a
     /// cache write): at shutdown the tree stops only once it has been done.
-    pub fn has_queued_work(&self) -> bool {
-        self.inventory.iter().any(|s| s.has_work())
-            || self.shards.iter().any(|s| s.has_work())
-            || self.publishers.iter().any(|s| s.has_work())
-            || self.catalog.has_work()
+    pub fn queued_work(&self) -> i64 {
+        let inventory = self.inventory.iter().map(|s| s.stats.mailbox());
+        let shards = self.shards.iter().map(|s| s.stats.mailbox());
+        let publishers = self.publishers.iter().map(|s| s.stats.mailbox());
+        inventory
+            .chain(shards)
+            .chain(publishers)
+            .chain([self.catalog.stats.mailbox()])
+            .sum()
     }
 
     /// The order path can accept: every inventory partition and a publisher are up.

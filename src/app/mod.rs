@@ -8,6 +8,8 @@ mod secrets;
 mod tree;
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
@@ -77,20 +79,41 @@ pub struct StopHandle {
     public: ServerHandle,
     admin: ServerHandle,
     root: ActorRef<SupervisorMsg>,
-    directory: std::sync::Arc<Directory>,
+    directory: Arc<Directory>,
+    draining: Arc<AtomicBool>,
 }
 
-/// How long a shutdown waits for the actors' inboxes to empty.
-const DRAIN: Duration = Duration::from_secs(5);
+/// How long a stop waits for the actors' inboxes to empty.
+const DRAIN_INBOXES: Duration = Duration::from_secs(5);
 
 impl StopHandle {
+    /// What a stop signal does: `/readyz` answers 503 at once while both listeners keep
+    /// serving for `drain` (a load balancer stops sending meanwhile); then `stop`.
+    pub async fn drain_then_stop(&self, drain: Duration) {
+        self.draining.store(true, Ordering::SeqCst);
+        tracing::info!(
+            drain_secs = drain.as_secs(),
+            "draining: /readyz answers 503, still serving"
+        );
+        tokio::time::sleep(drain).await;
+        self.stop().await;
+    }
+
     pub async fn stop(&self) {
+        self.draining.store(true, Ordering::SeqCst);
         self.public.stop(true).await;
         self.admin.stop(true).await;
-        let deadline = tokio::time::Instant::now() + DRAIN;
-        while self.directory.has_queued_work() && tokio::time::Instant::now() < deadline {
+        let queued = self.directory.queued_work();
+        let started = tokio::time::Instant::now();
+        while self.directory.queued_work() > 0 && started.elapsed() < DRAIN_INBOXES {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        tracing::info!(
+            queued,
+            left = self.directory.queued_work(),
+            ms = started.elapsed().as_millis() as u64,
+            "requests served; actors' inboxes drained; stopping the tree"
+        );
         self.root.stop(Some("shutdown".into()));
     }
 }
@@ -130,6 +153,7 @@ impl Application {
             policy,
             metrics,
             settings: std::sync::Arc::new(settings),
+            draining: Arc::new(AtomicBool::new(false)),
             hashing: std::sync::Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
@@ -167,6 +191,7 @@ impl Application {
             admin: self.admin.handle(),
             root: self.root.clone(),
             directory: self.state.directory.clone(),
+            draining: self.state.draining.clone(),
         }
     }
 

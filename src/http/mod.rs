@@ -44,6 +44,8 @@ pub struct AppState {
     /// Password hashes computed at once: one per core. Each costs a blocking thread and
     /// tens of MiB; a login flood beyond this is refused (`503`) instead of queued.
     pub hashing: Arc<tokio::sync::Semaphore>,
+    /// A stop signal came: `/readyz` answers 503 while the listeners still serve.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AppState {

@@ -611,13 +611,16 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let partitions: Vec<_> = dir.inventory.iter().map(|s| s.stats.is_running()).collect();
     let queue = dir.publishers.iter().any(|s| s.stats.is_running());
     let shards: Vec<_> = dir.shards.iter().map(|s| s.stats.is_running()).collect();
+    let draining = state.draining.load(std::sync::atomic::Ordering::SeqCst);
+    let ready = dir.order_path_ready() && !draining;
     let body = json!({
-        "ready": dir.order_path_ready(),
+        "ready": ready,
+        "draining": draining,
         "inventoryPartitions": partitions,
         "orderQueue": queue,
         "shards": shards,
     });
-    if dir.order_path_ready() {
+    if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable()
