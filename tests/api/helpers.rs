@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use flashsale::app::{Application, StopHandle};
 use flashsale::config::{Secret, Settings};
-use flashsale::domain::UserId;
+use flashsale::domain::{IdempotencyKey, OrderId, ProductId, Quantity, UserId};
 use flashsale::events::log::EventLog;
 use flashsale::events::{Delivered, EventBus};
 use reqwest::StatusCode;
@@ -664,6 +664,26 @@ impl TestApp {
             }
         })
         .await
+    }
+
+    /// Reserves one unit for `user` under `key` straight in the product's partition,
+    /// as a request that died before publishing would leave it; answers its order.
+    pub async fn reserve_unpublished(&self, product: i64, user: &UserId, key: &str) -> OrderId {
+        use flashsale::actors::inventory::{ReserveOutcome, ReserveRequest};
+        let product = ProductId::from_db(product);
+        let order = OrderId::generate();
+        let reserve = ReserveRequest {
+            product,
+            user: user.clone(),
+            key: IdempotencyKey::parse(key).unwrap(),
+            quantity: Quantity::ONE,
+            order: order.clone(),
+            now_ms: flashsale::domain::now_ms(),
+        };
+        let partition = self.app_state.directory.product_partition(product);
+        let r = partition.call(reserve).await.unwrap();
+        assert_eq!(r, ReserveOutcome::Created(order.clone()));
+        order
     }
 
     /// Every (token, order id) accepted ends `completed`, stored exactly once.

@@ -5,9 +5,8 @@
 
 use std::time::Duration;
 
-use flashsale::actors::inventory::{ReserveOutcome, ReserveRequest};
 use flashsale::actors::queue::Publish;
-use flashsale::domain::{now_ms, IdempotencyKey, OrderId, ProductId, Quantity};
+use flashsale::domain::{now_ms, OrderId, ProductId};
 use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -76,24 +75,9 @@ async fn a_replay_of_an_unpublished_order_publishes_it_before_naming_it(mode: Mo
     })
     .await;
     let product = app.sale(3, 1).await;
-    let pid = ProductId::from_db(product);
     let (user, token) = app.token_for_new_user();
     // A first attempt reserved and then lost its publish (a timeout, a crashed pod).
-    let first = OrderId::generate();
-    let reserve = ReserveRequest {
-        product: pid,
-        user: user.clone(),
-        key: IdempotencyKey::parse("retry").unwrap(),
-        quantity: Quantity::ONE,
-        order: first.clone(),
-        now_ms: now_ms(),
-    };
-    let partition = app.app_state.directory.product_partition(pid);
-    assert_eq!(
-        partition.call(reserve).await.unwrap(),
-        ReserveOutcome::Created(first.clone())
-    );
-
+    let first = app.reserve_unpublished(product, &user, "retry").await;
     // The retry names that order, and the order exists: it completes.
     let r = app.buy(&token, product, "retry", None).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);

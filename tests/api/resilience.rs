@@ -3,10 +3,9 @@
 
 use std::time::Duration;
 
-use flashsale::actors::inventory::{ReserveOutcome, ReserveRequest};
 use flashsale::actors::queue::Publish;
 use flashsale::domain::OrderMessage;
-use flashsale::domain::{now_ms, IdempotencyKey, OrderId, ProductId, Quantity};
+use flashsale::domain::now_ms;
 use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -154,22 +153,11 @@ async fn the_reconciler_releases_reservations_that_were_never_published(mode: Mo
     })
     .await;
     let product = app.sale(3, 1).await;
-    let pid = ProductId::from_db(product);
     let (user, token) = app.token_for_new_user();
     let dir = &app.app_state.directory;
 
     // A reservation made just before a crash: reserved, never published.
-    let lost = OrderId::generate();
-    let reserve = ReserveRequest {
-        product: pid,
-        user: user.clone(),
-        key: IdempotencyKey::parse("crash").unwrap(),
-        quantity: Quantity::ONE,
-        order: lost.clone(),
-        now_ms: now_ms(),
-    };
-    let r = dir.product_partition(pid).call(reserve).await.unwrap();
-    assert_eq!(r, ReserveOutcome::Created(lost.clone()));
+    let lost = app.reserve_unpublished(product, &user, "crash").await;
     assert_eq!(app.sale_counters(product).await["remaining"], 2);
 
     eventually(

@@ -27,9 +27,10 @@ local function release(pid, oid, st)
 end
 -- A partition whose state is gone (a restart without persistence, a flush) answers
 -- nothing from it: the actor fails, and its restart finds the state gone and rebuilds.
-if redis.call('EXISTS', P .. ':epoch') == 0 then
+local EPOCH = redis.call('HGET', P .. ':epoch', 'state')
+if not EPOCH then
   return redis.error_reply('LOST the partition state is gone')
 end
 local function rebuilding()
-  return redis.call('HGET', P .. ':epoch', 'state') == 'rebuilding'
+  return EPOCH == 'rebuilding'
 end
