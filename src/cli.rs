@@ -32,6 +32,13 @@ pub enum Command {
         /// Settings file; environment variables FLASHSALE__SECTION__KEY override it.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// What this process runs: `api` takes orders (public listener, inventory,
+        /// publishers, reconciler), `worker` persists and publishes them (consumers,
+        /// shards, relays, event consumers; admin listener only), `all` both. Roles
+        /// other than `all` need cluster mode. Overrides the config's `role`
+        /// (FLASHSALE__ROLE).
+        #[arg(long, value_parser = ["api", "worker", "all"])]
+        role: Option<String>,
     },
     /// Create missing databases and apply migrations to the catalog and every shard.
     Migrate {
@@ -49,6 +56,9 @@ pub enum Command {
         /// Redraw every second.
         #[arg(long)]
         watch: bool,
+        /// Every pod of the fleet (as the registry knows it), each with its tree.
+        #[arg(long)]
+        fleet: bool,
     },
 }
 
@@ -63,12 +73,23 @@ pub async fn run(cli: Cli) -> ExitCode {
     if matches!(cli.command, Some(Command::Migrate { .. })) {
         crate::telemetry::init_logging(cli.log_json);
     }
-    match cli.command.unwrap_or(Command::Serve { config: None }) {
-        Command::Serve { config } => {
-            let settings = match load(config) {
+    let serve_default = Command::Serve {
+        config: None,
+        role: None,
+    };
+    match cli.command.unwrap_or(serve_default) {
+        Command::Serve { config, role } => {
+            let mut settings = match load(config) {
                 Ok(s) => s,
                 Err(code) => return code,
             };
+            if let Some(role) = role {
+                settings.role = role.parse().expect("clap checked the role");
+                if let Err(e) = settings.validate() {
+                    eprintln!("flashsale: {e}");
+                    return ExitCode::from(2);
+                }
+            }
             let provider = match &settings.telemetry.otlp_endpoint {
                 Some(endpoint) => match crate::telemetry::otlp_provider(
                     endpoint,
@@ -94,6 +115,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             admin_url,
             admin_token,
             watch,
+            fleet,
         } => {
             let token = match admin_token
                 .or_else(|| std::fs::read_to_string("data/admin-token").ok())
@@ -104,7 +126,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match crate::tree::run(&admin_url, &token, watch).await {
+            match crate::tree::run(&admin_url, &token, watch, fleet).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("flashsale: {e}");
@@ -152,9 +174,17 @@ async fn serve(settings: Settings) -> ExitCode {
     };
     let embedded = settings_mode == crate::config::Mode::Embedded;
     let mode = if embedded { "embedded" } else { "cluster" };
-    println!("flashsale is serving ({mode} mode)");
-    println!("  public API   http://{}", app.public_addr);
+    let role = app.state.settings.role;
+    match role {
+        crate::config::Role::All => println!("flashsale is serving ({mode} mode)"),
+        _ => println!("flashsale is serving ({mode} mode, role {})", role.as_str()),
+    }
+    match app.public_addr {
+        Some(addr) => println!("  public API   http://{addr}"),
+        None => println!("  public API   none (a worker serves the admin listener only)"),
+    }
     println!("  admin API    http://{}/admin", app.admin_addr);
+    println!("  pod          {}", app.state.pod.id);
     if app.admin_token_generated {
         let kept = if embedded {
             format!("kept in {}", data_dir.join("admin-token").display())
@@ -178,7 +208,7 @@ async fn serve(settings: Settings) -> ExitCode {
         println!("  demo sale    cargo run --release -p flashsale-load -- burst --buyers 2000 --stock 100 \\");
         println!(
             "                 --target http://{} --admin-url http://{} --admin-token {token} --jwt-secret-file {}",
-            app.public_addr,
+            app.public_addr.expect("embedded mode runs every role"),
             app.admin_addr,
             data_dir.join("jwt-secret").display()
         );

@@ -59,10 +59,60 @@ pub enum Mode {
     Embedded,
 }
 
+/// What one process runs (`flashsale serve --role`). `all` is the whole engine in one
+/// process; a fleet splits it: `api` pods take orders, `worker` pods persist and
+/// publish them. Roles other than `all` need cluster mode (shared services).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The public listener, the inventory partitions, the order publishers and the
+    /// reconciler (and the catalog and shard actors that reads and logins need).
+    Api,
+    /// The order and notification consumers, the shard actors, the outbox relays and
+    /// the event consumers; the admin listener only.
+    Worker,
+    #[default]
+    All,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Api => "api",
+            Role::Worker => "worker",
+            Role::All => "all",
+        }
+    }
+
+    /// Whether this role takes orders (public listener, publishers, reconciler).
+    pub fn takes_orders(self) -> bool {
+        self != Role::Worker
+    }
+
+    /// Whether this role persists orders and publishes events (consumers, relays).
+    pub fn persists(self) -> bool {
+        self != Role::Api
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "api" => Ok(Role::Api),
+            "worker" => Ok(Role::Worker),
+            "all" => Ok(Role::All),
+            other => Err(format!("role must be api, worker or all, got {other:?}")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub mode: Mode,
+    pub role: Role,
+    pub pod: PodSettings,
     pub http: HttpSettings,
     pub admin: AdminSettings,
     pub auth: AuthSettings,
@@ -77,6 +127,23 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub events: EventSettings,
     pub shutdown: ShutdownSettings,
+}
+
+/// How this process appears in the fleet registry (the catalog database's `pods`
+/// table): its id, the admin URL other pods reach it at, and how often it heartbeats.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodSettings {
+    /// Empty: hostname-pid.
+    pub id: String,
+    /// Empty: `http://` + the admin listener's address (the hostname when it listens on
+    /// every interface).
+    pub admin_url: String,
+    pub heartbeat_secs: u64,
+    /// A pod whose heartbeat is older than this shows as `gone`.
+    pub gone_after_secs: u64,
+    /// A gone pod is forgotten (its row deleted) after this long.
+    pub forget_after_secs: u64,
 }
 
 /// What a stop signal (SIGTERM, SIGINT) does: `/readyz` answers 503 at once, the
@@ -291,6 +358,14 @@ pub struct SupervisionSettings {
 
 const DEFAULTS: &str = r#"
 mode = "embedded"
+role = "all"
+
+[pod]
+id = ""
+admin_url = ""
+heartbeat_secs = 5
+gone_after_secs = 15
+forget_after_secs = 600
 
 [http]
 listen = "0.0.0.0:8080"
@@ -444,6 +519,30 @@ impl Settings {
             if secret.expose().len() < 32 {
                 return bad("auth.jwt_secret must be at least 32 characters".into());
             }
+        }
+        if self.role != Role::All && self.mode != Mode::Cluster {
+            return bad(format!(
+                "role {} needs cluster mode: an embedded process keeps its queue and inventory to itself",
+                self.role.as_str()
+            ));
+        }
+        if !self.pod.admin_url.is_empty()
+            && !self.pod.admin_url.starts_with("http://")
+            && !self.pod.admin_url.starts_with("https://")
+        {
+            return bad("pod.admin_url must be an http:// or https:// URL".into());
+        }
+        if self.pod.id.len() > 200 || self.pod.id.contains(|c: char| c == '/' || c.is_whitespace()) {
+            return bad("pod.id must be at most 200 characters, without spaces or slashes".into());
+        }
+        if self.pod.heartbeat_secs == 0 || self.pod.gone_after_secs <= self.pod.heartbeat_secs {
+            return bad(format!(
+                "pod.gone_after_secs ({}) must be above pod.heartbeat_secs ({}), which must be above zero",
+                self.pod.gone_after_secs, self.pod.heartbeat_secs
+            ));
+        }
+        if self.pod.forget_after_secs < self.pod.gone_after_secs {
+            return bad("pod.forget_after_secs must not be below pod.gone_after_secs".into());
         }
         if self.mode == Mode::Cluster {
             if self.shards.urls.is_empty() {

@@ -9,4 +9,5 @@ pub mod orders;
 pub mod queue;
 pub mod reconciler;
 pub mod recovery;
+pub mod registry;
 pub mod relay;

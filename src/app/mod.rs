@@ -19,10 +19,13 @@ use ractor_supervisor::SupervisorMsg;
 use tokio::task::JoinHandle;
 
 use crate::actors::directory::Directory;
+use crate::actors::registry::{Deregister, PodIdentity, RegistryMsg};
 use crate::auth::Tokens;
 use crate::config::{Secret, Settings};
 use crate::http::{self, AppState};
 use crate::shards::migrate;
+use crate::supervisors::slot::Slot;
+use crate::supervisors::stats::Quiesce;
 use crate::supervisors::Policy;
 use backends::Backends;
 
@@ -60,13 +63,14 @@ pub enum RunError {
 }
 
 pub struct Application {
-    pub public_addr: SocketAddr,
+    /// `None` for a worker, which serves only the admin listener.
+    pub public_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub admin_token: Secret,
     /// Whether the admin token was generated at this start (and must be printed).
     pub admin_token_generated: bool,
     pub state: web::Data<AppState>,
-    public: Server,
+    public: Option<Server>,
     admin: Server,
     root: ActorRef<SupervisorMsg>,
     root_done: JoinHandle<()>,
@@ -76,15 +80,17 @@ pub struct Application {
 /// they left in the actors' inboxes, then the actor tree.
 #[derive(Clone)]
 pub struct StopHandle {
-    public: ServerHandle,
+    public: Option<ServerHandle>,
     admin: ServerHandle,
     root: ActorRef<SupervisorMsg>,
     directory: Arc<Directory>,
     draining: Arc<AtomicBool>,
+    quiesce: Arc<Quiesce>,
+    registry: Arc<Slot<RegistryMsg>>,
 }
 
-/// How long a stop waits for the actors' inboxes to empty.
-const DRAIN_INBOXES: Duration = Duration::from_secs(5);
+/// How long a stop waits for the rounds under way and the actors' inboxes.
+const DRAIN_ACTORS: Duration = Duration::from_secs(10);
 
 impl StopHandle {
     /// What a stop signal does: `/readyz` answers 503 at once while both listeners keep
@@ -99,22 +105,74 @@ impl StopHandle {
         self.stop().await;
     }
 
+    /// Top-down: the listeners stop accepting and finish their requests; the actors
+    /// that pull work (queue consumers, relays, event consumers, the reconciler) start
+    /// no new round and finish the one under way (a consumer acknowledges its batch);
+    /// the inboxes empty (the inventory's marks and releases, the shards' writes); the
+    /// pod leaves the fleet registry; then the tree stops and its pools close.
     pub async fn stop(&self) {
         self.draining.store(true, Ordering::SeqCst);
-        self.public.stop(true).await;
+        if let Some(public) = &self.public {
+            public.stop(true).await;
+        }
         self.admin.stop(true).await;
+        let rounds = self.quiesce.stop();
         let queued = self.directory.queued_work();
         let started = tokio::time::Instant::now();
-        while self.directory.queued_work() > 0 && started.elapsed() < DRAIN_INBOXES {
+        let settled =
+            || self.quiesce.busy() == 0 && self.directory.queued_work() == 0;
+        while !settled() && started.elapsed() < DRAIN_ACTORS {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        tracing::info!(
-            queued,
-            left = self.directory.queued_work(),
-            ms = started.elapsed().as_millis() as u64,
-            "requests served; actors' inboxes drained; stopping the tree"
-        );
+        if settled() {
+            tracing::info!(
+                rounds,
+                queued,
+                ms = started.elapsed().as_millis() as u64,
+                "drained: requests served, rounds under way finished (batches acknowledged), inboxes empty"
+            );
+        } else {
+            tracing::warn!(
+                rounds,
+                queued,
+                rounds_left = self.quiesce.busy(),
+                queued_left = self.directory.queued_work(),
+                "the drain did not finish in time; stopping the tree (unacknowledged messages are redelivered)"
+            );
+        }
+        match self.registry.call(Deregister).await {
+            Ok(()) => tracing::info!("left the fleet registry"),
+            Err(e) => tracing::warn!(error = %e, "could not leave the fleet registry; the pod will show as gone"),
+        }
         self.root.stop(Some("shutdown".into()));
+    }
+}
+
+/// This process as the fleet registry shows it: `pod.id` or hostname-pid, and
+/// `pod.admin_url` or the admin listener's address (the hostname in place of an
+/// address that means every interface).
+fn pod_identity(settings: &Settings, admin: SocketAddr) -> PodIdentity {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let id = match settings.pod.id.as_str() {
+        "" => format!("{hostname}-{}", std::process::id()),
+        id => id.to_string(),
+    };
+    let admin_url = match settings.pod.admin_url.as_str() {
+        "" if admin.ip().is_unspecified() => format!("http://{hostname}:{}", admin.port()),
+        "" => format!("http://{admin}"),
+        url => url.trim_end_matches('/').to_string(),
+    };
+    PodIdentity {
+        id,
+        role: settings.role.as_str().to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        admin_url,
+        started_at: crate::domain::now_ms(),
     }
 }
 
@@ -131,11 +189,17 @@ impl Application {
         let metrics = crate::telemetry::metrics_handle();
         crate::db::set_statement_timeout(settings.limits.statement_timeout_ms);
         let backends = Backends::prepare(&settings).await?;
-        let public_listener = bind("public", &settings.http.listen)?;
+        let public_listener = match settings.role.takes_orders() {
+            true => Some(bind("public", &settings.http.listen)?),
+            false => None,
+        };
         let admin_listener = bind("admin", &settings.admin.listen)?;
+        let admin_addr = admin_listener.local_addr().expect("bound");
+        let pod = pod_identity(&settings, admin_addr);
 
         let policy = Policy::from(&settings.supervision);
-        let (directory, root) = tree::spawn(&settings, &backends, &policy).await?;
+        let built = tree::spawn(&settings, &backends, &policy, pod.clone()).await?;
+        let (directory, root) = (built.directory, built.root);
 
         let jwt_secret = match &settings.auth.jwt_secret {
             Some(s) => s.clone(),
@@ -154,12 +218,19 @@ impl Application {
             metrics,
             settings: std::sync::Arc::new(settings),
             draining: Arc::new(AtomicBool::new(false)),
+            pod,
+            registry: built.registry,
+            order_consumers: built.order_consumers,
+            quiesce: built.quiesce,
+            peers: reqwest::Client::builder()
+                .timeout(Duration::from_millis(1500))
+                .build()
+                .expect("an HTTP client"),
             hashing: std::sync::Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
         });
-        let public_addr = public_listener.local_addr().expect("bound");
-        let admin_addr = admin_listener.local_addr().expect("bound");
+        let public_addr = public_listener.as_ref().map(|l| l.local_addr().expect("bound"));
         let bind_err = |what, addr: SocketAddr| {
             move |source| StartError::Bind {
                 what,
@@ -167,9 +238,17 @@ impl Application {
                 source,
             }
         };
-        let public =
-            http::public_server(state.clone(), public_listener, state.settings.http.workers)
-                .map_err(bind_err("public", public_addr))?;
+        let public = match public_listener {
+            Some(listener) => {
+                let addr = public_addr.expect("bound");
+                let workers = state.settings.http.workers;
+                Some(
+                    http::public_server(state.clone(), listener, workers)
+                        .map_err(bind_err("public", addr))?,
+                )
+            }
+            None => None,
+        };
         let admin = http::admin_server(state.clone(), admin_listener)
             .map_err(bind_err("admin", admin_addr))?;
         Ok(Self {
@@ -187,11 +266,13 @@ impl Application {
 
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle {
-            public: self.public.handle(),
+            public: self.public.as_ref().map(Server::handle),
             admin: self.admin.handle(),
             root: self.root.clone(),
             directory: self.state.directory.clone(),
             draining: self.state.draining.clone(),
+            quiesce: self.state.quiesce.clone(),
+            registry: self.state.registry.clone(),
         }
     }
 
@@ -199,14 +280,23 @@ impl Application {
     /// so that the process exits non-zero and its orchestrator restarts it.
     pub async fn run_until_stopped(self) -> Result<(), RunError> {
         let stop = self.stop_handle();
-        let public = tokio::spawn(self.public);
+        // A worker has no public listener: its place is taken by one that never ends.
+        let public = async move {
+            match self.public {
+                Some(server) => server.await,
+                None => std::future::pending().await,
+            }
+        };
+        let public = tokio::spawn(public);
         let admin = tokio::spawn(self.admin);
         let mut root_done = self.root_done;
         let served = tokio::select! {
             r = public => r.map_err(|e| std::io::Error::other(e.to_string())).and_then(|r| r),
             r = admin => r.map_err(|e| std::io::Error::other(e.to_string())).and_then(|r| r),
             _ = &mut root_done => {
-                stop.public.stop(false).await;
+                if let Some(public) = &stop.public {
+                    public.stop(false).await;
+                }
                 stop.admin.stop(false).await;
                 return Err(RunError::TreeGaveUp);
             }

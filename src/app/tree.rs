@@ -2,11 +2,17 @@
 //! the children of each subtree, built from settings over the mode's backends.
 //!
 //! ```text
-//! root ── shards     catalog, shard-0 …
-//!      ├─ inventory  inventory-0 …, reconciler
-//!      ├─ consumers  order-publisher-0 …, order-consumer-0 …, notification-consumer-0 …
-//!      └─ events     relay-catalog, relay-shard-0 …, analytics/inventory/reporting-consumer
+//! root ── shards        catalog, shard-0 …
+//!      ├─ inventory     inventory-0 …, reconciler¹
+//!      ├─ consumers     order-publisher-0 …¹, order-consumer-0 …², notification-consumer-0 …²
+//!      ├─ events²       relay-catalog, relay-shard-0 …, analytics/inventory/reporting-consumer
+//!      └─ pod-registry
 //! ```
+//!
+//! ¹ roles `api` and `all` only (they take orders); ² roles `worker` and `all` only
+//! (they persist orders and publish events). Both keep the catalog and shard actors
+//! (logins and reads on the api side, writes on the worker side) and the inventory
+//! partitions (reservations on one side, claims on the other).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,10 +28,11 @@ use crate::actors::event_consumers::{
 use crate::actors::orders::{NotificationHandler, OrderHandler, Webhook};
 use crate::actors::queue::{DeliveryHandler, QueueConsumer, QueueSource};
 use crate::actors::reconciler::ReconcilerConnect;
+use crate::actors::registry::{PodIdentity, RegistryConnect, RegistryMsg};
 use crate::actors::relay::{RelayConnect, RelaySlot};
 use crate::config::{Mode, Settings};
 use crate::supervisors::slot::{Message, Nudge, Slot};
-use crate::supervisors::stats::{Kind, NodeStats};
+use crate::supervisors::stats::{Kind, NodeStats, Quiesce};
 use crate::supervisors::{self, leaf, Child, Namer, Policy, Root};
 
 /// Makes the slots of one application: named, bounded, with the call deadline.
@@ -85,12 +92,26 @@ fn webhook(settings: &Settings) -> Option<Webhook> {
     })
 }
 
-/// Builds and spawns the tree; returns the directory callers use and the root.
+/// A spawned tree and what the rest of the application holds of it.
+pub struct Built {
+    /// Where callers find the actors.
+    pub directory: Arc<Directory>,
+    pub root: Root,
+    pub registry: Arc<Slot<RegistryMsg>>,
+    /// The order consumers' nodes (a worker is ready when one consumes).
+    pub order_consumers: Vec<Arc<NodeStats>>,
+    /// The tree's stop: rounds of pulled work under way.
+    pub quiesce: Arc<Quiesce>,
+}
+
+/// Builds and spawns the tree of this process's role.
 pub async fn spawn(
     settings: &Settings,
     backends: &Backends,
     policy: &Policy,
-) -> Result<(Arc<Directory>, Root), StartError> {
+    pod: PodIdentity,
+) -> Result<Built, StartError> {
+    let role = settings.role;
     let namer = Namer::new();
     let slots = Slots {
         namer: &namer,
@@ -105,7 +126,8 @@ pub async fn spawn(
     let inventory: Vec<_> = (0..settings.partition_count())
         .map(|i| slots.make(&format!("inventory-{i}")))
         .collect();
-    let publishers: Vec<_> = (0..q.publishers)
+    let publisher_count = if role.takes_orders() { q.publishers } else { 0 };
+    let publishers: Vec<_> = (0..publisher_count)
         .map(|i| slots.make(&format!("order-publisher-{i}")))
         .collect();
     // One outbox relay per database: the catalog's first, then each shard's.
@@ -114,6 +136,7 @@ pub async fn spawn(
         .collect();
     let relays: Vec<Arc<RelaySlot>> = databases
         .iter()
+        .filter(|_| role.persists())
         .map(|db| slots.make(&format!("relay-{db}")))
         .collect();
     let directory = Arc::new(Directory::new(
@@ -124,7 +147,9 @@ pub async fn spawn(
         q.orders_queue.clone(),
         q.notifications_queue.clone(),
     ));
-    let nudge = |i: usize| Nudge::new(relays[i].clone());
+    // Relays run where events are published; elsewhere a commit wakes nobody (the
+    // relays of the worker pods find the rows on their next round).
+    let nudge = |i: usize| relays.get(i).cloned().map_or_else(Nudge::none, Nudge::new);
 
     // shards: the catalog and one actor per order shard
     let mut shard_children = vec![backends.catalog(settings, catalog.clone(), nudge(0), policy)];
@@ -138,16 +163,20 @@ pub async fn spawn(
         .enumerate()
         .map(|(i, slot)| backends.inventory(settings, i, slot, &catalog, policy))
         .collect();
-    let reconcile = Duration::from_millis(settings.inventory.reconcile_every_ms);
-    inventory_children.push(supervisors::worker(
-        slots.make("reconciler"),
-        Arc::new(ReconcilerConnect {
-            directory: directory.clone(),
-        }),
-        1,
-        Some(reconcile),
-        policy,
-    ));
+    if role.takes_orders() {
+        // Safe on every api pod at once: each round's releases and rebuilds are
+        // single scripts in the partition, which decide on what they find there.
+        let reconcile = Duration::from_millis(settings.inventory.reconcile_every_ms);
+        inventory_children.push(supervisors::worker(
+            slots.make("reconciler"),
+            Arc::new(ReconcilerConnect {
+                directory: directory.clone(),
+            }),
+            1,
+            Some(reconcile),
+            policy,
+        ));
+    }
 
     // consumers: order publishers, order consumers, notification consumers
     let mut consumer_children: Vec<Child> = publishers
@@ -158,8 +187,15 @@ pub async fn spawn(
     let orders = Arc::new(OrderHandler {
         directory: directory.clone(),
     });
-    for i in 0..q.order_consumers {
+    let (order_consumers, notification_consumers) = if role.persists() {
+        (q.order_consumers, q.notification_consumers)
+    } else {
+        (0, 0)
+    };
+    let mut order_nodes = Vec::new();
+    for i in 0..order_consumers {
         let stats = namer.node(&format!("order-consumer-{i}"), Kind::Actor);
+        order_nodes.push(stats.clone());
         let handler = orders.clone();
         let child = consumer(
             stats,
@@ -175,7 +211,7 @@ pub async fn spawn(
         directory: directory.clone(),
         webhook: webhook(settings),
     });
-    for i in 0..q.notification_consumers {
+    for i in 0..notification_consumers {
         let stats = namer.node(&format!("notification-consumer-{i}"), Kind::Actor);
         let (queue, handler) = (&q.notifications_queue, notifications.clone());
         consumer_children.push(consumer(
@@ -189,6 +225,63 @@ pub async fn spawn(
     }
 
     // events: one outbox relay per database, then the event consumers
+    let event_children = if role.persists() {
+        events(settings, backends, &directory, databases, &relays, &slots, policy)?
+    } else {
+        Vec::new()
+    };
+
+    let mut subtrees: Vec<Child> = [
+        ("shards", shard_children),
+        ("inventory", inventory_children),
+        ("consumers", consumer_children),
+        ("events", event_children),
+    ]
+    .into_iter()
+    .filter(|(_, children)| !children.is_empty())
+    .map(|(name, children)| {
+        supervisors::supervisor(namer.node(name, Kind::Supervisor), policy, children)
+    })
+    .collect();
+
+    // The pod's row in the fleet registry, heartbeated.
+    let registry = slots.make("pod-registry");
+    let p = &settings.pod;
+    let connect = RegistryConnect {
+        url: backends.catalog_url(settings),
+        pod,
+        forget_after_ms: (p.forget_after_secs * 1000) as i64,
+    };
+    let every = Duration::from_secs(p.heartbeat_secs);
+    subtrees.push(supervisors::worker(
+        registry.clone(),
+        Arc::new(connect),
+        64,
+        Some(every),
+        policy,
+    ));
+
+    let root_stats = namer.node("root", Kind::Supervisor);
+    let root = supervisors::spawn_root(root_stats, policy, subtrees).await?;
+    Ok(Built {
+        directory,
+        root,
+        registry,
+        order_consumers: order_nodes,
+        quiesce: namer.quiesce.clone(),
+    })
+}
+
+/// The outbox relays (one per database) and the event consumers.
+fn events(
+    settings: &Settings,
+    backends: &Backends,
+    directory: &Arc<Directory>,
+    databases: Vec<String>,
+    relays: &[Arc<RelaySlot>],
+    slots: &Slots<'_>,
+    policy: &Policy,
+) -> Result<Vec<Child>, StartError> {
     let ev = &settings.events;
     let bus = backends.event_bus(settings)?;
     let urls = std::iter::once(backends.catalog_url(settings))
@@ -229,19 +322,5 @@ pub async fn spawn(
         let child = supervisors::worker(slot, Arc::new(connect), 1, Some(every), policy);
         event_children.push(child);
     }
-
-    let subtrees = [
-        ("shards", shard_children),
-        ("inventory", inventory_children),
-        ("consumers", consumer_children),
-        ("events", event_children),
-    ]
-    .into_iter()
-    .map(|(name, children)| {
-        supervisors::supervisor(namer.node(name, Kind::Supervisor), policy, children)
-    })
-    .collect();
-    let root_stats = namer.node("root", Kind::Supervisor);
-    let root = supervisors::spawn_root(root_stats, policy, subtrees).await?;
-    Ok((directory, root))
+    Ok(event_children)
 }

@@ -39,13 +39,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .get(get_sale),
         )
         .service(resource("/admin/actors").get(actors))
+        .service(resource("/admin/fleet").get(super::fleet::fleet))
+        .service(resource("/admin/fleet/{podId}/actors").get(super::fleet::pod_actors))
+        .service(resource("/healthz").get(super::public::healthz))
+        .service(resource("/readyz").get(super::public::readyz))
         .service(resource("/admin/actors/{name}/restart").post(restart))
         .service(resource("/admin").get(page))
         .service(resource("/admin/openapi.json").get(admin_document))
         .service(resource("/metrics").get(metrics));
 }
 
-fn admin(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+pub fn admin(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
     if state.is_admin(req) {
         Ok(())
     } else {
@@ -431,9 +435,5 @@ fn record_gauges(state: &AppState) {
         metrics::gauge!("flashsale_process_cpu_seconds_total").set(cpu);
         metrics::gauge!("flashsale_process_resident_memory_bytes").set(rss);
     }
-    metrics::gauge!("flashsale_ready").set(if state.directory.order_path_ready() {
-        1.0
-    } else {
-        0.0
-    });
+    metrics::gauge!("flashsale_ready").set(if state.readiness().0 { 1.0 } else { 0.0 });
 }

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod fleet;
 pub mod public;
 
 use std::net::{IpAddr, TcpListener};
@@ -27,8 +28,11 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::de::DeserializeOwned;
 
 use crate::actors::directory::Directory;
+use crate::actors::registry::{PodIdentity, RegistryMsg};
 use crate::auth::Tokens;
-use crate::config::{HttpSettings, Secret, Settings};
+use crate::config::{HttpSettings, Role, Secret, Settings};
+use crate::supervisors::slot::Slot;
+use crate::supervisors::stats::{NodeStats, Quiesce};
 use crate::domain::UserId;
 use crate::supervisors::{Policy, TreeNode};
 use error::ApiError;
@@ -46,6 +50,49 @@ pub struct AppState {
     pub hashing: Arc<tokio::sync::Semaphore>,
     /// A stop signal came: `/readyz` answers 503 while the listeners still serve.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// This process in the fleet registry.
+    pub pod: PodIdentity,
+    pub registry: Arc<Slot<RegistryMsg>>,
+    /// The order consumers' nodes (none on an api pod).
+    pub order_consumers: Vec<Arc<NodeStats>>,
+    pub quiesce: Arc<Quiesce>,
+    /// Reaches the other pods' admin APIs (short timeouts).
+    pub peers: reqwest::Client,
+}
+
+impl AppState {
+    /// Whether this pod can do its role's job, and the parts that say so. An api pod
+    /// (and `all`) is ready when the order path can accept: every inventory partition
+    /// and a publisher up (a shard or Kafka outage only delays persistence). A worker
+    /// is ready when it can consume and write: an order consumer, the catalog and
+    /// every shard up.
+    pub fn readiness(&self) -> (bool, serde_json::Value) {
+        let dir = &self.directory;
+        let draining = self.draining.load(std::sync::atomic::Ordering::SeqCst);
+        let role = self.settings.role;
+        let shards: Vec<_> = dir.shards.iter().map(|s| s.stats.is_running()).collect();
+        let mut body = serde_json::json!({
+            "role": role.as_str(),
+            "draining": draining,
+            "shards": shards,
+        });
+        let mut ready = !draining;
+        if role.takes_orders() {
+            let partitions: Vec<_> = dir.inventory.iter().map(|s| s.stats.is_running()).collect();
+            body["inventoryPartitions"] = partitions.into();
+            body["orderQueue"] = dir.publishers.iter().any(|s| s.stats.is_running()).into();
+            ready &= dir.order_path_ready();
+        }
+        if role == Role::Worker {
+            let consumers: Vec<_> = self.order_consumers.iter().map(|s| s.is_running()).collect();
+            ready &= consumers.iter().any(|c| *c)
+                && dir.catalog.stats.is_running()
+                && shards.iter().all(|s| *s);
+            body["orderConsumers"] = consumers.into();
+        }
+        body["ready"] = ready.into();
+        (ready, body)
+    }
 }
 
 impl AppState {

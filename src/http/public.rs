@@ -602,24 +602,13 @@ async fn my_orders(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpR
     Ok(HttpResponse::Ok().json(json!({ "orders": orders })))
 }
 
-async fn healthz() -> HttpResponse {
+pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let dir = &state.directory;
-    let partitions: Vec<_> = dir.inventory.iter().map(|s| s.stats.is_running()).collect();
-    let queue = dir.publishers.iter().any(|s| s.stats.is_running());
-    let shards: Vec<_> = dir.shards.iter().map(|s| s.stats.is_running()).collect();
-    let draining = state.draining.load(std::sync::atomic::Ordering::SeqCst);
-    let ready = dir.order_path_ready() && !draining;
-    let body = json!({
-        "ready": ready,
-        "draining": draining,
-        "inventoryPartitions": partitions,
-        "orderQueue": queue,
-        "shards": shards,
-    });
+/// Readiness, on both listeners (a worker has only the admin one).
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let (ready, body) = state.readiness();
     if ready {
         HttpResponse::Ok().json(body)
     } else {

@@ -30,6 +30,11 @@ pub static CATALOG: LazyLock<Migrator> = LazyLock::new(|| {
             "dead_letters",
             include_str!("../../migrations/sqlite/catalog/0003_dead_letters.sql"),
         ),
+        (
+            4,
+            "pods",
+            include_str!("../../migrations/sqlite/catalog/0004_pods.sql"),
+        ),
     ])
     .migrator()
 });

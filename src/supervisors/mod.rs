@@ -75,6 +75,8 @@ impl Policy {
 /// several applications (tests) can live in one process.
 pub struct Namer {
     suffix: String,
+    /// Shared by every node named here.
+    pub quiesce: Arc<stats::Quiesce>,
 }
 
 impl Namer {
@@ -86,11 +88,19 @@ impl Namer {
         } else {
             format!("#{n}")
         };
-        Self { suffix }
+        Self {
+            suffix,
+            quiesce: Arc::default(),
+        }
     }
 
     pub fn node(&self, name: &str, kind: Kind) -> Arc<NodeStats> {
-        NodeStats::new(name, format!("{name}{}", self.suffix), kind)
+        NodeStats::in_tree(
+            name,
+            format!("{name}{}", self.suffix),
+            kind,
+            self.quiesce.clone(),
+        )
     }
 }
 

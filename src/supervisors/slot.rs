@@ -213,6 +213,11 @@ impl Nudge {
         Self(Some(slot))
     }
 
+    /// Wakes nobody (the woken actor does not run in this process).
+    pub fn none() -> Self {
+        Self(None)
+    }
+
     pub fn wake(&self) {
         if let Some(slot) = &self.0 {
             if !slot.has_work() {

@@ -2,7 +2,7 @@
 //! write them) and the admin API (which reads them). A node's stats outlive the actor
 //! instances that come and go under its name.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -47,6 +47,52 @@ pub enum Kind {
     Actor,
 }
 
+/// Whether the tree is winding down, shared by every node of one application. Once
+/// stopping, actors that pull work themselves (queue consumers, periodic rounds) start
+/// no new round; the rounds under way finish, and a stop waits for them.
+#[derive(Debug, Default)]
+pub struct Quiesce {
+    stopping: AtomicBool,
+    busy: AtomicI64,
+}
+
+/// A round of work under way; ends when dropped.
+pub struct Busy<'a>(&'a Quiesce);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Quiesce {
+    /// Starts a round, unless the tree is stopping.
+    pub fn begin(&self) -> Option<Busy<'_>> {
+        // Counted before the check: a stop that sets the flag afterwards sees it.
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        if self.stopping.load(Ordering::SeqCst) {
+            self.busy.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Busy(self))
+    }
+
+    /// No new rounds from now on; answers how many are under way.
+    pub fn stop(&self) -> i64 {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.busy()
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Rounds under way.
+    pub fn busy(&self) -> i64 {
+        self.busy.load(Ordering::SeqCst).max(0)
+    }
+}
+
 /// The stats of one named node.
 pub struct NodeStats {
     /// The stable name shown to operators (`shard-0`).
@@ -61,11 +107,19 @@ pub struct NodeStats {
     last_error: Mutex<Option<String>>,
     started: Mutex<Option<Instant>>,
     cell: Mutex<Option<ActorCell>>,
+    /// The application's: see [`Quiesce`].
+    pub quiesce: Arc<Quiesce>,
 }
 
 impl NodeStats {
     pub fn new(name: &str, actor_name: String, kind: Kind) -> Arc<Self> {
+        Self::in_tree(name, actor_name, kind, Arc::default())
+    }
+
+    /// A node of the tree whose stop is `quiesce`.
+    pub fn in_tree(name: &str, actor_name: String, kind: Kind, quiesce: Arc<Quiesce>) -> Arc<Self> {
         Arc::new(Self {
+            quiesce,
             name: name.to_string(),
             actor_name,
             kind,

@@ -135,6 +135,10 @@ impl<C: Connect> Actor for Worker<C> {
                 r
             }
             WorkerMsg::Tick => {
+                // A stopping tree starts no new round (and schedules none).
+                let Some(_round) = self.slot.stats.quiesce.begin() else {
+                    return Ok(());
+                };
                 let r = state.backend.tick().await;
                 if let Ok(done) = &r {
                     self.slot.stats.add_processed(done.processed);

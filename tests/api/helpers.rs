@@ -230,7 +230,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let app = Application::build(s.clone())
         .await
         .expect("application starts");
-    let address = format!("http://{}", app.public_addr);
+    let address = format!("http://{}", app.public_addr.expect("a public listener"));
     let admin_address = format!("http://{}", app.admin_addr);
     let app_state = app.state.clone();
     let stop = app.stop_handle();

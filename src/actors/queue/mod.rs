@@ -242,6 +242,14 @@ impl<H: DeliveryHandler> Actor for QueueConsumer<H> {
             ConsumerMsg::Batch(batch) => {
                 let n = batch.messages.len();
                 self.stats.mailbox_add(-(n as i64));
+                // Stopping: fetch nothing more; a batch not begun stays unacknowledged
+                // and is redelivered (to another worker) once this consumer closes.
+                let Some(_round) = self.stats.quiesce.begin() else {
+                    if let Some(reader) = state.reader.take() {
+                        reader.abort();
+                    }
+                    return Ok(());
+                };
                 metrics::histogram!("flashsale_actor_batch_size", "actor" => self.stats.name.clone()).record(n as f64);
                 match self
                     .handler
