@@ -52,6 +52,10 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
   as_root rabbitmqctl await_startup --timeout 120 >/dev/null
 fi
 wait_for RabbitMQ 60 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5672'
+# HAProxy and curl: the load balancer of scripts/fleet.sh (and the fleet tests).
+need haproxy haproxy
+need curl curl
+
 # Kafka: tansu, an Apache Kafka compatible broker (memory storage), from crates.io.
 TANSU_VERSION=0.6.0
 tansu=$(command -v tansu || echo "$HOME/.cargo/bin/tansu")

@@ -74,6 +74,7 @@ pub struct Application {
     admin: Server,
     root: ActorRef<SupervisorMsg>,
     root_done: JoinHandle<()>,
+    stopping: Arc<AtomicBool>,
 }
 
 /// Stops a running application: HTTP first (requests in flight finish), then what
@@ -87,6 +88,8 @@ pub struct StopHandle {
     draining: Arc<AtomicBool>,
     quiesce: Arc<Quiesce>,
     registry: Arc<Slot<RegistryMsg>>,
+    /// Set by the first stop; a second one (the listeners ending) does nothing.
+    stopping: Arc<AtomicBool>,
 }
 
 /// How long a stop waits for the rounds under way and the actors' inboxes.
@@ -111,6 +114,9 @@ impl StopHandle {
     /// the inboxes empty (the inventory's marks and releases, the shards' writes); the
     /// pod leaves the fleet registry; then the tree stops and its pools close.
     pub async fn stop(&self) {
+        if self.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
         self.draining.store(true, Ordering::SeqCst);
         if let Some(public) = &self.public {
             public.stop(true).await;
@@ -261,6 +267,7 @@ impl Application {
             admin,
             root: root.actor,
             root_done: root.done,
+            stopping: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -273,6 +280,7 @@ impl Application {
             draining: self.state.draining.clone(),
             quiesce: self.state.quiesce.clone(),
             registry: self.state.registry.clone(),
+            stopping: self.stopping.clone(),
         }
     }
 
@@ -301,8 +309,9 @@ impl Application {
                 return Err(RunError::TreeGaveUp);
             }
         };
+        // The first stop may still be draining; shutdown.grace_secs bounds it (cli).
         stop.stop().await;
-        let _ = tokio::time::timeout(Duration::from_secs(10), root_done).await;
+        let _ = tokio::time::timeout(Duration::from_secs(60), root_done).await;
         served.map_err(RunError::from)
     }
 }
