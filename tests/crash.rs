@@ -139,7 +139,8 @@ async fn stop_during_a_burst(stop: Stop) {
     let mut server = start(data).await;
     wait_ready(&client, &server).await;
 
-    let stock = 1000;
+    // Enough stock that the drain period (two seconds of serving on) cannot sell it out.
+    let stock = 2500;
     let product = admin(
         &client,
         &server,
@@ -160,7 +161,7 @@ async fn stop_during_a_burst(stop: Stop) {
     .await;
     let secret = std::fs::read_to_string(data.join("jwt-secret")).unwrap();
     let tokens = Tokens::new(secret.trim().as_bytes(), 3600);
-    let buyers: Vec<String> = (0..1500)
+    let buyers: Vec<String> = (0..3000)
         .map(|_| tokens.issue(&UserId::new_random()).token)
         .collect();
 
@@ -190,11 +191,13 @@ async fn stop_during_a_burst(stop: Stop) {
                 }
             }
             progress.send_replace(accepted.len());
+            // Buyers keep arriving at a pace, not all at once.
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         accepted
     };
     let killer = async {
-        // Stop once a fifth of the stock is sold, while the next wave is in flight.
+        // Stop once 200 orders are accepted, while the next wave is in flight.
         accepted_so_far
             .wait_for(|n| *n >= 200)
             .await

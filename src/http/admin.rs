@@ -12,6 +12,7 @@ use super::{admin_document, json_body, resource, AppState};
 use crate::actors::inventory::{
     CacheDel, Counters, ListSales, LoadSale, SaleCounters, SaleRefused,
 };
+use crate::actors::queue::QueueDepth;
 use crate::domain::{now_ms, parse_rfc3339, rfc3339, ProductId, ProductName, SaleDefinition};
 use crate::shards::catalog::{
     CreateProduct, ListDeadLetters, OrdersReport, PutSale, SalesReport, UpdateProduct,
@@ -33,6 +34,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/admin/reports/orders").get(orders_report))
         .service(resource("/admin/reports/inventory").get(inventory_report))
         .service(resource("/admin/dead-letters").get(dead_letters))
+        .service(resource("/admin/flash-sales").get(list_sales))
         .service(
             resource("/admin/flash-sales/{productId}")
                 .put(put_sale)
@@ -354,6 +356,50 @@ async fn get_sale(
         .ok_or(ApiError::NotFound)?;
     let totals = state.directory.product_totals(product).await?;
     Ok(HttpResponse::Ok().json(sale_json(product, &counters, totals)))
+}
+
+/// Every sale the inventory partitions hold, with its state now, and the order
+/// queue's depth (read through a publisher: `null` on a worker, which has none): what
+/// the admin page's sale panels show.
+async fn list_sales(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    admin(&state, &req)?;
+    let dir = &state.directory;
+    let now = now_ms();
+    let partitions = join_all(dir.inventory.iter().map(|p| p.call(ListSales))).await;
+    let mut sales = Vec::new();
+    for sale in partitions.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().flatten() {
+        let status = if sale.starts_at.is_some_and(|s| now < s) {
+            "upcoming"
+        } else if sale.ends_at.is_some_and(|e| now >= e) {
+            "ended"
+        } else if sale.remaining == 0 {
+            "sold_out"
+        } else {
+            "active"
+        };
+        sales.push(json!({
+            "productId": sale.product,
+            "status": status,
+            "stock": sale.stock,
+            "remaining": sale.remaining,
+            "sold": sale.stock - sale.remaining,
+            "startsAt": sale.starts_at.map(rfc3339),
+            "endsAt": sale.ends_at.map(rfc3339),
+        }));
+    }
+    sales.sort_by_key(|s| s["productId"].as_i64());
+    let depth = match dir.publishers.is_empty() {
+        true => None,
+        false => {
+            let queue = dir.orders_queue.clone();
+            dir.publisher().call(QueueDepth { queue }).await.ok()
+        }
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "serverTime": rfc3339(now),
+        "orderQueueDepth": depth,
+        "sales": sales,
+    })))
 }
 
 async fn actors(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
