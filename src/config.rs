@@ -532,7 +532,12 @@ impl Settings {
         {
             return bad("pod.admin_url must be an http:// or https:// URL".into());
         }
-        if self.pod.id.len() > 200 || self.pod.id.contains(|c: char| c == '/' || c.is_whitespace()) {
+        if self.pod.id.len() > 200
+            || self
+                .pod
+                .id
+                .contains(|c: char| c == '/' || c.is_whitespace())
+        {
             return bad("pod.id must be at most 200 characters, without spaces or slashes".into());
         }
         if self.pod.heartbeat_secs == 0 || self.pod.gone_after_secs <= self.pod.heartbeat_secs {

@@ -131,7 +131,10 @@ async fn get_json(client: &reqwest::Client, url: &str, token: &str) -> Result<Va
             ""
         };
         let body: Value = r.json().await.unwrap_or_default();
-        let message = body["message"].as_str().map(|m| format!(": {m}")).unwrap_or_default();
+        let message = body["message"]
+            .as_str()
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default();
         return Err(format!("{url} answered {status}{hint}{message}"));
     }
     r.json().await.map_err(|e| format!("{url}: {e}"))

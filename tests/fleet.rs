@@ -182,7 +182,8 @@ impl Fleet {
     }
 
     async fn get(&self, base: &str, path: &str) -> Value {
-        self.admin(base, reqwest::Method::GET, path, Value::Null).await
+        self.admin(base, reqwest::Method::GET, path, Value::Null)
+            .await
     }
 
     /// A product with an open sale of `stock` units, `limit` per buyer.
@@ -243,7 +244,10 @@ impl Fleet {
                 let done = match r {
                     Ok(r) if r.status() == 200 => {
                         let v: Value = r.json().await.unwrap_or_default();
-                        assert_ne!(v["status"], "cancelled", "an accepted order was cancelled: {v}");
+                        assert_ne!(
+                            v["status"], "cancelled",
+                            "an accepted order was cancelled: {v}"
+                        );
                         v["status"] == "completed"
                     }
                     _ => false,
@@ -395,15 +399,31 @@ async fn two_api_pods_and_a_worker_behind_the_balancer_keep_every_promise() {
             other => panic!("order {n}: {other} {body}"),
         }
     }
-    assert_eq!((answered, limited), (10, 4), "ten a minute, across both pods");
+    assert_eq!(
+        (answered, limited),
+        (10, 4),
+        "ten a minute, across both pods"
+    );
 
     // Each role's tree holds only that role's actors; the fleet view proxies them.
     let api = names(&fleet.get(&fleet.api_admin(0), "/admin/actors").await);
     let worker = names(&fleet.get(&fleet.worker_admin(0), "/admin/actors").await);
-    for name in ["reconciler", "order-publisher-0", "inventory-0", "shard-0", "pod-registry"] {
+    for name in [
+        "reconciler",
+        "order-publisher-0",
+        "inventory-0",
+        "shard-0",
+        "pod-registry",
+    ] {
         assert!(api.contains(name), "api pod lacks {name}: {api:?}");
     }
-    for name in ["order-consumer-0", "notification-consumer-0", "relay-catalog", "analytics-consumer", "events"] {
+    for name in [
+        "order-consumer-0",
+        "notification-consumer-0",
+        "relay-catalog",
+        "analytics-consumer",
+        "events",
+    ] {
         assert!(!api.contains(name), "api pod runs {name}");
         assert!(worker.contains(name), "worker lacks {name}: {worker:?}");
     }
@@ -413,7 +433,9 @@ async fn two_api_pods_and_a_worker_behind_the_balancer_keep_every_promise() {
     for name in ["reconciler", "order-publisher-0"] {
         assert!(!worker.contains(name), "worker runs {name}");
     }
-    let proxied = fleet.get(&fleet.api_admin(0), "/admin/fleet/worker-0/actors").await;
+    let proxied = fleet
+        .get(&fleet.api_admin(0), "/admin/fleet/worker-0/actors")
+        .await;
     assert_eq!(names(&proxied), worker);
     // A worker has no public listener, and is ready on its admin one.
     let ready: Value = fleet
@@ -441,29 +463,51 @@ async fn two_api_pods_and_a_worker_behind_the_balancer_keep_every_promise() {
     for (id, pod) in &view {
         assert_eq!(pod["status"], "up", "{id}: {pod}");
         assert_eq!(pod["ready"], true, "{id}: {pod}");
-        assert!(pod["summary"]["actors"].as_u64().unwrap() > 3, "{id}: {pod}");
+        assert!(
+            pod["summary"]["actors"].as_u64().unwrap() > 3,
+            "{id}: {pod}"
+        );
         assert!(pod["error"].is_null(), "{id}: {pod}");
     }
 
     // The terminal draws the same fleet.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))
-        .args(["tree", "--fleet", "--admin-url", &fleet.api_admin(1), "--admin-token", ADMIN])
+        .args([
+            "tree",
+            "--fleet",
+            "--admin-url",
+            &fleet.api_admin(1),
+            "--admin-token",
+            ADMIN,
+        ])
         .output()
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    for line in ["pod api-0  api  up  ready", "pod api-1  api  up  ready", "pod worker-0  worker  up  ready"] {
+    for line in [
+        "pod api-0  api  up  ready",
+        "pod api-1  api  up  ready",
+        "pod worker-0  worker  up  ready",
+    ] {
         assert!(text.contains(line), "no {line:?} in:\n{text}");
     }
-    assert!(text.contains("order-consumer-0") && text.contains("reconciler"), "{text}");
+    assert!(
+        text.contains("order-consumer-0") && text.contains("reconciler"),
+        "{text}"
+    );
 }
 
 /// Sends orders at about `rate` a second through the balancer, each from a new buyer,
 /// until `stop` is set; records (status, Retry-After present, order id, token).
 type Answers = Arc<Mutex<Vec<(u16, bool, Option<String>, String)>>>;
 
-fn steady(fleet: &Fleet, product: i64, rate: u32, stop: Arc<std::sync::atomic::AtomicBool>) -> (Answers, tokio::task::JoinHandle<()>) {
+fn steady(
+    fleet: &Fleet,
+    product: i64,
+    rate: u32,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (Answers, tokio::task::JoinHandle<()>) {
     let answers: Answers = Arc::default();
     let (client, public) = (fleet.client.clone(), fleet.public());
     let tokens = Tokens::new(JWT.as_bytes(), 3600);
@@ -520,7 +564,10 @@ async fn a_killed_worker_is_replaced_and_the_fleet_view_drops_stopped_and_killed
         .iter()
         .filter(|a| a.0 == 201)
         .count();
-    assert!(accepted_since > 20, "intake stopped with the worker: {accepted_since} orders in 3 s");
+    assert!(
+        accepted_since > 20,
+        "intake stopped with the worker: {accepted_since} orders in 3 s"
+    );
 
     // The fleet view marks the killed worker gone within a minute.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -530,7 +577,11 @@ async fn a_killed_worker_is_replaced_and_the_fleet_view_drops_stopped_and_killed
             assert!(view["worker-0"]["summary"].is_null());
             break;
         }
-        assert!(Instant::now() < deadline, "worker-0 still shows as {}", view["worker-0"]);
+        assert!(
+            Instant::now() < deadline,
+            "worker-0 still shows as {}",
+            view["worker-0"]
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
@@ -547,7 +598,10 @@ async fn a_killed_worker_is_replaced_and_the_fleet_view_drops_stopped_and_killed
         .collect();
     assert!(accepted.len() > 100, "{} accepted", accepted.len());
     fleet.all_complete(&accepted).await;
-    assert_eq!(fleet.view(&fleet.api_admin(0)).await["worker-0"]["status"], "up");
+    assert_eq!(
+        fleet.view(&fleet.api_admin(0)).await["worker-0"]["status"],
+        "up"
+    );
 
     // A pod that stops cleanly (SIGTERM: exit 0) leaves the fleet at once.
     fleet.signal("api-0", "TERM");
@@ -559,7 +613,10 @@ async fn a_killed_worker_is_replaced_and_the_fleet_view_drops_stopped_and_killed
     let code = std::fs::read_to_string(fleet.dir.join("api-0.exit")).unwrap();
     assert_eq!(code.trim(), "0", "the api pod's exit code");
     let view = fleet.view(&fleet.worker_admin(0)).await;
-    assert!(!view.contains_key("api-0"), "a stopped pod is still listed: {view:?}");
+    assert!(
+        !view.contains_key("api-0"),
+        "a stopped pod is still listed: {view:?}"
+    );
     assert_eq!(view.len(), 1);
 }
 

@@ -18,7 +18,7 @@ use ractor::ActorProcessingErr;
 
 use super::directory::{CatalogSlot, Directory};
 use super::inventory::redis::HasSales;
-use super::inventory::{RebuildSale, Recovery, Restock};
+use super::inventory::{RebuildSale, Recovery, Restock, NOT_REBUILDING};
 use super::queue::QueueDepth;
 use crate::domain::now_ms;
 use crate::shards::catalog::SaleDefinitions;
@@ -104,7 +104,11 @@ pub async fn rebuild_if_lost(dir: &Directory, index: usize) -> Result<Outcome, C
             sale: *sale,
             orders,
         };
-        sold += slot.call(rebuild).await?;
+        match slot.call(rebuild).await? {
+            // Another api pod's reconciler finished first; the sales are open again.
+            NOT_REBUILDING => return Ok(Outcome::Ready),
+            n => sold += n,
+        }
     }
     slot.call(Recovery { finish: true }).await?;
     Ok(Outcome::Rebuilt {

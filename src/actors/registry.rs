@@ -110,7 +110,10 @@ impl Registry {
             .execute(&self.pool)
             .await?;
         if forgotten.rows_affected() > 0 {
-            tracing::info!(pods = forgotten.rows_affected(), "forgot pods gone for long");
+            tracing::info!(
+                pods = forgotten.rows_affected(),
+                "forgot pods gone for long"
+            );
         }
         self.registered = true;
         Ok(())

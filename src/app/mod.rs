@@ -125,8 +125,7 @@ impl StopHandle {
         let rounds = self.quiesce.stop();
         let queued = self.directory.queued_work();
         let started = tokio::time::Instant::now();
-        let settled =
-            || self.quiesce.busy() == 0 && self.directory.queued_work() == 0;
+        let settled = || self.quiesce.busy() == 0 && self.directory.queued_work() == 0;
         while !settled() && started.elapsed() < DRAIN_ACTORS {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -148,7 +147,9 @@ impl StopHandle {
         }
         match self.registry.call(Deregister).await {
             Ok(()) => tracing::info!("left the fleet registry"),
-            Err(e) => tracing::warn!(error = %e, "could not leave the fleet registry; the pod will show as gone"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not leave the fleet registry; the pod will show as gone")
+            }
         }
         self.root.stop(Some("shutdown".into()));
     }
@@ -236,7 +237,9 @@ impl Application {
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
         });
-        let public_addr = public_listener.as_ref().map(|l| l.local_addr().expect("bound"));
+        let public_addr = public_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("bound"));
         let bind_err = |what, addr: SocketAddr| {
             move |source| StartError::Bind {
                 what,

@@ -226,7 +226,9 @@ pub async fn spawn(
 
     // events: one outbox relay per database, then the event consumers
     let event_children = if role.persists() {
-        events(settings, backends, &directory, databases, &relays, &slots, policy)?
+        events(
+            settings, backends, &directory, databases, &relays, &slots, policy,
+        )?
     } else {
         Vec::new()
     };

@@ -361,13 +361,21 @@ async fn get_sale(
 /// Every sale the inventory partitions hold, with its state now, and the order
 /// queue's depth (read through a publisher: `null` on a worker, which has none): what
 /// the admin page's sale panels show.
-async fn list_sales(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+async fn list_sales(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     admin(&state, &req)?;
     let dir = &state.directory;
     let now = now_ms();
     let partitions = join_all(dir.inventory.iter().map(|p| p.call(ListSales))).await;
     let mut sales = Vec::new();
-    for sale in partitions.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().flatten() {
+    for sale in partitions
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+    {
         let status = if sale.starts_at.is_some_and(|s| now < s) {
             "upcoming"
         } else if sale.ends_at.is_some_and(|e| now >= e) {

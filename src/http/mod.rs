@@ -31,9 +31,9 @@ use crate::actors::directory::Directory;
 use crate::actors::registry::{PodIdentity, RegistryMsg};
 use crate::auth::Tokens;
 use crate::config::{HttpSettings, Role, Secret, Settings};
+use crate::domain::UserId;
 use crate::supervisors::slot::Slot;
 use crate::supervisors::stats::{NodeStats, Quiesce};
-use crate::domain::UserId;
 use crate::supervisors::{Policy, TreeNode};
 use error::ApiError;
 
@@ -84,7 +84,11 @@ impl AppState {
             ready &= dir.order_path_ready();
         }
         if role == Role::Worker {
-            let consumers: Vec<_> = self.order_consumers.iter().map(|s| s.is_running()).collect();
+            let consumers: Vec<_> = self
+                .order_consumers
+                .iter()
+                .map(|s| s.is_running())
+                .collect();
             ready &= consumers.iter().any(|c| *c)
                 && dir.catalog.stats.is_running()
                 && shards.iter().all(|s| *s);

@@ -514,7 +514,10 @@ mod tests {
         ensure_database(&pg_url(&done)).await.unwrap();
         old_runner_applied(&pg_url(&done), &CATALOG, 2).await;
         let later = CATALOG.iter().count() - 2;
-        assert_eq!(migrate_one(&pg_url(&done), &CATALOG).await.unwrap().1, later);
+        assert_eq!(
+            migrate_one(&pg_url(&done), &CATALOG).await.unwrap().1,
+            later
+        );
         assert_eq!(versions(&pg_url(&done)).await, all(&CATALOG));
 
         // Migrated to version 1: the later ones are applied now.

@@ -209,7 +209,10 @@ async fn the_admin_page_draws_every_actor_in_a_real_browser(mode: Mode) {
     let app = spawn_app(mode).await;
     let product = app.sale(40, 5).await;
     let (_, token) = app.token_for_new_user();
-    assert_eq!(app.buy(&token, product, "page", None).await.status, StatusCode::CREATED);
+    assert_eq!(
+        app.buy(&token, product, "page", None).await.status,
+        StatusCode::CREATED
+    );
     let tree = app.admin(Method::GET, "/admin/actors", None).await.body;
     let mut all = Vec::new();
     names(&tree, &mut all);
@@ -231,10 +234,19 @@ async fn the_admin_page_draws_every_actor_in_a_real_browser(mode: Mode) {
     // The fleet of one: this pod as the top node, over its tree.
     assert!(dom.contains("data-pod=\""), "the pod is drawn; DOM: {dom}");
     // The live panel of the open sale: what is left, and units sold per second.
-    assert!(dom.contains(&format!("data-sale=\"{product}\"")), "no sale panel; DOM: {dom}");
-    assert!(dom.contains(">39 left<"), "the panel shows what is left; DOM: {dom}");
+    assert!(
+        dom.contains(&format!("data-sale=\"{product}\"")),
+        "no sale panel; DOM: {dom}"
+    );
+    assert!(
+        dom.contains(">39 left<"),
+        "the panel shows what is left; DOM: {dom}"
+    );
     assert!(dom.contains("class=\"spark\""), "a sparkline is drawn");
-    assert!(dom.contains("waiting<"), "the order queue's depth is drawn; DOM: {dom}");
+    assert!(
+        dom.contains("waiting<"),
+        "the order queue's depth is drawn; DOM: {dom}"
+    );
 
     let shot =
         std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("admin-page-{mode:?}.png"));

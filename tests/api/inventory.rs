@@ -13,8 +13,8 @@ use flashsale::actors::inventory::local::LocalInventoryConnect;
 use flashsale::actors::inventory::redis::{HasSales, RedisConnect};
 use flashsale::actors::inventory::{
     CacheDel, CacheGet, CacheSet, Claim, Counters, InventoryMsg, ListSales, LoadSale, Lookup,
-    MarkPublished, RateCheck, Release, ReleaseStale, ReserveOutcome, ReserveRequest, Restock,
-    SaleCounters, SaleRefused, UnpublishedOrder,
+    MarkPublished, RateCheck, RebuildSale, Release, ReleaseStale, ReserveOutcome, ReserveRequest,
+    Restock, SaleCounters, SaleRefused, UnpublishedOrder, NOT_REBUILDING,
 };
 use flashsale::domain::{
     now_ms, IdempotencyKey, OrderId, ProductId, Quantity, SaleDefinition, UserId,
@@ -617,4 +617,35 @@ async fn a_key_replays_its_order_only_once_it_is_published(backend: Backend) {
         ReserveOutcome::Replay(quick.clone())
     );
     assert_eq!(p.units(pid).await, (2, 2));
+}
+
+on_both_backends!(a_rebuild_that_comes_after_the_partition_is_whole_changes_nothing);
+/// The reconcilers of several api pods may race to rebuild a partition; one that comes
+/// once another has finished (the sale open and selling again) must not overwrite what
+/// was sold since with its older snapshot of the shards.
+async fn a_rebuild_that_comes_after_the_partition_is_whole_changes_nothing(backend: Backend) {
+    let p = partition(backend, 3600).await;
+    let pid = product();
+    p.load(pid, open_sale(10, 5)).await.unwrap();
+    let buyer = UserId::new_random();
+    p.created(pid, &buyer, "a", 2).await;
+    p.created(pid, &buyer, "b", 1).await;
+    assert_eq!(p.units(pid).await, (7, 3));
+
+    let late = RebuildSale {
+        product: pid,
+        sale: open_sale(10, 5),
+        orders: Vec::new(),
+    };
+    assert_eq!(p.slot.call(late).await.unwrap(), NOT_REBUILDING);
+    assert_eq!(
+        p.units(pid).await,
+        (7, 3),
+        "the sale's counts are untouched"
+    );
+    assert_eq!(
+        p.reserve(pid, &buyer, "c", 3).await,
+        ReserveOutcome::LimitReached,
+        "the buyer's units are untouched"
+    );
 }

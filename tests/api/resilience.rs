@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use flashsale::actors::queue::Publish;
-use flashsale::domain::OrderMessage;
 use flashsale::domain::now_ms;
+use flashsale::domain::OrderMessage;
 use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;

@@ -16,7 +16,7 @@ use sqlx::Row;
 
 use super::{
     InventoryMsg, PartitionState, PendingOrder, RateWindow, ReserveOutcome, ReserveRequest,
-    SaleCounters, SaleRefused, SaleSummary, UnpublishedOrder,
+    SaleCounters, SaleRefused, SaleSummary, UnpublishedOrder, NOT_REBUILDING,
 };
 use crate::db::sqlite_pool;
 use crate::domain::{now_ms, OrderId, SaleDefinition};
@@ -504,13 +504,8 @@ impl LocalInventory {
             // The partition's file is its durable truth: its state is never lost
             // without the file, and with the file there is nothing to rebuild from.
             InventoryMsg::Recovery(_, port) => port.defer(Ok(PartitionState::Ready)),
-            InventoryMsg::RebuildSale(r, port) => {
-                let sold = self
-                    .sales
-                    .get(&r.product.get())
-                    .map(|s| s.stock - s.remaining);
-                port.defer(Ok(sold.unwrap_or(0)))
-            }
+            // Never rebuilding (above): nothing to overwrite.
+            InventoryMsg::RebuildSale(_, port) => port.defer(Ok(NOT_REBUILDING)),
         }
     }
 

@@ -164,8 +164,12 @@ pub enum PartitionState {
     },
 }
 
+/// Answered by a [`RebuildSale`] that found the partition no longer rebuilding.
+pub const NOT_REBUILDING: i64 = -1;
+
 /// Rebuilds one sale of a partition that lost its state, from its completed orders;
-/// answers the units sold.
+/// answers the units sold, or [`NOT_REBUILDING`] (and changes nothing) once the
+/// partition is whole again: the reconcilers of several api pods may race to it.
 #[derive(Debug)]
 pub struct RebuildSale {
     pub product: ProductId,

@@ -3,6 +3,10 @@
 -- orders of that era claimed since (the `counted` hash). Sold units, each buyer's
 -- units and the orders' idempotency keys come back; what was sold is kept.
 -- ARGV: prefix, pid, stock, limit, starts, ends, ttl, orders...
+-- Answers the units sold, or -1 when the partition is no longer rebuilding: another
+-- pod's reconciler finished the rebuild and the sale has reopened, so this snapshot of
+-- the shards is stale and must not overwrite what was sold since.
+if not rebuilding() then return -1 end
 local pid, stock, ends = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[6])
 local ck = k('counted', pid)
 local sold, per, seen = 0, {}, {}
