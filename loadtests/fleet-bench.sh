@@ -54,12 +54,14 @@ drop() { # drop NAME: its databases and queues
 # load NAME ADMIN_URL PIDS: the burst and the steady rate; one line of figures
 load() {
   local name=$1 admin=$2; shift 2
-  local c0 c1 c2
+  local c0 c1 c2 pid
   c0=$(cpu "$@")
+  for pid in "$@"; do echo "$pid $(cpu "$pid")"; done > "$out/$name-cpu0.txt"
   "$bin/flashsale-load" --quiet --max-in-flight 256 --target http://127.0.0.1:8080 --admin-url "$admin" \
     --report-json "$out/$name-burst.json" burst --buyers "$buyers" --stock "$buyers" --window-ms 0 \
     > "$out/$name-burst.txt" || true
   c1=$(cpu "$@")
+  for pid in "$@"; do echo "$pid $(cpu "$pid")"; done > "$out/$name-cpu1.txt"
   "$bin/flashsale-load" --quiet --max-in-flight 2048 --target http://127.0.0.1:8080 --admin-url "$admin" \
     --report-json "$out/$name-steady.json" steady --rate "$rate" --duration-secs "$each" --sales 4 \
     > "$out/$name-steady.txt" || true
@@ -76,7 +78,7 @@ PY
 
 wait_ready() { for _ in $(seq 120); do curl -fs "$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.5; done; return 1; }
 
-: > "$out/one.txt"; : > "$out/fleet.txt"
+: > "$out/one.txt"; : > "$out/fleet.txt"; : > "$out/fleet-cpu.txt"
 for run in $(seq "$runs"); do
   echo "== round $run: one process (role all)"
   name="one$run"; cfg=$(config "$name")
@@ -97,11 +99,18 @@ for run in $(seq "$runs"); do
   # shellcheck disable=SC2086
   line=$(load "$name" http://127.0.0.1:9081 $pids)
   echo "   $line" | tee -a "$out/fleet.txt"
+  # The burst's CPU per process of the fleet, by name.
+  for f in "$out/$name"/api-*.pid "$out/$name"/worker-*.pid "$out/$name/haproxy.pid"; do
+    p=$(cat "$f"); n=$(basename "$f" .pid)
+    a=$(awk -v p="$p" '$1 == p {print $2}' "$out/$name-cpu0.txt")
+    b=$(awk -v p="$p" '$1 == p {print $2}' "$out/$name-cpu1.txt")
+    echo "$n $(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2f", b - a}')"
+  done >> "$out/fleet-cpu.txt"
   scripts/fleet.sh down --dir "$out/$name" > /dev/null
   drop "$name"
 done
 
-python3 - "$out/one.txt" "$out/fleet.txt" <<'PY' | tee "$out/table.md"
+python3 - "$out/one.txt" "$out/fleet.txt" "$out/fleet-cpu.txt" <<'PY' | tee "$out/table.md"
 import statistics, sys
 def rows(path):
     return [list(map(float, l.split())) for l in open(path) if l.strip()]
@@ -114,6 +123,12 @@ print("|---|---|---|---|")
 for i, n in enumerate(names):
     a = statistics.median(r[i] for r in one); b = statistics.median(r[i] for r in fleet)
     print(f"| {n} | {a:,.1f} | {b:,.1f} | {b / a if a else float('nan'):.2f}× |")
+per = {}
+for line in open(sys.argv[3]):
+    n, c = line.split()
+    per.setdefault(n, []).append(float(c))
+print()
+print("the fleet's burst CPU by process (median s): " + ", ".join(f"{n} {statistics.median(v):.2f}" for n, v in sorted(per.items())))
 ok = all(r[8] == 1 for r in one + fleet)
 print()
 print("invariants (exactly the stock, every accepted order completed):", "ok in every round" if ok else "VIOLATED")
