@@ -113,7 +113,27 @@ stop_pod() { # stop_pod NAME [signalled]: SIGTERM (once: a second one exits at o
     fi
   fi
   for _ in $(seq 50); do [ -e "$dir/$name.exit" ] && break; sleep 0.1; done
-  echo "  $name stopped (exit code $(cat "$dir/$name.exit" 2>/dev/null || echo unknown))"
+  local code
+  code=$(cat "$dir/$name.exit" 2>/dev/null || echo unknown)
+  echo "  $name stopped (exit code $code)"
+  if [ "$code" != 0 ]; then
+    echo "fleet.sh: $name did not exit cleanly; the end of its log:" >&2
+    tail -n 15 "$dir/$name.log" >&2 || true
+  fi
+}
+
+balanced() { # balanced NAME: HAProxy counts the pod UP (workers are not behind it)
+  local role
+  role=$(awk -v n="$1" '$1 == n { print $2 }' "$dir/pods")
+  [ "$role" = api ] || return 0
+  curl -fs --max-time 2 "http://127.0.0.1:$(($(cat "$dir/port") + 1000))/;csv" |
+    awk -F, -v n="$1" '$1 == "api" && $2 == n { print $18 }' | grep -q '^UP'
+}
+
+wait_balanced() { # wait_balanced NAME: before the next pod of a roll may stop
+  for _ in $(seq 300); do balanced "$1" && return 0; sleep 0.1; done
+  echo "fleet.sh: HAProxy did not count $1 up within 30 s" >&2
+  return 1
 }
 
 pod_url() { # pod_url NAME: where its readiness is read (admin listener: every role has one)
@@ -147,6 +167,9 @@ frontend public
 
 backend api
     balance roundrobin
+    # No api pod up (never in a rolling restart: the next pod stops only once the
+    # balancer has the restarted one back): the API's own 503, with Retry-After.
+    http-error status 503 content-type application/json hdr Retry-After 1 string "{\"error\":\"unavailable\",\"message\":\"no api pod is available; retry shortly\"}"
     option httpchk GET /readyz
     http-check expect status 200
     default-server inter 300ms fall 2 rise 2
@@ -242,6 +265,7 @@ case "$cmd" in
     stop_pod "$pod_arg"
     start_pod "$pod_arg"
     wait_ready "$pod_arg" "$(pod_url "$pod_arg")" 60
+    wait_balanced "$pod_arg"
     echo "  $pod_arg ready again"
     ;;
   roll)
@@ -250,6 +274,7 @@ case "$cmd" in
       stop_pod "$name"
       start_pod "$name"
       wait_ready "$name" "$(pod_url "$name")" 60
+      wait_balanced "$name"
       echo "  $name ready again"
     done < <(pods)
     ;;

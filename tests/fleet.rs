@@ -81,15 +81,15 @@ impl Fleet {
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = dir.join("cluster.toml");
         std::fs::write(&cfg, config(&id)).unwrap();
-        // Ports from a base of this test's own (HAProxy, its stats, the pods' listeners),
-        // all below Linux's ephemeral range (32768 up), where outgoing connections
-        // could hold one.
-        // Tests of one run take bases in turn from a random start, so never the same one.
+        // Ports from a base of this test's own (fleet.sh uses base .. base+1101+M for
+        // HAProxy, its stats and the pods), all below Linux's ephemeral range (32768 up),
+        // where outgoing connections could hold one. Tests of one run take bases in
+        // turn from a random start, 2,000 apart, so their ports never meet.
         static START: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
         static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
         let turn = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let slot = (START.get_or_init(|| rand_u16() % 200) + turn) % 200;
-        let port = 10_000 + slot * 100;
+        let slot = (START.get_or_init(|| rand_u16() % 10) + turn) % 10;
+        let port = 10_000 + slot * 2_000;
         let fleet = Fleet {
             dir,
             port,

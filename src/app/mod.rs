@@ -302,9 +302,16 @@ impl Application {
         let admin = tokio::spawn(self.admin);
         let mut root_done = self.root_done;
         let served = tokio::select! {
+            // A stop ends the listeners first and the tree last, but this task may see
+            // both ended at once: the listeners' end is the one that counts.
+            biased;
             r = public => r.map_err(|e| std::io::Error::other(e.to_string())).and_then(|r| r),
             r = admin => r.map_err(|e| std::io::Error::other(e.to_string())).and_then(|r| r),
             _ = &mut root_done => {
+                if stop.stopping.load(Ordering::SeqCst) {
+                    // The tree ended because a stop stopped it, not because it gave up.
+                    return Ok(());
+                }
                 if let Some(public) = &stop.public {
                     public.stop(false).await;
                 }
