@@ -7,10 +7,7 @@
 #   docker run -p 8080:8080 -p 9090:9090 flashsale                # embedded mode
 #   docker run flashsale serve --config /etc/flashsale/cluster.toml --role api
 
-ARG RUST_IMAGE=docker.io/library/rust:1.95-bookworm
-ARG RUNTIME_IMAGE=docker.io/library/debian:bookworm-slim
-
-FROM ${RUST_IMAGE} AS build
+FROM docker.io/library/rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY loadtests/Cargo.toml loadtests/Cargo.toml
@@ -24,7 +21,7 @@ RUN cargo build --release --locked -p flashsale --bin flashsale \
 # What both targets share: no shell wrapper (the binary is PID 1 and drains on
 # SIGTERM itself), a user without privileges, a writable data directory for
 # embedded mode, the example cluster config.
-FROM ${RUNTIME_IMAGE} AS runtime-base
+FROM docker.io/library/debian:bookworm-slim AS runtime-base
 RUN mkdir -p /data /etc/flashsale && chown 10001:10001 /data
 COPY config/cluster.toml /etc/flashsale/cluster.toml
 ENV FLASHSALE__HTTP__LISTEN=0.0.0.0:8080 \

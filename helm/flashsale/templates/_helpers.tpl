@@ -1,0 +1,68 @@
+{{/* The chart's name. */}}
+{{- define "flashsale.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The prefix of every object name. */}}
+{{- define "flashsale.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains (include "flashsale.name" .) .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name (include "flashsale.name" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels every object carries. */}}
+{{- define "flashsale.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "flashsale.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* Selects every pod of the release. */}}
+{{- define "flashsale.selector" -}}
+app.kubernetes.io/name: {{ include "flashsale.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* The image reference. */}}
+{{- define "flashsale.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{/* The termination grace period: preStop, then the binary's own grace, and a margin. */}}
+{{- define "flashsale.terminationGrace" -}}
+{{ add .Values.config.preStopSecs .Values.config.graceSecs 3 }}
+{{- end -}}
+
+{{/* Credentials from the existing Secret, as FLASHSALE__ overrides. */}}
+{{- define "flashsale.secretEnv" -}}
+{{- $name := .Values.secrets.name -}}
+{{- $keys := .Values.secrets.keys -}}
+{{- range $env, $key := dict "FLASHSALE__ADMIN__TOKEN" $keys.adminToken "FLASHSALE__AUTH__JWT_SECRET" $keys.jwtSecret "FLASHSALE__CATALOG__URL" $keys.catalogUrl "FLASHSALE__SHARDS__URLS" $keys.shardUrls "FLASHSALE__SHARDS__REPLICA_URLS" $keys.replicaUrls "FLASHSALE__INVENTORY__URLS" $keys.redisUrls "FLASHSALE__QUEUE__URL" $keys.amqpUrl "FLASHSALE__EVENTS__KAFKA__SASL_PASSWORD" $keys.kafkaPassword }}
+{{- if $key }}
+- name: {{ $env }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $name }}
+      key: {{ $key }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The restricted security context of every container. */}}
+{{- define "flashsale.containerSecurity" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}

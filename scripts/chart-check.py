@@ -1,0 +1,178 @@
+"""Validates the Helm chart offline: `helm lint --strict` (Helm's own Go SDK through
+helm-python-sdk, no helm binary), then renders it with the default values and with
+each variant in helm/flashsale/ci/*-values.yaml and validates every rendered object
+against the Kubernetes 1.30 schemas in strict mode (kubernetes-validate). Objects of
+custom resources (KEDA, the Prometheus Operator) are checked for the fields their
+controllers need. Also checks that the PrometheusRule carries exactly the rules of
+deploy/prometheus/alerts.yml, that values outside values.schema.json are refused, and
+that the rendered config file, with the environment the Deployments set from the
+Secret, starts the real binary in both roles (against the services of this machine,
+with databases, queues and keys of its own) and drains on SIGTERM with exit 0.
+Prints what each variant renders."""
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import helm_python
+import kubernetes_validate
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm" / "flashsale"
+KUBE = "1.30.0"
+CUSTOM = {
+    ("keda.sh/v1alpha1", "ScaledObject"): ["spec.scaleTargetRef.name", "spec.triggers"],
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): ["spec.secretTargetRef"],
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): ["spec.selector", "spec.endpoints"],
+    ("monitoring.coreos.com/v1", "PrometheusRule"): ["spec.groups"],
+}
+
+
+def field(obj, path):
+    for part in path.split("."):
+        if not isinstance(obj, dict) or part not in obj:
+            return None
+        obj = obj[part]
+    return obj
+
+
+def serve_rendered(config_toml: str, binary: str) -> list:
+    """Starts the binary on the chart's config file in each role; returns failures."""
+    failures = []
+    pg = "postgres://postgres@127.0.0.1:5432/fs_test_chart_"
+    env = dict(os.environ)
+    env.update({
+        # What the Deployments take from the Secret.
+        "FLASHSALE__ADMIN__TOKEN": "chart-check-admin-token-0123456789",
+        "FLASHSALE__AUTH__JWT_SECRET": "chart-check-jwt-secret-0123456789-0123456789",
+        "FLASHSALE__CATALOG__URL": pg + "catalog",
+        "FLASHSALE__SHARDS__URLS": f'["{pg}shard_0", "{pg}shard_1"]',
+        "FLASHSALE__INVENTORY__URLS": '["redis://127.0.0.1:6379/14", "redis://127.0.0.1:6379/15"]',
+        "FLASHSALE__QUEUE__URL": "amqp://guest:guest@127.0.0.1:5672/%2f",
+        # This machine in place of the cluster's names and ports; names of this check's own.
+        "FLASHSALE__EVENTS__BROKERS": "127.0.0.1:9092",
+        "FLASHSALE__EVENTS__TOPIC_PREFIX": "fstest.chart.",
+        "FLASHSALE__EVENTS__REPLICATION_FACTOR": "1",
+        "FLASHSALE__QUEUE__ORDERS_QUEUE": "fstest.chart.orders",
+        "FLASHSALE__QUEUE__NOTIFICATIONS_QUEUE": "fstest.chart.notifications",
+        "FLASHSALE__INVENTORY__KEY_PREFIX": "tchart",
+        "FLASHSALE__HTTP__LISTEN": "127.0.0.1:0",
+        "FLASHSALE__ADMIN__LISTEN": "127.0.0.1:0",
+        "FLASHSALE__SHUTDOWN__DRAIN_SECS": "1",
+        "RUST_LOG": "warn",
+    })
+    # The migration Job: no config file, the environment alone (FLASHSALE__MODE and
+    # the brokers from values, the rest from the Secret).
+    job_env = {k: v for k, v in env.items() if not k.startswith("FLASHSALE__") or k in {
+        "FLASHSALE__CATALOG__URL", "FLASHSALE__SHARDS__URLS", "FLASHSALE__INVENTORY__URLS",
+        "FLASHSALE__QUEUE__URL", "FLASHSALE__ADMIN__TOKEN", "FLASHSALE__AUTH__JWT_SECRET",
+        "FLASHSALE__EVENTS__BROKERS"}}
+    job_env["FLASHSALE__MODE"] = "cluster"
+    migrate = subprocess.run([binary, "migrate"], env=job_env, capture_output=True, text=True, timeout=120)
+    if migrate.returncode != 0:
+        failures.append(f"the migration Job's command failed: {migrate.stderr[-1500:]}")
+    else:
+        print("the migration Job's command (environment only): exit 0")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "config.toml"
+        path.write_text(config_toml)
+        for role in ("api", "worker"):
+            proc = subprocess.Popen([binary, "serve", "--config", str(path), "--role", role], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            admin = None
+            deadline = time.time() + 60
+            while admin is None and time.time() < deadline:
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                if line.strip().startswith("admin API"):
+                    admin = line.split()[-1].removesuffix("/admin")
+            ready = False
+            while admin and not ready and time.time() < deadline:
+                try:
+                    ready = urllib.request.urlopen(admin + "/readyz", timeout=2).status == 200
+                except OSError:
+                    time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                code = proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = "none (killed after 40 s)"
+            if not ready or code != 0:
+                failures.append(f"the rendered config, role {role}: ready {ready}, exit code {code}: "
+                                + proc.stderr.read()[-1500:])
+            else:
+                print(f"rendered config.toml, role {role}: ready on {admin}, SIGTERM exit 0")
+    return failures
+
+
+def main() -> int:
+    failures = []
+    report = helm_python.lint(str(CHART), strict=True, kube_version="v" + KUBE)
+    for m in report["messages"]:
+        if m["severity"] >= 2:
+            failures.append(f"lint: {m['path']}: {m['error']}")
+    failures += [f"lint: {e}" for e in report.get("errors") or []]
+    print(f"lint --strict: {len(report['messages'])} message(s)")
+
+    variants = [("defaults", {})] + [
+        (p.name, yaml.safe_load(p.read_text())) for p in sorted((CHART / "ci").glob("*-values.yaml"))
+    ]
+    alerts = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
+    chart = helm_python.Chart.load(str(CHART))
+    for name, values in variants:
+        for install in (True, False):
+            rendered = chart.render(values, name="shop", namespace="sales", is_install=install, is_upgrade=not install)
+            kinds = []
+            for path, text in sorted(rendered.items()):
+                if path.endswith("NOTES.txt"):
+                    continue
+                for obj in yaml.safe_load_all(text):
+                    if not obj:
+                        continue
+                    kind = (obj.get("apiVersion"), obj.get("kind"))
+                    kinds.append(f"{obj['kind']}/{obj['metadata']['name']}")
+                    if kind in CUSTOM:
+                        for need in CUSTOM[kind]:
+                            if not field(obj, need):
+                                failures.append(f"{name}: {kinds[-1]} lacks {need}")
+                        if kind[1] == "PrometheusRule" and obj["spec"] != alerts:
+                            failures.append(f"{name}: the PrometheusRule differs from deploy/prometheus/alerts.yml")
+                        continue
+                    try:
+                        kubernetes_validate.validate(obj, KUBE, strict=True)
+                    except kubernetes_validate.ValidationError as e:
+                        failures.append(f"{name}: {kinds[-1]}: {e.message} at {list(e.path)}")
+                    except kubernetes_validate.SchemaNotFoundError as e:
+                        failures.append(f"{name}: {kinds[-1]}: no schema ({e})")
+            if install:
+                print(f"{name}: {len(kinds)} objects: {', '.join(sorted(kinds))}")
+    # Values outside the schema are refused.
+    for bad in ({"image": {"pullPolicy": "Sometimes"}}, {"config": {"poolSize": "three"}},
+                {"keda": {"saleWindows": [{"name": "x"}]}}, {"unknownKnob": 1}):
+        try:
+            chart.render(bad, name="shop", namespace="sales")
+            failures.append(f"values.schema.json let {bad} through")
+        except helm_python.HelmError:
+            pass
+
+    configmap = yaml.safe_load(chart.render({}, name="shop", namespace="sales")["flashsale/templates/configmap.yaml"])
+    binary = os.environ.get("FLASHSALE_BIN") or str(
+        pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "flashsale")
+    failures += serve_rendered(configmap["data"]["config.toml"], binary)
+
+    for f in failures:
+        print("FAIL", f)
+    print("chart check:", "failed" if failures else "ok")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
