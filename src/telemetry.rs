@@ -152,6 +152,24 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// Registers at zero the counters that only move when something goes wrong (a dead
+/// letter, a Kafka error, a rebuild, a released reservation), for every label value
+/// known at start: a series that does not exist yet cannot be alerted on with
+/// `increase()` and looks, to a dashboard, like a renamed metric.
+pub fn register_rare_counters(queues: &[&str], partitions: usize) {
+    for queue in queues {
+        metrics::counter!("flashsale_dead_letters_total", "queue" => queue.to_string())
+            .increment(0);
+    }
+    for partition in 0..partitions {
+        let p = partition.to_string();
+        metrics::counter!("flashsale_inventory_rebuilds_total", "partition" => p.clone())
+            .increment(0);
+        metrics::counter!("flashsale_reservations_released_total", "partition" => p).increment(0);
+    }
+    metrics::counter!("flashsale_kafka_errors_total").increment(0);
+}
+
 /// CPU seconds used and resident memory of this process (Linux `/proc`).
 pub fn process_usage() -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;

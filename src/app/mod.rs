@@ -194,6 +194,11 @@ fn bind(what: &'static str, addr: &str) -> Result<TcpListener, StartError> {
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         let metrics = crate::telemetry::metrics_handle();
+        let q = &settings.queue;
+        crate::telemetry::register_rare_counters(
+            &[&q.orders_queue, &q.notifications_queue],
+            settings.partition_count(),
+        );
         crate::db::set_statement_timeout(settings.limits.statement_timeout_ms);
         let backends = Backends::prepare(&settings).await?;
         let public_listener = match settings.role.takes_orders() {

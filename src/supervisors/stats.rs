@@ -116,8 +116,11 @@ impl NodeStats {
         Self::in_tree(name, actor_name, kind, Arc::default())
     }
 
-    /// A node of the tree whose stop is `quiesce`.
+    /// A node of the tree whose stop is `quiesce`. Its restart counter is exported at
+    /// zero from the start, so that an alert on its increase sees the first restart.
     pub fn in_tree(name: &str, actor_name: String, kind: Kind, quiesce: Arc<Quiesce>) -> Arc<Self> {
+        metrics::counter!("flashsale_actor_restarts_total", "actor" => name.to_string())
+            .increment(0);
         Arc::new(Self {
             quiesce,
             name: name.to_string(),

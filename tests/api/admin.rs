@@ -107,6 +107,29 @@ async fn health_metrics_page_and_openapi(mode: Mode) {
         .unwrap();
     assert_eq!(ready["ready"], true);
 
+    // The counters of rare events exist from the start, at zero: an alert on their
+    // increase sees the first one.
+    let metrics = get(format!("{}/metrics", app.admin_address))
+        .await
+        .text()
+        .await
+        .unwrap();
+    for queue in [
+        &app.settings.queue.orders_queue,
+        &app.settings.queue.notifications_queue,
+    ] {
+        let line = format!("flashsale_dead_letters_total{{queue=\"{queue}\"}} 0");
+        assert!(metrics.contains(&line), "no {line:?} in {metrics}");
+    }
+    for name in [
+        "flashsale_actor_restarts_total{actor=\"shard-0\"}",
+        "flashsale_inventory_rebuilds_total{partition=\"1\"}",
+        "flashsale_reservations_released_total{partition=\"0\"}",
+        "flashsale_kafka_errors_total",
+    ] {
+        assert!(metrics.contains(name), "no {name} in {metrics}");
+    }
+
     let product = app.sale(2, 1).await;
     let (_, token) = app.token_for_new_user();
     let order = app.buy(&token, product, "m", None).await;
