@@ -234,14 +234,14 @@ mod tests {
         }
     }
 
-    fn setup(
-        max_batch: usize,
-        tick: Option<Duration>,
-    ) -> (
+    /// A worker over a recorder, the batch sizes it saw and its tick count.
+    type Recorded = (
         Worker<RecorderConnect>,
         Arc<Mutex<Vec<usize>>>,
         Arc<Mutex<u32>>,
-    ) {
+    );
+
+    fn setup(max_batch: usize, tick: Option<Duration>) -> Recorded {
         let stats = NodeStats::new(
             "recorder",
             format!("recorder-{}", uuid::Uuid::new_v4()),
