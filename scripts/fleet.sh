@@ -47,13 +47,8 @@ for n in "$apis" "$workers" "$port"; do
   [[ "$n" =~ ^[0-9]+$ ]] || die "--api, --workers and --port take whole numbers"
 done
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-need() { # need COMMAND PACKAGE
-  command -v "$1" >/dev/null 2>&1 && return 0
-  echo "installing $2"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
-}
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 alive() { # alive PIDFILE WHAT: the process of the pid file is running and is WHAT
   local pid

@@ -23,14 +23,8 @@ token=image-test-admin-token-0123456789
 jwt=image-test-jwt-secret-0123456789-0123456789
 grace=25
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-apt_updated=0
-need() { # need COMMAND PACKAGE...
-  command -v "$1" >/dev/null 2>&1 && return 0
-  if [ $apt_updated = 0 ]; then as_root apt-get update -qq; apt_updated=1; fi
-  echo "installing ${*:2}"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${@:2}" >/dev/null
-}
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 need podman podman
 need runc runc
 need debootstrap debootstrap

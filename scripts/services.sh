@@ -6,15 +6,8 @@
 # run again.
 set -euo pipefail
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-
-apt_updated=0
-need() { # need COMMAND PACKAGE...
-  command -v "$1" >/dev/null 2>&1 && return 0
-  if [ $apt_updated = 0 ]; then as_root apt-get update -qq; apt_updated=1; fi
-  echo "installing ${*:2}"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${@:2}" >/dev/null
-}
+# shellcheck source=scripts/lib.sh
+source "$(cd "$(dirname "$0")" && pwd)/lib.sh"
 
 wait_for() { # wait_for WHAT SECONDS COMMAND...
   local what=$1 secs=$2; shift 2
