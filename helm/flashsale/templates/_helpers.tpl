@@ -29,9 +29,13 @@ app.kubernetes.io/name: {{ include "flashsale.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
-{{/* The image reference. */}}
+{{/* The image reference: by digest when one is given (what the pipeline deploys). */}}
 {{- define "flashsale.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
 {{- end -}}
 
 {{/* The termination grace period: preStop, then the binary's own grace, and a margin. */}}
