@@ -55,7 +55,7 @@ def serve_rendered(config_toml: str, binary: str) -> list:
         "FLASHSALE__AUTH__JWT_SECRET": "chart-check-jwt-secret-0123456789-0123456789",
         "FLASHSALE__CATALOG__URL": pg + "catalog",
         "FLASHSALE__SHARDS__URLS": f'["{pg}shard_0", "{pg}shard_1"]',
-        "FLASHSALE__INVENTORY__URLS": '["redis://127.0.0.1:6379/14", "redis://127.0.0.1:6379/15"]',
+        "FLASHSALE__INVENTORY__URLS": '["redis://127.0.0.1:6380/14", "redis://127.0.0.1:6381/15"]',
         "FLASHSALE__QUEUE__URL": "amqp://guest:guest@127.0.0.1:5672/%2f",
         # This machine in place of the cluster's names and ports; names of this check's own.
         "FLASHSALE__EVENTS__BROKERS": "127.0.0.1:9092",

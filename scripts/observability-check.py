@@ -75,7 +75,7 @@ def main() -> int:
         "FLASHSALE__AUTH__JWT_SECRET": JWT,
         "FLASHSALE__CATALOG__URL": pg + "catalog",
         "FLASHSALE__SHARDS__URLS": f'["{pg}shard_0", "{pg}shard_1"]',
-        "FLASHSALE__INVENTORY__URLS": '["redis://127.0.0.1:6379/14", "redis://127.0.0.1:6379/15"]',
+        "FLASHSALE__INVENTORY__URLS": '["redis://127.0.0.1:6380/14", "redis://127.0.0.1:6381/15"]',
         "FLASHSALE__INVENTORY__KEY_PREFIX": "tobs",
         "FLASHSALE__QUEUE__ORDERS_QUEUE": "fstest.obs.orders",
         "FLASHSALE__QUEUE__NOTIFICATIONS_QUEUE": "fstest.obs.notifications",

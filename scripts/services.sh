@@ -37,6 +37,20 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
 fi
 wait_for Redis 15 redis-cli -h 127.0.0.1 -p 6379 ping
+# The inventory partitions, each on a Redis server of its own (as in production), with
+# the append-only file on and fsynced every second: a restarted server comes back with
+# its reservations and sales instead of empty (which the partition epoch would then
+# have to rebuild from the shards).
+redis_dir=${FLASHSALE_REDIS_DIR:-$HOME/.cache/flashsale/redis}
+for port in 6380 6381; do
+  if ! redis-cli -h 127.0.0.1 -p $port ping >/dev/null 2>&1; then
+    mkdir -p "$redis_dir/$port"
+    redis-server --daemonize yes --bind 127.0.0.1 --port $port --dir "$redis_dir/$port" \
+      --appendonly yes --appendfsync everysec --save "" \
+      --logfile "$redis_dir/$port/redis.log" --pidfile "$redis_dir/$port/redis.pid"
+  fi
+  wait_for "Redis $port" 15 redis-cli -h 127.0.0.1 -p $port ping
+done
 
 # RabbitMQ
 need rabbitmq-server rabbitmq-server
@@ -65,4 +79,4 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; then
     --advertised-listener-url tcp://127.0.0.1:9092 >"$log" 2>&1 &
 fi
 wait_for "Kafka (tansu)" 30 bash -c 'exec 3<>/dev/tcp/127.0.0.1/9092'
-echo "services ready: PostgreSQL, Redis, RabbitMQ, Kafka"
+echo "services ready: PostgreSQL, Redis (6379; inventory partitions on 6380 and 6381), RabbitMQ, Kafka"

@@ -17,8 +17,8 @@ fi
 cleanup() {
   psql -w -h 127.0.0.1 -U postgres -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'fs\_test\_%'" |
     while read -r db; do psql -w -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"; done
-  redis-cli -n 14 flushdb >/dev/null
-  redis-cli -n 15 flushdb >/dev/null
+  redis-cli -p 6380 -n 14 flushdb >/dev/null
+  redis-cli -p 6381 -n 15 flushdb >/dev/null
   if command -v rabbitmqctl >/dev/null; then
     rabbitmqctl -q list_queues name 2>/dev/null | { grep '^fstest\.' || true; } | while read -r q; do
       rabbitmqctl -q delete_queue "$q" </dev/null >/dev/null 2>&1 || true

@@ -49,7 +49,7 @@ url = "postgres://postgres@127.0.0.1:5432/fs_test_{id}_catalog"
 urls = ["postgres://postgres@127.0.0.1:5432/fs_test_{id}_shard_0", "postgres://postgres@127.0.0.1:5432/fs_test_{id}_shard_1"]
 pool_size = 2
 [inventory]
-urls = ["redis://127.0.0.1:6379/14", "redis://127.0.0.1:6379/15"]
+urls = ["redis://127.0.0.1:6380/14", "redis://127.0.0.1:6381/15"]
 key_prefix = "t{id}"
 [queue]
 url = "amqp://guest:guest@127.0.0.1:5672/%2f"

@@ -1,6 +1,7 @@
 //! Outages of the shared services themselves in the middle of a sale: RabbitMQ
 //! restarted, Redis losing everything (its data flushed and every connection dropped,
-//! as a restart without persistence does). They take away services every other test
+//! as a restart without persistence does), the partitions' Redis servers restarted
+//! with their append-only files. They take away services every other test
 //! uses, so they live in a test binary of their own (cargo runs test binaries one at a
 //! time) and run one after the other.
 
@@ -115,11 +116,16 @@ async fn redis_losing_everything_during_a_burst_sells_exactly_the_stock() {
     .await;
     let stock = 150;
     let product = app.sale(stock, 1).await;
+    // Both partition servers lose their data and drop every connection.
     let lose_everything = async {
-        for db in ["14", "15"] {
-            run("redis-cli", &["-n", db, "FLUSHDB"]).await;
+        for (port, db) in [("6380", "14"), ("6381", "15")] {
+            run("redis-cli", &["-p", port, "-n", db, "FLUSHDB"]).await;
+            run(
+                "redis-cli",
+                &["-p", port, "CLIENT", "KILL", "TYPE", "normal"],
+            )
+            .await;
         }
-        run("redis-cli", &["CLIENT", "KILL", "TYPE", "normal"]).await;
     };
     let mut accepted = burst(&app, product, 4, lose_everything).await;
     // More buyers until the sale is sold out.
@@ -155,5 +161,105 @@ async fn redis_losing_everything_during_a_burst_sells_exactly_the_stock() {
         let more = app.buy(token, product, "another", None).await;
         assert!(more.error() == "purchase_limit_reached", "{:?}", more.body);
     }
+    app.stop().await;
+}
+
+/// Rebuilds counted so far, over every partition (the recorder is the process's).
+async fn rebuilds(app: &TestApp) -> f64 {
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.admin_address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("flashsale_inventory_rebuilds_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `redis-cli ARGS`, answering what it printed.
+async fn redis_cli(args: &[&str]) -> String {
+    let out = tokio::process::Command::new("redis-cli")
+        .args(args)
+        .output()
+        .await
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_servers_restarted_keep_their_sales_without_a_rebuild() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let app = spawn_app_with(Options {
+        reconcile_every_ms: 200,
+        ..Options::default()
+    })
+    .await;
+    let product = app.sale(100, 1).await;
+    let mut accepted = Vec::new();
+    for _ in 0..10 {
+        let (_, token) = app.token_for_new_user();
+        let r = app.buy(&token, product, "k", None).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        accepted.push((token, r.body["orderId"].as_str().unwrap().to_string()));
+    }
+    app.assert_completed_once(&accepted).await;
+    let rebuilt_before = rebuilds(&app).await;
+
+    // Each partition's own server stops (its append-only file fsynced) and starts again
+    // the way scripts/services.sh starts it.
+    for port in ["6380", "6381"] {
+        assert_eq!(
+            redis_cli(&["-p", port, "CONFIG", "GET", "appendonly"]).await,
+            "appendonly\nyes"
+        );
+        redis_cli(&["-p", port, "SHUTDOWN"]).await;
+    }
+    let services = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services.sh");
+    let started = tokio::process::Command::new("bash")
+        .arg(services)
+        .output()
+        .await
+        .expect("bash runs");
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+
+    // The sale comes back as it was: nothing to rebuild, nothing answered 503 for it.
+    let counters = eventually(Duration::from_secs(30), "the partition is back", || async {
+        let r = app
+            .client
+            .get(format!("{}/admin/flash-sales/{product}", app.admin_address))
+            .bearer_auth(helpers::ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        match r.status() {
+            StatusCode::OK => Ok(r.json::<serde_json::Value>().await.unwrap()),
+            other => Err(other),
+        }
+    })
+    .await;
+    assert_eq!(counters["remaining"], 90, "{counters}");
+    let (_, token) = app.token_for_new_user();
+    let r = app.buy(&token, product, "after", None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(
+        rebuilds(&app).await,
+        rebuilt_before,
+        "a partition was rebuilt"
+    );
+    // Old keys still replay their orders: the idempotency records survived too.
+    let (token, id) = &accepted[0];
+    let replay = app.buy(token, product, "k", None).await;
+    assert_eq!(replay.status, StatusCode::OK, "{:?}", replay.body);
+    assert_eq!(replay.body["orderId"], id.as_str());
     app.stop().await;
 }

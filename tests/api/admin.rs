@@ -313,7 +313,8 @@ async fn wait_ready_is(app: &crate::helpers::TestApp, want: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_an_inventory_outage_and_recovery() {
     use crate::helpers::{spawn_app_with, Options, Proxy};
-    let redis = Proxy::start("127.0.0.1:6379").await;
+    // Both partitions through one proxy to one of the partition servers.
+    let redis = Proxy::start("127.0.0.1:6380").await;
     let urls = vec![
         format!("redis://127.0.0.1:{}/14", redis.port),
         format!("redis://127.0.0.1:{}/15", redis.port),

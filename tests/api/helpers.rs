@@ -20,7 +20,9 @@ use serde_json::{json, Value};
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const JWT_SECRET: &str = "test-jwt-secret-0123456789-0123456789";
 /// The Redis databases of the inventory partitions (also behind a test's proxy).
-const REDIS_DBS: [&str; 2] = ["redis://127.0.0.1:6379/14", "redis://127.0.0.1:6379/15"];
+/// The inventory partitions of every test: each on a Redis server of its own
+/// (scripts/services.sh starts them), in databases the test script clears.
+pub const REDIS_DBS: [&str; 2] = ["redis://127.0.0.1:6380/14", "redis://127.0.0.1:6381/15"];
 /// How often a wait for a condition looks again.
 const POLL: Duration = Duration::from_millis(50);
 

@@ -84,7 +84,7 @@ pub async fn partition(backend: Backend, ttl_secs: u64) -> Partition {
     match backend {
         Backend::Redis => {
             let (slot, actor) = spawn(RedisConnect {
-                url: "redis://127.0.0.1:6379/14".into(),
+                url: "redis://127.0.0.1:6380/14".into(),
                 prefix: format!("conformance:{id}"),
                 stale_ms: STALE_MS,
                 idempotency_ttl_secs: ttl_secs,
