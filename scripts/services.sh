@@ -31,6 +31,27 @@ if ! psql -w -h 127.0.0.1 -U postgres -Atc 'select 1' >/dev/null 2>&1; then
   wait_for "PostgreSQL trust auth" 10 psql -w -h 127.0.0.1 -U postgres -Atc 'select 1'
 fi
 
+# A streaming replica of it on 5433 (hot standby): what shard reads go to when a shard
+# names a replica (config/cluster-replicas.toml, the replica tests).
+ver=$(ls /etc/postgresql | sort -V | tail -n1)
+hba=/etc/postgresql/$ver/main/pg_hba.conf
+if ! as_root grep -Eq '^host\s+replication\s+all\s+127\.0\.0\.1/32\s+trust' "$hba"; then
+  as_root sed -i '1i host replication all 127.0.0.1/32 trust' "$hba"
+  as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main reload
+fi
+if ! as_root pg_lsclusters -h | awk '{print $2}' | grep -qx replica; then
+  echo "creating the PostgreSQL replica on 5433 (pg_basebackup of 5432)"
+  as_root pg_createcluster "$ver" replica -p 5433 >/dev/null
+  replica_dir=/var/lib/postgresql/$ver/replica
+  as_root find "$replica_dir" -mindepth 1 -delete
+  as_root runuser -u postgres -- pg_basebackup -h 127.0.0.1 -p 5432 -U postgres -D "$replica_dir" -R -X stream -c fast
+  as_root sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "/etc/postgresql/$ver/replica/pg_hba.conf"
+fi
+if ! pg_isready -q -h 127.0.0.1 -p 5433; then
+  as_root pg_ctlcluster --skip-systemctl-redirect "$ver" replica start || true
+fi
+wait_for "PostgreSQL replica" 30 pg_isready -q -h 127.0.0.1 -p 5433
+
 # Redis
 need redis-server redis-server redis-tools
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
@@ -79,4 +100,4 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; then
     --advertised-listener-url tcp://127.0.0.1:9092 >"$log" 2>&1 &
 fi
 wait_for "Kafka (tansu)" 30 bash -c 'exec 3<>/dev/tcp/127.0.0.1/9092'
-echo "services ready: PostgreSQL, Redis (6379; inventory partitions on 6380 and 6381), RabbitMQ, Kafka"
+echo "services ready: PostgreSQL (replica on 5433), Redis (6379; inventory partitions on 6380 and 6381), RabbitMQ, Kafka"

@@ -288,6 +288,8 @@ pub struct ShardSettings {
     pub urls: Vec<Secret>,
     /// Optional read replica per shard (same order; an empty string means none).
     pub replica_urls: Vec<Secret>,
+    /// Reads leave a replica whose replay lags more than this behind its primary.
+    pub replica_max_lag_ms: u64,
     pub pool_size: u32,
     /// Most orders written in one transaction.
     pub max_batch: usize,
@@ -387,6 +389,7 @@ url = ""
 [shards]
 urls = []
 replica_urls = []
+replica_max_lag_ms = 1000
 pool_size = 3
 max_batch = 1000
 

@@ -65,11 +65,16 @@ pub async fn sqlite_pool(path: &Path, size: u32) -> Result<SqlitePool, sqlx::Err
         .await
 }
 
+/// sqlx `Any`'s drivers, installed once per process.
+fn install_drivers() {
+    static DRIVERS: Once = Once::new();
+    DRIVERS.call_once(sqlx::any::install_default_drivers);
+}
+
 /// A pool for SQL written once for both dialects: `postgres://…` or `sqlite://path`
 /// (an SQLite file must exist: the migrations create it).
 pub async fn any_pool(url: &str, size: u32) -> Result<AnyPool, sqlx::Error> {
-    static DRIVERS: Once = Once::new();
-    DRIVERS.call_once(sqlx::any::install_default_drivers);
+    install_drivers();
     let postgres = !is_sqlite(url);
     let timeout = statement_timeout_ms();
     AnyPoolOptions::new()
@@ -86,6 +91,17 @@ pub async fn any_pool(url: &str, size: u32) -> Result<AnyPool, sqlx::Error> {
         })
         .connect(url)
         .await
+}
+
+/// A pool like [`any_pool`] that connects on first use, with its own acquire timeout:
+/// for a database that may be down without that being this actor's failure (a read
+/// replica).
+pub fn any_pool_lazy(url: &str, size: u32, acquire: Duration) -> Result<AnyPool, sqlx::Error> {
+    install_drivers();
+    AnyPoolOptions::new()
+        .max_connections(size)
+        .acquire_timeout(acquire)
+        .connect_lazy(url)
 }
 
 /// Starts a transaction that writes, on a pool of either dialect. SQLite cannot turn

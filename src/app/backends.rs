@@ -154,6 +154,7 @@ impl Backends {
             index: i,
             url: self.shard_url(settings, i),
             replica_url,
+            replica_max_lag_ms: settings.shards.replica_max_lag_ms,
             pool_size: self.pool_size(settings),
             nudge,
         };

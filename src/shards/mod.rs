@@ -12,6 +12,7 @@ pub mod hash;
 pub mod migrate;
 pub mod outbox;
 pub mod postgres;
+pub mod replica;
 pub mod sqlite;
 pub mod store;
 

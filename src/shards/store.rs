@@ -1,6 +1,6 @@
 //! The shard backend, written once for PostgreSQL and SQLite over sqlx `Any`: reads
-//! (from the replica when there is one, the primary answering for what it has not
-//! caught up with), users, cancellations, totals and the group-committed writes. Only
+//! (from the replica while it is up and within its lag bound, the primary answering
+//! for what it has not caught up with or when it is not; [`super::replica`]), users, cancellations, totals and the group-committed writes. Only
 //! the hot multi-row order insert has a PostgreSQL form of its own ([`super::postgres`]).
 
 use std::time::Instant;
@@ -9,6 +9,7 @@ use ractor::ActorProcessingErr;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool, PgPool, Row};
 
+use super::replica::Replica;
 use super::{
     outbox, postgres, CancelOrder, Cancellation, CreateUser, GetOrder, InsertOrder, PendingRestock,
     PendingRestocks, RecordNotification, ShardMsg, UnitTotals, UpdateUser,
@@ -26,6 +27,8 @@ pub struct ShardConnect {
     /// The primary: `postgres://…` or `sqlite://path` (created by the migrations).
     pub url: String,
     pub replica_url: Option<String>,
+    /// Reads leave the replica while its replay lag is above this.
+    pub replica_max_lag_ms: u64,
     pub pool_size: u32,
     pub nudge: Nudge,
 }
@@ -35,7 +38,7 @@ pub struct Shard {
     nudge: Nudge,
     sqlite: bool,
     primary: AnyPool,
-    replica: Option<AnyPool>,
+    replica: Option<Replica>,
     /// PostgreSQL's own connection for the multi-row insert (the actor writes one
     /// batch at a time, so one connection).
     bulk: Option<PgPool>,
@@ -49,7 +52,12 @@ impl Connect for ShardConnect {
         let sqlite = db::is_sqlite(&self.url);
         let primary = db::any_pool(&self.url, self.pool_size).await?;
         let replica = match &self.replica_url {
-            Some(url) => Some(db::any_pool(url, self.pool_size).await?),
+            Some(url) => Some(Replica::open(
+                url,
+                self.pool_size,
+                self.index,
+                self.replica_max_lag_ms,
+            )?),
             None => None,
         };
         let bulk = match sqlite {
@@ -117,16 +125,30 @@ impl Shard {
         let sql =
             format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = $1 AND user_id = $2");
         if let Some(replica) = &self.replica {
-            let row = sqlx::query(&sql)
-                .bind(order)
-                .bind(user)
-                .fetch_optional(replica)
-                .await?;
-            if let Some(row) = row {
-                return order_view(&row).map(Some);
+            if let Some(pool) = replica.usable() {
+                let row = sqlx::query(&sql)
+                    .bind(order)
+                    .bind(user)
+                    .fetch_optional(pool)
+                    .await;
+                match row {
+                    // Settled (completed or cancelled): the replica's answer stands; a later
+                    // cancellation shows within the lag bound.
+                    Ok(Some(row)) => {
+                        let view = order_view(&row)?;
+                        if view.status != OrderStatus::Pending {
+                            replica.served("replica");
+                            return Ok(Some(view));
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => replica.failed(&e),
+                }
             }
+            // Not there yet, or pending there (it may have completed since): the
+            // primary answers, so that an order just written is read as written.
+            replica.served("primary");
         }
-        // The primary answers for what the replica has not caught up with yet.
         let row = sqlx::query(&sql)
             .bind(order)
             .bind(user)
@@ -136,11 +158,25 @@ impl Shard {
     }
 
     async fn list(&self, user: &str) -> Result<Vec<OrderView>, sqlx::Error> {
-        let reads = self.replica.as_ref().unwrap_or(&self.primary);
         let sql = format!(
             "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1 ORDER BY created_at DESC LIMIT 1000"
         );
-        let rows = sqlx::query(&sql).bind(user).fetch_all(reads).await?;
+        if let Some(replica) = &self.replica {
+            if let Some(pool) = replica.usable() {
+                match sqlx::query(&sql).bind(user).fetch_all(pool).await {
+                    Ok(rows) => {
+                        replica.served("replica");
+                        return rows.iter().map(order_view).collect();
+                    }
+                    Err(e) => replica.failed(&e),
+                }
+            }
+            replica.served("primary");
+        }
+        let rows = sqlx::query(&sql)
+            .bind(user)
+            .fetch_all(&self.primary)
+            .await?;
         rows.iter().map(order_view).collect()
     }
 
