@@ -51,6 +51,14 @@ fn line(out: &mut String, node: &Value, lead: &str, child_lead: &str, colours: b
             "  mailbox {}  processed {}  up {}s",
             node["mailbox"], node["processed"], node["uptimeSeconds"]
         );
+        if let Some(r) = node.get("replica").filter(|r| r.is_object()) {
+            let state = match (r["up"].as_bool(), r["serving"].as_bool()) {
+                (Some(true), Some(true)) => "serving",
+                (Some(true), _) => "lagging",
+                _ => "down",
+            };
+            let _ = write!(out, "  replica {state} lag {}s", r["lagSeconds"]);
+        }
         if let Some(e) = node["lastError"].as_str() {
             let _ = write!(out, "  last error: {e}");
         }
@@ -192,7 +200,8 @@ mod tests {
                 {"name": "shard-0", "kind": "actor", "status": "failed", "restarts": 2, "mailbox": 3,
                  "processed": 40, "uptimeSeconds": 0.0, "lastError": "connection reset", "children": []},
                 {"name": "shard-1", "kind": "actor", "status": "running", "restarts": 0, "mailbox": 0,
-                 "processed": 7, "uptimeSeconds": 12.5, "lastError": null, "children": []}
+                 "processed": 7, "uptimeSeconds": 12.5, "lastError": null, "children": [],
+                 "replica": {"up": true, "lagSeconds": 2.5, "serving": false}}
             ]
         });
         let text = render(&tree, false);
@@ -206,6 +215,11 @@ mod tests {
         );
         assert!(lines[1].ends_with("last error: connection reset"));
         assert!(lines[2].starts_with("└── shard-1  running"), "{}", lines[2]);
+        assert!(
+            lines[2].ends_with("replica lagging lag 2.5s"),
+            "{}",
+            lines[2]
+        );
         assert!(render(&tree, true).contains("\x1b[31mfailed"));
     }
 

@@ -50,6 +50,27 @@ async fn app() -> TestApp {
     app
 }
 
+/// The replica of shard-0 as the admin tree shows it.
+async fn tree_replica(app: &TestApp) -> serde_json::Value {
+    fn find<'a>(n: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+        if n["name"] == name {
+            return Some(n);
+        }
+        n["children"].as_array()?.iter().find_map(|c| find(c, name))
+    }
+    let tree: serde_json::Value = app
+        .client
+        .get(format!("{}/admin/actors", app.admin_address))
+        .bearer_auth(helpers::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    find(&tree, "shard-0").expect("shard-0 in the tree")["replica"].clone()
+}
+
 async fn metrics(app: &TestApp) -> String {
     app.client
         .get(format!("{}/metrics", app.admin_address))
@@ -177,6 +198,13 @@ async fn reads_go_to_the_replica_and_an_order_just_completed_is_read_as_written(
         &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}'"),
     );
     assert_ne!(on_replica, "0", "no connection to the replica's {db}");
+    // The tree shows it on the shard's node.
+    let replica = tree_replica(&app).await;
+    assert_eq!(
+        (&replica["up"], &replica["serving"]),
+        (&true.into(), &true.into()),
+        "{replica}"
+    );
     app.stop().await;
 }
 
@@ -247,6 +275,17 @@ async fn a_stopped_replica_sends_reads_to_the_primary_without_an_error() {
     let more = buy_each(&app, product, 4).await;
     read_back(&app, &orders).await;
     read_back(&app, &more).await;
+    eventually(
+        Duration::from_secs(10),
+        "the tree shows the replica down",
+        || async {
+            match tree_replica(&app).await {
+                r if r["up"] == false && r["serving"] == false => Ok(()),
+                r => Err(r),
+            }
+        },
+    )
+    .await;
 
     pg_ctl_replica("start");
     eventually(

@@ -157,6 +157,7 @@ impl Backends {
             replica_max_lag_ms: settings.shards.replica_max_lag_ms,
             pool_size: self.pool_size(settings),
             nudge,
+            stats: slot.stats.clone(),
         };
         let max = settings.shards.max_batch;
         supervisors::worker(slot, Arc::new(connect), max, None, policy)

@@ -12,6 +12,8 @@ use std::time::Duration;
 use sqlx::AnyPool;
 use tokio::task::JoinHandle;
 
+use crate::supervisors::stats::{NodeStats, ReplicaState};
+
 /// How long a read waits for a replica connection before it goes to the primary.
 const ACQUIRE: Duration = Duration::from_millis(500);
 /// How often the monitor looks.
@@ -45,11 +47,24 @@ const LAG: &str = "SELECT CAST(CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal
 impl Replica {
     /// Opens the replica's pool lazily (a replica that is down does not stop the shard)
     /// and starts its monitor.
-    pub fn open(url: &str, size: u32, shard: usize, max_lag_ms: u64) -> Result<Self, sqlx::Error> {
+    pub fn open(
+        url: &str,
+        size: u32,
+        shard: usize,
+        max_lag_ms: u64,
+        stats: Arc<NodeStats>,
+    ) -> Result<Self, sqlx::Error> {
         let pool = crate::db::any_pool_lazy(url, size, ACQUIRE)?;
         let health = Arc::new(Health::default());
         let shard = shard.to_string();
-        let monitor = tokio::spawn(monitor(pool.clone(), health.clone(), shard.clone()));
+        let watch = Monitor {
+            pool: pool.clone(),
+            health: health.clone(),
+            shard: shard.clone(),
+            max_lag_ms,
+            stats,
+        };
+        let monitor = tokio::spawn(watch.run());
         Ok(Self {
             pool,
             health,
@@ -81,28 +96,55 @@ impl Replica {
     }
 }
 
-async fn monitor(pool: AnyPool, health: Arc<Health>, shard: String) {
-    loop {
-        let lag = sqlx::query_scalar::<_, f64>(LAG).fetch_one(&pool).await;
-        match lag {
-            Ok(secs) => {
-                if !health.up.swap(true, Ordering::Relaxed) {
-                    tracing::info!(%shard, "replica up; reads go there while its lag allows");
+/// Looks at the replica every second; the shard's node in the tree shows what it saw.
+struct Monitor {
+    pool: AnyPool,
+    health: Arc<Health>,
+    shard: String,
+    max_lag_ms: u64,
+    stats: Arc<NodeStats>,
+}
+
+impl Monitor {
+    async fn run(self) {
+        let Monitor {
+            pool,
+            health,
+            shard,
+            max_lag_ms,
+            stats,
+        } = self;
+        loop {
+            let lag = sqlx::query_scalar::<_, f64>(LAG).fetch_one(&pool).await;
+            match lag {
+                Ok(secs) => {
+                    if !health.up.swap(true, Ordering::Relaxed) {
+                        tracing::info!(%shard, "replica up; reads go there while its lag allows");
+                    }
+                    let ms = (secs.max(0.0) * 1000.0) as u64;
+                    health.lag_ms.store(ms, Ordering::Relaxed);
+                    metrics::gauge!("flashsale_replica_lag_seconds", "shard" => shard.clone())
+                        .set(secs);
+                    metrics::gauge!("flashsale_replica_up", "shard" => shard.clone()).set(1.0);
+                    stats.set_replica(ReplicaState {
+                        up: true,
+                        lag_seconds: (secs.max(0.0) * 1000.0).round() / 1000.0,
+                        serving: ms <= max_lag_ms,
+                    });
                 }
-                health
-                    .lag_ms
-                    .store((secs.max(0.0) * 1000.0) as u64, Ordering::Relaxed);
-                metrics::gauge!("flashsale_replica_lag_seconds", "shard" => shard.clone())
-                    .set(secs);
-                metrics::gauge!("flashsale_replica_up", "shard" => shard.clone()).set(1.0);
-            }
-            Err(e) => {
-                if health.up.swap(false, Ordering::Relaxed) {
-                    tracing::warn!(%shard, error = %e, "replica down; reads go to the primary");
+                Err(e) => {
+                    if health.up.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(%shard, error = %e, "replica down; reads go to the primary");
+                    }
+                    metrics::gauge!("flashsale_replica_up", "shard" => shard.clone()).set(0.0);
+                    stats.set_replica(ReplicaState {
+                        up: false,
+                        lag_seconds: 0.0,
+                        serving: false,
+                    });
                 }
-                metrics::gauge!("flashsale_replica_up", "shard" => shard.clone()).set(0.0);
             }
+            tokio::time::sleep(EVERY).await;
         }
-        tokio::time::sleep(EVERY).await;
     }
 }

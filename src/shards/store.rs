@@ -3,6 +3,7 @@
 //! for what it has not caught up with or when it is not; [`super::replica`]), users, cancellations, totals and the group-committed writes. Only
 //! the hot multi-row order insert has a PostgreSQL form of its own ([`super::postgres`]).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use ractor::ActorProcessingErr;
@@ -20,6 +21,7 @@ use crate::domain::{
 };
 use crate::events::{self, CancelReason};
 use crate::supervisors::slot::{Message, Nudge};
+use crate::supervisors::stats::NodeStats;
 use crate::supervisors::worker::{Backend, Batch, Connect};
 
 pub struct ShardConnect {
@@ -31,6 +33,8 @@ pub struct ShardConnect {
     pub replica_max_lag_ms: u64,
     pub pool_size: u32,
     pub nudge: Nudge,
+    /// The shard's node in the tree (it shows the replica's state).
+    pub stats: Arc<NodeStats>,
 }
 
 pub struct Shard {
@@ -57,6 +61,7 @@ impl Connect for ShardConnect {
                 self.pool_size,
                 self.index,
                 self.replica_max_lag_ms,
+                self.stats.clone(),
             )?),
             None => None,
         };

@@ -148,6 +148,7 @@ impl TreeNode {
             processed: s.processed(),
             last_error: s.last_error(),
             uptime_seconds: (s.uptime_seconds() * 10.0).round() / 10.0,
+            replica: s.replica(),
         });
         let supervisor = (s.kind == Kind::Supervisor).then(|| SupervisorFields {
             strategy: "one_for_one",
@@ -186,6 +187,9 @@ pub struct ActorFields {
     pub processed: u64,
     pub last_error: Option<String>,
     pub uptime_seconds: f64,
+    /// A shard's read replica, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<stats::ReplicaState>,
 }
 
 #[derive(Debug, Serialize)]

@@ -109,6 +109,19 @@ pub struct NodeStats {
     cell: Mutex<Option<ActorCell>>,
     /// The application's: see [`Quiesce`].
     pub quiesce: Arc<Quiesce>,
+    replica: Mutex<Option<ReplicaState>>,
+}
+
+/// What a shard's read replica looks like from the shard, for the tree.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaState {
+    /// It answers.
+    pub up: bool,
+    /// How far its replay is behind what it received, in seconds.
+    pub lag_seconds: f64,
+    /// Reads go there now (up, and the lag within its bound).
+    pub serving: bool,
 }
 
 impl NodeStats {
@@ -133,6 +146,7 @@ impl NodeStats {
             last_error: Mutex::new(None),
             started: Mutex::new(None),
             cell: Mutex::new(None),
+            replica: Mutex::new(None),
         })
     }
 
@@ -207,6 +221,15 @@ impl NodeStats {
 
     pub fn mailbox(&self) -> i64 {
         self.mailbox.load(Ordering::Relaxed).max(0)
+    }
+
+    /// The node's read replica (shards that have one), as its monitor last saw it.
+    pub fn set_replica(&self, state: ReplicaState) {
+        *self.replica.lock().unwrap() = Some(state);
+    }
+
+    pub fn replica(&self) -> Option<ReplicaState> {
+        *self.replica.lock().unwrap()
     }
 
     pub fn cell(&self) -> Option<ActorCell> {
