@@ -25,6 +25,8 @@ import helm_python
 import kubernetes_validate
 import yaml
 
+import localenv
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "flashsale"
 KUBE = "1.30.0"
@@ -47,28 +49,8 @@ def field(obj, path):
 def serve_rendered(config_toml: str, binary: str) -> list:
     """Starts the binary on the chart's config file in each role; returns failures."""
     failures = []
-    pg = "postgres://postgres@127.0.0.1:5432/fs_test_chart_"
-    env = dict(os.environ)
-    env.update({
-        # What the Deployments take from the Secret.
-        "FLASHSALE__ADMIN__TOKEN": "chart-check-admin-token-0123456789",
-        "FLASHSALE__AUTH__JWT_SECRET": "chart-check-jwt-secret-0123456789-0123456789",
-        "FLASHSALE__CATALOG__URL": pg + "catalog",
-        "FLASHSALE__SHARDS__URLS": f'["{pg}shard_0", "{pg}shard_1"]',
-        "FLASHSALE__INVENTORY__URLS": '["redis://127.0.0.1:6380/14", "redis://127.0.0.1:6381/15"]',
-        "FLASHSALE__QUEUE__URL": "amqp://guest:guest@127.0.0.1:5672/%2f",
-        # This machine in place of the cluster's names and ports; names of this check's own.
-        "FLASHSALE__EVENTS__BROKERS": "127.0.0.1:9092",
-        "FLASHSALE__EVENTS__TOPIC_PREFIX": "fstest.chart.",
-        "FLASHSALE__EVENTS__REPLICATION_FACTOR": "1",
-        "FLASHSALE__QUEUE__ORDERS_QUEUE": "fstest.chart.orders",
-        "FLASHSALE__QUEUE__NOTIFICATIONS_QUEUE": "fstest.chart.notifications",
-        "FLASHSALE__INVENTORY__KEY_PREFIX": "tchart",
-        "FLASHSALE__HTTP__LISTEN": "127.0.0.1:0",
-        "FLASHSALE__ADMIN__LISTEN": "127.0.0.1:0",
-        "FLASHSALE__SHUTDOWN__DRAIN_SECS": "1",
-        "RUST_LOG": "warn",
-    })
+    env = localenv.service_env("chart", "chart-check-admin-token-0123456789",
+                               "chart-check-jwt-secret-0123456789-0123456789")
     # The migration Job: no config file, the environment alone (FLASHSALE__MODE and
     # the brokers from values, the rest from the Secret).
     job_env = {k: v for k, v in env.items() if not k.startswith("FLASHSALE__") or k in {
@@ -85,16 +67,8 @@ def serve_rendered(config_toml: str, binary: str) -> list:
         path = pathlib.Path(tmp) / "config.toml"
         path.write_text(config_toml)
         for role in ("api", "worker"):
-            proc = subprocess.Popen([binary, "serve", "--config", str(path), "--role", role], env=env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            admin = None
+            proc, _, admin = localenv.start([binary, "serve", "--config", str(path), "--role", role], env)
             deadline = time.time() + 60
-            while admin is None and time.time() < deadline:
-                line = proc.stdout.readline()
-                if not line:
-                    break
-                if line.strip().startswith("admin API"):
-                    admin = line.split()[-1].removesuffix("/admin")
             ready = False
             while admin and not ready and time.time() < deadline:
                 try:
@@ -109,7 +83,7 @@ def serve_rendered(config_toml: str, binary: str) -> list:
                 code = "none (killed after 40 s)"
             if not ready or code != 0:
                 failures.append(f"the rendered config, role {role}: ready {ready}, exit code {code}: "
-                                + proc.stderr.read()[-1500:])
+                                + localenv.log(proc)[-1500:])
             else:
                 print(f"rendered config.toml, role {role}: ready on {admin}, SIGTERM exit 0")
     return failures

@@ -53,13 +53,18 @@ source scripts/lib.sh
 alive() { # alive PIDFILE WHAT: the process of the pid file is running and is WHAT
   local pid
   pid=$(cat "$1" 2>/dev/null) || return 1
-  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$2"
+  [ -n "$pid" ] && { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -q -- "$2"
 }
 
 ready() { curl -fs -o /dev/null --max-time 2 "$1/readyz"; }
 
-wait_ready() { # wait_ready NAME URL SECONDS
+wait_ready() { # wait_ready NAME URL SECONDS [PROGRAM]: a process that exits meanwhile has failed
   for _ in $(seq $(($3 * 10))); do
+    if [ -e "$dir/$1.pid" ] && ! alive "$dir/$1.pid" "${4:-flashsale}"; then
+      echo "fleet.sh: $1 exited at start; its log:" >&2
+      tail -n 20 "$dir/$1.log" >&2 || true
+      return 1
+    fi
     ready "$2" && return 0
     sleep 0.1
   done
@@ -216,6 +221,14 @@ case "$cmd" in
     [ -f "$config" ] || die "no config file $config"
     need haproxy haproxy
     need curl curl
+    # Every port of the fleet must be free: a process already listening there would
+    # answer for a pod that could not bind (HAProxy even shares its port).
+    taken=()
+    for p in "$port" $((port + 1000)) $(seq $((port + 1)) $((port + apis))) \
+      $(seq $((port + 1001)) $((port + 1000 + apis))) $(seq $((port + 1101)) $((port + 1100 + workers))); do
+      (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && taken+=("$p")
+    done
+    [ ${#taken[@]} = 0 ] || die "port(s) ${taken[*]} already in use (another fleet? fleet.sh status --dir …; or --port)"
     if [ -z "$bin" ]; then
       bin=${CARGO_TARGET_DIR:-target}/release/flashsale
       [ -x "$bin" ] || cargo build --release --locked -p flashsale
@@ -246,7 +259,7 @@ case "$cmd" in
     haproxy_cfg >"$dir/haproxy.cfg"
     haproxy -c -q -f "$dir/haproxy.cfg" || die "HAProxy refused $dir/haproxy.cfg"
     haproxy -D -f "$dir/haproxy.cfg" </dev/null >/dev/null 2>&1
-    wait_ready haproxy "http://127.0.0.1:$port" 15
+    wait_ready haproxy "http://127.0.0.1:$port" 15 haproxy
     echo "fleet is up: $apis api pod(s), $workers worker(s)"
     status
     echo "  admin token: $dir/admin-token"

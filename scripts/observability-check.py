@@ -21,6 +21,8 @@ import urllib.request
 
 import yaml
 
+import localenv
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 ADMIN_TOKEN = "observability-admin-token-0123456789"
@@ -49,18 +51,8 @@ def expressions() -> list:
 
 
 def server(env: dict) -> tuple:
-    proc = subprocess.Popen([str(TARGET / "debug/flashsale"), "serve", "--config", "config/cluster.toml"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    public = admin = None
-    deadline = time.time() + 60
-    while (public is None or admin is None) and time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if line.strip().startswith("public API"):
-            public = line.split()[-1]
-        elif line.strip().startswith("admin API"):
-            admin = line.split()[-1].removesuffix("/admin")
+    proc, public, admin = localenv.start([str(TARGET / "debug/flashsale"), "serve", "--config",
+                                          "config/cluster.toml"], env, cwd=ROOT)
     if not (public and admin):
         proc.kill()
         sys.exit("the server did not start")
@@ -68,23 +60,7 @@ def server(env: dict) -> tuple:
 
 
 def main() -> int:
-    pg = "postgres://postgres@127.0.0.1:5432/fs_test_obs_"
-    env = dict(os.environ)
-    env.update({
-        "FLASHSALE__ADMIN__TOKEN": ADMIN_TOKEN,
-        "FLASHSALE__AUTH__JWT_SECRET": JWT,
-        "FLASHSALE__CATALOG__URL": pg + "catalog",
-        "FLASHSALE__SHARDS__URLS": f'["{pg}shard_0", "{pg}shard_1"]',
-        "FLASHSALE__INVENTORY__URLS": '["redis://127.0.0.1:6380/14", "redis://127.0.0.1:6381/15"]',
-        "FLASHSALE__INVENTORY__KEY_PREFIX": "tobs",
-        "FLASHSALE__QUEUE__ORDERS_QUEUE": "fstest.obs.orders",
-        "FLASHSALE__QUEUE__NOTIFICATIONS_QUEUE": "fstest.obs.notifications",
-        "FLASHSALE__EVENTS__TOPIC_PREFIX": "fstest.obs.",
-        "FLASHSALE__HTTP__LISTEN": "127.0.0.1:0",
-        "FLASHSALE__ADMIN__LISTEN": "127.0.0.1:0",
-        "FLASHSALE__SHUTDOWN__DRAIN_SECS": "1",
-        "RUST_LOG": "warn",
-    })
+    env = localenv.service_env("obs", ADMIN_TOKEN, JWT)
     proc, public, admin = server(env)
     prom_port = free_port()
     prom = None

@@ -164,24 +164,6 @@ async fn redis_losing_everything_during_a_burst_sells_exactly_the_stock() {
     app.stop().await;
 }
 
-/// Rebuilds counted so far, over every partition (the recorder is the process's).
-async fn rebuilds(app: &TestApp) -> f64 {
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.admin_address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("flashsale_inventory_rebuilds_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// `redis-cli ARGS`, answering what it printed.
 async fn redis_cli(args: &[&str]) -> String {
     let out = tokio::process::Command::new("redis-cli")
@@ -201,15 +183,10 @@ async fn partition_servers_restarted_keep_their_sales_without_a_rebuild() {
     })
     .await;
     let product = app.sale(100, 1).await;
-    let mut accepted = Vec::new();
-    for _ in 0..10 {
-        let (_, token) = app.token_for_new_user();
-        let r = app.buy(&token, product, "k", None).await;
-        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-        accepted.push((token, r.body["orderId"].as_str().unwrap().to_string()));
-    }
+    let accepted = app.buy_as_new_buyers(product, 10).await;
     app.assert_completed_once(&accepted).await;
-    let rebuilt_before = rebuilds(&app).await;
+    let rebuilds = || app.metric_sum("flashsale_inventory_rebuilds_total", "");
+    let rebuilt_before = rebuilds().await;
 
     // Each partition's own server stops (its append-only file fsynced) and starts again
     // the way scripts/services.sh starts it.
@@ -251,11 +228,7 @@ async fn partition_servers_restarted_keep_their_sales_without_a_rebuild() {
     let (_, token) = app.token_for_new_user();
     let r = app.buy(&token, product, "after", None).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    assert_eq!(
-        rebuilds(&app).await,
-        rebuilt_before,
-        "a partition was rebuilt"
-    );
+    assert_eq!(rebuilds().await, rebuilt_before, "a partition was rebuilt");
     // Old keys still replay their orders: the idempotency records survived too.
     let (token, id) = &accepted[0];
     let replay = app.buy(token, product, "k", None).await;

@@ -38,7 +38,7 @@ async fn app() -> TestApp {
     })
     .await;
     eventually(Duration::from_secs(30), "every replica is up", || async {
-        let m = metrics(&app).await;
+        let m = app.metrics().await;
         let up = (0..2).all(|i| m.contains(&format!("flashsale_replica_up{{shard=\"{i}\"}} 1")));
         if up {
             Ok(())
@@ -52,45 +52,31 @@ async fn app() -> TestApp {
 
 /// The replica of shard-0 as the admin tree shows it.
 async fn tree_replica(app: &TestApp) -> serde_json::Value {
-    fn find<'a>(n: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
-        if n["name"] == name {
-            return Some(n);
-        }
-        n["children"].as_array()?.iter().find_map(|c| find(c, name))
-    }
-    let tree: serde_json::Value = app
-        .client
-        .get(format!("{}/admin/actors", app.admin_address))
-        .bearer_auth(helpers::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    find(&tree, "shard-0").expect("shard-0 in the tree")["replica"].clone()
-}
-
-async fn metrics(app: &TestApp) -> String {
-    app.client
-        .get(format!("{}/metrics", app.admin_address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    app.actor("shard-0").await["replica"].clone()
 }
 
 /// Reads served so far by `by` (`replica` or `primary`), over every shard.
 async fn served(app: &TestApp, by: &str) -> f64 {
     let label = format!("served_by=\"{by}\"");
-    metrics(app)
-        .await
-        .lines()
-        .filter(|l| l.starts_with("flashsale_shard_reads_total") && l.contains(&label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    app.metric_sum("flashsale_shard_reads_total", &label).await
+}
+
+/// Reads of `order` go to the replica again within `secs`.
+async fn back_on_the_replica(app: &TestApp, order: &(String, String), secs: u64) {
+    eventually(
+        Duration::from_secs(secs),
+        "reads go back to the replica",
+        || async {
+            let before = served(app, "replica").await;
+            read_back(app, std::slice::from_ref(order)).await;
+            if served(app, "replica").await > before {
+                Ok(())
+            } else {
+                Err("still the primary")
+            }
+        },
+    )
+    .await;
 }
 
 fn psql(port: &str, sql: &str) -> String {
@@ -141,18 +127,6 @@ impl Drop for Restore {
     }
 }
 
-/// Buys one unit for each of `n` new buyers; answers (token, order id).
-async fn buy_each(app: &TestApp, product: i64, n: usize) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let (_, token) = app.token_for_new_user();
-        let r = app.buy(&token, product, "k", None).await;
-        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-        out.push((token, r.body["orderId"].as_str().unwrap().to_string()));
-    }
-    out
-}
-
 /// Each order reads `completed`, by id and in its buyer's list, with no error.
 async fn read_back(app: &TestApp, orders: &[(String, String)]) {
     for (token, id) in orders {
@@ -183,7 +157,7 @@ async fn reads_go_to_the_replica_and_an_order_just_completed_is_read_as_written(
     let _alone = ONE_AT_A_TIME.lock().await;
     let app = app().await;
     let product = app.sale(100, 1).await;
-    let orders = buy_each(&app, product, 6).await;
+    let orders = app.buy_as_new_buyers(product, 6).await;
     read_back(&app, &orders).await;
     let before = served(&app, "replica").await;
     read_back(&app, &orders).await;
@@ -218,9 +192,9 @@ async fn a_replica_whose_replay_is_paused_sends_reads_to_the_primary_until_it_ca
     });
     psql("5433", "SELECT pg_wal_replay_pause()");
     // Orders written meanwhile are not on the replica: the lag grows past the bound.
-    let orders = buy_each(&app, product, 6).await;
+    let orders = app.buy_as_new_buyers(product, 6).await;
     eventually(Duration::from_secs(30), "the lag is seen", || async {
-        let m = metrics(&app).await;
+        let m = app.metrics().await;
         let lagging = m.lines().any(|l| {
             l.starts_with("flashsale_replica_lag_seconds")
                 && l.rsplit(' ')
@@ -229,7 +203,7 @@ async fn a_replica_whose_replay_is_paused_sends_reads_to_the_primary_until_it_ca
                     .unwrap_or(0.0)
                     > 0.5
         });
-        let _ = buy_each(&app, product, 1).await;
+        let _ = app.buy_as_new_buyers(product, 1).await;
         if lagging {
             Ok(())
         } else {
@@ -245,20 +219,7 @@ async fn a_replica_whose_replay_is_paused_sends_reads_to_the_primary_until_it_ca
     );
 
     psql("5433", "SELECT pg_wal_replay_resume()");
-    eventually(
-        Duration::from_secs(30),
-        "reads go back to the replica",
-        || async {
-            let before = served(&app, "replica").await;
-            read_back(&app, &orders[..1]).await;
-            if served(&app, "replica").await > before {
-                Ok(())
-            } else {
-                Err("still the primary")
-            }
-        },
-    )
-    .await;
+    back_on_the_replica(&app, &orders[0], 30).await;
     app.stop().await;
 }
 
@@ -267,12 +228,12 @@ async fn a_stopped_replica_sends_reads_to_the_primary_without_an_error() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let app = app().await;
     let product = app.sale(100, 1).await;
-    let orders = buy_each(&app, product, 4).await;
+    let orders = app.buy_as_new_buyers(product, 4).await;
     read_back(&app, &orders).await;
 
     let _start = Restore(|| pg_ctl_replica("start"));
     pg_ctl_replica("stop");
-    let more = buy_each(&app, product, 4).await;
+    let more = app.buy_as_new_buyers(product, 4).await;
     read_back(&app, &orders).await;
     read_back(&app, &more).await;
     eventually(
@@ -288,19 +249,6 @@ async fn a_stopped_replica_sends_reads_to_the_primary_without_an_error() {
     .await;
 
     pg_ctl_replica("start");
-    eventually(
-        Duration::from_secs(60),
-        "reads go back to the replica",
-        || async {
-            let before = served(&app, "replica").await;
-            read_back(&app, &more[..1]).await;
-            if served(&app, "replica").await > before {
-                Ok(())
-            } else {
-                Err("still the primary")
-            }
-        },
-    )
-    .await;
+    back_on_the_replica(&app, &more[0], 60).await;
     app.stop().await;
 }

@@ -109,11 +109,7 @@ async fn health_metrics_page_and_openapi(mode: Mode) {
 
     // The counters of rare events exist from the start, at zero: an alert on their
     // increase sees the first one.
-    let metrics = get(format!("{}/metrics", app.admin_address))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     for queue in [
         &app.settings.queue.orders_queue,
         &app.settings.queue.notifications_queue,
@@ -152,11 +148,7 @@ async fn health_metrics_page_and_openapi(mode: Mode) {
         Duration::from_secs(10),
         "every metric is exported",
         || async {
-            let metrics = get(format!("{}/metrics", app.admin_address))
-                .await
-                .text()
-                .await
-                .unwrap();
+            let metrics = app.metrics().await;
             let missing: Vec<_> = names.iter().filter(|n| !metrics.contains(*n)).collect();
             if missing.is_empty() {
                 Ok(metrics)

@@ -733,6 +733,46 @@ impl TestApp {
         flashsale::db::any_pool(&url, 1).await.unwrap()
     }
 
+    /// What `GET /metrics` answers now.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.admin_address))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The sum of a metric's series whose labels contain `labels` (the recorder is the
+    /// process's: compare before and after, not with zero).
+    pub async fn metric_sum(&self, name: &str, labels: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+                    && l.contains(labels)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// One unit each for `n` new buyers, every one answered `201`; (token, order id).
+    pub async fn buy_as_new_buyers(&self, product: i64, n: usize) -> Vec<(String, String)> {
+        let mut accepted = Vec::new();
+        for _ in 0..n {
+            let (_, token) = self.token_for_new_user();
+            let r = self.buy(&token, product, "k", None).await;
+            assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+            accepted.push((token, r.body["orderId"].as_str().unwrap().to_string()));
+        }
+        accepted
+    }
+
     /// An actor's entry in the live tree.
     pub async fn actor(&self, name: &str) -> Value {
         let tree = self
