@@ -95,7 +95,8 @@ start_pod() { # start_pod NAME
       >>"$dir/$name.log" 2>&1 </dev/null &
     echo $! >"$dir/$name.pid"
     wait $! && code=0 || code=$?
-    echo "$code" >"$dir/$name.exit"
+    # Written whole, then renamed: whoever sees the file sees the code.
+    echo "$code" >"$dir/$name.exit.partial" && mv "$dir/$name.exit.partial" "$dir/$name.exit"
   ) </dev/null >/dev/null 2>&1 &
   for _ in $(seq 50); do [ -s "$dir/$name.pid" ] && break; sleep 0.1; done
   disown -a
