@@ -2,7 +2,9 @@
 helm-python-sdk, no helm binary), then renders it with the default values and with
 each variant in helm/flashsale/ci/*-values.yaml and validates every rendered object
 against the Kubernetes 1.30 schemas in strict mode (kubernetes-validate). Objects of
-custom resources (KEDA, the Prometheus Operator) are checked for the fields their
+custom resources (KEDA, the Prometheus Operator) are validated against the schemas
+of their CustomResourceDefinitions kept in deploy/crds/, strictly (an unknown field
+fails, as `kubectl apply --validate=strict` would), and checked for the fields their
 controllers need. Also checks that the PrometheusRule carries exactly the rules of
 deploy/prometheus/alerts.yml and the dashboard ConfigMap deploy/grafana/flashsale.json,
 that values outside values.schema.json are refused, and
@@ -22,6 +24,7 @@ import time
 import urllib.request
 
 import helm_python
+import jsonschema
 import kubernetes_validate
 import yaml
 
@@ -36,6 +39,40 @@ CUSTOM = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): ["spec.selector", "spec.endpoints"],
     ("monitoring.coreos.com/v1", "PrometheusRule"): ["spec.groups"],
 }
+
+
+def strict(schema):
+    """A CRD's openAPIV3Schema as JSON Schema that refuses unknown fields wherever the
+    CRD lists the fields and does not ask to keep unknown ones."""
+    if isinstance(schema, list):
+        return [strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict(v) for k, v in schema.items() if not k.startswith("x-kubernetes-")}
+    if (
+        "properties" in schema
+        and "additionalProperties" not in schema
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    if schema.get("x-kubernetes-int-or-string"):
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    return out
+
+
+def crd_schemas():
+    """(apiVersion, kind) -> a validator, from every CRD in deploy/crds/."""
+    validators = {}
+    for path in sorted((ROOT / "deploy" / "crds").glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for version in crd["spec"]["versions"]:
+            schema = strict(version["schema"]["openAPIV3Schema"])
+            # metadata is the API server's to check (kubernetes-validate does it for
+            # built-in kinds); the CRD's schema only says it is an object.
+            schema.setdefault("properties", {})["metadata"] = {"type": "object"}
+            validators[(f"{group}/{version['name']}", kind)] = jsonschema.Draft7Validator(schema)
+    return validators
 
 
 def field(obj, path):
@@ -104,6 +141,8 @@ def main() -> int:
     alerts = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
     dashboard = json.loads((ROOT / "deploy" / "grafana" / "flashsale.json").read_text())
     chart = helm_python.Chart.load(str(CHART))
+    crds = crd_schemas()
+    print(f"CRD schemas: {', '.join(sorted(k for _, k in crds))} (deploy/crds)")
     for name, values in variants:
         for install in (True, False):
             rendered = chart.render(values, name="shop", namespace="sales", is_install=install, is_upgrade=not install)
@@ -120,6 +159,11 @@ def main() -> int:
                         if json.loads(obj["data"]["flashsale.json"]) != dashboard:
                             failures.append(f"{name}: the dashboard ConfigMap differs from deploy/grafana/flashsale.json")
                     if kind in CUSTOM:
+                        if kind not in crds:
+                            failures.append(f"{name}: {kinds[-1]}: no CRD schema in deploy/crds")
+                        else:
+                            for e in crds[kind].iter_errors(obj):
+                                failures.append(f"{name}: {kinds[-1]}: {e.message} at {list(e.path)}")
                         for need in CUSTOM[kind]:
                             if not field(obj, need):
                                 failures.append(f"{name}: {kinds[-1]} lacks {need}")
@@ -156,6 +200,9 @@ def main() -> int:
         digest = "sha256:" + "0" * 64
         for name, values in variants:
             pinned = dict(values, image=dict(values.get("image", {}), digest=digest))
+            if "pgbouncer" in values:
+                pgb = values["pgbouncer"]
+                pinned["pgbouncer"] = dict(pgb, image=dict(pgb.get("image", {}), digest=digest))
             rendered = chart.render(pinned, name="shop", namespace="sales")
             docs = [t for p, t in sorted(rendered.items()) if not p.endswith("NOTES.txt") and t.strip()]
             (out / f"{name.removesuffix('.yaml')}.yaml").write_text("\n---\n".join(docs))

@@ -43,11 +43,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ add .Values.config.preStopSecs .Values.config.graceSecs 3 }}
 {{- end -}}
 
-{{/* Credentials from the existing Secret, as FLASHSALE__ overrides. */}}
+{{/* Credentials from the existing Secret, as FLASHSALE__ overrides. Called with
+(dict "root" $ "pooled" bool): pooled pods reach the databases through PgBouncer when
+it is enabled; the migrations Job goes straight to the primaries. */}}
 {{- define "flashsale.secretEnv" -}}
-{{- $name := .Values.secrets.name -}}
-{{- $keys := .Values.secrets.keys -}}
-{{- range $env, $key := dict "FLASHSALE__ADMIN__TOKEN" $keys.adminToken "FLASHSALE__AUTH__JWT_SECRET" $keys.jwtSecret "FLASHSALE__CATALOG__URL" $keys.catalogUrl "FLASHSALE__SHARDS__URLS" $keys.shardUrls "FLASHSALE__SHARDS__REPLICA_URLS" $keys.replicaUrls "FLASHSALE__INVENTORY__URLS" $keys.redisUrls "FLASHSALE__QUEUE__URL" $keys.amqpUrl "FLASHSALE__EVENTS__KAFKA__SASL_PASSWORD" $keys.kafkaPassword }}
+{{- $root := .root -}}
+{{- $name := $root.Values.secrets.name -}}
+{{- $keys := $root.Values.secrets.keys -}}
+{{- $pooled := and .pooled $root.Values.pgbouncer.enabled -}}
+{{- $catalog := ternary $keys.pooledCatalogUrl $keys.catalogUrl $pooled -}}
+{{- $shards := ternary $keys.pooledShardUrls $keys.shardUrls $pooled -}}
+{{- range $env, $key := dict "FLASHSALE__ADMIN__TOKEN" $keys.adminToken "FLASHSALE__AUTH__JWT_SECRET" $keys.jwtSecret "FLASHSALE__CATALOG__URL" $catalog "FLASHSALE__SHARDS__URLS" $shards "FLASHSALE__SHARDS__REPLICA_URLS" $keys.replicaUrls "FLASHSALE__INVENTORY__URLS" $keys.redisUrls "FLASHSALE__QUEUE__URL" $keys.amqpUrl "FLASHSALE__EVENTS__KAFKA__SASL_PASSWORD" $keys.kafkaPassword }}
 {{- if $key }}
 - name: {{ $env }}
   valueFrom:
