@@ -73,6 +73,66 @@ for port in 6380 6381; do
   wait_for "Redis $port" 15 redis-cli -h 127.0.0.1 -p $port ping
 done
 
+# Partition 1 (6381) can fail over: a replica on 6382 and three Sentinels on 26379-26381
+# watching it as "flashsale-p1" (quorum 2). A partition URL may name that service
+# (redis+sentinel://127.0.0.1:26379,127.0.0.1:26380,127.0.0.1:26381/flashsale-p1/0).
+# A Sentinel rewrites its file with what it learns, so the file is written once.
+need redis-sentinel redis-sentinel
+if ! redis-cli -h 127.0.0.1 -p 6382 ping >/dev/null 2>&1; then
+  mkdir -p "$redis_dir/6382"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6382 --dir "$redis_dir/6382" \
+    --replicaof 127.0.0.1 6381 --appendonly yes --appendfsync everysec --save "" \
+    --logfile "$redis_dir/6382/redis.log" --pidfile "$redis_dir/6382/redis.pid"
+fi
+wait_for "Redis 6382" 15 redis-cli -h 127.0.0.1 -p 6382 ping
+for port in 26379 26380 26381; do
+  if ! redis-cli -h 127.0.0.1 -p $port ping >/dev/null 2>&1; then
+    mkdir -p "$redis_dir/$port"
+    conf=$redis_dir/$port/sentinel.conf
+    if [ ! -s "$conf" ]; then
+      printf '%s\n' "bind 127.0.0.1" "port $port" "dir $redis_dir/$port" \
+        "logfile $redis_dir/$port/sentinel.log" "pidfile $redis_dir/$port/sentinel.pid" \
+        "sentinel monitor flashsale-p1 127.0.0.1 6381 2" \
+        "sentinel down-after-milliseconds flashsale-p1 5000" \
+        "sentinel failover-timeout flashsale-p1 30000" >"$conf"
+    fi
+    redis-sentinel "$conf" --daemonize yes
+  fi
+  wait_for "Redis Sentinel $port" 15 redis-cli -h 127.0.0.1 -p $port ping
+done
+
+# PgBouncer on 6432 in transaction pooling mode, in front of the primary (5432): any
+# database, as postgres, without a password (trust, like the server here).
+# Startup options do not pass it; statement_timeout is set on each server connection.
+need pgbouncer pgbouncer
+pgb_ini=/etc/pgbouncer/flashsale.ini
+pgb_pid=/var/run/postgresql/pgbouncer-flashsale.pid
+pgb_conf="[databases]
+* = host=127.0.0.1 port=5432 user=postgres connect_query='SET statement_timeout = 10000'
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = 6432
+unix_socket_dir =
+auth_type = any
+pool_mode = transaction
+max_client_conn = 2000
+default_pool_size = 10
+server_idle_timeout = 10
+ignore_startup_parameters = extra_float_digits,options
+logfile = /var/log/postgresql/pgbouncer-flashsale.log
+pidfile = $pgb_pid"
+if [ "$(as_root cat "$pgb_ini" 2>/dev/null)" != "$pgb_conf" ]; then
+  printf '%s\n' "$pgb_conf" | as_root tee "$pgb_ini" >/dev/null
+  # A running one started from an older file stops; it starts again below.
+  if [ -f "$pgb_pid" ]; then as_root kill "$(as_root cat "$pgb_pid")" 2>/dev/null || true; sleep 1; fi
+fi
+if ! psql -w -h 127.0.0.1 -p 6432 -U postgres -Atc 'select 1' postgres >/dev/null 2>&1; then
+  as_root mkdir -p /var/run/postgresql /var/log/postgresql
+  as_root chown postgres /var/run/postgresql /var/log/postgresql
+  as_root runuser -u postgres -- pgbouncer -d "$pgb_ini"
+fi
+wait_for PgBouncer 15 psql -w -h 127.0.0.1 -p 6432 -U postgres -Atc 'select 1' postgres
+
 # RabbitMQ
 need rabbitmq-server rabbitmq-server
 if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
@@ -100,4 +160,4 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; then
     --advertised-listener-url tcp://127.0.0.1:9092 >"$log" 2>&1 &
 fi
 wait_for "Kafka (tansu)" 30 bash -c 'exec 3<>/dev/tcp/127.0.0.1/9092'
-echo "services ready: PostgreSQL (replica on 5433), Redis (6379; inventory partitions on 6380 and 6381), RabbitMQ, Kafka"
+echo "services ready: PostgreSQL (replica on 5433, PgBouncer on 6432), Redis (6379; inventory partitions on 6380 and 6381, 6381's replica on 6382, Sentinels on 26379-26381), RabbitMQ, Kafka"

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `migrate`, `tree`.
+//! The command line: `serve`, `migrate`, `reshard`, `tree`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +44,18 @@ pub enum Command {
     Migrate {
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+    /// Plan growing the shard count from the live data (a dry run: nothing changes):
+    /// which users move to which new shard, and how many orders go with them.
+    Reshard {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The shard count to grow to: a multiple of today's that divides 4096.
+        #[arg(long)]
+        to: usize,
+        /// Also print every user that moves (user, from shard, to shard, orders).
+        #[arg(long)]
+        list: bool,
     },
     /// Print the live supervisor tree of a running server.
     Tree {
@@ -134,6 +146,10 @@ pub async fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
+        Command::Reshard { config, to, list } => match load(config) {
+            Ok(settings) => reshard(settings, to, list).await,
+            Err(code) => code,
+        },
         Command::Migrate { config } => {
             let settings = match load(config) {
                 Ok(s) => s,
@@ -157,6 +173,45 @@ pub async fn run(cli: Cli) -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+async fn reshard(settings: Settings, to: usize, list: bool) -> ExitCode {
+    use crate::shards::reshard;
+    if settings.mode != crate::config::Mode::Cluster {
+        eprintln!("flashsale: reshard needs a cluster config (--config config/cluster.toml)");
+        return ExitCode::from(2);
+    }
+    let urls: Vec<String> = settings
+        .shards
+        .urls
+        .iter()
+        .map(|u| u.expose().to_string())
+        .collect();
+    if let Err(e) = reshard::check_target(urls.len(), to) {
+        eprintln!("flashsale: {e}");
+        return ExitCode::from(2);
+    }
+    if list {
+        println!("{:<40} {:>5} {:>5} {:>8}", "user", "from", "to", "orders");
+    }
+    let each = |m: &reshard::UserMove| {
+        if list {
+            println!("{:<40} {:>5} {:>5} {:>8}", m.user, m.from, m.to, m.orders);
+        }
+    };
+    match reshard::plan(&urls, to, each).await {
+        Ok(plan) => {
+            if list {
+                println!();
+            }
+            print!("{}", reshard::render(&plan));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flashsale: reshard: cannot read the shards: {e}");
+            ExitCode::FAILURE
         }
     }
 }

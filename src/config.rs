@@ -14,6 +14,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::actors::inventory::sentinel::SentinelUrl;
+
 /// A value that must never appear in logs or `Debug` output.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -293,6 +295,10 @@ pub struct ShardSettings {
     pub pool_size: u32,
     /// Most orders written in one transaction.
     pub max_batch: usize,
+    /// The catalog and shard URLs reach PostgreSQL through a pooler in transaction mode
+    /// (PgBouncer `pool_mode = transaction`): statements are unnamed and each runs in a
+    /// transaction (see `db::POOLED`), and the statement timeout is the pooler's to set.
+    pub transaction_pooling: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -392,6 +398,7 @@ replica_urls = []
 replica_max_lag_ms = 1000
 pool_size = 3
 max_batch = 1000
+transaction_pooling = false
 
 [inventory]
 urls = []
@@ -575,8 +582,16 @@ impl Settings {
                 return bad("inventory.urls must name at least one Redis server".into());
             }
             for url in &self.inventory.urls {
-                if !url.expose().starts_with("redis://") {
-                    return bad("every inventory.urls entry must be a redis:// URL".into());
+                if let Some(Err(e)) = SentinelUrl::parse(url.expose()) {
+                    return bad(format!("inventory.urls: {e}"));
+                }
+                if !url.expose().starts_with("redis://")
+                    && !url.expose().starts_with("redis+sentinel://")
+                {
+                    return bad(
+                        "every inventory.urls entry must be a redis:// or redis+sentinel:// URL"
+                            .into(),
+                    );
                 }
             }
             if !self.queue.url.expose().starts_with("amqp://") {
@@ -754,6 +769,41 @@ mod tests {
         assert_eq!(s.mode, Mode::Cluster);
         assert_eq!(s.shard_count(), 4);
         assert!(s.partition_count() >= 2);
+    }
+
+    #[test]
+    fn shipped_topology_configs_parse_and_validate() {
+        for (file, pooled, sentinel) in [
+            ("config/cluster-replicas.toml", false, false),
+            ("config/cluster-pgbouncer.toml", true, false),
+            ("config/cluster-sentinel.toml", false, true),
+        ] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+            let s = Settings::load_with_env(Some(&path), env(&[])).expect(file);
+            assert_eq!(s.shard_count(), 4, "{file}");
+            assert_eq!(s.shards.transaction_pooling, pooled, "{file}");
+            let sentinels = s
+                .inventory
+                .urls
+                .iter()
+                .filter(|u| u.expose().starts_with("redis+sentinel://"));
+            assert_eq!(sentinels.count() > 0, sentinel, "{file}");
+        }
+        let bad = Settings::load_with_env(
+            None,
+            env(&[
+                ("FLASHSALE__MODE", "cluster"),
+                ("FLASHSALE__CATALOG__URL", "postgres://h/c"),
+                ("FLASHSALE__SHARDS__URLS", r#"["postgres://h/s"]"#),
+                ("FLASHSALE__QUEUE__URL", "amqp://h"),
+                (
+                    "FLASHSALE__INVENTORY__URLS",
+                    r#"["redis+sentinel://h:26379"]"#,
+                ),
+            ]),
+        );
+        let message = bad.unwrap_err().to_string();
+        assert!(message.contains("names the monitored service"), "{message}");
     }
 
     #[test]

@@ -6,16 +6,22 @@
 
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Once;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+use futures_util::stream::{self, BoxStream};
+use futures_util::{StreamExt, TryStreamExt};
 use sqlx::any::AnyPoolOptions;
+use sqlx::database::HasStatementCache;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::query::{Query, QueryAs, QueryScalar};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::AnyPool;
+use sqlx::{Database, Describe, Either, Execute, Executor, FromRow, Pool};
 
 use crate::supervisors::slot::{ItemError, ReplyPort};
 
@@ -33,14 +39,141 @@ pub fn set_statement_timeout(ms: u64) {
 fn statement_timeout_ms() -> u64 {
     STATEMENT_TIMEOUT_MS.load(Ordering::Relaxed)
 }
+/// Whether PostgreSQL is reached through a pooler in transaction mode (PgBouncer with
+/// `pool_mode = transaction`, `postgres.pooled`). Such a pooler may give the server
+/// connection to another client whenever no transaction is open, which breaks two
+/// things sqlx does by default: named prepared statements cached per connection (the
+/// next transaction may run on a server that never saw them, or on one where another
+/// client left a statement of the same name), and preparing a statement in one round
+/// trip and executing it in the next (the unnamed statement may be another client's by
+/// then). So when pooled, statements are unnamed ([`query`]) and every statement that
+/// is not already in a transaction runs in one of its own ([`on`]). One setting for the
+/// process, set at start and never unset: an application in the same process that is
+/// not pooled (a test's) works the same way, a little slower.
+static POOLED: AtomicBool = AtomicBool::new(false);
+
+pub fn set_pooled() {
+    POOLED.store(true, Ordering::Relaxed);
+}
+
+pub fn pooled() -> bool {
+    POOLED.load(Ordering::Relaxed)
+}
+
+/// `sqlx::query`, with an unnamed statement when PostgreSQL is [`pooled`].
+pub fn query<DB: Database + HasStatementCache>(
+    sql: &str,
+) -> Query<'_, DB, <DB as Database>::Arguments<'_>> {
+    sqlx::query(sql).persistent(!pooled())
+}
+
+/// `sqlx::query_as`, with an unnamed statement when PostgreSQL is [`pooled`].
+pub fn query_as<'q, DB, O>(sql: &'q str) -> QueryAs<'q, DB, O, <DB as Database>::Arguments<'q>>
+where
+    DB: Database + HasStatementCache,
+    O: for<'r> FromRow<'r, DB::Row>,
+{
+    sqlx::query_as(sql).persistent(!pooled())
+}
+
+/// `sqlx::query_scalar`, with an unnamed statement when PostgreSQL is [`pooled`].
+pub fn query_scalar<'q, DB, O>(
+    sql: &'q str,
+) -> QueryScalar<'q, DB, O, <DB as Database>::Arguments<'q>>
+where
+    DB: Database + HasStatementCache,
+    (O,): for<'r> FromRow<'r, DB::Row>,
+{
+    sqlx::query_scalar(sql).persistent(!pooled())
+}
+
+/// Where a statement outside a transaction runs: the pool itself, or, when PostgreSQL
+/// is [`pooled`], a transaction of its own on one of the pool's connections (see
+/// [`POOLED`]). `query(..).fetch_all(db::on(&pool))` where one would write `&pool`.
+pub fn on<DB: Database>(pool: &Pool<DB>) -> On<'_, DB> {
+    On(pool)
+}
+
+#[derive(Debug)]
+pub struct On<'p, DB: Database>(&'p Pool<DB>);
+
+impl<'p, DB: Database> Executor<'p> for On<'p, DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    type Database = DB;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxStream<'e, Result<Either<DB::QueryResult, DB::Row>, sqlx::Error>>
+    where
+        'p: 'e,
+        E: 'q + Execute<'q, DB>,
+    {
+        if !pooled() {
+            return self.0.fetch_many(query);
+        }
+        let pool = self.0.clone();
+        let all = async move {
+            let mut tx = pool.begin().await?;
+            let items: Vec<_> = (&mut *tx).fetch_many(query).try_collect().await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(stream::iter(items.into_iter().map(Ok)))
+        };
+        stream::once(all).try_flatten().boxed()
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxFuture<'e, Result<Option<DB::Row>, sqlx::Error>>
+    where
+        'p: 'e,
+        E: 'q + Execute<'q, DB>,
+    {
+        if !pooled() {
+            return self.0.fetch_optional(query);
+        }
+        let pool = self.0.clone();
+        Box::pin(async move {
+            let mut tx = pool.begin().await?;
+            let row = (&mut *tx).fetch_optional(query).await?;
+            tx.commit().await?;
+            Ok(row)
+        })
+    }
+
+    fn prepare_with<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+        parameters: &'e [DB::TypeInfo],
+    ) -> BoxFuture<'e, Result<DB::Statement<'q>, sqlx::Error>>
+    where
+        'p: 'e,
+    {
+        self.0.prepare_with(sql, parameters)
+    }
+
+    fn describe<'e, 'q: 'e>(self, sql: &'q str) -> BoxFuture<'e, Result<Describe<DB>, sqlx::Error>>
+    where
+        'p: 'e,
+    {
+        self.0.describe(sql)
+    }
+}
+
 /// How long SQLite waits for another connection's write lock.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A PostgreSQL pool named `flashsale` in `pg_stat_activity`.
 pub async fn pg_pool(url: &str, size: u32) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(url)?
-        .application_name("flashsale")
-        .options([("statement_timeout", statement_timeout_ms().to_string())]);
+    let mut options = PgConnectOptions::from_str(url)?.application_name("flashsale");
+    // A pooler does not pass startup options on: it sets the timeout itself (PgBouncer:
+    // `connect_query`).
+    if !pooled() {
+        options = options.options([("statement_timeout", statement_timeout_ms().to_string())]);
+    }
     PgPoolOptions::new()
         .max_connections(size)
         .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -75,7 +208,7 @@ fn install_drivers() {
 /// (an SQLite file must exist: the migrations create it).
 pub async fn any_pool(url: &str, size: u32) -> Result<AnyPool, sqlx::Error> {
     install_drivers();
-    let postgres = !is_sqlite(url);
+    let postgres = !is_sqlite(url) && !pooled();
     let timeout = statement_timeout_ms();
     AnyPoolOptions::new()
         .max_connections(size)

@@ -236,3 +236,184 @@ async fn partition_servers_restarted_keep_their_sales_without_a_rebuild() {
     assert_eq!(replay.body["orderId"], id.as_str());
     app.stop().await;
 }
+
+/// A Redis primary with a replica and three Sentinels of this test's own (ports no
+/// other test uses), so that its primary can be killed without touching the servers
+/// every other test shares. Everything stops when it is dropped.
+struct SentinelGroup {
+    dir: std::path::PathBuf,
+    ports: Vec<u16>,
+}
+
+const SERVICE: &str = "fsfailover";
+const PRIMARY: u16 = 16390;
+const REPLICA: u16 = 16391;
+const SENTINELS: [u16; 3] = [36390, 36391, 36392];
+
+impl SentinelGroup {
+    async fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("fs-sentinel-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let group = SentinelGroup {
+            dir: dir.clone(),
+            ports: [PRIMARY, REPLICA].into_iter().chain(SENTINELS).collect(),
+        };
+        for port in [PRIMARY, REPLICA] {
+            let port_s = port.to_string();
+            let pidfile = dir.join(format!("{port}.pid"));
+            let mut args = vec![
+                "--daemonize",
+                "yes",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port_s,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                dir.to_str().unwrap(),
+                "--pidfile",
+                pidfile.to_str().unwrap(),
+            ];
+            let primary = PRIMARY.to_string();
+            if port == REPLICA {
+                args.extend(["--replicaof", "127.0.0.1", &primary]);
+            }
+            run("redis-server", &args).await;
+        }
+        for port in SENTINELS {
+            let conf = dir.join(format!("sentinel-{port}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "bind 127.0.0.1\nport {port}\ndir {dir}\n\
+                     sentinel monitor {SERVICE} 127.0.0.1 {PRIMARY} 2\n\
+                     sentinel down-after-milliseconds {SERVICE} 1000\n\
+                     sentinel failover-timeout {SERVICE} 5000\n",
+                    dir = dir.display()
+                ),
+            )
+            .unwrap();
+            run(
+                "redis-sentinel",
+                &[conf.to_str().unwrap(), "--daemonize", "yes"],
+            )
+            .await;
+        }
+        // Ready when every Sentinel knows the replica and the other two (a failover
+        // needs a quorum and an elected leader).
+        eventually(
+            Duration::from_secs(30),
+            "the Sentinels know each other",
+            || async {
+                for port in SENTINELS {
+                    let p = port.to_string();
+                    let replicas = redis_cli(&["-p", &p, "SENTINEL", "REPLICAS", SERVICE]).await;
+                    let peers = redis_cli(&["-p", &p, "SENTINEL", "SENTINELS", SERVICE]).await;
+                    if !replicas.contains(&REPLICA.to_string())
+                        || peers.matches("runid").count() < 2
+                    {
+                        return Err(format!("{port}: replicas {replicas:?}, peers {peers:?}"));
+                    }
+                }
+                Ok(())
+            },
+        )
+        .await;
+        group
+    }
+
+    fn url(&self, db: u32) -> String {
+        let hosts: Vec<String> = SENTINELS.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        format!("redis+sentinel://{}/{SERVICE}/{db}", hosts.join(","))
+    }
+
+    /// The primary's port, as the Sentinels see it.
+    async fn primary(&self) -> String {
+        let p = SENTINELS[0].to_string();
+        let addr = redis_cli(&["-p", &p, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE]).await;
+        addr.lines().nth(1).unwrap_or_default().to_string()
+    }
+
+    /// Kills the primary with SIGKILL: no shutdown, no last sync to the replica.
+    async fn kill_primary(&self) {
+        let pid = std::fs::read_to_string(self.dir.join(format!("{PRIMARY}.pid"))).unwrap();
+        run("kill", &["-9", pid.trim()]).await;
+    }
+}
+
+impl Drop for SentinelGroup {
+    fn drop(&mut self) {
+        for port in &self.ports {
+            let _ = std::process::Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "SHUTDOWN", "NOSAVE"])
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_primary_killed_mid_sale_fails_over_and_sells_exactly_the_stock() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let group = SentinelGroup::start().await;
+    let app = spawn_app_with(Options {
+        reconcile_every_ms: 200,
+        inventory_urls: Some(vec![group.url(1), group.url(2)]),
+        ..Options::default()
+    })
+    .await;
+    let stock = 150;
+    let product = app.sale(stock, 1).await;
+    let rebuilds = || app.metric_sum("flashsale_inventory_rebuilds_total", "");
+    let rebuilt_before = rebuilds().await;
+    assert_eq!(group.primary().await, PRIMARY.to_string());
+
+    let mut accepted = burst(&app, product, 4, group.kill_primary()).await;
+    // The Sentinels promote the replica; the partitions follow it there.
+    eventually(
+        Duration::from_secs(30),
+        "the replica is promoted",
+        || async {
+            match group.primary().await {
+                p if p == REPLICA.to_string() => Ok(()),
+                p => Err(p),
+            }
+        },
+    )
+    .await;
+    loop {
+        let (_, token) = app.token_for_new_user();
+        let r = app.buy(&token, product, "k", None).await;
+        match r.status {
+            StatusCode::CREATED => {
+                accepted.push((token, r.body["orderId"].as_str().unwrap().to_string()))
+            }
+            StatusCode::SERVICE_UNAVAILABLE => tokio::time::sleep(Duration::from_millis(100)).await,
+            _ => {
+                assert_eq!(r.error(), "out_of_stock", "{:?}", r.body);
+                break;
+            }
+        }
+    }
+    assert_kept(&app, product, &accepted).await;
+    // Whatever the replica had not received when its primary died, the partition was
+    // rebuilt from the shards: not one unit more than the stock, none accepted lost.
+    let completed = app
+        .all_shard_orders()
+        .await
+        .iter()
+        .filter(|r| r.3 == "completed")
+        .count() as i64;
+    assert_eq!(completed, stock, "{} answered 201", accepted.len());
+    assert!(
+        rebuilds().await > rebuilt_before,
+        "the promoted replica was taken as whole"
+    );
+    let replay = app.buy(&accepted[0].0, product, "k", None).await;
+    assert_eq!(replay.status, StatusCode::OK, "{:?}", replay.body);
+    assert_eq!(replay.body["orderId"], accepted[0].1.as_str());
+    app.stop().await;
+}

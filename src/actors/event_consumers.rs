@@ -14,7 +14,7 @@ use sqlx::{AnyPool, Row};
 
 use super::directory::{Directory, InventoryDrift};
 use super::inventory::Counters;
-use crate::db::any_pool;
+use crate::db::{self, any_pool};
 use crate::domain::{now_ms, rfc3339, ProductId};
 use crate::events::{Delivered, EventBus, EventSource, OrderData, ORDER_EVENTS};
 use crate::supervisors::slot::Wake;
@@ -165,7 +165,7 @@ async fn first_seen(
             "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES {} ON CONFLICT DO NOTHING RETURNING event_id",
             values(chunk.len(), 3, 1)
         );
-        let mut q = sqlx::query(&sql);
+        let mut q = db::query(&sql);
         for id in chunk {
             q = q.bind(consumer).bind(*id).bind(now);
         }
@@ -204,7 +204,7 @@ async fn add_counts(
             key_cols.join(", "),
             set.join(", ")
         );
-        let mut q = sqlx::query(&sql);
+        let mut q = db::query(&sql);
         for (keys, counts) in chunk {
             for k in keys {
                 q = match k {
@@ -253,10 +253,10 @@ impl ReportStore {
             }
             *last = Some(Instant::now());
         }
-        sqlx::query("DELETE FROM processed_events WHERE consumer = $1 AND processed_at < $2")
+        db::query("DELETE FROM processed_events WHERE consumer = $1 AND processed_at < $2")
             .bind(consumer)
             .bind(now_ms() - DEDUP_WINDOW_MS)
-            .execute(self.pool().await?)
+            .execute(db::on(self.pool().await?))
             .await?;
         Ok(())
     }

@@ -91,7 +91,7 @@ impl Registry {
     async fn heartbeat(&mut self) -> Result<(), sqlx::Error> {
         let now = now_ms();
         let p = &self.pod;
-        sqlx::query(
+        db::query(
             "INSERT INTO pods (id, role, version, admin_url, started_at, heartbeat_at) \
              VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (id) DO UPDATE SET role = $2, version = $3, admin_url = $4, \
@@ -103,11 +103,11 @@ impl Registry {
         .bind(p.admin_url.as_str())
         .bind(p.started_at)
         .bind(now)
-        .execute(&self.pool)
+        .execute(db::on(&self.pool))
         .await?;
-        let forgotten = sqlx::query("DELETE FROM pods WHERE heartbeat_at < $1")
+        let forgotten = db::query("DELETE FROM pods WHERE heartbeat_at < $1")
             .bind(now - self.forget_after_ms)
-            .execute(&self.pool)
+            .execute(db::on(&self.pool))
             .await?;
         if forgotten.rows_affected() > 0 {
             tracing::info!(
@@ -120,10 +120,10 @@ impl Registry {
     }
 
     async fn list(&self) -> Result<Vec<PodRecord>, sqlx::Error> {
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT id, role, version, admin_url, started_at, heartbeat_at FROM pods ORDER BY id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(db::on(&self.pool))
         .await?;
         rows.iter()
             .map(|r| {
@@ -140,9 +140,9 @@ impl Registry {
     }
 
     async fn deregister(&mut self) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM pods WHERE id = $1")
+        db::query("DELETE FROM pods WHERE id = $1")
             .bind(self.pod.id.as_str())
-            .execute(&self.pool)
+            .execute(db::on(&self.pool))
             .await?;
         self.registered = false;
         Ok(())

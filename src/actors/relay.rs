@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use ractor::ActorProcessingErr;
 use sqlx::{AnyPool, Row};
 
-use crate::db::any_pool;
+use crate::db::{self, any_pool};
 use crate::domain::now_ms;
 use crate::events::{EventBus, EventSink, OutboxEvent, ORDER_EVENTS, PRODUCT_EVENTS, USER_EVENTS};
 use crate::supervisors::slot::{Slot, Wake};
@@ -83,7 +83,7 @@ impl Relay {
             return self.round(&mut conn).await;
         }
         let mut tx = self.pool.begin().await?;
-        let mine: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        let mine: bool = db::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
             .bind(RELAY_LOCK)
             .fetch_one(&mut *tx)
             .await?;
@@ -97,7 +97,7 @@ impl Relay {
     }
 
     async fn round(&self, conn: &mut sqlx::AnyConnection) -> Result<usize, ActorProcessingErr> {
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT seq, event_id, topic, key, payload, traceparent, created_at FROM outbox \
              WHERE sent_at IS NULL ORDER BY seq LIMIT $1",
         )
@@ -136,7 +136,7 @@ impl Relay {
             "UPDATE outbox SET sent_at = $1 WHERE seq IN ({})",
             seqs.join(",")
         );
-        sqlx::query(&sql).bind(now_ms()).execute(&mut *conn).await?;
+        db::query(&sql).bind(now_ms()).execute(&mut *conn).await?;
         let labels = [("database", self.database.clone())];
         metrics::counter!("flashsale_events_published_total", &labels)
             .increment(events.len() as u64);
@@ -151,9 +151,9 @@ impl Relay {
         }
         self.last_cleanup = Instant::now();
         let before = now_ms() - self.retention.as_millis() as i64;
-        sqlx::query("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1")
+        db::query("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1")
             .bind(before)
-            .execute(&self.pool)
+            .execute(db::on(&self.pool))
             .await?;
         Ok(())
     }

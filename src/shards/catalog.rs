@@ -210,7 +210,7 @@ impl Catalog {
         loop {
             let now = now_ms();
             let mut tx = self.write_tx().await?;
-            let row = sqlx::query("SELECT id, name, price_cents FROM products WHERE id = $1")
+            let row = db::query("SELECT id, name, price_cents FROM products WHERE id = $1")
                 .bind(id.get())
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -221,7 +221,7 @@ impl Catalog {
                 .map(|n| n.as_str().to_string())
                 .unwrap_or(current.name.clone());
             let new_price = price_cents.unwrap_or(current.price_cents);
-            let done = sqlx::query(
+            let done = db::query(
                 "UPDATE products SET name = $2, price_cents = $3, updated_at = $4 WHERE id = $1 AND price_cents = $5",
             )
             .bind(id.get())
@@ -251,12 +251,12 @@ impl Catalog {
         &self,
         only: Option<ProductId>,
     ) -> Result<serde_json::Value, sqlx::Error> {
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT product_id, minute, sold, cancelled FROM sales_per_minute \
              WHERE ($1 = 0 OR product_id = $1) ORDER BY product_id, minute",
         )
         .bind(only.map(|p| p.get()).unwrap_or(0))
-        .fetch_all(&self.pool)
+        .fetch_all(db::on(&self.pool))
         .await?;
         let mut products: Vec<serde_json::Value> = Vec::new();
         let mut current: Option<(i64, i64, i64, Vec<serde_json::Value>)> = None;
@@ -290,22 +290,22 @@ impl Catalog {
             ))
         };
         let mut products = Vec::new();
-        for r in sqlx::query(
+        for r in db::query(
             "SELECT product_id, orders, units, cancelled FROM report_products ORDER BY product_id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(db::on(&self.pool))
         .await?
         {
             let (orders, units, cancelled) = counts(&r)?;
             let id: i64 = r.try_get("product_id")?;
             products.push(serde_json::json!({"productId": id, "orders": orders, "units": units, "cancelled": cancelled}));
         }
-        let users = sqlx::query(
+        let users = db::query(
             "SELECT user_id, orders, units, cancelled FROM report_users \
              WHERE ($1 = '' OR user_id = $1) ORDER BY units DESC, user_id LIMIT 100",
         )
         .bind(user.unwrap_or(""))
-        .fetch_all(&self.pool)
+        .fetch_all(db::on(&self.pool))
         .await?;
         let mut top = Vec::new();
         for r in users {
@@ -318,7 +318,7 @@ impl Catalog {
     async fn create_product(&self, req: &CreateProduct) -> Result<Product, sqlx::Error> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        let row = sqlx::query(
+        let row = db::query(
             "INSERT INTO products (name, price_cents, created_at, updated_at) VALUES ($1, $2, $3, $3) \
              RETURNING id, name, price_cents",
         )
@@ -335,16 +335,16 @@ impl Catalog {
     }
 
     async fn get_product(&self, id: ProductId) -> Result<Option<Product>, sqlx::Error> {
-        let row = sqlx::query("SELECT id, name, price_cents FROM products WHERE id = $1")
+        let row = db::query("SELECT id, name, price_cents FROM products WHERE id = $1")
             .bind(id.get())
-            .fetch_optional(&self.pool)
+            .fetch_optional(db::on(&self.pool))
             .await?;
         row.as_ref().map(product).transpose()
     }
 
     async fn put_sale(&self, req: &PutSale) -> Result<bool, sqlx::Error> {
         let sale = &req.sale;
-        let done = sqlx::query(
+        let done = db::query(
             "INSERT INTO flash_sales (product_id, stock, per_user_limit, starts_at, ends_at, updated_at) \
              SELECT id, $2, $3, $4, $5, $6 FROM products WHERE id = $1 \
              ON CONFLICT (product_id) DO UPDATE SET stock = excluded.stock, per_user_limit = excluded.per_user_limit, \
@@ -356,20 +356,20 @@ impl Catalog {
         .bind(sale.starts_at)
         .bind(sale.ends_at)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(db::on(&self.pool))
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
     async fn create_credential(&self, req: &CreateCredential) -> Result<bool, sqlx::Error> {
-        let r = sqlx::query(
+        let r = db::query(
             "INSERT INTO credentials (email, user_id, password_hash, created_at) VALUES ($1, $2, $3, $4)",
         )
         .bind(req.email.as_str())
         .bind(req.user.as_str())
         .bind(req.password_hash.as_str())
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(db::on(&self.pool))
         .await;
         match r {
             Ok(_) => Ok(true),
@@ -379,9 +379,9 @@ impl Catalog {
     }
 
     async fn get_credential(&self, email: &Email) -> Result<Option<Credential>, sqlx::Error> {
-        let row = sqlx::query("SELECT user_id, password_hash FROM credentials WHERE email = $1")
+        let row = db::query("SELECT user_id, password_hash FROM credentials WHERE email = $1")
             .bind(email.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(db::on(&self.pool))
             .await?;
         row.map(|r| {
             Ok(Credential {
@@ -393,25 +393,25 @@ impl Catalog {
     }
 
     async fn shared_secret(&self, req: &SharedSecret) -> Result<String, sqlx::Error> {
-        sqlx::query(
+        db::query(
             "INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
         )
         .bind(req.name.as_str())
         .bind(req.candidate.as_str())
-        .execute(&self.pool)
+        .execute(db::on(&self.pool))
         .await?;
-        let row = sqlx::query("SELECT value FROM secrets WHERE name = $1")
+        let row = db::query("SELECT value FROM secrets WHERE name = $1")
             .bind(req.name.as_str())
-            .fetch_one(&self.pool)
+            .fetch_one(db::on(&self.pool))
             .await?;
         row.try_get("value")
     }
 
     async fn sale_definitions(&self) -> Result<Vec<(ProductId, SaleDefinition)>, sqlx::Error> {
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT product_id, stock, per_user_limit, starts_at, ends_at FROM flash_sales",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(db::on(&self.pool))
         .await?;
         rows.iter()
             .map(|r| {
@@ -430,7 +430,7 @@ impl Catalog {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
         for letter in &req.letters {
-            sqlx::query(
+            db::query(
                 "INSERT INTO dead_letters (queue, reason, payload, created_at) VALUES ($1, $2, $3, $4)",
             )
             .bind(req.queue.as_str())
@@ -444,14 +444,14 @@ impl Catalog {
     }
 
     async fn dead_letters(&self, limit: i64) -> Result<DeadLetters, sqlx::Error> {
-        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters")
-            .fetch_one(&self.pool)
+        let total: i64 = db::query_scalar("SELECT COUNT(*) FROM dead_letters")
+            .fetch_one(db::on(&self.pool))
             .await?;
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT id, queue, reason, payload, created_at FROM dead_letters ORDER BY id DESC LIMIT $1",
         )
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(db::on(&self.pool))
         .await?;
         let dead_letters = rows
             .iter()

@@ -1,8 +1,11 @@
 //! Creates missing databases and applies `migrations/` to the catalog and to every
 //! shard, with sqlx's migrator: each database records in `_sqlx_migrations` what it has
 //! applied and a checksum of each file, so a migration edited after it ran stops the
-//! start instead of leaving databases that differ; concurrent runs (several pods
-//! starting at once) serialise on sqlx's advisory lock.
+//! start instead of leaving databases that differ. A run is one transaction: it takes
+//! a transaction-scoped advisory lock (several pods starting at once take turns), and
+//! each migration runs in a savepoint of it, so a failure leaves the database as it
+//! was and the whole run works through a pooler in transaction mode (PgBouncer), which
+//! session-scoped locks would not survive.
 //!
 //! The files are embedded in the binary (`include_str!`, listed below),
 //! named `<version>_<description>.sql`. A migration that has run is never edited: a
@@ -26,7 +29,7 @@ use sqlx::migrate::{
     Migrate, MigrateDatabase, Migration, MigrationSource, MigrationType, Migrator,
 };
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::{ConnectOptions, Connection, Postgres, Row};
+use sqlx::{ConnectOptions, Connection, Executor, Postgres};
 
 use crate::config::Settings;
 
@@ -51,10 +54,13 @@ impl MigrationSource<'static> for Embedded {
 impl Embedded {
     /// sqlx's migrator over these files (checksums computed here, once).
     pub fn migrator(self) -> Migrator {
-        Migrator::new(self)
+        let mut migrator = Migrator::new(self)
             .now_or_never()
             .expect("embedded migrations resolve at once")
-            .expect("embedded migrations are valid")
+            .expect("embedded migrations are valid");
+        // [`apply`] holds a lock of its own, for the transaction.
+        migrator.set_locking(false);
+        migrator
     }
 }
 
@@ -134,10 +140,13 @@ fn hint(e: &sqlx::Error) -> &'static str {
     }
 }
 
+/// The advisory lock key of migration runs ("fsmigrat" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6673_6d69_6772_6174;
+
 /// Creates the database named in `url` when it does not exist. Several pods may do this
 /// at once: the one that loses the race finds the database made, which is all it wanted.
 pub async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
-    if Postgres::database_exists(url).await? {
+    if database_exists(url).await? {
         return Ok(());
     }
     match Postgres::create_database(url).await {
@@ -154,16 +163,40 @@ pub async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
     }
 }
 
+/// Whether the database named in `url` exists, asked of the server's `postgres`
+/// database in a transaction with an unnamed statement (a pooler may sit in between).
+async fn database_exists(url: &str) -> Result<bool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?;
+    let name = database_name(url);
+    let mut con = options.database("postgres").connect().await?;
+    let mut tx = con.begin().await?;
+    let exists = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .persistent(false)
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    con.close().await?;
+    Ok(exists)
+}
+
 /// Applies every migration of `set` that `url` has not applied yet; returns how many.
 pub async fn apply(url: &str, set: &Migrator) -> Result<usize, sqlx::Error> {
     let mut con = PgConnectOptions::from_str(url)?.connect().await?;
-    // Held across the baseline, the count and the run, so that the count is this run's
-    // own. sqlx's lock is re-entrant: the run takes and releases it once more inside.
-    // On an error the connection is dropped, which releases it.
-    con.lock().await?;
-    let applied = baseline(&mut con, set).await?;
-    set.run(&mut con).await?;
-    con.unlock().await?;
+    // The lock is held across the baseline, the count and the run, so that the count
+    // is this run's own; an error rolls all of it back and releases the lock.
+    let mut tx = con.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .persistent(false)
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let applied = baseline(&mut tx, set).await?;
+    set.run(&mut *tx).await?;
+    // sqlx's migrator names its statements: leave none behind on a server that a
+    // pooler hands to other clients next.
+    tx.execute("DEALLOCATE ALL").await?;
+    tx.commit().await?;
     con.close().await?;
     Ok(pending(set, &applied))
 }
@@ -257,16 +290,19 @@ async fn migrate_one(url: &str, set: &Migrator) -> Result<(String, usize), Migra
 /// The id of this deployment, stored in the catalog on first start.
 pub async fn deployment_id(catalog_url: &str, candidate: &str) -> Result<String, sqlx::Error> {
     let mut con = PgConnectOptions::from_str(catalog_url)?.connect().await?;
+    let mut tx = con.begin().await?;
     sqlx::query(
         "INSERT INTO secrets (name, value) VALUES ('deployment', $1) ON CONFLICT (name) DO NOTHING",
     )
+    .persistent(false)
     .bind(candidate)
-    .execute(&mut con)
+    .execute(&mut *tx)
     .await?;
-    let id: String = sqlx::query("SELECT value FROM secrets WHERE name = 'deployment'")
-        .fetch_one(&mut con)
-        .await?
-        .get(0);
+    let id: String = sqlx::query_scalar("SELECT value FROM secrets WHERE name = 'deployment'")
+        .persistent(false)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
     con.close().await?;
     Ok(id)
 }
@@ -276,7 +312,6 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use sqlx::migrate::MigrateError as SqlxMigrateError;
-    use sqlx::Executor;
 
     use super::*;
     use crate::config::Secret;

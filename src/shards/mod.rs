@@ -13,6 +13,7 @@ pub mod migrate;
 pub mod outbox;
 pub mod postgres;
 pub mod replica;
+pub mod reshard;
 pub mod sqlite;
 pub mod store;
 

@@ -3,6 +3,7 @@
 
 use sqlx::AnyConnection;
 
+use crate::db;
 use crate::events::OutboxEvent;
 
 /// Appends events to the outbox within the caller's transaction, in order.
@@ -12,7 +13,7 @@ pub async fn append(
     now: i64,
 ) -> Result<(), sqlx::Error> {
     for e in events {
-        sqlx::query(
+        db::query(
             "INSERT INTO outbox (event_id, topic, key, payload, traceparent, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6)",
         )

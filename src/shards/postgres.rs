@@ -8,6 +8,7 @@ use sqlx::PgPool;
 
 use super::store::Writes;
 use super::InsertOrder;
+use crate::db;
 use crate::domain::OrderStatus;
 use crate::events::{self, OutboxEvent};
 
@@ -28,7 +29,7 @@ async fn outbox_append(
         cols[3].push(Some(e.payload.clone()));
         cols[4].push(e.traceparent.clone());
     }
-    sqlx::query(
+    db::query(
         "INSERT INTO outbox (event_id, topic, key, payload, traceparent, created_at) \
          SELECT e.event_id, e.topic, e.key, e.payload, e.traceparent, $6::int8 \
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY \
@@ -69,7 +70,7 @@ pub(super) async fn commit_writes(
     }
     let mut tx = pool.begin().await?;
     if !ids.is_empty() {
-        let inserted: Vec<String> = sqlx::query_scalar(
+        let inserted: Vec<String> = db::query_scalar(
             "INSERT INTO orders (order_id, user_id, product_id, quantity, idempotency_key, status, created_at, updated_at) \
              SELECT o.*, $8::int8 FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::text[], $7::int8[]) AS o \
              ON CONFLICT DO NOTHING RETURNING order_id",
@@ -111,7 +112,7 @@ pub(super) async fn commit_writes(
             .iter()
             .map(|n| n.channel.as_str())
             .collect();
-        sqlx::query(
+        db::query(
             "INSERT INTO notifications (order_id, user_id, channel, delivered_at) \
              SELECT n.*, $4::int8 FROM UNNEST($1::text[], $2::text[], $3::text[]) AS n \
              ON CONFLICT DO NOTHING",

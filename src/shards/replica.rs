@@ -12,6 +12,7 @@ use std::time::Duration;
 use sqlx::AnyPool;
 use tokio::task::JoinHandle;
 
+use crate::db;
 use crate::supervisors::stats::{NodeStats, ReplicaState};
 
 /// How long a read waits for a replica connection before it goes to the primary.
@@ -115,7 +116,9 @@ impl Monitor {
             stats,
         } = self;
         loop {
-            let lag = sqlx::query_scalar::<_, f64>(LAG).fetch_one(&pool).await;
+            let lag = db::query_scalar::<_, f64>(LAG)
+                .fetch_one(db::on(&pool))
+                .await;
             match lag {
                 Ok(secs) => {
                     if !health.up.swap(true, Ordering::Relaxed) {

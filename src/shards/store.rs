@@ -131,10 +131,10 @@ impl Shard {
             format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = $1 AND user_id = $2");
         if let Some(replica) = &self.replica {
             if let Some(pool) = replica.usable() {
-                let row = sqlx::query(&sql)
+                let row = db::query(&sql)
                     .bind(order)
                     .bind(user)
-                    .fetch_optional(pool)
+                    .fetch_optional(db::on(pool))
                     .await;
                 match row {
                     // Settled (completed or cancelled): the replica's answer stands; a later
@@ -154,10 +154,10 @@ impl Shard {
             // primary answers, so that an order just written is read as written.
             replica.served("primary");
         }
-        let row = sqlx::query(&sql)
+        let row = db::query(&sql)
             .bind(order)
             .bind(user)
-            .fetch_optional(&self.primary)
+            .fetch_optional(db::on(&self.primary))
             .await?;
         row.as_ref().map(order_view).transpose()
     }
@@ -168,7 +168,7 @@ impl Shard {
         );
         if let Some(replica) = &self.replica {
             if let Some(pool) = replica.usable() {
-                match sqlx::query(&sql).bind(user).fetch_all(pool).await {
+                match db::query(&sql).bind(user).fetch_all(db::on(pool)).await {
                     Ok(rows) => {
                         replica.served("replica");
                         return rows.iter().map(order_view).collect();
@@ -178,9 +178,9 @@ impl Shard {
             }
             replica.served("primary");
         }
-        let rows = sqlx::query(&sql)
+        let rows = db::query(&sql)
             .bind(user)
-            .fetch_all(&self.primary)
+            .fetch_all(db::on(&self.primary))
             .await?;
         rows.iter().map(order_view).collect()
     }
@@ -188,7 +188,7 @@ impl Shard {
     async fn create_user(&self, req: &CreateUser) -> Result<(), sqlx::Error> {
         let now = now_ms();
         let mut tx = db::begin_write(&self.primary, self.sqlite).await?;
-        let created = sqlx::query(
+        let created = db::query(
             "INSERT INTO users (user_id, email, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         )
         .bind(req.user.as_str())
@@ -207,7 +207,7 @@ impl Shard {
     async fn update_user(&self, req: &UpdateUser) -> Result<bool, sqlx::Error> {
         let now = now_ms();
         let mut tx = db::begin_write(&self.primary, self.sqlite).await?;
-        let updated = sqlx::query("UPDATE users SET display_name = $2 WHERE user_id = $1")
+        let updated = db::query("UPDATE users SET display_name = $2 WHERE user_id = $1")
             .bind(req.user.as_str())
             .bind(req.display_name.as_str())
             .execute(&mut *tx)
@@ -225,7 +225,7 @@ impl Shard {
     async fn cancel(&self, req: &CancelOrder) -> Result<Option<Cancellation>, sqlx::Error> {
         let now = now_ms();
         let mut tx = db::begin_write(&self.primary, self.sqlite).await?;
-        let row = sqlx::query(
+        let row = db::query(
             "UPDATE orders SET status = 'cancelled', updated_at = $3 \
              WHERE order_id = $1 AND user_id = $2 AND status = 'completed' \
              RETURNING order_id, user_id, product_id, quantity, idempotency_key, created_at",
@@ -250,7 +250,7 @@ impl Shard {
                 outbox::append(&mut tx, &[event], now).await?;
                 // The units go back to the sale after this commits; until the partition
                 // has them, this row remembers them.
-                sqlx::query(
+                db::query(
                     "INSERT INTO restocks (order_id, user_id, product_id, quantity, created_at) \
                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
                 )
@@ -271,7 +271,7 @@ impl Shard {
                 let sql = format!(
                     "SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = $1 AND user_id = $2"
                 );
-                let row = sqlx::query(&sql)
+                let row = db::query(&sql)
                     .bind(req.order.as_str())
                     .bind(req.user.as_str())
                     .fetch_optional(&mut *tx)
@@ -287,13 +287,13 @@ impl Shard {
     }
 
     async fn totals(&self, product: i64) -> Result<UnitTotals, sqlx::Error> {
-        let row = sqlx::query(
+        let row = db::query(
             "SELECT COALESCE(SUM(CASE WHEN status = 'completed' THEN quantity END), 0) AS completed, \
                     COALESCE(SUM(CASE WHEN status = 'cancelled' THEN quantity END), 0) AS cancelled \
              FROM orders WHERE product_id = $1",
         )
         .bind(product)
-        .fetch_one(&self.primary)
+        .fetch_one(db::on(&self.primary))
         .await?;
         Ok(UnitTotals {
             completed: row.try_get("completed")?,
@@ -302,12 +302,12 @@ impl Shard {
     }
 
     async fn sale_orders(&self, product: i64) -> Result<Vec<SoldOrder>, sqlx::Error> {
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT order_id, user_id, quantity, idempotency_key FROM orders \
              WHERE product_id = $1 AND status = 'completed'",
         )
         .bind(product)
-        .fetch_all(&self.primary)
+        .fetch_all(db::on(&self.primary))
         .await?;
         rows.iter()
             .map(|r| {
@@ -325,13 +325,13 @@ impl Shard {
         &self,
         req: &PendingRestocks,
     ) -> Result<Vec<PendingRestock>, sqlx::Error> {
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT order_id, user_id, product_id, quantity FROM restocks \
              WHERE created_at < $1 AND ($2 = 0 OR product_id = $2) ORDER BY created_at LIMIT 500",
         )
         .bind(req.before)
         .bind(req.product.map(|p| p.get()).unwrap_or(0))
-        .fetch_all(&self.primary)
+        .fetch_all(db::on(&self.primary))
         .await?;
         let mut pending = Vec::with_capacity(rows.len());
         for r in rows {
@@ -349,9 +349,9 @@ impl Shard {
     }
 
     async fn restock_done(&self, order: &OrderId) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM restocks WHERE order_id = $1")
+        db::query("DELETE FROM restocks WHERE order_id = $1")
             .bind(order.as_str())
-            .execute(&self.primary)
+            .execute(db::on(&self.primary))
             .await?;
         Ok(())
     }
@@ -402,7 +402,7 @@ async fn insert_rows(
     now: i64,
 ) -> Result<(), sqlx::Error> {
     for InsertOrder { order, status } in writes.orders.iter().copied() {
-        let inserted = sqlx::query(
+        let inserted = db::query(
             "INSERT INTO orders (order_id, user_id, product_id, quantity, idempotency_key, status, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
         )
@@ -424,7 +424,7 @@ async fn insert_rows(
         }
     }
     for n in &writes.notifications {
-        sqlx::query(
+        db::query(
             "INSERT INTO notifications (order_id, user_id, channel, delivered_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT DO NOTHING",
         )

@@ -206,6 +206,21 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
             })
             .collect();
     }
+    // FLASHSALE_TEST_PGBOUNCER=PORT: the catalog and the shards through PgBouncer in
+    // transaction mode on that port (scripts/services.sh starts one on 6432), except
+    // for a test that puts a proxy of its own in front of PostgreSQL. Every app of the
+    // run says so: the setting holds for the whole process.
+    if let Ok(port) = std::env::var("FLASHSALE_TEST_PGBOUNCER") {
+        s.shards.transaction_pooling = true;
+        if options.postgres_port.is_none() {
+            let to = format!("127.0.0.1:{port}");
+            let pooled = |u: &Secret| Secret::new(u.expose().replace("127.0.0.1:5432", &to));
+            let catalog = pooled(&s.catalog.url);
+            let shards = s.shards.urls.iter().map(pooled).collect();
+            s.catalog.url = catalog;
+            s.shards.urls = shards;
+        }
+    }
     // Topics and consumer groups of this test only.
     s.events.topic_prefix = format!("fstest.{id}.");
     s.events.group_prefix = format!("fstest.{id}");

@@ -9,4 +9,5 @@ mod events;
 mod inventory;
 mod orders;
 mod promises;
+mod reshard;
 mod resilience;

@@ -5,6 +5,7 @@
 
 pub mod local;
 pub mod redis;
+pub mod sentinel;
 
 use crate::domain::{
     IdempotencyKey, OrderId, ProductId, Quantity, SaleDefinition, SoldOrder, UserId,

@@ -16,6 +16,7 @@ use ractor::ActorProcessingErr;
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 
+use super::sentinel::{Replication, SentinelUrl};
 use super::{
     InventoryMsg, PartitionState, PendingOrder, RateWindow, ReserveOutcome, SaleCounters,
     SaleRefused, SaleSummary, UnpublishedOrder,
@@ -41,7 +42,8 @@ const RELEASE: &str = include_str!("lua/release.lua");
 /// order, 0 if it was released.
 const CLAIM: &str = include_str!("lua/claim.lua");
 
-/// ARGV: prefix, state, since (no prologue: it runs when the state may be gone).
+/// ARGV: prefix, state, since, replid, replid2, now (no prologue: it runs when the
+/// state may be gone).
 const EPOCH: &str = include_str!("lua/epoch.lua");
 
 /// ARGV: prefix, finish. Returns {rebuilding, since}.
@@ -102,9 +104,15 @@ pub trait HasSales: Send + Sync + 'static {
 impl RedisConnect {
     /// Finds the partition's epoch marker, creating it when it is missing: `ready` for
     /// a new partition, `rebuilding` for one whose state is gone.
+    ///
+    /// The marker also records the replication history of the server it was last seen
+    /// on. A server whose history continues that one (a replica promoted by Sentinel)
+    /// may lack the newest writes of the primary it replaced, since replication is
+    /// asynchronous: the partition is rebuilt, as one that lost everything is.
     async fn epoch(
         &self,
         con: &mut MultiplexedConnection,
+        replication: &Replication,
     ) -> Result<PartitionState, ActorProcessingErr> {
         let marker = format!("{}:epoch", self.prefix);
         let exists: bool = redis::cmd("EXISTS").arg(&marker).query_async(con).await?;
@@ -128,6 +136,9 @@ impl RedisConnect {
             .arg(&self.prefix)
             .arg(state)
             .arg(since)
+            .arg(&replication.replid)
+            .arg(&replication.replid2)
+            .arg(now_ms())
             .query_async(con)
             .await?;
         let state = match &v {
@@ -142,7 +153,7 @@ impl RedisConnect {
             _ => return Err(format!("unexpected epoch marker {v:?}").into()),
         };
         if let PartitionState::Rebuilding { since } = state {
-            tracing::error!(prefix = %self.prefix, since, "the inventory partition lost its state; its sales answer 503 until they are rebuilt");
+            tracing::error!(prefix = %self.prefix, since, "the inventory partition lost its state (or some of it, on a promoted replica); its sales answer 503 until they are rebuilt");
         }
         Ok(state)
     }
@@ -161,7 +172,11 @@ impl Connect for RedisConnect {
     type Backend = RedisInventory;
 
     async fn connect(&self) -> Result<RedisInventory, ActorProcessingErr> {
-        let client = redis::Client::open(self.url.as_str())?;
+        let url = match SentinelUrl::parse(&self.url) {
+            Some(sentinel) => sentinel?.primary().await?,
+            None => self.url.clone(),
+        };
+        let client = redis::Client::open(url.as_str())?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(3)))
             .set_response_timeout(Some(Duration::from_secs(5)));
@@ -189,8 +204,16 @@ impl Connect for RedisConnect {
             recovery: load(RECOVERY).await?,
             rebuild: load(REBUILD).await?,
         };
+        let replication = Replication::of(&mut con).await?;
+        if replication.role != "master" {
+            return Err(format!(
+                "the inventory partition's Redis server is a {} (read-only); it needs the primary",
+                replication.role
+            )
+            .into());
+        }
         // A partition that lost its state comes up rebuilding (see `actors::recovery`).
-        self.epoch(&mut con).await?;
+        self.epoch(&mut con, &replication).await?;
         Ok(RedisInventory {
             con,
             scripts,
