@@ -29,9 +29,11 @@ cleanup
 trap cleanup EXIT
 
 cargo test --locked --workspace -- --test-threads 2 "$@"
-# The API suite once more with the catalog and the shards behind PgBouncer in
-# transaction pooling mode (README, "Topology").
-FLASHSALE_TEST_PGBOUNCER=6432 cargo test --locked --test api -- --test-threads 2 "$@"
+# The API suite once more in the whole topology (README, "Topology"): the catalog and
+# the shards behind PgBouncer in transaction pooling mode, and order reads from the
+# shards' streaming replica.
+FLASHSALE_TEST_PGBOUNCER=6432 FLASHSALE_TEST_REPLICA=5433 \
+  cargo test --locked --test api -- --test-threads 2 "$@"
 bash scripts/schemathesis.sh
 # What deploys it: the container image, the Helm chart, alerts and dashboard, workflows.
 bash scripts/image-test.sh

@@ -206,6 +206,14 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
             })
             .collect();
     }
+    // FLASHSALE_TEST_REPLICA=PORT: each shard names its database on the streaming
+    // replica on that port (scripts/services.sh starts one on 5433) as its read replica.
+    if let Ok(port) = std::env::var("FLASHSALE_TEST_REPLICA") {
+        s.shards.replica_urls = shard_urls
+            .iter()
+            .map(|u| Secret::new(u.replace("127.0.0.1:5432", &format!("127.0.0.1:{port}"))))
+            .collect();
+    }
     // FLASHSALE_TEST_PGBOUNCER=PORT: the catalog and the shards through PgBouncer in
     // transaction mode on that port (scripts/services.sh starts one on 6432), except
     // for a test that puts a proxy of its own in front of PostgreSQL. Every app of the
