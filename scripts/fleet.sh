@@ -81,7 +81,9 @@ start_pod() { # start_pod NAME
   local name=$1 role public admin
   read -r _ role public admin < <(awk -v n="$name" '$1 == n' "$dir/pods")
   [ -n "${role:-}" ] || die "no pod named $name (see: fleet.sh status)"
-  rm -f "$dir/$name.exit"
+  # The last run's files go first: the wait below must see this run's pid, not a
+  # dead one that would read as "exited at start".
+  rm -f "$dir/$name.exit" "$dir/$name.pid"
   local listen=()
   [ "$public" != 0 ] && listen=(FLASHSALE__HTTP__LISTEN="127.0.0.1:$public")
   # The subshell stays as the pod's parent to record its exit code.

@@ -11,6 +11,16 @@ use helpers::{spawn_app, Mode, ADMIN_TOKEN, JWT_SECRET};
 use serde_json::Value;
 
 async fn load(app: &helpers::TestApp, args: &[&str]) -> (i32, Value) {
+    let (code, json, html) = load_keeping_html(app, args).await;
+    let _ = std::fs::remove_file(html);
+    (code, json)
+}
+
+/// Like [`load`], leaving the HTML report in place for a look at it; returns its path.
+async fn load_keeping_html(
+    app: &helpers::TestApp,
+    args: &[&str],
+) -> (i32, Value, std::path::PathBuf) {
     let report =
         std::env::temp_dir().join(format!("fs_load_{}.json", uuid::Uuid::new_v4().simple()));
     let html = report.with_extension("html");
@@ -35,8 +45,7 @@ async fn load(app: &helpers::TestApp, args: &[&str]) -> (i32, Value) {
         "a self-contained page with charts"
     );
     let _ = std::fs::remove_file(report);
-    let _ = std::fs::remove_file(html);
-    (code, json)
+    (code, json, html)
 }
 
 in_both_modes!(a_small_burst_and_a_retry_storm_pass_their_checks);
@@ -75,5 +84,131 @@ async fn a_small_burst_and_a_retry_storm_pass_their_checks(mode: Mode) {
         "one order per buyer, however often it retried"
     );
     assert_eq!(report["violations"], serde_json::json!([]));
+    app.stop().await;
+}
+
+in_both_modes!(the_countdown_scenario_polls_the_herd_then_sells_the_stock);
+async fn the_countdown_scenario_polls_the_herd_then_sells_the_stock(mode: Mode) {
+    let app = spawn_app(mode).await;
+    let (code, report) = load(
+        &app,
+        &[
+            "countdown",
+            "--pollers=2000",
+            "--countdown-secs=4",
+            "--buyers=200",
+            "--stock=40",
+            "--window-ms=200",
+            "--baseline",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["scenario"], "countdown");
+    let c = &report["countdown"];
+    assert_eq!(c["polls"], 2000, "{c:#}");
+    assert!(c["answers"]["upcoming"].as_u64().unwrap_or(0) > 0, "{c:#}");
+    assert!(c["healthzPerSecond"].as_f64().unwrap() > 0.0, "{c:#}");
+    assert!(c["shareOfHealthz"].as_f64().unwrap() > 0.0, "{c:#}");
+    assert_eq!(report["accepted"], 40);
+    assert_eq!(report["violations"], serde_json::json!([]));
+    // Two thousand polls cost the backend about one read a second, not one each.
+    let reads = app.metric_sum("flashsale_countdown_reads_total", "").await;
+    let secs = c["seconds"].as_f64().unwrap().ceil();
+    assert!(
+        reads <= secs + 2.0,
+        "{reads} backend reads in {secs} s of polls"
+    );
+    app.stop().await;
+}
+
+/// Measures, in the page as Chromium lays it out, what each chart of a report draws.
+const MEASURE: &str = r#"<script>
+const out = {};
+for (const svg of document.querySelectorAll('svg[id]')) {
+  const series = {};
+  for (const g of svg.querySelectorAll('g.series')) {
+    const line = g.querySelector('polyline');
+    series[g.dataset.label] = {
+      points: g.querySelectorAll('circle').length,
+      width: Math.round(line.getBBox().width),
+      height: Math.round(line.getBBox().height),
+    };
+  }
+  out[svg.id] = { ticks: svg.querySelectorAll('.tick').length, series };
+}
+document.body.setAttribute('data-measured', JSON.stringify(out));
+</script>"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_report_draws_every_chart_in_a_real_browser() {
+    let app = spawn_app(Mode::Cluster).await;
+    let (code, report, html) = load_keeping_html(
+        &app,
+        &["burst", "--buyers=400", "--stock=60", "--window-ms=300"],
+    )
+    .await;
+    assert_eq!(code, 0, "{report:#}");
+    // A short run is bucketed by 100 ms, so a 300 ms burst is several points.
+    assert_eq!(report["bucketMs"], 100);
+
+    let page = std::fs::read_to_string(&html).unwrap();
+    let measured_page = html.with_extension("measured.html");
+    std::fs::write(
+        &measured_page,
+        page.replace("</body>", &format!("{MEASURE}</body>")),
+    )
+    .unwrap();
+    let url = format!("file://{}", measured_page.display());
+    let dom = helpers::chromium(&["--dump-dom".into(), url]).await;
+    let start = dom.find("data-measured=\"").expect("the page was measured") + 15;
+    let end = start + dom[start..].find('"').unwrap();
+    let measured: Value = serde_json::from_str(&dom[start..end].replace("&quot;", "\"")).unwrap();
+    for chart in ["throughput", "latency", "progress", "distribution"] {
+        let c = &measured[chart];
+        assert!(
+            c["ticks"].as_u64().unwrap() >= 4,
+            "{chart} has labelled ticks: {c}"
+        );
+        let series = c["series"].as_object().unwrap();
+        assert!(!series.is_empty(), "{chart} draws a series: {c}");
+        for (label, s) in series {
+            assert!(
+                s["points"].as_u64().unwrap() >= 2,
+                "{chart} {label} marks its points: {s}"
+            );
+            assert!(
+                s["width"].as_u64().unwrap() > 100,
+                "{chart} {label} spans the chart: {s}"
+            );
+        }
+    }
+    // Completed beside accepted: both drawn, and completed catches up with accepted.
+    let progress = &measured["progress"]["series"];
+    assert!(progress["accepted"].is_object() && progress["completed"].is_object());
+    let points = report["progress"].as_array().unwrap();
+    let last = points.last().unwrap();
+    assert_eq!(last["completed"], last["accepted"], "{last}");
+    assert_eq!(last["accepted"], 60);
+    // The distribution runs from p50 to the maximum, per outcome.
+    assert_eq!(measured["distribution"]["series"]["201"]["points"], 8);
+    assert_eq!(measured["distribution"]["series"]["409"]["points"], 8);
+
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("load-report.png");
+    let _ = std::fs::remove_file(&shot);
+    helpers::chromium(&[
+        "--window-size=1000,2000".into(),
+        format!("--screenshot={}", shot.display()),
+        format!("file://{}", html.display()),
+    ])
+    .await;
+    let png = std::fs::read(&shot).expect("a screenshot was written");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "{} bytes",
+        png.len()
+    );
+    let _ = std::fs::remove_file(measured_page);
+    let _ = std::fs::remove_file(html);
     app.stop().await;
 }

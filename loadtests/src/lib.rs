@@ -7,6 +7,7 @@
 //! Sales and products are created through the admin API.
 
 pub mod invariants;
+pub mod poll;
 pub mod report;
 pub mod schedule;
 pub mod stats;
@@ -21,7 +22,7 @@ use rand::Rng;
 use serde_json::{json, Value};
 
 use invariants::{Attempt, Counters, Plan};
-use report::Report;
+use report::{CountdownReport, Progress, Report};
 use stats::{Outcome, Recorder};
 
 #[derive(Debug, Parser)]
@@ -110,6 +111,29 @@ pub enum Scenario {
         retries: usize,
         #[arg(long, default_value_t = 50)]
         jitter_ms: u64,
+    },
+    /// Pollers watch a sale's countdown (`GET /flash-sales/{id}`, each poll a request
+    /// of its own, as many at once as --max-in-flight) until it opens; then buyers
+    /// burst in. Measures the read herd before a sale and the order burst after it.
+    Countdown {
+        /// Polls before the sale opens.
+        #[arg(long, default_value_t = 100_000)]
+        pollers: usize,
+        /// Seconds from the start until the sale opens (polls that take longer find
+        /// it open: see the report's answers).
+        #[arg(long, default_value_t = 20)]
+        countdown_secs: u64,
+        #[arg(long, default_value_t = 10_000)]
+        buyers: usize,
+        #[arg(long, default_value_t = 1_000)]
+        stock: i64,
+        /// The buyers' arrivals once it opens are spread over this window.
+        #[arg(long, default_value_t = 1_000)]
+        window_ms: u64,
+        /// First as many `GET /healthz` the same way: the server's HTTP-alone ceiling
+        /// in the same run, to compare the polls with.
+        #[arg(long)]
+        baseline: bool,
     },
     /// One hot product among many quiet ones, at a constant rate.
     HotAndCold {
@@ -205,6 +229,17 @@ impl Target {
         stock: i64,
         per_user_limit: i64,
     ) -> Result<Plan, Failure> {
+        self.open_sale_at(name, stock, per_user_limit, None).await
+    }
+
+    /// A sale that opens at `starts_at` (epoch ms; now when `None`).
+    async fn open_sale_at(
+        &self,
+        name: &str,
+        stock: i64,
+        per_user_limit: i64,
+        starts_at: Option<i64>,
+    ) -> Result<Plan, Failure> {
         let p = self
             .admin(
                 reqwest::Method::POST,
@@ -215,7 +250,10 @@ impl Target {
         let product = p["id"]
             .as_i64()
             .ok_or_else(|| Failure(format!("no product id in {p}")))?;
-        let body = json!({"stock": stock, "perUserLimit": per_user_limit});
+        let mut body = json!({"stock": stock, "perUserLimit": per_user_limit});
+        if let Some(ms) = starts_at {
+            body["startsAt"] = json!(ms);
+        }
         self.admin(
             reqwest::Method::PUT,
             &format!("/admin/flash-sales/{product}"),
@@ -328,6 +366,35 @@ async fn prepare(
                 json!({"rate": rate, "durationSecs": duration_secs, "sales": sales, "stockPerSale": per_sale}),
             )
         }
+        Scenario::Countdown {
+            pollers,
+            countdown_secs,
+            buyers,
+            stock,
+            window_ms,
+            baseline,
+        } => {
+            let opens = now_ms() + countdown_secs as i64 * 1000;
+            let plan = target
+                .open_sale_at("Countdown item", stock, 1, Some(opens))
+                .await?;
+            let reqs = schedule::burst(buyers, Duration::from_millis(window_ms))
+                .into_iter()
+                .enumerate()
+                .map(|(b, at)| Request {
+                    buyer: b,
+                    product: plan.product,
+                    key: "countdown".into(),
+                    at,
+                })
+                .collect();
+            (
+                vec![plan],
+                reqs,
+                json!({"pollers": pollers, "countdownSecs": countdown_secs, "buyers": buyers,
+                       "stock": stock, "windowMs": window_ms, "baseline": baseline, "opensAtMs": opens}),
+            )
+        }
         Scenario::RetryStorm {
             buyers,
             stock,
@@ -406,6 +473,90 @@ fn scenario_name(s: &Scenario) -> &'static str {
         Scenario::Steady { .. } => "steady",
         Scenario::RetryStorm { .. } => "retry-storm",
         Scenario::HotAndCold { .. } => "hot-and-cold",
+        Scenario::Countdown { .. } => "countdown",
+    }
+}
+
+/// Looks at the sales' counters every `every` while `running`: how many orders were
+/// accepted (201s answered so far) and how many completed (in their shards).
+async fn sample_progress(
+    target: Arc<Target>,
+    products: Vec<i64>,
+    started: Instant,
+    every: Duration,
+    accepted: Arc<std::sync::atomic::AtomicU64>,
+    running: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<Progress> {
+    let mut points = Vec::new();
+    while running.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut completed = 0;
+        for p in &products {
+            let path = format!("/admin/flash-sales/{p}");
+            if let Ok(c) = target.admin(reqwest::Method::GET, &path, None).await {
+                completed += c["completed"].as_i64().unwrap_or(0);
+            }
+        }
+        points.push(Progress {
+            at_ms: started.elapsed().as_millis() as u64,
+            accepted: accepted.load(std::sync::atomic::Ordering::Relaxed),
+            completed,
+        });
+        tokio::time::sleep(every).await;
+    }
+    points
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64
+}
+
+/// The countdown's polls (and the HTTP-alone baseline), then a wait until the sale opens.
+async fn countdown(
+    target: &Target,
+    product: i64,
+    pollers: usize,
+    baseline: bool,
+    opens_at: i64,
+    in_flight: usize,
+    quiet: bool,
+) -> CountdownReport {
+    let say = |what: &str| {
+        if !quiet {
+            eprintln!("{what}");
+        }
+    };
+    let healthz = match baseline {
+        true => {
+            say(&format!("baseline: {pollers} x GET /healthz"));
+            let url = format!("{}/healthz", target.public);
+            Some(poll::hammer(&target.client, &url, pollers, in_flight, None).await)
+        }
+        false => None,
+    };
+    say(&format!(
+        "countdown: {pollers} x GET /flash-sales/{product}"
+    ));
+    let url = format!("{}/flash-sales/{product}", target.public);
+    let polls = poll::hammer(&target.client, &url, pollers, in_flight, Some("status")).await;
+    let wait = opens_at - now_ms();
+    if wait > 0 {
+        say(&format!("the sale opens in {wait} ms"));
+        tokio::time::sleep(Duration::from_millis(wait as u64 + 5)).await;
+    }
+    CountdownReport {
+        polls: polls.count,
+        seconds: polls.seconds,
+        polls_per_second: polls.per_second(),
+        latency_ms: polls.latency.clone(),
+        answers: polls.answers.clone(),
+        healthz_per_second: healthz.as_ref().map(poll::Polls::per_second),
+        share_of_healthz: healthz
+            .as_ref()
+            .map(|h| polls.per_second() / h.per_second()),
+        waited_for_opening_ms: wait.max(0),
     }
 }
 
@@ -439,6 +590,22 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
         admin_token,
     });
     let (plans, requests, parameters) = prepare(&target, &cli.scenario).await?;
+    let countdown = match &cli.scenario {
+        Scenario::Countdown {
+            pollers, baseline, ..
+        } => {
+            let opens_at = parameters["opensAtMs"].as_i64().expect("set by prepare");
+            let product = plans[0].product;
+            let in_flight = cli.max_in_flight;
+            Some(
+                countdown(
+                    &target, product, *pollers, *baseline, opens_at, in_flight, cli.quiet,
+                )
+                .await,
+            )
+        }
+        _ => None,
+    };
     let buyers = requests.iter().map(|r| r.buyer).max().map_or(0, |b| b + 1);
     let tokens: Arc<Vec<String>> = Arc::new(
         (0..buyers)
@@ -459,18 +626,39 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
         bar
     };
     let offsets: Vec<Duration> = requests.iter().map(|r| r.at).collect();
+    // Buckets that fit the run: a short one would be a point or two per second.
+    let planned = offsets.last().copied().unwrap_or_default();
+    let bucket_ms = if planned < Duration::from_secs(10) {
+        100
+    } else {
+        1000
+    };
     let started = Instant::now();
+    let accepted_so_far = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = tokio::spawn(sample_progress(
+        target.clone(),
+        plans.iter().map(|p| p.product).collect(),
+        started,
+        Duration::from_millis(bucket_ms.max(200)),
+        accepted_so_far.clone(),
+        sampling.clone(),
+    ));
     let reqs = Arc::new(requests);
     let results = schedule::run(&offsets, cli.max_in_flight, |i, intended| {
-        let (target, tokens, reqs, progress) = (
+        let (target, tokens, reqs, progress, accepted_so_far) = (
             target.clone(),
             tokens.clone(),
             reqs.clone(),
             progress.clone(),
+            accepted_so_far.clone(),
         );
         async move {
             let r = &reqs[i];
             let (outcome, order_id) = target.buy(&tokens[r.buyer], r.product, &r.key).await;
+            if outcome == Outcome::Created {
+                accepted_so_far.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             let latency = tokio::time::Instant::now().duration_since(intended);
             progress.inc(1);
             let attempt = Attempt {
@@ -487,7 +675,9 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
     let seconds = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
 
-    let mut recorder = Recorder::new();
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let mut progress_points = sampler.await.unwrap_or_default();
+    let mut recorder = Recorder::with_bucket(bucket_ms);
     let mut attempts = Vec::with_capacity(results.len());
     for (attempt, at, latency) in results {
         recorder.record(
@@ -516,6 +706,11 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
                 serde_json::from_value(c).map_err(|e| Failure(format!("admin counters: {e}")))?;
             counters.insert(plan.product, c);
         }
+        progress_points.push(Progress {
+            at_ms: started.elapsed().as_millis() as u64,
+            accepted,
+            completed: counters.values().map(|c| c.completed).sum(),
+        });
         let settled = plans.iter().all(|p| {
             let c = &counters[&p.product];
             let sold = attempts
@@ -560,8 +755,19 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
-        timeline: recorder.seconds(),
+        bucket_ms,
+        timeline: recorder.timeline(),
+        latency_distribution_ms: recorder
+            .distribution()
+            .into_iter()
+            .map(|(k, v)| {
+                let pairs = stats::DISTRIBUTION.iter().copied().zip(v).collect();
+                (k.to_string(), pairs)
+            })
+            .collect(),
+        progress: progress_points,
         completed_after_seconds: completed_after,
+        countdown,
         violations,
     })
 }

@@ -1,5 +1,6 @@
 //! Measurements: one HDR histogram of latency per outcome, and counts and latency per
-//! second of the run. Recorders merge, so workers can record apart and be summed.
+//! time bucket of the run (a second, or 100 ms for a short run). Recorders merge, so
+//! workers can record apart and be summed.
 
 use std::collections::BTreeMap;
 
@@ -37,7 +38,7 @@ impl Outcome {
     }
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     // 1 µs to 1 h, 3 significant digits.
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
 }
@@ -53,7 +54,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(h: &Histogram<u64>) -> Self {
+    pub(crate) fn of(h: &Histogram<u64>) -> Self {
         let ms = |v: u64| v as f64 / 1000.0;
         Self {
             count: h.len(),
@@ -66,19 +67,25 @@ impl Percentiles {
     }
 }
 
-/// One second of the run.
+/// One bucket of the run: requests sent from `start_ms` (from the start) for the
+/// report's `bucket_ms`.
 #[derive(Debug, Clone, Serialize)]
-pub struct Second {
-    pub second: u64,
+#[serde(rename_all = "camelCase")]
+pub struct Bucket {
+    pub start_ms: u64,
     pub counts: BTreeMap<&'static str, u64>,
     pub p50_ms: f64,
     pub p99_ms: f64,
 }
 
+/// The percentiles the latency distribution is drawn at.
+pub const DISTRIBUTION: [f64; 8] = [50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 99.99, 100.0];
+
 #[derive(Clone)]
 pub struct Recorder {
+    bucket_ms: u64,
     by_outcome: BTreeMap<&'static str, Histogram<u64>>,
-    by_second: BTreeMap<u64, (BTreeMap<&'static str, u64>, Histogram<u64>)>,
+    by_bucket: BTreeMap<u64, (BTreeMap<&'static str, u64>, Histogram<u64>)>,
 }
 
 impl Default for Recorder {
@@ -88,11 +95,21 @@ impl Default for Recorder {
 }
 
 impl Recorder {
+    /// Buckets of a second.
     pub fn new() -> Self {
+        Self::with_bucket(1000)
+    }
+
+    pub fn with_bucket(bucket_ms: u64) -> Self {
         Self {
+            bucket_ms: bucket_ms.max(1),
             by_outcome: BTreeMap::new(),
-            by_second: BTreeMap::new(),
+            by_bucket: BTreeMap::new(),
         }
+    }
+
+    pub fn bucket_ms(&self) -> u64 {
+        self.bucket_ms
     }
 
     /// Records a request intended at `at_ms` (from the start) that took `latency_us`
@@ -105,8 +122,8 @@ impl Recorder {
             .record(v)
             .expect("in range");
         let (counts, h) = self
-            .by_second
-            .entry(at_ms / 1000)
+            .by_bucket
+            .entry(at_ms / self.bucket_ms)
             .or_insert_with(|| (BTreeMap::new(), histogram()));
         *counts.entry(outcome.label()).or_default() += 1;
         h.record(v).expect("in range");
@@ -120,10 +137,11 @@ impl Recorder {
                 .add(h)
                 .expect("same bounds");
         }
-        for (second, (counts, h)) in &other.by_second {
+        assert_eq!(self.bucket_ms, other.bucket_ms, "recorders of one run");
+        for (bucket, (counts, h)) in &other.by_bucket {
             let (mine, mh) = self
-                .by_second
-                .entry(*second)
+                .by_bucket
+                .entry(*bucket)
                 .or_insert_with(|| (BTreeMap::new(), histogram()));
             for (label, n) in counts {
                 *mine.entry(label).or_default() += n;
@@ -156,14 +174,40 @@ impl Recorder {
         Percentiles::of(&all)
     }
 
-    pub fn seconds(&self) -> Vec<Second> {
-        self.by_second
+    /// Every bucket from the first to the last, empty ones included (a chart of a
+    /// burst with a gap must show the gap).
+    pub fn timeline(&self) -> Vec<Bucket> {
+        let Some((&last, _)) = self.by_bucket.last_key_value() else {
+            return Vec::new();
+        };
+        (0..=last)
+            .map(|b| match self.by_bucket.get(&b) {
+                Some((counts, h)) => Bucket {
+                    start_ms: b * self.bucket_ms,
+                    counts: counts.clone(),
+                    p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
+                    p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+                },
+                None => Bucket {
+                    start_ms: b * self.bucket_ms,
+                    counts: BTreeMap::new(),
+                    p50_ms: 0.0,
+                    p99_ms: 0.0,
+                },
+            })
+            .collect()
+    }
+
+    /// Per outcome, the latency (ms) at each percentile of [`DISTRIBUTION`].
+    pub fn distribution(&self) -> BTreeMap<&'static str, Vec<f64>> {
+        self.by_outcome
             .iter()
-            .map(|(s, (counts, h))| Second {
-                second: *s,
-                counts: counts.clone(),
-                p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
-                p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+            .map(|(l, h)| {
+                let at = DISTRIBUTION
+                    .iter()
+                    .map(|p| h.value_at_quantile(p / 100.0) as f64 / 1000.0)
+                    .collect();
+                (*l, at)
             })
             .collect()
     }
@@ -205,7 +249,7 @@ mod tests {
             assert_eq!(pa[label].p99, po[label].p99, "{label}");
             assert_eq!(pa[label].max, po[label].max, "{label}");
         }
-        let (sa, so) = (a.seconds(), one.seconds());
+        let (sa, so) = (a.timeline(), one.timeline());
         assert_eq!(sa.len(), so.len());
         assert_eq!(sa[2].counts, so[2].counts);
         assert_eq!(sa[2].p99_ms, so[2].p99_ms);
@@ -223,5 +267,26 @@ mod tests {
         assert!((p.p99 - 99.0).abs() < 0.1, "{}", p.p99);
         assert!((p.max - 100.0).abs() < 0.1);
         assert_eq!(Outcome::Status(404).label(), "error");
+        let d = &r.distribution()["201"];
+        assert_eq!(d.len(), DISTRIBUTION.len());
+        assert!(d.windows(2).all(|w| w[0] <= w[1]), "{d:?}");
+        assert!(
+            (d[0] - 50.0).abs() < 0.1 && (d[7] - 100.0).abs() < 0.1,
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn short_runs_bucket_by_100_ms_and_keep_their_gaps() {
+        let mut r = Recorder::with_bucket(100);
+        r.record(&Outcome::Created, 20, 1000);
+        r.record(&Outcome::Created, 80, 1000);
+        r.record(&Outcome::Unavailable, 350, 1000);
+        let t = r.timeline();
+        let starts: Vec<u64> = t.iter().map(|b| b.start_ms).collect();
+        assert_eq!(starts, [0, 100, 200, 300]);
+        assert_eq!(t[0].counts["201"], 2);
+        assert!(t[1].counts.is_empty() && t[2].counts.is_empty());
+        assert_eq!(t[3].counts["503"], 1);
     }
 }

@@ -241,6 +241,7 @@ impl Application {
                 .timeout(Duration::from_millis(1500))
                 .build()
                 .expect("an HTTP client"),
+            countdown: Arc::default(),
             hashing: std::sync::Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),

@@ -7,6 +7,7 @@
 //! (`openapi-admin.json`). `scripts/schemathesis.sh` holds both to the server.
 
 pub mod admin;
+pub mod countdown;
 pub mod error;
 pub mod fleet;
 pub mod public;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub quiesce: Arc<Quiesce>,
     /// Reaches the other pods' admin APIs (short timeouts).
     pub peers: reqwest::Client,
+    /// The micro-cache behind `GET /flash-sales/{productId}`.
+    pub countdown: Arc<countdown::Countdown>,
 }
 
 impl AppState {

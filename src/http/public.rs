@@ -65,6 +65,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/auth/register").post(register))
         .service(resource("/auth/login").post(login))
         .service(resource("/products/{id}").get(get_product))
+        .service(resource("/flash-sales/{productId}").get(super::countdown::get_countdown))
         .service(resource("/orders/flash-sale/{productId}").post(flash_sale))
         .service(resource("/orders/{orderId}").get(get_order))
         .service(resource("/orders/{orderId}/cancel").post(cancel_order))

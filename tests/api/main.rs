@@ -4,6 +4,7 @@
 mod helpers;
 
 mod admin;
+mod countdown;
 mod errors;
 mod events;
 mod inventory;
