@@ -246,9 +246,10 @@ struct SentinelGroup {
 }
 
 const SERVICE: &str = "fsfailover";
+// Below the ephemeral range (32768 and up), where an outgoing connection could hold one.
 const PRIMARY: u16 = 16390;
 const REPLICA: u16 = 16391;
-const SENTINELS: [u16; 3] = [36390, 36391, 36392];
+const SENTINELS: [u16; 3] = [16392, 16393, 16394];
 
 impl SentinelGroup {
     async fn start() -> Self {
@@ -288,7 +289,7 @@ impl SentinelGroup {
             std::fs::write(
                 &conf,
                 format!(
-                    "bind 127.0.0.1\nport {port}\ndir {dir}\n\
+                    "bind 127.0.0.1\nport {port}\ndir {dir}\nlogfile {dir}/sentinel-{port}.log\n\
                      sentinel monitor {SERVICE} 127.0.0.1 {PRIMARY} 2\n\
                      sentinel down-after-milliseconds {SERVICE} 1000\n\
                      sentinel failover-timeout {SERVICE} 5000\n",
@@ -315,7 +316,12 @@ impl SentinelGroup {
                     if !replicas.contains(&REPLICA.to_string())
                         || peers.matches("runid").count() < 2
                     {
-                        return Err(format!("{port}: replicas {replicas:?}, peers {peers:?}"));
+                        let log = dir.join(format!("sentinel-{port}.log"));
+                        let log = std::fs::read_to_string(log).unwrap_or_default();
+                        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                        return Err(format!(
+                            "{port}: replicas {replicas:?}, peers {peers:?}, log ends {tail:?}"
+                        ));
                     }
                 }
                 Ok(())
