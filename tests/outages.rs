@@ -72,6 +72,38 @@ async fn assert_kept(app: &TestApp, product: i64, accepted: &[(String, String)])
     );
 }
 
+/// More new buyers until the sale answers `out_of_stock` (waiting out `503`s), then:
+/// every `201` kept, and exactly `stock` orders completed in the shards.
+async fn sell_out_exactly(
+    app: &TestApp,
+    product: i64,
+    stock: i64,
+    accepted: &mut Vec<(String, String)>,
+) {
+    loop {
+        let (_, token) = app.token_for_new_user();
+        let r = app.buy(&token, product, "k", None).await;
+        match r.status {
+            StatusCode::CREATED => {
+                accepted.push((token, r.body["orderId"].as_str().unwrap().to_string()))
+            }
+            StatusCode::SERVICE_UNAVAILABLE => tokio::time::sleep(Duration::from_millis(100)).await,
+            _ => {
+                assert_eq!(r.error(), "out_of_stock", "{:?}", r.body);
+                break;
+            }
+        }
+    }
+    assert_kept(app, product, accepted).await;
+    let completed = app
+        .all_shard_orders()
+        .await
+        .iter()
+        .filter(|r| r.3 == "completed")
+        .count() as i64;
+    assert_eq!(completed, stock, "{} answered 201", accepted.len());
+}
+
 async fn run(program: &str, args: &[&str]) {
     let out = tokio::process::Command::new(program)
         .args(args)
@@ -128,31 +160,10 @@ async fn redis_losing_everything_during_a_burst_sells_exactly_the_stock() {
         }
     };
     let mut accepted = burst(&app, product, 4, lose_everything).await;
-    // More buyers until the sale is sold out.
-    loop {
-        let (_, token) = app.token_for_new_user();
-        let r = app.buy(&token, product, "k", None).await;
-        match r.status {
-            StatusCode::CREATED => {
-                accepted.push((token, r.body["orderId"].as_str().unwrap().to_string()))
-            }
-            StatusCode::SERVICE_UNAVAILABLE => tokio::time::sleep(Duration::from_millis(100)).await,
-            _ => {
-                assert_eq!(r.error(), "out_of_stock", "{:?}", r.body);
-                break;
-            }
-        }
-    }
-    assert_kept(&app, product, &accepted).await;
-    // Exactly the stock is sold: the 201s, and orders whose buyers were told to retry
-    // with the same key when the partition went away between publish and answer.
-    let completed = app
-        .all_shard_orders()
-        .await
-        .iter()
-        .filter(|r| r.3 == "completed")
-        .count() as i64;
-    assert_eq!(completed, stock, "{} answered 201", accepted.len());
+    // More buyers until the sale is sold out; exactly the stock is sold: the 201s, and
+    // orders whose buyers were told to retry with the same key when the partition went
+    // away between publish and answer.
+    sell_out_exactly(&app, product, stock, &mut accepted).await;
     // Replays of keys from before the loss return their orders; limits hold.
     for (token, id) in accepted.iter().take(5) {
         let replay = app.buy(token, product, "k", None).await;
@@ -390,30 +401,9 @@ async fn a_partition_primary_killed_mid_sale_fails_over_and_sells_exactly_the_st
         },
     )
     .await;
-    loop {
-        let (_, token) = app.token_for_new_user();
-        let r = app.buy(&token, product, "k", None).await;
-        match r.status {
-            StatusCode::CREATED => {
-                accepted.push((token, r.body["orderId"].as_str().unwrap().to_string()))
-            }
-            StatusCode::SERVICE_UNAVAILABLE => tokio::time::sleep(Duration::from_millis(100)).await,
-            _ => {
-                assert_eq!(r.error(), "out_of_stock", "{:?}", r.body);
-                break;
-            }
-        }
-    }
-    assert_kept(&app, product, &accepted).await;
     // Whatever the replica had not received when its primary died, the partition was
     // rebuilt from the shards: not one unit more than the stock, none accepted lost.
-    let completed = app
-        .all_shard_orders()
-        .await
-        .iter()
-        .filter(|r| r.3 == "completed")
-        .count() as i64;
-    assert_eq!(completed, stock, "{} answered 201", accepted.len());
+    sell_out_exactly(&app, product, stock, &mut accepted).await;
     assert!(
         rebuilds().await > rebuilt_before,
         "the promoted replica was taken as whole"
