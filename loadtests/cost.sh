@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# What an order costs, by process: one release server in cluster mode (CONFIG, default
+# config/cluster.toml) on this machine, a steady rate (RATE/s for SECONDS_EACH s) and a
+# burst (BUYERS on as many units, all at once), each measured from before its first
+# request until every accepted order completed; prints each run's CPU seconds and µs
+# per order for the server, the Kafka broker, PostgreSQL, Redis and RabbitMQ (the load
+# generator left out), from /proc (loadtests/cpu.py). Needs scripts/services.sh's services.
+#
+#   loadtests/cost.sh                          # about 2 minutes after the build
+#   RATE=2000 CONFIG=config/cluster-pgbouncer.toml loadtests/cost.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rate=${RATE:-1000}
+each=${SECONDS_EACH:-10}
+buyers=${BUYERS:-10000}
+config=${CONFIG:-config/cluster.toml}
+out=${BENCH_DIR:-target/cost}
+mkdir -p "$out"
+export FLASHSALE__ADMIN__TOKEN=bench-admin-token-0123456789
+export FLASHSALE__AUTH__JWT_SECRET=bench-jwt-secret-0123456789-0123456789
+export FLASHSALE__HTTP__LISTEN=127.0.0.1:8080 FLASHSALE__ADMIN__LISTEN=127.0.0.1:9090
+export RUST_LOG=warn
+
+echo "== building (release)"
+cargo build --release --workspace -q
+bin=$(realpath "${CARGO_TARGET_DIR:-target}/release")
+"$bin/flashsale" serve --config "$config" > "$out/server.log" 2>&1 &
+server=$!
+trap 'kill -TERM $server 2>/dev/null || true' EXIT
+for _ in $(seq 120); do curl -fs http://127.0.0.1:9090/readyz >/dev/null 2>&1 && break; sleep 0.5; done
+sleep 2
+
+measure() { # measure NAME SCENARIO ARGS...
+  local name=$1; shift
+  python3 loadtests/cpu.py snapshot "$out/$name-0.json"
+  "$bin/flashsale-load" --quiet --max-in-flight 512 --target http://127.0.0.1:8080 \
+    --admin-url http://127.0.0.1:9090 --jwt-secret "$FLASHSALE__AUTH__JWT_SECRET" \
+    --report-json "$out/$name.json" "$@" | head -n 1
+  python3 loadtests/cpu.py snapshot "$out/$name-1.json"
+  local accepted
+  accepted=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['accepted'])" "$out/$name.json")
+  python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(f\"every accepted order completed {r['completedAfterSeconds'] or 'NOT'} s after the start; violations: {len(r['violations'])}\")" "$out/$name.json"
+  python3 loadtests/cpu.py diff "$out/$name-0.json" "$out/$name-1.json" "$accepted" | tee "$out/$name.md"
+}
+
+echo "== steady $rate/s for $each s ($config)"
+measure steady steady --rate "$rate" --duration-secs "$each" --sales 4
+echo "== burst: $buyers buyers on $buyers units"
+measure burst burst --buyers "$buyers" --stock "$buyers" --window-ms 0
