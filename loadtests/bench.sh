@@ -16,14 +16,8 @@ each=${SECONDS_EACH:-10}
 rates=${RATES:-"1000 2000 4000 6000 8000 10000 12000"}
 out=${BENCH_DIR:-target/bench}
 mkdir -p "$out"
-export FLASHSALE__ADMIN__TOKEN=bench-admin-token-0123456789
-export FLASHSALE__AUTH__JWT_SECRET=bench-jwt-secret-0123456789-0123456789
-export FLASHSALE__HTTP__LISTEN=127.0.0.1:8080 FLASHSALE__ADMIN__LISTEN=127.0.0.1:9090
-export RUST_LOG=warn
-
-echo "== building (release)"
-cargo build --release --workspace -q
-bin=${CARGO_TARGET_DIR:-target}/release
+# shellcheck source=loadtests/env.sh
+source loadtests/env.sh
 
 pct() { # pct FILE Q: the Q quantile (0..1) of the numbers in FILE
   sort -n "$1" | awk -v q="$2" '{a[NR]=$1} END {i=int(NR*q); if (i<1) i=1; printf "%.2f", a[i]}'

@@ -16,18 +16,12 @@ buyers=${BUYERS:-10000}
 config=${CONFIG:-config/cluster.toml}
 out=${BENCH_DIR:-target/cost}
 mkdir -p "$out"
-export FLASHSALE__ADMIN__TOKEN=bench-admin-token-0123456789
-export FLASHSALE__AUTH__JWT_SECRET=bench-jwt-secret-0123456789-0123456789
-export FLASHSALE__HTTP__LISTEN=127.0.0.1:8080 FLASHSALE__ADMIN__LISTEN=127.0.0.1:9090
-export RUST_LOG=warn
-
-echo "== building (release)"
-cargo build --release --workspace -q
-bin=$(realpath "${CARGO_TARGET_DIR:-target}/release")
+# shellcheck source=loadtests/env.sh
+source loadtests/env.sh
 "$bin/flashsale" serve --config "$config" > "$out/server.log" 2>&1 &
 server=$!
-trap 'kill -TERM $server 2>/dev/null || true' EXIT
-for _ in $(seq 120); do curl -fs http://127.0.0.1:9090/readyz >/dev/null 2>&1 && break; sleep 0.5; done
+trap 'kill -TERM $server 2>/dev/null && wait $server || true' EXIT
+wait_ready http://127.0.0.1:9090 || { tail "$out/server.log"; exit 1; }
 sleep 2
 
 measure() { # measure NAME SCENARIO ARGS...

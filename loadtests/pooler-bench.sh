@@ -18,19 +18,12 @@ rate=${RATE:-1000}
 each=${SECONDS_EACH:-10}
 out=${BENCH_DIR:-target/pooler-bench}
 mkdir -p "$out"
-export FLASHSALE__ADMIN__TOKEN=bench-admin-token-0123456789
-export FLASHSALE__AUTH__JWT_SECRET=bench-jwt-secret-0123456789-0123456789
-export FLASHSALE__HTTP__LISTEN=127.0.0.1:8080 FLASHSALE__ADMIN__LISTEN=127.0.0.1:9090
-export RUST_LOG=warn
-
-echo "== building (release)"
-cargo build --release --workspace -q
-bin=$(realpath "${CARGO_TARGET_DIR:-target}/release")
+# shellcheck source=loadtests/env.sh
+source loadtests/env.sh
 ticks=$(getconf CLK_TCK)
 machine_cpu() { # CPU seconds the whole machine has spent, every core
   awk -v hz="$ticks" '/^cpu / { printf "%.2f", ($2 + $3 + $4 + $7 + $8) / hz }' /proc/stat
 }
-wait_ready() { for _ in $(seq 120); do curl -fs "$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.5; done; return 1; }
 
 # run NAME SCENARIO ARGS...: one flashsale-load run; prints "report.json generator_cpu machine_cpu"
 run() {

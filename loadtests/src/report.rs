@@ -70,7 +70,7 @@ impl Report {
             let answers: Vec<String> = c.answers.iter().map(|(k, v)| format!("{k} {v}")).collect();
             let _ = writeln!(
                 out,
-                "countdown: {} polls in {:.2} s, {:.0} polls/s, p50 {:.2} ms, p99 {:.2} ms ({})",
+                "polls before the opening: {} in {:.2} s, {:.0} polls/s, p50 {:.2} ms, p99 {:.2} ms ({})",
                 c.polls,
                 c.seconds,
                 c.polls_per_second,
