@@ -180,6 +180,10 @@ pub struct EventSettings {
     pub relay_every_ms: u64,
     /// Most events one consumer takes per round.
     pub consumer_batch: usize,
+    /// How long a woken relay waits before its round, and an event consumer that found
+    /// a few events waits for more: rounds (reads, produce requests, transactions,
+    /// offset commits) then serve many events each. Adds to the events' lag only.
+    pub linger_ms: u64,
     /// A produced event not acknowledged by the broker after this long fails the relay
     /// (which is then restarted by its supervisor and sends the row again).
     pub delivery_timeout_ms: u64,
@@ -328,6 +332,11 @@ pub struct QueueSettings {
     pub order_consumers: usize,
     pub notification_consumers: usize,
     pub max_batch: usize,
+    /// How long a consumer's batch waits for more messages after its first: at a
+    /// moderate rate one round then persists many orders (one claim pipeline, one shard
+    /// transaction, one confirm, one acknowledgement) instead of one or two. It delays
+    /// persistence, never the buyer's answer.
+    pub linger_ms: u64,
     /// How long the broker may take to connect, confirm or acknowledge before the
     /// actor waiting on it fails (and is restarted).
     pub deadline_ms: u64,
@@ -418,6 +427,7 @@ publishers = 2
 order_consumers = 2
 notification_consumers = 1
 max_batch = 1000
+linger_ms = 20
 deadline_ms = 5000
 
 [limits]
@@ -451,6 +461,7 @@ replication_factor = 1
 relay_batch = 1000
 relay_every_ms = 500
 consumer_batch = 1000
+linger_ms = 20
 delivery_timeout_ms = 10000
 outbox_retention_secs = 3600
 

@@ -34,12 +34,15 @@ pub struct ConsumerConnect {
     pub bus: Arc<EventBus>,
     pub handler: Arc<dyn EventHandler>,
     pub batch: usize,
+    /// How long a round that found a few events waits for more (`events.linger_ms`).
+    pub linger: Duration,
 }
 
 pub struct EventConsumer {
     source: Box<dyn EventSource>,
     handler: Arc<dyn EventHandler>,
     batch: usize,
+    linger: Duration,
 }
 
 #[ractor::async_trait]
@@ -52,6 +55,7 @@ impl Connect for ConsumerConnect {
             source: self.bus.source(h.name(), h.topics()).await?,
             handler: self.handler.clone(),
             batch: self.batch,
+            linger: self.linger,
         })
     }
 }
@@ -66,10 +70,20 @@ impl Backend for EventConsumer {
 
     async fn tick(&mut self) -> Result<Tick, ActorProcessingErr> {
         let name = self.handler.name();
-        let events = self
+        let mut events = self
             .source
             .poll(self.batch, Duration::from_millis(200))
             .await?;
+        if !events.is_empty() && events.len() < self.batch && !self.linger.is_zero() {
+            // A few events: wait a little for more, so that one transaction and one
+            // offset commit serve many.
+            tokio::time::sleep(self.linger).await;
+            let more = self
+                .source
+                .poll(self.batch - events.len(), Duration::ZERO)
+                .await?;
+            events.extend(more);
+        }
         if events.is_empty() {
             metrics::gauge!("flashsale_event_consumer_lag_seconds", "consumer" => name).set(0.0);
             // Idle rounds let a handler finish deferred work.

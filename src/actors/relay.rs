@@ -36,6 +36,9 @@ pub struct RelayConnect {
     pub retention: Duration,
     /// Take the advisory lock each round (PostgreSQL, where several pods relay).
     pub exclusive: bool,
+    /// How long a woken relay waits before its round (`events.linger_ms`), so that
+    /// the commits of that while go out together.
+    pub linger: Duration,
 }
 
 pub struct Relay {
@@ -45,6 +48,7 @@ pub struct Relay {
     sink: Box<dyn EventSink>,
     batch: usize,
     retention: Duration,
+    linger: Duration,
     last_cleanup: Instant,
     /// Events published by nudged rounds, not yet counted in `processed`.
     published: u64,
@@ -62,6 +66,7 @@ impl Connect for RelayConnect {
             sink: self.bus.sink().await?,
             batch: self.batch,
             retention: self.retention,
+            linger: self.linger,
             last_cleanup: Instant::now(),
             published: 0,
         })
@@ -163,8 +168,11 @@ impl Relay {
 impl Backend for Relay {
     type Msg = Wake;
 
-    /// Nudges: new rows committed. Publishes until the outbox is drained.
+    /// Nudges: new rows committed. Publishes until the outbox is drained, after a
+    /// linger that lets the commits of that while (every consumer's, every batch's)
+    /// share one round: one read, one produce request, one update.
     async fn process(&mut self, _wakes: Batch<Self>) -> Result<(), ActorProcessingErr> {
+        tokio::time::sleep(self.linger).await;
         loop {
             let n = self.relay().await?;
             self.published += n as u64;

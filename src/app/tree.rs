@@ -63,6 +63,7 @@ fn consumer<H: DeliveryHandler>(
 ) -> Child {
     let queue = queue.to_string();
     let (prefetch, max_batch) = (settings.queue.prefetch, settings.queue.max_batch);
+    let linger = Duration::from_millis(settings.queue.linger_ms);
     let node = stats.clone();
     leaf(stats, policy, move |cell, id| {
         let actor = QueueConsumer {
@@ -71,6 +72,7 @@ fn consumer<H: DeliveryHandler>(
             queue: queue.clone(),
             prefetch,
             max_batch,
+            linger,
             handler: handler.clone(),
         };
         async move {
@@ -297,6 +299,7 @@ fn events(
             batch: ev.relay_batch,
             retention: Duration::from_secs(ev.outbox_retention_secs),
             exclusive: settings.mode == Mode::Cluster,
+            linger: Duration::from_millis(ev.linger_ms),
         };
         let every = Duration::from_millis(ev.relay_every_ms);
         let child =
@@ -318,6 +321,7 @@ fn events(
             bus: bus.clone(),
             handler,
             batch: ev.consumer_batch,
+            linger: Duration::from_millis(ev.linger_ms),
         };
         // Consumers poll continuously (each poll waits for events itself).
         let every = Duration::from_millis(10);

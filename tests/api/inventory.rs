@@ -649,3 +649,49 @@ async fn a_rebuild_that_comes_after_the_partition_is_whole_changes_nothing(backe
         "the buyer's units are untouched"
     );
 }
+
+/// Calls of `command` the Redis server on 6380 has run, scripts' calls included.
+async fn redis_calls(command: &str) -> u64 {
+    let client = redis::Client::open("redis://127.0.0.1:6380/14").unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// The counters (read by the admin API, the drift check and every load test's
+/// progress) cost the same whatever the sale's size: no scan over its reservations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sales_counters_are_read_without_scanning_its_reservations() {
+    let p = partition(Backend::Redis, 3600).await;
+    let pid = product();
+    p.load(pid, open_sale(500, 5)).await.unwrap();
+    let mut orders = Vec::new();
+    for i in 0..300 {
+        orders.push(
+            p.created(pid, &UserId::new_random(), &format!("k{i}"), 1)
+                .await,
+        );
+    }
+    let scans = redis_calls("hvals").await;
+    for _ in 0..20 {
+        assert_eq!(p.units(pid).await, (200, 300));
+    }
+    for o in &orders[..100] {
+        assert!(p.claim(pid, o).await);
+    }
+    p.release(pid, &orders[100]).await;
+    assert_eq!(p.units(pid).await, (201, 199));
+    assert_eq!(
+        redis_calls("hvals").await,
+        scans,
+        "reading counters scanned the reservations"
+    );
+}

@@ -309,7 +309,7 @@ impl QueueSource for AmqpSource {
                 }
                 Ok(Batch {
                     messages,
-                    guard: None,
+                    guards: Vec::new(),
                 })
             })
             .boxed();

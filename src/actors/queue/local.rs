@@ -281,7 +281,7 @@ impl QueueSource for LocalSource {
                         .collect();
                     let batch = Batch {
                         messages,
-                        guard: Some(Box::new(permit)),
+                        guards: vec![Box::new(permit)],
                     };
                     return Some((Ok(batch), (leases, credit, wakeup, queue, max)));
                 }

@@ -10,9 +10,12 @@ pub mod local;
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::supervisors::slot::{Message, ReplyPort};
@@ -98,15 +101,72 @@ pub trait Acknowledge: Send + Sync {
 
 /// An open subscription: batches of messages, and the means to answer them.
 pub struct Subscription {
-    pub batches: BoxStream<'static, Result<Batch, String>>,
+    pub batches: Batches,
     pub out: Box<dyn Outbound>,
     pub acker: Box<dyn Acknowledge>,
 }
 
-/// A batch and whatever must live as long as it does.
+/// A batch and whatever must live as long as it does (the local queue's credit).
 pub struct Batch {
     pub messages: Vec<QueueMessage>,
-    pub guard: Option<Box<dyn std::any::Any + Send>>,
+    pub guards: Vec<Box<dyn std::any::Any + Send>>,
+}
+
+impl Batch {
+    fn absorb(&mut self, more: Batch) {
+        self.messages.extend(more.messages);
+        self.guards.extend(more.guards);
+    }
+}
+
+type Batches = BoxStream<'static, Result<Batch, String>>;
+
+/// What ended a subscription.
+const STREAM_ENDED: &str = "the queue ended the subscription";
+
+/// Gathers the consumer's next batch: waits for a first message, lingers up to
+/// `linger` for more, then keeps taking what arrives until the consumer is `idle`
+/// (done with its previous batch), up to `max` messages. At a moderate rate one round
+/// (one claim pipeline, one shard transaction, one confirm, one ack) then serves many
+/// orders instead of one or two; under load the batches grow by themselves.
+/// Answers the batch and, when the subscription ended meanwhile, why.
+async fn gather(
+    batches: &mut Batches,
+    linger: Duration,
+    max: usize,
+    idle: &Arc<Semaphore>,
+) -> (Option<Batch>, Option<String>) {
+    let mut batch = match batches.next().await {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => return (None, Some(e)),
+        None => return (None, Some(STREAM_ENDED.into())),
+    };
+    let deadline = tokio::time::Instant::now() + linger;
+    while batch.messages.len() < max {
+        match tokio::time::timeout_at(deadline, batches.next()).await {
+            Ok(Some(Ok(more))) => batch.absorb(more),
+            Ok(Some(Err(e))) => return (Some(batch), Some(e)),
+            Ok(None) => return (Some(batch), Some(STREAM_ENDED.into())),
+            Err(_) => break,
+        }
+    }
+    loop {
+        tokio::select! {
+            biased;
+            permit = idle.clone().acquire_owned() => {
+                // The consumer gives the permit back when it is done with this batch.
+                if let Ok(p) = permit {
+                    p.forget();
+                }
+                return (Some(batch), None);
+            }
+            more = batches.next(), if batch.messages.len() < max => match more {
+                Some(Ok(more)) => batch.absorb(more),
+                Some(Err(e)) => return (Some(batch), Some(e)),
+                None => return (Some(batch), Some(STREAM_ENDED.into())),
+            },
+        }
+    }
 }
 
 /// Opens subscriptions; called on every (re)start of a consumer.
@@ -144,14 +204,18 @@ pub struct QueueConsumer<H> {
     pub queue: String,
     pub prefetch: u16,
     pub max_batch: usize,
+    /// How long a batch waits for more messages after its first (`queue.linger_ms`).
+    pub linger: Duration,
     pub handler: Arc<H>,
 }
 
 pub struct ConsumerState {
     out: Box<dyn Outbound>,
     acker: Box<dyn Acknowledge>,
-    batches: Option<BoxStream<'static, Result<Batch, String>>>,
+    batches: Option<Batches>,
     reader: Option<JoinHandle<()>>,
+    /// Released when the consumer is done with a batch: the reader hands over the next.
+    idle: Arc<Semaphore>,
     depth_read: std::time::Instant,
 }
 
@@ -191,6 +255,7 @@ impl<H: DeliveryHandler> Actor for QueueConsumer<H> {
                 acker: s.acker,
                 batches: Some(s.batches),
                 reader: None,
+                idle: Arc::new(Semaphore::new(1)),
                 depth_read: std::time::Instant::now() - std::time::Duration::from_secs(60),
             }),
             Err(e) => {
@@ -209,24 +274,21 @@ impl<H: DeliveryHandler> Actor for QueueConsumer<H> {
         let mut batches = state.batches.take().expect("subscribed in pre_start");
         let actor = me.clone();
         let stats = self.stats.clone();
+        let (linger, max, idle) = (self.linger, self.max_batch, state.idle.clone());
         state.reader = Some(tokio::spawn(async move {
-            while let Some(item) = batches.next().await {
-                match item {
-                    Ok(batch) => {
-                        stats.mailbox_add(batch.messages.len() as i64);
-                        if actor.cast(ConsumerMsg::Batch(batch)).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = actor.cast(ConsumerMsg::StreamEnded(e));
+            loop {
+                let (batch, ended) = gather(&mut batches, linger, max, &idle).await;
+                if let Some(batch) = batch {
+                    stats.mailbox_add(batch.messages.len() as i64);
+                    if actor.cast(ConsumerMsg::Batch(batch)).is_err() {
                         return;
                     }
                 }
+                if let Some(why) = ended {
+                    let _ = actor.cast(ConsumerMsg::StreamEnded(why));
+                    return;
+                }
             }
-            let _ = actor.cast(ConsumerMsg::StreamEnded(
-                "the queue ended the subscription".into(),
-            ));
         }));
         self.stats.started(me.get_cell());
         Ok(())
@@ -258,6 +320,7 @@ impl<H: DeliveryHandler> Actor for QueueConsumer<H> {
                 {
                     Ok(items) => {
                         state.acker.ack(&batch.messages).await?;
+                        state.idle.add_permits(1);
                         self.stats.add_processed(items as u64);
                         if state.depth_read.elapsed() >= std::time::Duration::from_secs(1) {
                             state.depth_read = std::time::Instant::now();
@@ -289,5 +352,162 @@ impl<H: DeliveryHandler> Actor for QueueConsumer<H> {
     ) -> Result<(), ActorProcessingErr> {
         self.stats.stopped();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::supervisors::stats::Kind;
+
+    /// Hands out the receiving end of a channel the test feeds, once.
+    struct Fed(Mutex<Option<mpsc::UnboundedReceiver<Result<Batch, String>>>>);
+
+    fn stream(rx: mpsc::UnboundedReceiver<Result<Batch, String>>) -> Batches {
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) })
+            .boxed()
+    }
+
+    struct NoAcks;
+
+    #[ractor::async_trait]
+    impl Acknowledge for NoAcks {
+        async fn ack(&self, _batch: &[QueueMessage]) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+        async fn depth(&self, _queue: &str) -> Result<u64, ActorProcessingErr> {
+            Ok(0)
+        }
+    }
+
+    struct NoOut;
+
+    #[ractor::async_trait]
+    impl Outbound for NoOut {
+        async fn publish(&self, _m: &[(&str, &[u8])]) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    #[ractor::async_trait]
+    impl QueueSource for Fed {
+        async fn subscribe(
+            &self,
+            _consumer: &str,
+            _queue: &str,
+            _prefetch: u16,
+            _max_batch: usize,
+        ) -> Result<Subscription, ActorProcessingErr> {
+            let rx = self.0.lock().unwrap().take().expect("subscribed once");
+            Ok(Subscription {
+                batches: stream(rx),
+                out: Box::new(NoOut),
+                acker: Box::new(NoAcks),
+            })
+        }
+    }
+
+    /// Records the size of every batch it handles; each takes `work`.
+    struct Sizes {
+        seen: Mutex<Vec<usize>>,
+        work: Duration,
+    }
+
+    #[ractor::async_trait]
+    impl DeliveryHandler for Sizes {
+        async fn handle(
+            &self,
+            _out: &dyn Outbound,
+            batch: &[QueueMessage],
+        ) -> Result<usize, ActorProcessingErr> {
+            tokio::time::sleep(self.work).await;
+            self.seen.lock().unwrap().push(batch.len());
+            Ok(batch.len())
+        }
+    }
+
+    fn one(id: i64) -> Result<Batch, String> {
+        Ok(Batch {
+            messages: vec![QueueMessage {
+                payload: id.to_string().into_bytes(),
+                ack: AckToken::Local(id),
+            }],
+            guards: Vec::new(),
+        })
+    }
+
+    /// Messages trickling in one at a time, `every` apart, to a consumer that lingers
+    /// `linger` and spends `work` per batch; answers the batch sizes it handled.
+    async fn trickle(n: i64, every: Duration, linger: Duration, work: Duration) -> Vec<usize> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handler = Arc::new(Sizes {
+            seen: Mutex::new(Vec::new()),
+            work,
+        });
+        let consumer = QueueConsumer {
+            stats: NodeStats::new("order-consumer-0", "test-consumer".into(), Kind::Actor),
+            source: Arc::new(Fed(Mutex::new(Some(rx)))),
+            queue: "orders".into(),
+            prefetch: 100,
+            max_batch: 100,
+            linger,
+            handler: handler.clone(),
+        };
+        let (actor, _) = Actor::spawn(None, consumer, ()).await.unwrap();
+        for id in 0..n {
+            tx.send(one(id)).unwrap();
+            tokio::time::sleep(every).await;
+        }
+        while handler.seen.lock().unwrap().iter().sum::<usize>() < n as usize {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        actor.stop(None);
+        let seen = handler.seen.lock().unwrap().clone();
+        seen
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickle_of_messages_is_handled_in_few_rounds() {
+        // 40 messages 2 ms apart, a linger of 20 ms: rounds of about ten, not of one.
+        let sizes = trickle(
+            40,
+            Duration::from_millis(2),
+            Duration::from_millis(20),
+            Duration::ZERO,
+        )
+        .await;
+        assert_eq!(sizes.iter().sum::<usize>(), 40);
+        assert!(sizes.len() <= 6, "{sizes:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_arrives_during_a_round_is_the_next_round() {
+        // No linger, but each round takes 30 ms: the messages that arrived meanwhile
+        // are handled together, in one round, not one round each.
+        let sizes = trickle(
+            40,
+            Duration::from_millis(2),
+            Duration::ZERO,
+            Duration::from_millis(30),
+        )
+        .await;
+        assert_eq!(sizes.iter().sum::<usize>(), 40);
+        assert!(sizes.len() <= 6, "{sizes:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_message_waits_no_longer_than_the_linger() {
+        let started = tokio::time::Instant::now();
+        let sizes = trickle(1, Duration::ZERO, Duration::from_millis(20), Duration::ZERO).await;
+        assert_eq!(sizes, vec![1]);
+        assert!(
+            started.elapsed() < Duration::from_millis(40),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -1,7 +1,10 @@
 -- ARGV: prefix, pid, oid, uid, qty, key, created_at, ttl.
 local pid, oid, uid, key = ARGV[2], ARGV[3], ARGV[4], ARGV[6]
 local q = tonumber(ARGV[5])
-if redis.call('HDEL', k('resv', pid), oid) == 1 then return 1 end
+if redis.call('HDEL', k('resv', pid), oid) == 1 then
+  add_pending(pid, -q)
+  return 1
+end
 if redis.call('SISMEMBER', k('rel', pid), oid) == 1 then return 0 end
 -- Not reserved here: claimed before (a redelivery), or accepted before the partition
 -- lost its state. Those are honoured and counted once: recorded while the partition

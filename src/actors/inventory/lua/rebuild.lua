@@ -27,7 +27,7 @@ for i = 1, #all, 2 do
   count(all[i], u, tonumber(q), key)
 end
 keep(ck, ends)
-redis.call('HSET', k('sale', pid), 'stock', stock, 'remaining', stock - sold, 'limit', ARGV[4], 'starts', ARGV[5], 'ends', ARGV[6])
+redis.call('HSET', k('sale', pid), 'stock', stock, 'remaining', stock - sold, 'limit', ARGV[4], 'starts', ARGV[5], 'ends', ARGV[6], 'pending', scan_pending(pid))
 redis.call('SADD', k('sales'), pid)
 for u, n in pairs(per) do
   redis.call('SET', k('bought', pid, u), n)
