@@ -81,7 +81,14 @@ pub struct KafkaBus {
     kafka: KafkaProperties,
     producer: KafkaProperties,
     consumer: KafkaProperties,
+    /// The one producer every relay of this process publishes through, made by the
+    /// first relay that needs it: one client's threads and connections instead of one
+    /// per database, and the relays' batches share produce requests. A publish that
+    /// fails drops it, so that the restarted relay makes a new one.
+    shared: SharedProducer,
 }
+
+type SharedProducer = Arc<std::sync::Mutex<Option<FutureProducer<KafkaContext>>>>;
 
 impl KafkaBus {
     /// The bus of `s`, or why librdkafka refuses its client settings (an unknown or
@@ -101,6 +108,7 @@ impl KafkaBus {
             kafka: s.kafka.clone(),
             producer: s.producer.clone(),
             consumer: s.consumer.clone(),
+            shared: SharedProducer::default(),
         };
         for (client, config) in [
             ("events.kafka", bus.admin_config()),
@@ -154,9 +162,11 @@ impl KafkaBus {
             ("auto.offset.reset", "earliest".into()),
             ("session.timeout.ms", "10000".into()),
             ("enable.partition.eof", "false".into()),
-            // A fetch returns at most this long after it was asked for, events or not:
-            // it bounds the broker's share of the end-to-end lag.
-            ("fetch.wait.max.ms", "25".into()),
+            // A fetch returns at most this long after it was asked for, events or not.
+            // Kafka answers as soon as there are events; the broker used on one machine
+            // here (tansu) answers only after the wait, so this is its share of the lag
+            // (100 ms), and how often idle consumers ask (25 ms cost it 9% of a core).
+            ("fetch.wait.max.ms", "100".into()),
         ];
         self.config(&own, &self.consumer)
     }
@@ -193,12 +203,23 @@ impl KafkaBus {
 
     pub async fn sink(&self) -> Result<KafkaSink, ActorProcessingErr> {
         self.ensure_topics().await?;
-        let producer: FutureProducer<KafkaContext> = self
-            .producer_config()
-            .create_with_context(KafkaContext::default())?;
+        let producer = {
+            let mut shared = self.shared.lock().expect("not poisoned");
+            match &*shared {
+                Some(p) => p.clone(),
+                None => {
+                    let p: FutureProducer<KafkaContext> = self
+                        .producer_config()
+                        .create_with_context(KafkaContext::default())?;
+                    *shared = Some(p.clone());
+                    p
+                }
+            }
+        };
         Ok(KafkaSink {
             producer,
             prefix: self.prefix.clone(),
+            shared: self.shared.clone(),
         })
     }
 
@@ -228,11 +249,23 @@ impl KafkaBus {
 pub struct KafkaSink {
     producer: FutureProducer<KafkaContext>,
     prefix: String,
+    shared: SharedProducer,
 }
 
 #[ractor::async_trait]
 impl EventSink for KafkaSink {
     async fn publish(&self, events: &[OutboxEvent]) -> Result<(), ActorProcessingErr> {
+        let published = self.send_all(events).await;
+        if published.is_err() {
+            // Whatever broke it, the relay's restart starts from a new producer.
+            *self.shared.lock().expect("not poisoned") = None;
+        }
+        published
+    }
+}
+
+impl KafkaSink {
+    async fn send_all(&self, events: &[OutboxEvent]) -> Result<(), ActorProcessingErr> {
         let topics: Vec<String> = events
             .iter()
             .map(|e| format!("{}{}", self.prefix, e.topic))

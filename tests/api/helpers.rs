@@ -283,7 +283,8 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
 }
 
 /// What a test app leaves behind: its running server and actors, its databases, the
-/// queues, Redis keys and topics named after it, and its data directory.
+/// queues and Redis keys named after it, and its data directory. (Its topics are
+/// deleted by scripts/test.sh after the test process: see there.)
 struct Leftovers {
     settings: Settings,
     shard_urls: Vec<String>,
@@ -313,9 +314,7 @@ impl Leftovers {
             if let Err(e) = delete_redis_keys(&s.inventory.key_prefix).await {
                 warn("deleting the Redis keys", &e);
             }
-            if let Err(e) = delete_topics(s).await {
-                warn("deleting the topics", &e);
-            }
+            // Topics stay: scripts/test.sh deletes them once this process is gone.
             let mut dbs: Vec<&str> = vec![database_of(s.catalog.url.expose())];
             dbs.extend(self.shard_urls.iter().map(|u| database_of(u)));
             if let Err(e) = drop_databases(&dbs).await {
@@ -410,34 +409,6 @@ pub async fn delete_redis_keys(prefix: &str) -> redis::RedisResult<()> {
             cursor = next;
         }
     }
-    Ok(())
-}
-
-async fn delete_topics(s: &Settings) -> Result<(), rdkafka::error::KafkaError> {
-    use flashsale::events::{ORDER_EVENTS, PRODUCT_EVENTS, USER_EVENTS};
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
-    // No broker there (none yet, or a test stopped its own): nothing to wait for.
-    let first = s.events.brokers.split(',').next().unwrap_or_default();
-    let reach = tokio::time::timeout(
-        Duration::from_secs(1),
-        tokio::net::TcpStream::connect(first),
-    );
-    if !matches!(reach.await, Ok(Ok(_))) {
-        return Ok(());
-    }
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &s.events.brokers)
-        .set("socket.timeout.ms", "5000")
-        .create()?;
-    let names: Vec<String> = [ORDER_EVENTS, USER_EVENTS, PRODUCT_EVENTS]
-        .iter()
-        .map(|t| format!("{}{t}", s.events.topic_prefix))
-        .collect();
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
-    // A topic that was never created (or a broker a test stopped) is no leftover.
-    let _ = admin.delete_topics(&names, &options).await?;
     Ok(())
 }
 
