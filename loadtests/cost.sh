@@ -37,6 +37,8 @@ sleep 2
 
 measure() { # measure NAME SCENARIO ARGS...
   local name=$1; shift
+  # Dirty pages of earlier work are written now, not inside this run's window.
+  sync
   python3 loadtests/cpu.py snapshot "$out/$name-0.json"
   "$bin/flashsale-load" --quiet --max-in-flight 512 --target http://127.0.0.1:8080 \
     --admin-url http://127.0.0.1:9090 --jwt-secret "$FLASHSALE__AUTH__JWT_SECRET" \
