@@ -58,9 +58,19 @@ alive() { # alive PIDFILE WHAT: the process of the pid file is running and is WH
 
 ready() { curl -fs -o /dev/null --max-time 2 "$1/readyz"; }
 
+exited() { # exited NAME [PROGRAM]: a pod's exit code is recorded (its parent subshell
+  # writes it once the process is gone: the pid alone may still be the fork that has
+  # not become flashsale yet), or PROGRAM's pid file names no such process
+  if [ -n "${2:-}" ]; then
+    [ -e "$dir/$1.pid" ] && ! alive "$dir/$1.pid" "$2"
+  else
+    [ -e "$dir/$1.exit" ]
+  fi
+}
+
 wait_ready() { # wait_ready NAME URL SECONDS [PROGRAM]: a process that exits meanwhile has failed
   for _ in $(seq $(($3 * 10))); do
-    if [ -e "$dir/$1.pid" ] && ! alive "$dir/$1.pid" "${4:-flashsale}"; then
+    if exited "$1" "${4:-}"; then
       echo "fleet.sh: $1 exited at start; its log:" >&2
       tail -n 20 "$dir/$1.log" >&2 || true
       return 1
