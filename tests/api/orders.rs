@@ -158,18 +158,27 @@ async fn a_replay_answers_200_with_the_same_body_and_orders_settle_for_their_own
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.error(), "not_found");
 
-    let mine = app
-        .client
-        .get(format!("{}/users/me/orders", app.address))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json::<serde_json::Value>()
-        .await
-        .unwrap();
+    // The list may come from a read replica, up to `shards.replica_max_lag_ms` behind.
+    let mine = eventually(Duration::from_secs(5), "the order is listed", || async {
+        let mine = app
+            .client
+            .get(format!("{}/users/me/orders", app.address))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap();
+        match mine["orders"].as_array().unwrap().len() {
+            0 => Err("no order listed yet".to_string()),
+            _ => Ok(mine),
+        }
+    })
+    .await;
     assert_eq!(mine["orders"].as_array().unwrap().len(), 1);
     assert_eq!(mine["orders"][0]["orderId"], id);
+    assert_eq!(mine["orders"][0]["status"], "completed");
     app.stop().await;
 }
 
