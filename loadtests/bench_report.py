@@ -32,7 +32,7 @@ def completed_after(r, load_secs):
     done = r.get("completedAfterSeconds")
     if done is None:
         return "not within the deadline"
-    return f"{max(done - load_secs, 0):.1f} s after the load" if load_secs else f"{done:.1f} s"
+    return f"{max(done - load_secs, 0):.1f} s after the load" if load_secs else f"{done:.1f} s after the start"
 
 
 def main(out, each, pg_tps, pg_p50, pg_p99, rd_rps, rd_p50, rd_p99, http_rps):
@@ -112,10 +112,10 @@ def main(out, each, pg_tps, pg_p50, pg_p99, rd_rps, rd_p50, rd_p99, http_rps):
     if steady_run:
         notes.append(f"steady run: {fmt(steady_run['acceptedPerSecond'])} accepted/s, p99 "
                      f"{fmt(steady_run['latencyMs']['p99'], 1)} ms, every order completed "
-                     f"{completed_after(steady_run, 0)} after the start")
+                     f"{completed_after(steady_run, 0)}")
     if cluster:
         notes.append(f"burst: {fmt(cluster['acceptedPerSecond'])} accepted/s, every order completed "
-                     f"{completed_after(cluster, 0)} after the start")
+                     f"{completed_after(cluster, 0)}")
 
     text = "\n".join(md + [""] + ratios + ["", "CPU per order, by process (loadtests/cost.sh):", ""] + cpu + [""] + notes)
     print(text)
@@ -123,8 +123,14 @@ def main(out, each, pg_tps, pg_p50, pg_p99, rd_rps, rd_p50, rd_p99, http_rps):
 
 
 def table_html(lines):
+    def cell(c, tag):
+        c = c.strip()
+        if c.startswith("**") and c.endswith("**"):  # Markdown bold: the totals row
+            return f"<{tag}><strong>{html.escape(c.strip('*'))}</strong></{tag}>"
+        return f"<{tag}>{html.escape(c)}</{tag}>"
+
     def cells(line, tag):
-        return "".join(f"<{tag}>{html.escape(c.strip().strip('*'))}</{tag}>" for c in line.strip("|").split("|"))
+        return "".join(cell(c, tag) for c in line.strip("|").split("|"))
     body = "".join(f"<tr>{cells(l, 'td')}</tr>" for l in lines[2:])
     return f"<table><thead><tr>{cells(lines[0], 'th')}</tr></thead><tbody>{body}</tbody></table>"
 

@@ -88,7 +88,9 @@ pub struct KafkaBus {
     shared: SharedProducer,
 }
 
-type SharedProducer = Arc<std::sync::Mutex<Option<FutureProducer<KafkaContext>>>>;
+/// The shared producer and its generation: a relay that still holds an older one and
+/// fails does not drop the new one another relay made meanwhile.
+type SharedProducer = Arc<std::sync::Mutex<(u64, Option<FutureProducer<KafkaContext>>)>>;
 
 impl KafkaBus {
     /// The bus of `s`, or why librdkafka refuses its client settings (an unknown or
@@ -203,23 +205,23 @@ impl KafkaBus {
 
     pub async fn sink(&self) -> Result<KafkaSink, ActorProcessingErr> {
         self.ensure_topics().await?;
-        let producer = {
+        let (generation, producer) = {
             let mut shared = self.shared.lock().expect("not poisoned");
-            match &*shared {
-                Some(p) => p.clone(),
-                None => {
-                    let p: FutureProducer<KafkaContext> = self
-                        .producer_config()
-                        .create_with_context(KafkaContext::default())?;
-                    *shared = Some(p.clone());
-                    p
-                }
+            let (generation, producer) = &mut *shared;
+            if producer.is_none() {
+                *generation += 1;
+                *producer = Some(
+                    self.producer_config()
+                        .create_with_context(KafkaContext::default())?,
+                );
             }
+            (*generation, producer.clone().expect("made above"))
         };
         Ok(KafkaSink {
             producer,
             prefix: self.prefix.clone(),
             shared: self.shared.clone(),
+            generation,
         })
     }
 
@@ -250,6 +252,7 @@ pub struct KafkaSink {
     producer: FutureProducer<KafkaContext>,
     prefix: String,
     shared: SharedProducer,
+    generation: u64,
 }
 
 #[ractor::async_trait]
@@ -258,7 +261,10 @@ impl EventSink for KafkaSink {
         let published = self.send_all(events).await;
         if published.is_err() {
             // Whatever broke it, the relay's restart starts from a new producer.
-            *self.shared.lock().expect("not poisoned") = None;
+            let mut shared = self.shared.lock().expect("not poisoned");
+            if shared.0 == self.generation {
+                shared.1 = None;
+            }
         }
         published
     }

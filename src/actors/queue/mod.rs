@@ -9,7 +9,6 @@ pub mod amqp;
 pub mod local;
 
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use futures_util::stream::BoxStream;
@@ -126,7 +125,8 @@ const STREAM_ENDED: &str = "the queue ended the subscription";
 
 /// Gathers the consumer's next batch: waits for a first message, lingers up to
 /// `linger` for more, then keeps taking what arrives until the consumer is `idle`
-/// (done with its previous batch), up to `max` messages. At a moderate rate one round
+/// (done with its previous batch), until it holds `max` messages (a last chunk may
+/// pass it; what is in hand is bounded by the prefetch either way). At a moderate rate one round
 /// (one claim pipeline, one shard transaction, one confirm, one ack) then serves many
 /// orders instead of one or two; under load the batches grow by themselves.
 /// Answers the batch and, when the subscription ended meanwhile, why.
