@@ -104,6 +104,8 @@ done
 # PgBouncer on 6432 in transaction pooling mode, in front of the primary (5432): any
 # database, as postgres, without a password (trust, like the server here).
 # Startup options do not pass it; statement_timeout is set on each server connection.
+# Its admin console (database pgbouncer) takes commands from anyone here: the tests
+# drop an app's client connections with KILL, as a failover would.
 need pgbouncer pgbouncer
 pgb_ini=/etc/pgbouncer/flashsale.ini
 pgb_pid=/var/run/postgresql/pgbouncer-flashsale.pid
@@ -114,6 +116,7 @@ listen_addr = 127.0.0.1
 listen_port = 6432
 unix_socket_dir =
 auth_type = any
+admin_users = pgbouncer, postgres
 pool_mode = transaction
 max_client_conn = 2000
 default_pool_size = 10

@@ -292,13 +292,16 @@ impl OrderMessage {
     }
 }
 
-/// A completed order as a rebuild of the inventory counts it.
+/// A persisted order of a sale as a rebuild of the inventory counts it: sold, or
+/// cancelled, whose units are back in the sale.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SoldOrder {
     pub order_id: String,
     pub user_id: String,
     pub quantity: i64,
     pub idempotency_key: String,
+    /// Cancelled: counted as returned, never restocked again.
+    pub cancelled: bool,
 }
 
 /// An order as the API shows it.

@@ -16,7 +16,7 @@ use futures_util::future::{join_all, try_join_all};
 use ractor::ActorProcessingErr;
 
 use super::directory::Directory;
-use super::inventory::Claim;
+use super::inventory::{Claim, Claimed};
 use super::queue::{DeliveryHandler, Outbound, QueueMessage};
 use crate::domain::{OrderId, OrderMessage, OrderStatus, ProductId};
 use crate::shards::catalog::{DeadLetterEntry, RecordDeadLetters};
@@ -73,6 +73,11 @@ fn parse_orders(batch: &[QueueMessage]) -> Parsed {
     }
     parsed
 }
+
+/// The reason of an order that its partition never reserved (or not with the
+/// message's details): outside the era of a rebuild such an order sells nothing.
+const UNKNOWN_RESERVATION: &str =
+    "unknown_reservation: the inventory partition holds no reservation of this order";
 
 /// Orders handled at once: claims and writes go to their actors a chunk at a time,
 /// never more than an inbox takes.
@@ -181,7 +186,12 @@ impl DeliveryHandler for OrderHandler {
             let mut claimed = Vec::with_capacity(chunk.len());
             for ((o, claim), cx) in chunk.iter().zip(claims).zip(&spans) {
                 match claim {
-                    Ok(c) => claimed.push((o, c, cx)),
+                    Ok(Claimed::Sold) => claimed.push((o, true, cx)),
+                    Ok(Claimed::Released) => claimed.push((o, false, cx)),
+                    Ok(Claimed::Unknown) => dead.push(DeadLetterEntry {
+                        reason: UNKNOWN_RESERVATION.into(),
+                        payload: order_payload(o),
+                    }),
                     Err(e) => dead.push(DeadLetterEntry {
                         reason: format!("claim: {e}"),
                         payload: order_payload(o),

@@ -18,7 +18,7 @@ use ractor::ActorProcessingErr;
 
 use super::directory::{CatalogSlot, Directory};
 use super::inventory::redis::HasSales;
-use super::inventory::{RebuildSale, Recovery, Restock, NOT_REBUILDING};
+use super::inventory::{RebuildSale, Recovery, Restock, Restocked, NOT_REBUILDING};
 use super::queue::QueueDepth;
 use crate::domain::now_ms;
 use crate::shards::catalog::SaleDefinitions;
@@ -141,7 +141,9 @@ pub async fn finish_restocks(dir: &Directory, ready: &[bool]) -> Result<usize, C
                 user: p.user,
                 quantity: p.quantity,
             };
-            dir.product_partition(p.product).call(restock).await?;
+            if dir.product_partition(p.product).call(restock).await? == Restocked::Rebuilding {
+                continue; // its rebuild counts the order's units as returned
+            }
             shard.call(RestockDone { order: p.order }).await?;
             finished += 1;
         }

@@ -11,8 +11,8 @@ use tracing::Instrument;
 use super::error::ApiError;
 use super::{client_ip, json_body, parse_json, public_document, read_body, resource, AppState};
 use crate::actors::inventory::{
-    CacheGet, CacheSet, Counters, Lookup, MarkPublished, RateCheck, Release, ReserveOutcome,
-    ReserveRequest, Restock,
+    CacheGet, CacheSet, Counters, Lookup, MarkPublished, PartitionState, RateCheck, Recovery,
+    Release, ReserveOutcome, ReserveRequest, Restock, Restocked,
 };
 use crate::actors::queue::Publish;
 use crate::auth;
@@ -514,15 +514,20 @@ async fn cancel_order(
     let product = ProductId::from_db(stored.product_id);
     let partition = dir.product_partition(product);
     if stored.status == OrderStatus::Completed {
-        let active = partition
-            .call(Counters { product })
-            .await?
-            .is_some_and(|c| c.active_at(now_ms()));
-        if !active {
-            return Err(ApiError::SaleNotActive);
+        match partition.call(Counters { product }).await? {
+            Some(sale) if sale.active_at(now_ms()) => {}
+            // No sale there: gone with the partition's state, until it is rebuilt.
+            None if partition.call(Recovery { finish: false }).await? != PartitionState::Ready => {
+                return Err(ApiError::Unavailable(REBUILDING.into()))
+            }
+            _ => return Err(ApiError::SaleNotActive),
         }
     }
-    let Cancellation { order: view, now } = dir
+    let Cancellation {
+        order: view,
+        now,
+        restock_due,
+    } = dir
         .shard(user.as_str())
         .call(CancelOrder {
             order: order.clone(),
@@ -538,19 +543,23 @@ async fn cancel_order(
             view.status.as_str()
         )));
     }
-    // Idempotent per order: only the first call for a sold order returns units. Should
-    // this fail, the shard remembers the restock and the reconciler finishes it.
-    let restocked = partition
-        .call(Restock {
-            product,
-            order: order.clone(),
-            user: user.to_string(),
-            quantity: view.quantity,
-        })
-        .await?;
-    dir.shard(user.as_str()).call(RestockDone { order }).await?;
-    if now || restocked {
-        tracing::info!(restocked, "order cancelled by its owner");
+    // The shard decides whether units are still due back (its restocks row); the
+    // partition takes them once per order. Should this fail, the row remains and the
+    // reconciler (or a rebuild, which counts them as returned) finishes it.
+    if restock_due {
+        let restocked = partition
+            .call(Restock {
+                product,
+                order: order.clone(),
+                user: user.to_string(),
+                quantity: view.quantity,
+            })
+            .await?;
+        if restocked == Restocked::Rebuilding {
+            return Err(ApiError::Unavailable(REBUILDING.into()));
+        }
+        dir.shard(user.as_str()).call(RestockDone { order }).await?;
+        tracing::info!(now, restocked = ?restocked, "order cancelled by its owner");
     }
     Ok(HttpResponse::Ok().json(view))
 }

@@ -88,6 +88,11 @@ pub struct Cancellation {
     pub order: OrderView,
     /// This request cancelled it (an earlier one did otherwise).
     pub now: bool,
+    /// Its units are still to go back to the sale: the shard's `restocks` row of the
+    /// order exists. Only then may the caller restock; once the partition has them
+    /// (or a rebuild counted them as returned) the row is gone, and a cancellation
+    /// asked again gives nothing back, whatever the partition remembers.
+    pub restock_due: bool,
 }
 
 /// The completed orders of one product on this shard (a rebuild of its inventory).

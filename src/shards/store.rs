@@ -264,6 +264,7 @@ impl Shard {
                 Some(Cancellation {
                     order: OrderView::new(&cancelled, OrderStatus::Cancelled),
                     now: true,
+                    restock_due: true,
                 })
             }
             // Already cancelled, or not cancellable: read it in the same transaction.
@@ -276,10 +277,19 @@ impl Shard {
                     .bind(req.user.as_str())
                     .fetch_optional(&mut *tx)
                     .await?;
+                let due: Option<i64> =
+                    db::query_scalar("SELECT quantity FROM restocks WHERE order_id = $1")
+                        .bind(req.order.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await?;
                 row.as_ref()
                     .map(order_view)
                     .transpose()?
-                    .map(|order| Cancellation { order, now: false })
+                    .map(|order| Cancellation {
+                        restock_due: due.is_some() && order.status == OrderStatus::Cancelled,
+                        order,
+                        now: false,
+                    })
             }
         };
         tx.commit().await?;
@@ -303,8 +313,8 @@ impl Shard {
 
     async fn sale_orders(&self, product: i64) -> Result<Vec<SoldOrder>, sqlx::Error> {
         let rows = db::query(
-            "SELECT order_id, user_id, quantity, idempotency_key FROM orders \
-             WHERE product_id = $1 AND status = 'completed'",
+            "SELECT order_id, user_id, quantity, idempotency_key, status FROM orders \
+             WHERE product_id = $1 AND status IN ('completed', 'cancelled')",
         )
         .bind(product)
         .fetch_all(db::on(&self.primary))
@@ -316,6 +326,7 @@ impl Shard {
                     user_id: r.try_get("user_id")?,
                     quantity: r.try_get("quantity")?,
                     idempotency_key: r.try_get("idempotency_key")?,
+                    cancelled: r.try_get::<String, _>("status")? == "cancelled",
                 })
             })
             .collect()

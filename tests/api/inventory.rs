@@ -12,9 +12,10 @@ use flashsale::actors::directory::InventorySlot;
 use flashsale::actors::inventory::local::LocalInventoryConnect;
 use flashsale::actors::inventory::redis::{HasSales, RedisConnect};
 use flashsale::actors::inventory::{
-    CacheDel, CacheGet, CacheSet, Claim, Counters, InventoryMsg, ListSales, LoadSale, Lookup,
-    MarkPublished, RateCheck, RebuildSale, Release, ReleaseStale, ReserveOutcome, ReserveRequest,
-    Restock, SaleCounters, SaleRefused, UnpublishedOrder, NOT_REBUILDING,
+    CacheDel, CacheGet, CacheSet, Claim, Claimed, Counters, InventoryMsg, ListSales, LoadSale,
+    Lookup, MarkPublished, RateCheck, RebuildSale, Release, ReleaseStale, ReserveOutcome,
+    ReserveRequest, Restock, Restocked, SaleCounters, SaleRefused, UnpublishedOrder,
+    NOT_REBUILDING,
 };
 use flashsale::domain::{
     now_ms, IdempotencyKey, OrderId, ProductId, Quantity, SaleDefinition, UserId,
@@ -37,6 +38,9 @@ pub struct Partition {
     slot: Arc<InventorySlot>,
     actor: ActorRef<WorkerMsg>,
     dir: Option<PathBuf>,
+    /// What each order reserved here carries (user, quantity, when), as its queue
+    /// message would: what a claim of it names.
+    reserved: std::sync::Mutex<std::collections::HashMap<OrderId, (String, i64, i64)>>,
 }
 
 impl Drop for Partition {
@@ -95,6 +99,7 @@ pub async fn partition(backend: Backend, ttl_secs: u64) -> Partition {
                 slot,
                 actor,
                 dir: None,
+                reserved: Default::default(),
             }
         }
         Backend::Local => {
@@ -110,6 +115,7 @@ pub async fn partition(backend: Backend, ttl_secs: u64) -> Partition {
                 slot,
                 actor,
                 dir: Some(dir),
+                reserved: Default::default(),
             }
         }
     }
@@ -182,10 +188,16 @@ impl Partition {
         qty: u32,
         at: i64,
     ) -> ReserveOutcome {
-        self.slot
+        let outcome = self
+            .slot
             .call(request(product, user, key, qty, at))
             .await
-            .unwrap()
+            .unwrap();
+        if let ReserveOutcome::Created(order) = &outcome {
+            let details = (user.to_string(), i64::from(qty), at);
+            self.reserved.lock().unwrap().insert(order.clone(), details);
+        }
+        outcome
     }
 
     /// Reserves and expects a new order.
@@ -210,14 +222,34 @@ impl Partition {
         (c.remaining, c.pending)
     }
 
+    /// Claims an order reserved here, with the details its message carries: `true` to
+    /// persist it, `false` when it was released (and is recorded cancelled).
     async fn claim(&self, product: ProductId, order: &OrderId) -> bool {
+        let details = self.reserved.lock().unwrap().get(order).cloned();
+        let (user, quantity, at) = details.expect("an order reserved here");
+        match self.claim_as(product, order, &user, quantity, at).await {
+            Claimed::Sold => true,
+            Claimed::Released => false,
+            Claimed::Unknown => panic!("the partition does not know its own order {order}"),
+        }
+    }
+
+    /// Claims an order with the details a message names, whatever was reserved.
+    async fn claim_as(
+        &self,
+        product: ProductId,
+        order: &OrderId,
+        user: &str,
+        quantity: i64,
+        created_at: i64,
+    ) -> Claimed {
         let claim = Claim {
             product,
             order: order.clone(),
-            user: UserId::new_random().to_string(),
-            quantity: 1,
+            user: user.to_string(),
+            quantity,
             key: "k".into(),
-            created_at: now_ms(),
+            created_at,
         };
         self.slot.call(claim).await.unwrap()
     }
@@ -235,6 +267,7 @@ impl Partition {
         self.slot.call(Release { product, order }).await.unwrap()
     }
 
+    /// Gives a cancelled order's units back: `true` when they came back now.
     async fn restock(
         &self,
         product: ProductId,
@@ -248,7 +281,7 @@ impl Partition {
             user: user.to_string(),
             quantity,
         };
-        self.slot.call(restock).await.unwrap()
+        self.slot.call(restock).await.unwrap() == Restocked::Returned
     }
 }
 
@@ -441,6 +474,45 @@ async fn stale_unpublished_reservations_are_released_published_ones_kept(backend
     assert_eq!(p.units(pid).await, (2, 1));
 }
 
+on_both_backends!(claims_of_what_was_never_reserved_sell_nothing);
+async fn claims_of_what_was_never_reserved_sell_nothing(backend: Backend) {
+    let p = partition(backend, 3600).await;
+    let (pid, ann, eve) = (product(), UserId::new_random(), UserId::new_random());
+    p.load(pid, open_sale(3, 1)).await.unwrap();
+    let order = p.created(pid, &ann, "k", 1).await;
+    let at = p.reserved.lock().unwrap()[&order].2;
+    let (ann_id, eve_id) = (ann.to_string(), eve.to_string());
+    // A reservation named with other details (more units, another user) stays
+    // reserved for its own message.
+    assert_eq!(
+        p.claim_as(pid, &order, &ann_id, 2, at).await,
+        Claimed::Unknown
+    );
+    assert_eq!(
+        p.claim_as(pid, &order, &eve_id, 1, at).await,
+        Claimed::Unknown
+    );
+    assert_eq!(p.units(pid).await, (2, 1));
+    assert!(p.claim(pid, &order).await);
+    // Once claimed, its redelivery persists; altered copies and an order never seen
+    // sell nothing.
+    assert!(p.claim(pid, &order).await);
+    assert_eq!(
+        p.claim_as(pid, &order, &ann_id, 2, at).await,
+        Claimed::Unknown
+    );
+    assert_eq!(
+        p.claim_as(pid, &order, &eve_id, 1, at).await,
+        Claimed::Unknown
+    );
+    let never = OrderId::generate();
+    assert_eq!(
+        p.claim_as(pid, &never, &ann_id, 1, now_ms()).await,
+        Claimed::Unknown
+    );
+    assert_eq!(p.units(pid).await, (2, 0));
+}
+
 on_both_backends!(claims_and_restocks_happen_once_per_order);
 async fn claims_and_restocks_happen_once_per_order(backend: Backend) {
     let p = partition(backend, 3600).await;
@@ -452,10 +524,6 @@ async fn claims_and_restocks_happen_once_per_order(backend: Backend) {
     assert!(
         p.claim(pid, &order).await,
         "a redelivered claim still persists"
-    );
-    assert!(
-        p.claim(pid, &OrderId::generate()).await,
-        "an order never seen persists"
     );
     assert_eq!(p.units(pid).await, (2, 0));
     assert_eq!(

@@ -149,7 +149,10 @@ async fn poison_messages_are_dead_lettered_and_the_rest_flows(mode: Mode) {
     .await;
     let product = app.sale(10, 5).await;
     let (user, token) = app.token_for_new_user();
-    let good = order_json(user.as_str(), product, 1);
+    // A reserved order, published by another producer beside a bad element.
+    let reserved = app.reserve_unpublished(product, &user, "foreign").await;
+    let mut good = order_json(user.as_str(), product, 1);
+    good["orderId"] = json!(reserved.to_string());
     let bad_quantity = order_json(user.as_str(), product, 0);
     publish_raw(&app, b"\xffnot json at all".to_vec()).await;
     publish_raw(&app, br#"{"hello": "world"}"#.to_vec()).await;
@@ -204,6 +207,47 @@ async fn poison_messages_are_dead_lettered_and_the_rest_flows(mode: Mode) {
         app.metric_sum("flashsale_dead_letters_total", &queue).await >= 1.0,
         "the dead letters are counted"
     );
+    app.stop().await;
+}
+
+in_both_modes!(an_order_its_partition_never_reserved_sells_nothing);
+async fn an_order_its_partition_never_reserved_sells_nothing(mode: Mode) {
+    let app = spawn_app_with(Options {
+        mode,
+        ..Options::default()
+    })
+    .await;
+    let product = app.sale(1, 1).await;
+    let (user, token) = app.token_for_new_user();
+    // Well-formed orders nobody reserved: five units of a sale of one, and a copy of
+    // a real reservation with more units than were reserved.
+    let forged = order_json(user.as_str(), product, 5);
+    publish_raw(&app, serde_json::to_vec(&forged).unwrap()).await;
+    let (other, _) = app.token_for_new_user();
+    let reserved = app.reserve_unpublished(product, &other, "real").await;
+    let mut altered = order_json(other.as_str(), product, 3);
+    altered["orderId"] = json!(reserved.to_string());
+    publish_raw(&app, serde_json::to_vec(&altered).unwrap()).await;
+
+    let letters = app
+        .admin_eventually("/admin/dead-letters", |v| v["total"] == 2)
+        .await;
+    for l in letters["deadLetters"].as_array().unwrap() {
+        let reason = l["reason"].as_str().unwrap();
+        assert!(reason.starts_with("unknown_reservation"), "{reason}");
+    }
+    // Nothing was sold: the forged order is in no shard, and the unit is still held
+    // by its real reservation (or back on sale, once the reconciler released it).
+    let forged_id = forged["orderId"].as_str().unwrap();
+    assert_eq!(
+        app.get_order(&token, forged_id).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let stored = app.all_shard_orders().await;
+    assert!(stored.is_empty(), "{stored:?}");
+    let c = app.sale_counters(product).await;
+    let held = c["remaining"].as_i64().unwrap() + c["pending"].as_i64().unwrap();
+    assert_eq!(held, 1, "{c}");
     app.stop().await;
 }
 
@@ -327,6 +371,83 @@ async fn a_partition_that_loses_its_state_rebuilds_it_and_never_oversells() {
     app.stop().await;
 }
 
+/// Messages ready in the RabbitMQ queue `queue`; `None` when there is no such queue.
+async fn queued_messages(app: &TestApp, queue: &str) -> Option<u32> {
+    let url = app.settings.queue.url.expose();
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let q = ch
+        .queue_declare(queue.into(), passive, Default::default())
+        .await;
+    let _ = conn.close(200, "bye".into()).await;
+    q.ok().map(|q| q.message_count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_published_to_a_deleted_queue_is_refused_not_lost() {
+    // An api pod alone: no consumer is there to declare the order queue again.
+    let app = spawn_app_with(Options {
+        configure: Some(|s| s.role = flashsale::config::Role::Api),
+        ..Options::default()
+    })
+    .await;
+    let product = app.sale(5, 1).await;
+    let queue = app.settings.queue.orders_queue.clone();
+    let url = app.settings.queue.url.expose();
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_delete(queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let _ = conn.close(200, "bye".into()).await;
+    assert_eq!(
+        queued_messages(&app, &queue).await,
+        None,
+        "the queue is gone"
+    );
+
+    // The first order finds no queue: refused, its unit back on sale.
+    let (_, token) = app.token_for_new_user();
+    let r = app.buy(&token, product, "k", None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    assert!(
+        r.body["message"].as_str().unwrap().contains("order queue"),
+        "{:?}",
+        r.body
+    );
+    // The publisher declared the queue again: the next order is kept there.
+    let (_, token) = app.token_for_new_user();
+    let r = app.buy(&token, product, "k", None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(
+        queued_messages(&app, &queue).await,
+        Some(1),
+        "the 201's message is queued"
+    );
+    crate::helpers::eventually(
+        Duration::from_secs(10),
+        "the refused unit is back",
+        || async {
+            let c = app.sale_counters(product).await;
+            if c["remaining"] == 4 && c["pending"] == 1 {
+                Ok(())
+            } else {
+                Err(c)
+            }
+        },
+    )
+    .await;
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_whose_confirm_is_late_is_found_by_a_retry_with_the_same_key() {
     let broker = crate::helpers::Proxy::start("127.0.0.1:5672").await;
@@ -430,6 +551,121 @@ async fn a_cancellation_cut_off_before_its_restock_is_finished_by_the_reconciler
     assert_eq!(retry.body["status"], "cancelled");
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(app.sale_counters(product).await["remaining"], 3);
+    app.stop().await;
+}
+
+/// Buys one unit with a fresh buyer and waits until the order has completed.
+async fn buy_completed(app: &TestApp, product: i64) -> (String, String) {
+    let (token, r) = buy_once_open(app, product).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let id = r.body["orderId"].as_str().unwrap().to_string();
+    assert_eq!(app.wait_settled(&token, &id).await["status"], "completed");
+    (token, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancellation_asked_again_after_a_rebuild_gives_nothing_back() {
+    let app = spawn_app_with(Options {
+        reconcile_every_ms: 200,
+        ..Options::default()
+    })
+    .await;
+    let product = app.sale(1, 1).await;
+    // Ann buys the one unit and cancels; it goes back on sale and Bob buys it.
+    let (ann, ann_order) = buy_completed(&app, product).await;
+    let cancel = format!("/orders/{ann_order}/cancel");
+    let r = app.post_auth(&ann, &cancel).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let (_, bob_order) = buy_completed(&app, product).await;
+
+    // The partition loses its state and rebuilds it from the shards.
+    crate::helpers::delete_redis_keys(&app.settings.inventory.key_prefix)
+        .await
+        .unwrap();
+    let (_, r) = buy_once_open(&app, product).await;
+    assert_eq!(r.error(), "out_of_stock", "rebuilt, sold out: {:?}", r.body);
+
+    // Ann cancels again: her order stays cancelled and no unit comes back.
+    let again = app.post_auth(&ann, &cancel).await;
+    assert_eq!(again.status, StatusCode::OK, "{:?}", again.body);
+    assert_eq!(again.body["status"], "cancelled");
+    let (_, r) = buy_once_open(&app, product).await;
+    assert_eq!(r.error(), "out_of_stock", "the unit is Bob's: {:?}", r.body);
+    let counters = app.sale_counters(product).await;
+    assert_eq!(counters["remaining"], 0, "{counters}");
+    // The rebuilt partition remembers Ann's units as returned: a restock cut off before
+    // the loss and arriving after the rebuild gives nothing back either.
+    let user = again.body["userId"].as_str().unwrap().to_string();
+    let restock = flashsale::actors::inventory::Restock {
+        product: ProductId::from_db(product),
+        order: OrderId::parse(&ann_order).unwrap(),
+        user,
+        quantity: 1,
+    };
+    let dir = &app.app_state.directory;
+    let answer = dir
+        .product_partition(restock.product)
+        .call(restock)
+        .await
+        .unwrap();
+    assert_eq!(answer, flashsale::actors::inventory::Restocked::Already);
+    let completed: Vec<_> = app
+        .all_shard_orders()
+        .await
+        .into_iter()
+        .filter(|r| r.3 == "completed")
+        .map(|r| r.1)
+        .collect();
+    assert_eq!(completed, [bob_order], "one unit, sold once");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restock_while_the_partition_rebuilds_is_refused() {
+    // No reconciler round during the test: the partition stays rebuilding.
+    let app = spawn_app_with(Options {
+        reconcile_every_ms: 600_000,
+        ..Options::default()
+    })
+    .await;
+    let product = app.sale(2, 1).await;
+    let (ann, ann_order) = buy_completed(&app, product).await;
+    let user = app.get_order(&ann, &ann_order).await.body["userId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    crate::helpers::delete_redis_keys(&app.settings.inventory.key_prefix)
+        .await
+        .unwrap();
+    crate::helpers::eventually(Duration::from_secs(30), "the sale rebuilds", || async {
+        let (_, token) = app.token_for_new_user();
+        let r = app.buy(&token, product, "k", None).await;
+        match r.body["message"].as_str() {
+            Some(m) if m.contains("rebuilt") => Ok(()),
+            _ => Err(r.body),
+        }
+    })
+    .await;
+
+    // Ann cancels meanwhile: told to retry, her order untouched.
+    let r = app
+        .post_auth(&ann, &format!("/orders/{ann_order}/cancel"))
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    // A restock that reaches the partition now (a cancellation whose shard commit came
+    // just before the loss) adds nothing: the rebuild counts cancelled orders' units.
+    let dir = &app.app_state.directory;
+    let restock = flashsale::actors::inventory::Restock {
+        product: ProductId::from_db(product),
+        order: OrderId::parse(&ann_order).unwrap(),
+        user,
+        quantity: 1,
+    };
+    let partition = dir.product_partition(restock.product);
+    let answer = partition.call(restock).await.unwrap();
+    assert_eq!(answer, flashsale::actors::inventory::Restocked::Rebuilding);
+    let order = app.get_order(&ann, &ann_order).await;
+    assert_eq!(order.body["status"], "completed", "{:?}", order.body);
     app.stop().await;
 }
 

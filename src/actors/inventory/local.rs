@@ -356,19 +356,41 @@ impl LocalInventory {
         }
     }
 
-    fn claim(&mut self, order: &str) -> bool {
-        if self.resv.remove(order).is_some() {
+    /// The scripts' `claim`: this partition never loses its state, so an order that
+    /// is neither reserved, released nor recorded with these details never was one.
+    fn claim(&mut self, c: &super::Claim) -> super::Claimed {
+        use super::Claimed;
+        let order = c.order.as_str();
+        let pid = c.product.get();
+        if let Some(rv) = self.resv.get(order) {
+            if rv.pid != pid || rv.qty != c.quantity || rv.uid != c.user {
+                return Claimed::Unknown;
+            }
+            self.resv.remove(order);
             self.changes.push(Change::Resv(order.to_string()));
-            true
-        } else {
-            !self.released.contains(order)
+            return Claimed::Sold;
+        }
+        if self.released.contains(order) {
+            return Claimed::Released;
+        }
+        // Claimed before: a redelivery.
+        match self.orders.get(order) {
+            Some(o)
+                if o.product == pid
+                    && o.quantity == c.quantity
+                    && o.user == c.user
+                    && o.created_at == c.created_at =>
+            {
+                Claimed::Sold
+            }
+            _ => Claimed::Unknown,
         }
     }
 
-    fn restock(&mut self, r: &super::Restock) -> bool {
+    fn restock(&mut self, r: &super::Restock) -> super::Restocked {
         let oid = r.order.to_string();
         if self.released.contains(&oid) || !self.restocked.insert(oid.clone()) {
-            return false;
+            return super::Restocked::Already;
         }
         self.changes.push(Change::Restocked(oid));
         let pid = r.product.get();
@@ -380,7 +402,7 @@ impl LocalInventory {
             *n -= r.quantity;
         }
         self.changes.push(Change::Bought(pid, r.user.clone()));
-        true
+        super::Restocked::Returned
     }
 
     fn rate_check(&mut self, r: &super::RateCheck) -> RateWindow {
@@ -476,7 +498,7 @@ impl LocalInventory {
                 }
                 port.defer(Ok(()))
             }
-            InventoryMsg::Claim(r, port) => port.defer(Ok(self.claim(r.order.as_str()))),
+            InventoryMsg::Claim(r, port) => port.defer(Ok(self.claim(&r))),
             InventoryMsg::Restock(r, port) => port.defer(Ok(self.restock(&r))),
             InventoryMsg::RateCheck(r, port) => port.defer(Ok(self.rate_check(&r))),
             InventoryMsg::LoadSale(r, port) => {

@@ -94,9 +94,9 @@ pub struct Release {
     pub order: OrderId,
 }
 
-/// A consumer takes the order: `true` to persist it, `false` when it was released
-/// meanwhile and must be recorded as cancelled. The order's details count it when it
-/// was accepted before the partition lost its state.
+/// A consumer takes the order from its partition before its shard persists it. The
+/// order's details must be those of its reservation; they count it when it was
+/// accepted before the partition lost its state.
 #[derive(Debug)]
 pub struct Claim {
     pub product: ProductId,
@@ -107,14 +107,38 @@ pub struct Claim {
     pub created_at: i64,
 }
 
-/// A cancelled order's units go back to the sale, once per order (answers `false` for
-/// every later call, and for a released order).
+/// A cancelled order's units go back to the sale, once per order.
 #[derive(Debug)]
 pub struct Restock {
     pub product: ProductId,
     pub order: OrderId,
     pub user: String,
     pub quantity: i64,
+}
+
+/// What a [`Claim`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimed {
+    /// Persist it as sold: its reservation was here (or it was claimed before, or it
+    /// was accepted before the partition lost its state).
+    Sold,
+    /// Record it as cancelled: its reservation was released before it was persisted.
+    Released,
+    /// Never reserved here, or not with these details (a forged or altered message):
+    /// it is a dead letter, never a sale.
+    Unknown,
+}
+
+/// What a [`Restock`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restocked {
+    /// The units are back on sale.
+    Returned,
+    /// Nothing: this order's units came back before, or its reservation was released.
+    Already,
+    /// Nothing: the partition is rebuilding its sales, which counts a cancelled order's
+    /// units as returned.
+    Rebuilding,
 }
 
 /// Counts a request in a rate-limit window: a user's, an account's logins, a client
@@ -239,8 +263,8 @@ crate::protocol! {
         Reserve(ReserveRequest) -> ReserveOutcome,
         MarkPublished(MarkPublished) -> bool,
         Release(Release) -> (),
-        Claim(Claim) -> bool,
-        Restock(Restock) -> bool,
+        Claim(Claim) -> Claimed,
+        Restock(Restock) -> Restocked,
         RateCheck(RateCheck) -> RateWindow,
         LoadSale(LoadSale) -> Result<SaleCounters, SaleRefused>,
         Counters(Counters) -> Option<SaleCounters>,

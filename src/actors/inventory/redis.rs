@@ -18,8 +18,8 @@ use redis::Value;
 
 use super::sentinel::{Replication, SentinelUrl};
 use super::{
-    InventoryMsg, PartitionState, PendingOrder, RateWindow, ReserveOutcome, SaleCounters,
-    SaleRefused, SaleSummary, UnpublishedOrder,
+    Claimed, InventoryMsg, PartitionState, PendingOrder, RateWindow, ReserveOutcome, Restocked,
+    SaleCounters, SaleRefused, SaleSummary, UnpublishedOrder,
 };
 use crate::domain::{now_ms, OrderId};
 use crate::supervisors::slot::{ItemError, Message, ReplyPort};
@@ -284,7 +284,8 @@ impl RedisInventory {
                     c.arg(&o.order_id)
                         .arg(&o.user_id)
                         .arg(o.quantity)
-                        .arg(&o.idempotency_key);
+                        .arg(&o.idempotency_key)
+                        .arg(if o.cancelled { "c" } else { "s" });
                 }
                 c
             }
@@ -502,8 +503,24 @@ fn answer(msg: InventoryMsg, v: Value) -> Result<(), ActorProcessingErr> {
         InventoryMsg::Release(_, p)
         | InventoryMsg::CacheSet(_, p)
         | InventoryMsg::CacheDel(_, p) => send(p, Ok(())),
-        InventoryMsg::Claim(_, p) => send(p, flag("claim", v)),
-        InventoryMsg::Restock(_, p) => send(p, flag("restock", v)),
+        InventoryMsg::Claim(_, p) => send(
+            p,
+            match int(v) {
+                Some(1) => Ok(Claimed::Sold),
+                Some(0) => Ok(Claimed::Released),
+                Some(2) => Ok(Claimed::Unknown),
+                _ => Err(bad("claim", v)),
+            },
+        ),
+        InventoryMsg::Restock(_, p) => send(
+            p,
+            match int(v) {
+                Some(1) => Ok(Restocked::Returned),
+                Some(0) => Ok(Restocked::Already),
+                Some(2) => Ok(Restocked::Rebuilding),
+                _ => Err(bad("restock", v)),
+            },
+        ),
         InventoryMsg::RateCheck(_, p) => send(
             p,
             pair("rate", v).map(|(count, reset_ms)| RateWindow { count, reset_ms }),

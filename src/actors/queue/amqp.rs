@@ -8,7 +8,7 @@ use lapin::options::{
     ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use ractor::ActorProcessingErr;
 
 use super::{
@@ -32,17 +32,22 @@ async fn within<T>(
     }
 }
 
+async fn declare_queue(channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
 async fn open(url: &str, declare: &[String]) -> Result<(Connection, Channel), lapin::Error> {
     let conn = Connection::connect(url, ConnectionProperties::default()).await?;
     let channel = conn.create_channel().await?;
     for q in declare {
-        channel
-            .queue_declare(
-                q.as_str().into(),
-                QueueDeclareOptions::durable(),
-                FieldTable::default(),
-            )
-            .await?;
+        declare_queue(&channel, q).await?;
     }
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -65,11 +70,30 @@ async fn queue_depth(channel: &Channel, queue: &str) -> Result<u64, lapin::Error
 /// Most orders carried by one message.
 const MAX_PER_MESSAGE: usize = 256;
 
-/// Publishes a batch and waits for all its confirms together.
+/// What the broker did with one published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Published {
+    /// Routed to its queue and stored: the confirm of a mandatory publish.
+    Stored,
+    /// Refused (a nack).
+    Refused,
+    /// Returned: no queue of that name (deleted under us). The confirm that follows a
+    /// return says only that the broker is done with the message, which it dropped.
+    Unroutable,
+}
+
+impl Published {
+    fn stored(self) -> bool {
+        self == Published::Stored
+    }
+}
+
+/// Publishes a batch (mandatory: a message no queue takes comes back) and waits for
+/// all its confirms together.
 async fn publish_all(
     channel: &Channel,
     messages: &[(&str, &[u8], Option<&str>)],
-) -> Result<Vec<bool>, lapin::Error> {
+) -> Result<Vec<Published>, lapin::Error> {
     let mut confirms = Vec::with_capacity(messages.len());
     for (queue, payload, traceparent) in messages {
         let mut props = BasicProperties::default()
@@ -85,18 +109,25 @@ async fn publish_all(
                 .basic_publish(
                     "".into(),
                     (*queue).into(),
-                    BasicPublishOptions::default(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
                     payload,
                     props,
                 )
                 .await?,
         );
     }
-    let mut acked = Vec::with_capacity(confirms.len());
+    let mut answers = Vec::with_capacity(confirms.len());
     for c in confirms {
-        acked.push(c.await?.is_ack());
+        answers.push(match c.await? {
+            Confirmation::Ack(None) => Published::Stored,
+            Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => Published::Unroutable,
+            Confirmation::Nack(None) | Confirmation::NotRequested => Published::Refused,
+        });
     }
-    Ok(acked)
+    Ok(answers)
 }
 
 pub struct AmqpPublisherConnect {
@@ -199,13 +230,31 @@ impl Backend for AmqpPublisher {
         )
         .await?;
         let mut answers = vec![false; live.len()];
-        for ((_, idx), ok) in groups.iter().zip(acked) {
+        let mut gone = Vec::new();
+        for ((queue, idx), published) in groups.iter().zip(acked) {
             for i in idx {
-                answers[*i] = ok;
+                answers[*i] = published.stored();
+            }
+            if published == Published::Unroutable && !gone.contains(queue) {
+                gone.push(*queue);
             }
         }
+        // A failed publish: its callers release their reservations and answer 503.
         for (port, ok) in ports.into_iter().zip(answers) {
             port.ok(ok);
+        }
+        // The queue is declared again so that the next publishes are kept. Its
+        // consumers were cancelled with it: they restart and declare it too.
+        for queue in gone {
+            tracing::error!(queue, "a publish found no queue; declaring it again");
+            metrics::counter!("flashsale_queue_unroutable_total", "queue" => queue.to_string())
+                .increment(1);
+            within(
+                self.deadline,
+                "declare",
+                declare_queue(&self.channel, queue),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -227,10 +276,11 @@ impl Outbound for AmqpOutbound {
             publish_all(&self.channel, &messages),
         )
         .await?;
-        if acked.iter().all(|a| *a) {
-            Ok(())
-        } else {
-            Err("the broker refused a follow-up message".into())
+        match acked.iter().find(|a| !a.stored()) {
+            None => Ok(()),
+            // The batch is redelivered; the restarted consumer declares its queues.
+            Some(Published::Unroutable) => Err("a follow-up message found no queue".into()),
+            Some(_) => Err("the broker refused a follow-up message".into()),
         }
     }
 }

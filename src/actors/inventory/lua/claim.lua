@@ -1,16 +1,29 @@
 -- ARGV: prefix, pid, oid, uid, qty, key, created_at, ttl.
+-- Answers 1 (sold), 0 (released before it was persisted) or 2 (unknown: never
+-- reserved here, or not with these details).
 local pid, oid, uid, key = ARGV[2], ARGV[3], ARGV[4], ARGV[6]
 local q = tonumber(ARGV[5])
-if redis.call('HDEL', k('resv', pid), oid) == 1 then
+local st = redis.call('HGET', k('resv', pid), oid)
+if st then
+  local _, _, rq, ru = parse(st)
+  if rq ~= q or ru ~= uid then return 2 end
+  redis.call('HDEL', k('resv', pid), oid)
   add_pending(pid, -q)
   return 1
 end
 if redis.call('SISMEMBER', k('rel', pid), oid) == 1 then return 0 end
--- Not reserved here: claimed before (a redelivery), or accepted before the partition
--- lost its state. Those are honoured and counted once: recorded while the partition
--- rebuilds (the rebuild adds them), applied to the sale once it has been rebuilt.
+-- Not reserved here: claimed before (a redelivery: the order's record, kept as long
+-- as its key, names it), or accepted before the partition lost its state. Those are
+-- honoured and counted once: recorded while the partition rebuilds (the rebuild adds
+-- them), applied to the sale once it has been rebuilt. Anything else never was a
+-- reservation: a forged or duplicated message with other details sells nothing.
 local since = tonumber(redis.call('HGET', k('epoch'), 'since') or '0')
-if tonumber(ARGV[7]) >= since then return 1 end
+if tonumber(ARGV[7]) >= since then
+  if redis.call('GET', k('ord', oid)) == uid .. '|' .. pid .. '|' .. ARGV[5] .. '|' .. ARGV[7] then
+    return 1
+  end
+  return 2
+end
 local ck = k('counted', pid)
 if redis.call('HSETNX', ck, oid, q .. '|' .. uid .. '|' .. key) == 0 then return 1 end
 local sk = k('sale', pid)

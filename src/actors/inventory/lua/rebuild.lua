@@ -1,7 +1,9 @@
 -- Rebuilds one sale after the partition lost its state, from durable truth: the
--- sale's completed orders in the shards (ARGV from 8: oid, uid, qty, key, ...) and the
--- orders of that era claimed since (the `counted` hash). Sold units, each buyer's
--- units and the orders' idempotency keys come back; what was sold is kept.
+-- sale's persisted orders in the shards (ARGV from 8: oid, uid, qty, key, s(old) or
+-- c(ancelled), ...) and the orders of that era claimed since (the `counted` hash).
+-- Sold units, each buyer's units and the orders' idempotency keys come back; what was
+-- sold is kept. A cancelled order's units are back in the sale: it is remembered as
+-- restocked, so that no later restock returns them again.
 -- ARGV: prefix, pid, stock, limit, starts, ends, ttl, orders...
 -- Answers the units sold, or -1 when the partition is no longer rebuilding: another
 -- pod's reconciler finished the rebuild and the sale has reopened, so this snapshot of
@@ -17,10 +19,20 @@ local function count(oid, uid, q, key)
   per[uid] = (per[uid] or 0) + q
   redis.call('SET', k('idem', pid, uid, key), oid, 'EX', ARGV[7])
 end
-for i = 8, #ARGV, 4 do
-  count(ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3])
-  redis.call('HSETNX', ck, ARGV[i], ARGV[i + 2] .. '|' .. ARGV[i + 1] .. '|' .. ARGV[i + 3])
+local rk = k('restocked', pid)
+for i = 8, #ARGV, 5 do
+  if ARGV[i + 4] == 'c' then
+    seen[ARGV[i]] = true
+    redis.call('SADD', rk, ARGV[i])
+  end
 end
+for i = 8, #ARGV, 5 do
+  if ARGV[i + 4] == 's' then
+    count(ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3])
+    redis.call('HSETNX', ck, ARGV[i], ARGV[i + 2] .. '|' .. ARGV[i + 1] .. '|' .. ARGV[i + 3])
+  end
+end
+keep(rk, ends)
 local all = redis.call('HGETALL', ck)
 for i = 1, #all, 2 do
   local q, u, key = string.match(all[i + 1], '^(%d+)|([^|]*)|(.*)$')
