@@ -790,70 +790,6 @@ impl TestApp {
         pool.close().await;
         n
     }
-
-    /// Breaks every connection the app holds to shard `i` (as a failover would), and
-    /// answers how many there were. Straight to PostgreSQL, its server processes are
-    /// terminated. Through PgBouncer that would not reach the app (the pooler replaces
-    /// a server connection without a word to its client), so the app's own client
-    /// connections are dropped there, with the admin console's `KILL` (and `RESUME`,
-    /// which lets the database take new connections again).
-    pub async fn kill_shard_connections(&self, i: usize) -> i64 {
-        let db = self.shard_urls[i].rsplit('/').next().unwrap().to_string();
-        if let Ok(port) = std::env::var("FLASHSALE_TEST_PGBOUNCER") {
-            let url = self.settings.shards.urls[i].expose();
-            if url.contains(&format!("127.0.0.1:{port}/")) {
-                return kill_pgbouncer_clients(&port, &db);
-            }
-        }
-        let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
-            .await
-            .unwrap();
-        let killed: Vec<(bool,)> = sqlx::query_as(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-        )
-        .bind(db)
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-        pool.close().await;
-        killed.len() as i64
-    }
-}
-
-/// Drops every client connection of PgBouncer (on `port`) to database `db`; answers
-/// how many it had. The admin console speaks only the simple query protocol, so this
-/// goes through psql.
-fn kill_pgbouncer_clients(port: &str, db: &str) -> i64 {
-    let console = |sql: &str| {
-        let out = std::process::Command::new("psql")
-            .args([
-                "-w",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                port,
-                "-U",
-                "postgres",
-                "-AtX",
-            ])
-            .args(["-F", "|", "-c", sql, "pgbouncer"])
-            .output()
-            .expect("psql runs");
-        let said = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(
-            out.status.success(),
-            "PgBouncer's console refused {sql}: {said}"
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    // SHOW CLIENTS: type|user|database|...
-    let clients = console("SHOW CLIENTS")
-        .lines()
-        .filter(|l| l.split('|').nth(2) == Some(db))
-        .count() as i64;
-    console(&format!("KILL {db}"));
-    console(&format!("RESUME {db}"));
-    clients
 }
 
 /// A TCP proxy to a real service that a test can cut (refusing and dropping every
@@ -907,13 +843,17 @@ impl Proxy {
         }
     }
 
-    /// The service goes away: open connections break, new ones are refused.
-    pub fn cut(&self) {
+    /// The service goes away: open connections break, new ones are refused. Answers
+    /// how many connections were open.
+    pub fn cut(&self) -> usize {
         let mut state = self.state.lock().unwrap();
         state.up = false;
+        state.connections.retain(|c| !c.is_finished());
+        let open = state.connections.len();
         for c in state.connections.drain(..) {
             c.abort();
         }
+        open
     }
 
     pub fn restore(&self) {
