@@ -270,10 +270,11 @@ async fn serve(settings: Settings) -> ExitCode {
     }
     let stop = app.stop_handle();
     let shutdown = app.state.settings.shutdown.clone();
+    let mut signals = StopSignals::listen();
     tokio::spawn(async move {
-        shutdown_signal().await;
-        tokio::spawn(async {
-            shutdown_signal().await;
+        signals.next().await;
+        tokio::spawn(async move {
+            signals.next().await;
             eprintln!("flashsale: a second stop signal: exiting at once");
             std::process::exit(1);
         });
@@ -296,17 +297,37 @@ async fn serve(settings: Settings) -> ExitCode {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT and SIGTERM, listened to from the start: a second signal that comes while
+/// the first one's drain has only just begun is still heard.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            StopSignals {
+                interrupt: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+                terminate: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+            }
         }
+        #[cfg(not(unix))]
+        StopSignals {}
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    /// The next stop signal.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {},
+            _ = self.terminate.recv() => {},
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

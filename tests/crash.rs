@@ -207,7 +207,7 @@ async fn stop_during_a_burst(stop: Stop) {
             Stop::Term => {
                 signal(&server, "TERM").await;
                 // Draining: no longer ready, still serving.
-                let deadline = Instant::now() + Duration::from_secs(1);
+                let deadline = Instant::now() + Duration::from_secs(3);
                 let readiness = loop {
                     let r = client
                         .get(format!("{}/readyz", server.public))
@@ -334,7 +334,19 @@ async fn a_second_stop_signal_exits_at_once() {
     let mut server = start(&data.0).await;
     wait_ready(&client, &server).await;
     signal(&server, "TERM").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The first signal is being handled: the server drains (no longer ready).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = client.get(format!("{}/readyz", server.public)).send().await;
+        if r.is_ok_and(|r| r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first signal starts the drain"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     signal(&server, "INT").await;
     // The drain period (2 s) is not waited out.
     let exited = tokio::time::timeout(Duration::from_millis(1_500), server.child.wait())

@@ -127,28 +127,36 @@ impl Drop for Restore {
     }
 }
 
-/// Each order reads `completed`, by id and in its buyer's list, with no error.
+/// Each order reads `completed`, by id and in its buyer's list, with no error. The list
+/// may come from the replica, which may be up to `replica_max_lag_ms` behind the order
+/// (the order by id falls back to the primary): it is awaited.
 async fn read_back(app: &TestApp, orders: &[(String, String)]) {
     for (token, id) in orders {
         let order = app.wait_settled(token, id).await;
         assert_eq!(order["status"], "completed", "{order}");
-        let list = app
-            .client
-            .get(format!("{}/users/me/orders", app.address))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(list.status(), StatusCode::OK);
-        let list: serde_json::Value = list.json().await.unwrap();
-        assert!(
-            list["orders"]
+        let what = format!("{id} is in its buyer's list");
+        eventually(Duration::from_secs(10), &what, || async {
+            let list = app
+                .client
+                .get(format!("{}/users/me/orders", app.address))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(list.status(), StatusCode::OK);
+            let list: serde_json::Value = list.json().await.unwrap();
+            let listed = list["orders"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|o| o["orderId"] == id.as_str()),
-            "{id} not in {list}"
-        );
+                .any(|o| o["orderId"] == id.as_str());
+            if listed {
+                Ok(())
+            } else {
+                Err(list)
+            }
+        })
+        .await;
     }
 }
 

@@ -7,6 +7,7 @@
 //! from the cached window and `remaining`, against the server's clock, so a sale opens
 //! on the second for every poller.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,9 +40,17 @@ pub struct Countdown {
     entries: DashMap<ProductId, Entry>,
     /// One refresh at a time per product.
     refreshing: DashMap<ProductId, Arc<tokio::sync::Mutex<()>>>,
+    /// Backend reads made by this cache (`flashsale_countdown_reads_total` counts
+    /// those of every cache in the process).
+    reads: AtomicU64,
 }
 
 impl Countdown {
+    /// How many times this cache has read a sale from its partition.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
     async fn sale(
         &self,
         state: &AppState,
@@ -74,6 +83,7 @@ impl Countdown {
             .product_partition(product)
             .call(Counters { product })
             .await?;
+        self.reads.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("flashsale_countdown_reads_total").increment(1);
         if self.entries.len() >= MOST_PRODUCTS && !self.entries.contains_key(&product) {
             self.entries.clear();

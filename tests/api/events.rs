@@ -155,8 +155,19 @@ async fn cancellation_restocks_exactly_once(mode: Mode) {
     assert_eq!(app.post_auth(token, &path).await.status, StatusCode::OK);
     let counters = app.sale_counters(product).await;
     assert_eq!(counters["remaining"], 1, "{counters}");
-    let o = app.get_order(token, order).await;
-    assert_eq!(o.body["status"], "cancelled");
+    // Read back, possibly from the shard's replica (up to `replica_max_lag_ms` behind).
+    crate::helpers::eventually(
+        Duration::from_secs(10),
+        "the order reads cancelled",
+        || async {
+            let o = app.get_order(token, order).await;
+            match o.body["status"] == "cancelled" {
+                true => Ok(()),
+                false => Err(o.body),
+            }
+        },
+    )
+    .await;
 
     // That unit can be sold once more, and only once.
     let again = buy_all(&app, product, 3).await;

@@ -261,3 +261,126 @@ async fn orders_are_visible_as_pending_before_their_shard_has_them(mode: Mode) {
     assert_eq!(stored[0].3, "completed");
     app.stop().await;
 }
+
+/// A Redis user of one test's own on the inventory partitions' servers, whose rights
+/// the test can take away: a refusal that only that test's connections meet (a server
+/// refusing writes for everyone, `min-replicas-to-write` or a full disk, would reach
+/// every test sharing the servers). Deleted when dropped.
+struct RedisUser {
+    name: String,
+}
+
+const REDIS_PORTS: [&str; 2] = ["6380", "6381"];
+
+impl RedisUser {
+    fn create() -> Self {
+        let user = RedisUser {
+            name: format!("fstest-{}", uuid::Uuid::new_v4().simple()),
+        };
+        user.acl(&["on", ">pw", "~*", "&*", "+@all"]);
+        user
+    }
+
+    /// The partitions' URLs, as this user.
+    fn urls(&self) -> Vec<String> {
+        crate::helpers::REDIS_DBS
+            .iter()
+            .map(|u| u.replace("redis://", &format!("redis://{}:pw@", self.name)))
+            .collect()
+    }
+
+    fn acl(&self, rules: &[&str]) {
+        for port in REDIS_PORTS {
+            let out = std::process::Command::new("redis-cli")
+                .args(["-p", port, "ACL", "SETUSER", &self.name])
+                .args(rules)
+                .output()
+                .expect("redis-cli runs");
+            let said = String::from_utf8_lossy(&out.stdout);
+            assert!(said.trim() == "OK", "ACL SETUSER on {port}: {said}");
+        }
+    }
+}
+
+impl Drop for RedisUser {
+    fn drop(&mut self) {
+        for port in REDIS_PORTS {
+            let _ = std::process::Command::new("redis-cli")
+                .args(["-p", port, "ACL", "DELUSER", &self.name])
+                .output();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_that_refuses_writes_is_away_and_no_order_is_dead_lettered() {
+    let redis = RedisUser::create();
+    let app = spawn_app_with(Options {
+        inventory_urls: Some(redis.urls()),
+        ..Options::default()
+    })
+    .await;
+    let product = app.sale(20, 1).await;
+    // Orders accepted while the consumers are held back wait in the queue.
+    let mut held = app.hold_orders().await;
+    let accepted = app.buy_as_new_buyers(product, 5).await;
+    held.wait_for(&accepted.last().unwrap().1).await;
+
+    // Redis refuses the partitions' scripts (an ACL refusal: `ERR The user executing
+    // the script can't access…`, the same code as a script's own runtime error).
+    redis.acl(&["resetkeys"]);
+    held.release().await;
+    // A buyer is told to retry; the pod is not ready.
+    let (_, token) = app.token_for_new_user();
+    let r = app.buy(&token, product, "k", None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    assert!(r.headers.contains_key("retry-after"), "{:?}", r.headers);
+    let readiness = || async {
+        let r = app
+            .client
+            .get(format!("{}/readyz", app.address))
+            .send()
+            .await;
+        r.map(|r| r.status()).map_err(|e| e.to_string())
+    };
+    eventually(Duration::from_secs(30), "the pod is not ready", || async {
+        match readiness().await? {
+            StatusCode::SERVICE_UNAVAILABLE => Ok(()),
+            other => Err(other.to_string()),
+        }
+    })
+    .await;
+    // The consumers met the refusal claiming the queued orders, and kept them queued.
+    eventually(
+        Duration::from_secs(30),
+        "the consumers met the refusal",
+        || async {
+            let restarts = restarts(&app.actor("order-consumer-0").await)
+                + restarts(&app.actor("order-consumer-1").await);
+            if restarts > 0 {
+                Ok(())
+            } else {
+                Err("no consumer restarted")
+            }
+        },
+    )
+    .await;
+
+    // Redis takes writes again: every accepted order completes, none is a dead letter.
+    redis.acl(&["~*"]);
+    app.assert_completed_once(&accepted).await;
+    let letters = app.admin(Method::GET, "/admin/dead-letters", None).await;
+    assert_eq!(letters.body["total"], 0, "{:?}", letters.body);
+    eventually(
+        Duration::from_secs(30),
+        "the pod is ready again",
+        || async {
+            match readiness().await? {
+                StatusCode::OK => Ok(()),
+                other => Err(other.to_string()),
+            }
+        },
+    )
+    .await;
+    app.stop().await;
+}

@@ -396,13 +396,14 @@ fn opt_ms(n: i64) -> Option<i64> {
     (n > 0).then_some(n)
 }
 
-/// Errors after which the partition's connection or scripts cannot be trusted: the
-/// actor fails and reconnects (reloading its scripts).
-fn broken(e: &redis::ServerError) -> bool {
-    matches!(
-        e.code(),
-        "NOSCRIPT" | "LOADING" | "READONLY" | "MASTERDOWN" | "BUSY" | "CLUSTERDOWN" | "LOST"
-    )
+/// Whether a script's error is about the one request it ran for: a Lua runtime error
+/// on that request's data (`ERR user_script:…`), which that request alone answers.
+/// Every other error means the partition is away, however the server words it: its
+/// state gone (`LOST`), a server that refuses writes (`NOREPLICAS`, `MISCONF`, `OOM`,
+/// `READONLY`, an ACL refusal), one loading, busy or without our scripts. Then the
+/// actor fails and reconnects, callers answer `503`, and queued orders stay queued.
+fn about_the_request(e: &redis::ServerError) -> bool {
+    e.code() == "ERR" && e.details().is_some_and(|d| d.starts_with("user_script:"))
 }
 
 fn reserve_outcome(v: &Value) -> Result<ReserveOutcome, ItemError> {
@@ -483,11 +484,12 @@ fn sales(v: &Value) -> Result<Vec<SaleSummary>, ItemError> {
     Ok(sales.collect())
 }
 
-/// Answers one message with its script's reply. A reply that makes no sense is that
-/// request's error; an error that means the connection or scripts are gone is returned.
+/// Answers one message with its script's reply. A reply that makes no sense, and a
+/// script error [`about_the_request`], are that request's error; any other error means
+/// the partition is away and is returned (the actor fails).
 fn answer(msg: InventoryMsg, v: Value) -> Result<(), ActorProcessingErr> {
     if let Value::ServerError(e) = &v {
-        if broken(e) {
+        if !about_the_request(e) {
             return Err(format!("Redis: {e:?}").into());
         }
         msg.fail(ItemError::new(format!("Redis script error: {e:?}")));
@@ -570,7 +572,10 @@ impl Backend for RedisInventory {
         if live.is_empty() {
             return Ok(());
         }
+        // Each command's reply, errors included: `answer` tells an error of one
+        // request from a partition that is away.
         let mut pipe = redis::pipe();
+        pipe.ignore_errors();
         for m in &live {
             pipe.add_command(self.command(m));
         }
@@ -584,5 +589,43 @@ impl Backend for RedisInventory {
             answer(m, v)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error a server sends, as the client reads it.
+    fn server_error(reply: &str) -> redis::ServerError {
+        match redis::parse_redis_value(format!("-{reply}\r\n").as_bytes()).unwrap() {
+            Value::ServerError(e) => e,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_a_scripts_runtime_error_is_its_requests_own() {
+        let own = "ERR user_script:12: attempt to compare nil with number script: 3f1e, on @user_script:12.";
+        assert!(about_the_request(&server_error(own)));
+        // What Redis 7 answers when it refuses (as seen on a server here), or lost or
+        // lacks what the partition needs: the partition is away.
+        for away in [
+            "NOREPLICAS Not enough good replicas to write. script: 3f1e, on @user_script:1.",
+            "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.",
+            "OOM command not allowed when used memory > 'maxmemory'. script: 3f1e, on @user_script:1.",
+            "ERR The user executing the script can't access at least one of the keys mentioned in the command arguments script: 3f1e, on @user_script:1.",
+            "NOPERM User fs has no permissions to run the 'evalsha' command",
+            "NOAUTH Authentication required.",
+            "READONLY You can't write against a read only replica.",
+            "LOADING Redis is loading the dataset in memory",
+            "BUSY Redis is busy running a script.",
+            "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+            "NOSCRIPT No matching script. Please use EVAL.",
+            "LOST the partition state is gone",
+            "ERR max number of clients reached",
+        ] {
+            assert!(!about_the_request(&server_error(away)), "{away}");
+        }
     }
 }
