@@ -16,6 +16,11 @@ use serde::Deserialize;
 
 use crate::actors::inventory::sentinel::SentinelUrl;
 
+/// The shortest admin token accepted, configured or kept in a file.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+/// The shortest JWT signing key accepted, configured or kept in a file.
+pub const MIN_JWT_SECRET: usize = 32;
+
 /// A value that must never appear in logs or `Debug` output.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -146,6 +151,9 @@ pub struct PodSettings {
     pub gone_after_secs: u64,
     /// A gone pod is forgotten (its row deleted) after this long.
     pub forget_after_secs: u64,
+    /// Where another pod's admin API may be: the fleet view sends the admin token only
+    /// to an admin URL whose host is (or resolves only to) addresses in these ranges.
+    pub peer_networks: Vec<IpNet>,
 }
 
 /// What a stop signal (SIGTERM, SIGINT) does: `/readyz` answers 503 at once, the
@@ -257,9 +265,81 @@ pub struct HttpSettings {
     pub body_limit: usize,
     /// How long a request body may take to arrive (a slow body gets `408`).
     pub body_timeout_ms: u64,
-    /// Proxies whose `X-Forwarded-For` names the client (empty: the peer is the
-    /// client; the header is ignored).
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Proxies whose `X-Forwarded-For` names the client, as addresses or CIDR ranges
+    /// (`10.0.0.0/8`: an Ingress's pods come and go); empty: the peer is the client and
+    /// the header is ignored.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// An address range in CIDR notation (`10.0.0.0/8`, `fd00::/8`); a lone address is the
+/// range of that address alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct IpNet {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        // An IPv4 peer may arrive as an IPv4-mapped IPv6 address (a dual-stack listener).
+        let ip = match ip {
+            V6(v6) => v6.to_ipv4_mapped().map_or(ip, V4),
+            v4 => v4,
+        };
+        // Both as the top bits of 128, so that the prefix counts from the left.
+        let bits = |a: std::net::IpAddr| match a {
+            V4(a) => (u128::from(u32::from(a)) << 96, true),
+            V6(a) => (u128::from(a), false),
+        };
+        let ((net, v4), (ip, ip_v4)) = (bits(self.addr), bits(ip));
+        if v4 != ip_v4 {
+            return false;
+        }
+        let mask = u128::MAX
+            .checked_shl(128 - u32::from(self.prefix))
+            .unwrap_or(0);
+        net & mask == ip & mask
+    }
+}
+
+impl TryFrom<String> for IpNet {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not an IP address or a CIDR range such as 10.0.0.0/8");
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let most = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= most)
+                .ok_or_else(bad)?,
+            None => most,
+        };
+        Ok(IpNet { addr, prefix })
+    }
+}
+
+impl fmt::Display for IpNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -349,7 +429,11 @@ pub struct LimitSettings {
     pub rate_per_minute: u32,
     /// Order requests per minute per client address (0: no limit).
     pub orders_per_ip_per_minute: u32,
-    /// Login attempts per minute per account.
+    /// Login attempts per minute on one account from one client address: a guesser
+    /// elsewhere cannot lock the owner out.
+    pub logins_per_account_per_address_per_minute: u32,
+    /// Login attempts per minute on one account from all addresses together: the
+    /// ceiling for a guesser with many addresses.
     pub logins_per_account_per_minute: u32,
     /// Logins and registrations per minute per client address (0: no limit).
     pub auth_per_ip_per_minute: u32,
@@ -383,6 +467,7 @@ admin_url = ""
 heartbeat_secs = 5
 gone_after_secs = 15
 forget_after_secs = 600
+peer_networks = ["127.0.0.0/8", "::1/128"]
 
 [http]
 listen = "0.0.0.0:8080"
@@ -433,7 +518,8 @@ deadline_ms = 5000
 [limits]
 rate_per_minute = 10
 orders_per_ip_per_minute = 0
-logins_per_account_per_minute = 10
+logins_per_account_per_address_per_minute = 10
+logins_per_account_per_minute = 100
 auth_per_ip_per_minute = 120
 inbox_capacity = 8192
 call_timeout_ms = 3000
@@ -532,13 +618,17 @@ impl Settings {
             }
         }
         if let Some(token) = &self.admin.token {
-            if token.expose().len() < 16 {
-                return bad("admin.token must be at least 16 characters".into());
+            if token.expose().len() < MIN_ADMIN_TOKEN {
+                return bad(format!(
+                    "admin.token must be at least {MIN_ADMIN_TOKEN} characters"
+                ));
             }
         }
         if let Some(secret) = &self.auth.jwt_secret {
-            if secret.expose().len() < 32 {
-                return bad("auth.jwt_secret must be at least 32 characters".into());
+            if secret.expose().len() < MIN_JWT_SECRET {
+                return bad(format!(
+                    "auth.jwt_secret must be at least {MIN_JWT_SECRET} characters"
+                ));
             }
         }
         if self.role != Role::All && self.mode != Mode::Cluster {
@@ -637,6 +727,10 @@ impl Settings {
             (
                 "limits.logins_per_account_per_minute",
                 self.limits.logins_per_account_per_minute as usize,
+            ),
+            (
+                "limits.logins_per_account_per_address_per_minute",
+                self.limits.logins_per_account_per_address_per_minute as usize,
             ),
             ("http.body_timeout_ms", self.http.body_timeout_ms as usize),
             ("shards.pool_size", self.shards.pool_size as usize),
@@ -771,6 +865,41 @@ mod tests {
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_cidr_ranges() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[(
+                "FLASHSALE__HTTP__TRUSTED_PROXIES",
+                r#"["10.0.0.0/8", "192.168.1.7", "fd00::/8", "::1"]"#,
+            )]),
+        )
+        .expect("ranges and addresses are accepted");
+        let nets = &s.http.trusted_proxies;
+        let trusted = |ip: &str| nets.iter().any(|n| n.contains(ip.parse().unwrap()));
+        assert!(trusted("10.0.0.1") && trusted("10.255.255.255"));
+        assert!(
+            trusted("::ffff:10.2.3.4"),
+            "an IPv4 peer on a dual-stack listener"
+        );
+        assert!(trusted("192.168.1.7") && !trusted("192.168.1.8"));
+        assert!(trusted("fd12:3456::1") && trusted("::1"));
+        assert!(!trusted("11.0.0.1") && !trusted("fe80::1") && !trusted("127.0.0.1"));
+        let everything: IpNet = "0.0.0.0/0".parse().unwrap();
+        assert!(everything.contains("203.0.113.9".parse().unwrap()));
+        assert!(!everything.contains("2001:db8::1".parse().unwrap()));
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "fd00::/129",
+            "proxy",
+            "10.0.0.1/",
+        ] {
+            let err = bad.parse::<IpNet>().unwrap_err();
+            assert!(err.contains("CIDR"), "{bad}: {err}");
+        }
     }
 
     #[test]

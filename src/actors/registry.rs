@@ -8,7 +8,9 @@
 //! and shows as `gone` once its heartbeat is older than `pod.gone_after_secs`; any pod's
 //! heartbeat round deletes the rows older than `pod.forget_after_secs`. Heartbeats are
 //! written with each pod's own clock, so the fleet's clocks are assumed in step to
-//! well under `gone_after_secs` (NTP on every node).
+//! well under `gone_after_secs` (NTP on every node); a heartbeat further ahead than that
+//! is from no pod in step and would keep its row for ever: it shows as `gone` and the
+//! next round deletes it.
 
 use ractor::ActorProcessingErr;
 use serde::Serialize;
@@ -61,12 +63,15 @@ pub struct RegistryConnect {
     pub url: String,
     pub pod: PodIdentity,
     pub forget_after_ms: i64,
+    /// How far ahead of this pod's clock a heartbeat may be (`pod.gone_after_secs`).
+    pub ahead_ms: i64,
 }
 
 pub struct Registry {
     pool: AnyPool,
     pod: PodIdentity,
     forget_after_ms: i64,
+    ahead_ms: i64,
     registered: bool,
 }
 
@@ -79,6 +84,7 @@ impl Connect for RegistryConnect {
             pool: db::any_pool(&self.url, 1).await?,
             pod: self.pod.clone(),
             forget_after_ms: self.forget_after_ms,
+            ahead_ms: self.ahead_ms,
             registered: false,
         };
         // Registered from the first moment, not one heartbeat later.
@@ -105,8 +111,9 @@ impl Registry {
         .bind(now)
         .execute(db::on(&self.pool))
         .await?;
-        let forgotten = db::query("DELETE FROM pods WHERE heartbeat_at < $1")
+        let forgotten = db::query("DELETE FROM pods WHERE heartbeat_at < $1 OR heartbeat_at > $2")
             .bind(now - self.forget_after_ms)
+            .bind(now + self.ahead_ms)
             .execute(db::on(&self.pool))
             .await?;
         if forgotten.rows_affected() > 0 {

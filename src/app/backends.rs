@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::secrets::{random_secret, shared_secret, stored_secret};
+use super::secrets::{private_dir, random_secret, shared_secret, stored_secret};
 use super::StartError;
 use crate::actors::directory::{CatalogSlot, Directory, InventorySlot, PublisherSlot, ShardSlot};
 use crate::actors::inventory::local::LocalInventoryConnect;
@@ -17,6 +17,7 @@ use crate::actors::queue::local::{LocalPublisherConnect, LocalQueue, LocalSource
 use crate::actors::queue::QueueSource;
 use crate::actors::recovery::CatalogSales;
 use crate::config::{Mode, Secret, Settings};
+use crate::config::{MIN_ADMIN_TOKEN, MIN_JWT_SECRET};
 use crate::events::log::EventLog;
 use crate::events::EventBus;
 use crate::shards::catalog::CatalogConnect;
@@ -57,10 +58,7 @@ impl Backends {
             }
             Mode::Embedded => {
                 let dir = settings.embedded.data_dir.clone();
-                std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir {
-                    path: dir.display().to_string(),
-                    source,
-                })?;
+                private_dir(&dir)?;
                 let embedded = |path: &Path| {
                     let path = path.display().to_string();
                     move |source| StartError::Embedded { path, source }
@@ -244,7 +242,9 @@ impl Backends {
     pub fn admin_token(&self) -> Result<(Secret, bool), StartError> {
         match self {
             Backends::Cluster { .. } => Ok((Secret::new(random_secret(32)), true)),
-            Backends::Embedded { dir, .. } => stored_secret(&dir.join("admin-token")),
+            Backends::Embedded { dir, .. } => {
+                stored_secret(&dir.join("admin-token"), MIN_ADMIN_TOKEN)
+            }
         }
     }
 
@@ -253,7 +253,9 @@ impl Backends {
     pub async fn jwt_secret(&self, directory: &Directory) -> Result<Secret, StartError> {
         match self {
             Backends::Cluster { .. } => shared_secret(directory, "jwt_secret").await,
-            Backends::Embedded { dir, .. } => Ok(stored_secret(&dir.join("jwt-secret"))?.0),
+            Backends::Embedded { dir, .. } => {
+                Ok(stored_secret(&dir.join("jwt-secret"), MIN_JWT_SECRET)?.0)
+            }
         }
     }
 }

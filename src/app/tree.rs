@@ -255,6 +255,7 @@ pub async fn spawn(
         url: backends.catalog_url(settings),
         pod,
         forget_after_ms: (p.forget_after_secs * 1000) as i64,
+        ahead_ms: (p.gone_after_secs * 1000) as i64,
     };
     let every = Duration::from_secs(p.heartbeat_secs);
     subtrees.push(supervisors::worker(

@@ -2,6 +2,10 @@
 //! knows it ([`crate::actors::registry`]), each one's readiness and a summary of its
 //! tree gathered from its own admin API (the shared admin token, a short timeout per
 //! pod: one that does not answer shows as such and never holds the answer up).
+//!
+//! The registry is a table any holder of the catalog's credentials can write, so what
+//! it names is not trusted blindly: the admin token goes only to an admin URL inside
+//! `pod.peer_networks`, and a peer's answer is read up to [`MOST_TREE_BYTES`].
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::future::join_all;
@@ -10,6 +14,7 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::AppState;
 use crate::actors::registry::{ListPods, PodRecord};
+use crate::config::IpNet;
 use crate::domain::{now_ms, rfc3339};
 
 /// What an operator sees first of a pod's tree: how many actors, and the sums of
@@ -42,7 +47,9 @@ pub async fn fleet(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpR
 
 async fn pod_view(state: &AppState, pod: PodRecord, now: i64) -> Value {
     let age_ms = (now - pod.heartbeat_at).max(0);
-    let up = age_ms <= (state.settings.pod.gone_after_secs * 1000) as i64;
+    let gone_after = (state.settings.pod.gone_after_secs * 1000) as i64;
+    // A heartbeat from further ahead than any clock in step is from no live pod.
+    let up = age_ms <= gone_after && pod.heartbeat_at <= now + gone_after;
     let mut view = json!({
         "id": pod.id,
         "role": pod.role,
@@ -62,6 +69,10 @@ async fn pod_view(state: &AppState, pod: PodRecord, now: i64) -> Value {
         let tree = serde_json::to_value(state.tree.view(&state.policy)).unwrap_or_default();
         view["ready"] = state.readiness().0.into();
         view["summary"] = summary(&tree);
+        return view;
+    }
+    if let Err(e) = peer_allowed(&pod.admin_url, &state.settings.pod.peer_networks).await {
+        view["error"] = e.into();
         return view;
     }
     let (ready, tree) = futures_util::join!(
@@ -95,10 +106,45 @@ fn without_url(e: &reqwest::Error) -> String {
     text
 }
 
+/// The most of a peer's answer that is read: a tree of thousands of actors is well
+/// under it.
+pub const MOST_TREE_BYTES: usize = 4 << 20;
+
+/// Whether the admin token may go to `admin_url`: an `http` URL whose host is an
+/// address in `networks`, or a name that resolves only to such addresses.
+async fn peer_allowed(admin_url: &str, networks: &[IpNet]) -> Result<(), String> {
+    let refused = |why: String| Err(format!("not asked: {why} (pod.peer_networks)"));
+    let Ok(url) = reqwest::Url::parse(admin_url) else {
+        return refused(format!("its admin URL {admin_url:?} does not parse"));
+    };
+    let port = url.port_or_known_default().unwrap_or(80);
+    let Some(host) = url.host_str() else {
+        return refused(format!("its admin URL {admin_url:?} names no host"));
+    };
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    let addresses: Vec<std::net::IpAddr> = match literal.parse() {
+        Ok(ip) => vec![ip],
+        Err(_) => match tokio::net::lookup_host((host, port)).await {
+            Ok(found) => found.map(|a| a.ip()).collect(),
+            Err(e) => return refused(format!("{host} does not resolve: {e}")),
+        },
+    };
+    let outside: Vec<_> = addresses
+        .iter()
+        .filter(|ip| !networks.iter().any(|n| n.contains(**ip)))
+        .collect();
+    match (url.scheme(), addresses.is_empty(), outside.first()) {
+        ("http" | "https", false, None) => Ok(()),
+        (_, _, Some(ip)) => refused(format!("{ip} is outside the pods' networks")),
+        (scheme, _, None) => refused(format!("{scheme}:// with no address")),
+    }
+}
+
 /// A pod's live tree, from its own admin API.
 async fn peer_tree(state: &AppState, pod: &PodRecord) -> Result<Value, String> {
+    peer_allowed(&pod.admin_url, &state.settings.pod.peer_networks).await?;
     let url = format!("{}/admin/actors", pod.admin_url);
-    let r = state
+    let mut r = state
         .peers
         .get(&url)
         .bearer_auth(state.admin_token.expose())
@@ -106,13 +152,28 @@ async fn peer_tree(state: &AppState, pod: &PodRecord) -> Result<Value, String> {
         .await
         .map_err(|e| format!("unreachable: {}", without_url(&e)))?;
     match r.status().as_u16() {
-        200 => r
-            .json()
-            .await
-            .map_err(|e| format!("its tree did not read: {}", without_url(&e))),
-        401 => Err("it refused the admin token (every pod needs the same one)".into()),
-        status => Err(format!("it answered {status}")),
+        200 => {}
+        401 => return Err("it refused the admin token (every pod needs the same one)".into()),
+        status => return Err(format!("it answered {status}")),
     }
+    let too_large = || format!("its tree is larger than {MOST_TREE_BYTES} bytes");
+    if r.content_length()
+        .is_some_and(|n| n > MOST_TREE_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = r
+        .chunk()
+        .await
+        .map_err(|e| format!("its tree did not read: {}", without_url(&e)))?
+    {
+        if body.len() + chunk.len() > MOST_TREE_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("its tree did not read: {e}"))
 }
 
 /// `GET /admin/fleet/{podId}/actors`: that pod's tree.

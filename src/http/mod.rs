@@ -31,7 +31,7 @@ use serde::de::DeserializeOwned;
 use crate::actors::directory::Directory;
 use crate::actors::registry::{PodIdentity, RegistryMsg};
 use crate::auth::Tokens;
-use crate::config::{HttpSettings, Role, Secret, Settings};
+use crate::config::{HttpSettings, IpNet, Role, Secret, Settings};
 use crate::domain::UserId;
 use crate::supervisors::slot::Slot;
 use crate::supervisors::stats::{NodeStats, Quiesce};
@@ -125,9 +125,10 @@ impl AppState {
 /// The client's address: the peer, or, when the peer is a trusted proxy, the nearest
 /// address in `X-Forwarded-For` that is not one (addresses further left could be made
 /// up by the client).
-pub fn client_ip(req: &HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
+pub fn client_ip(req: &HttpRequest, trusted: &[IpNet]) -> Option<IpAddr> {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(ip));
     let mut client = req.peer_addr()?.ip();
-    if !trusted.contains(&client) {
+    if !is_trusted(client) {
         return Some(client);
     }
     let forwarded = req
@@ -140,7 +141,7 @@ pub fn client_ip(req: &HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
         match hop.trim().parse::<IpAddr>() {
             Ok(ip) => {
                 client = ip;
-                if !trusted.contains(&ip) {
+                if !is_trusted(ip) {
                     break;
                 }
             }

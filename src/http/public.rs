@@ -61,6 +61,19 @@ async fn limit_auth(state: &AppState, req: &HttpRequest) -> Result<(), ApiError>
     }
 }
 
+/// Guesses at one account's password: rationed per client address, so that a guesser
+/// elsewhere cannot lock the owner out, under a higher ceiling for the account from
+/// every address together.
+async fn limit_logins(state: &AppState, req: &HttpRequest, email: &Email) -> Result<(), ApiError> {
+    let limits = &state.settings.limits;
+    if let Some(ip) = client_ip(req, &state.settings.http.trusted_proxies) {
+        let per_address = limits.logins_per_account_per_address_per_minute;
+        rate_limit(state, format!("login:{}:{ip}", email.as_str()), per_address).await?;
+    }
+    let per_account = limits.logins_per_account_per_minute;
+    rate_limit(state, format!("login:{}", email.as_str()), per_account).await
+}
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/auth/register").post(register))
         .service(resource("/auth/login").post(login))
@@ -99,7 +112,7 @@ async fn register(
         .hash(move || auth::hash_password(&password))
         .await?
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let mut user = UserId::new_random();
+    let user = UserId::new_random();
     let dir = &state.directory;
     let created = dir
         .catalog
@@ -112,10 +125,24 @@ async fn register(
     if !created {
         // The login and the user row live in two databases. A registration that
         // stopped between them is finished by its retry (the same address and
-        // password); anyone else is told the address is taken.
-        user = same_registration(&state, &email, body.password)
-            .await?
-            .ok_or(ApiError::EmailTaken)?;
+        // password). For an account that is whole, the answer is `email_taken`
+        // whatever the password: registering is no way to test one. Testing it is
+        // rationed as a login is.
+        limit_logins(&state, &req, &email).await?;
+        let Some(same) = same_registration(&state, &email, body.password).await? else {
+            return Err(ApiError::EmailTaken);
+        };
+        let finished = dir
+            .shard(same.as_str())
+            .call(CreateUser {
+                user: same.to_string(),
+                email: email.as_str().to_string(),
+            })
+            .await?;
+        if !finished {
+            return Err(ApiError::EmailTaken);
+        }
+        return Ok(HttpResponse::Created().json(json!({ "userId": same })));
     }
     // Idempotent: a user row that exists is kept (and announced once).
     dir.shard(user.as_str())
@@ -166,9 +193,7 @@ async fn login(
     let Ok(email) = Email::parse(&body.email) else {
         return Err(ApiError::InvalidCredentials);
     };
-    // Guessing one account's password is rationed, from any number of addresses.
-    let per_account = state.settings.limits.logins_per_account_per_minute;
-    rate_limit(&state, format!("login:{}", email.as_str()), per_account).await?;
+    limit_logins(&state, &req, &email).await?;
     let found = state
         .directory
         .catalog

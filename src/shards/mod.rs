@@ -131,7 +131,8 @@ crate::protocol! {
         Notified(RecordNotification) -> (),
         Get(GetOrder) -> Option<OrderView>,
         List(ListOrders) -> Vec<OrderView>,
-        CreateUser(CreateUser) -> (),
+        /// `true` when the user row was created now.
+        CreateUser(CreateUser) -> bool,
         UpdateUser(UpdateUser) -> bool,
         Totals(ProductTotals) -> UnitTotals,
         SaleOrders(SaleOrders) -> Vec<SoldOrder>,

@@ -185,7 +185,7 @@ impl Shard {
         rows.iter().map(order_view).collect()
     }
 
-    async fn create_user(&self, req: &CreateUser) -> Result<(), sqlx::Error> {
+    async fn create_user(&self, req: &CreateUser) -> Result<bool, sqlx::Error> {
         let now = now_ms();
         let mut tx = db::begin_write(&self.primary, self.sqlite).await?;
         let created = db::query(
@@ -201,7 +201,8 @@ impl Shard {
             let event = events::user_registered(&req.user, &req.email, now);
             outbox::append(&mut tx, &[event], now).await?;
         }
-        tx.commit().await
+        tx.commit().await?;
+        Ok(created == 1)
     }
 
     async fn update_user(&self, req: &UpdateUser) -> Result<bool, sqlx::Error> {

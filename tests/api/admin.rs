@@ -391,3 +391,110 @@ async fn a_shard_outage_delays_persistence_but_not_intake() {
     );
     app.stop().await;
 }
+
+/// A stand-in for a pod's admin API: counts the connections it is sent, and answers
+/// each request `200` with `body` (no length: read until it closes).
+async fn fake_peer(
+    addr: &str,
+    body: Vec<u8>,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (count, body) = (asked.clone(), std::sync::Arc::new(body));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head).await;
+                let start = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n";
+                let _ = stream.write_all(start.as_bytes()).await;
+                let _ = stream.write_all(&body).await;
+            });
+        }
+    });
+    (port, asked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_view_trusts_no_registry_row_blindly() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
+        configure: Some(|s| {
+            s.pod.peer_networks = vec!["127.0.0.1/32".parse().unwrap()];
+            s.pod.heartbeat_secs = 1;
+        }),
+        ..Default::default()
+    })
+    .await;
+    // Rows anyone with the catalog's credentials could write: an admin URL outside the
+    // pods' networks, a pod inside them whose tree never ends, a heartbeat from a day
+    // ahead.
+    let (outside, asked_outside) = fake_peer("127.0.0.2:0", b"{}".to_vec()).await;
+    let huge = format!("{{\"pad\": \"{}\"}}", "x".repeat(6 << 20)).into_bytes();
+    let (inside, _) = fake_peer("127.0.0.1:0", huge).await;
+    let now = flashsale::domain::now_ms();
+    let rows = [
+        ("rogue", format!("http://127.0.0.2:{outside}"), now),
+        ("endless", format!("http://127.0.0.1:{inside}"), now),
+        ("ahead", "http://127.0.0.1:9".to_string(), now + 86_400_000),
+    ];
+    let catalog = sqlx::PgPool::connect(app.settings.catalog.url.expose())
+        .await
+        .unwrap();
+    for (id, url, beat) in &rows {
+        let sql = format!(
+            "INSERT INTO pods (id, role, version, admin_url, started_at, heartbeat_at) \
+             VALUES ('{id}', 'api', '0', '{url}', {now}, {beat})"
+        );
+        sqlx::raw_sql(&sql).execute(&catalog).await.unwrap();
+    }
+    catalog.close().await;
+
+    let fleet = app.admin(Method::GET, "/admin/fleet", None).await.body;
+    let pod = |id: &str| {
+        fleet["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {id} in {fleet}"))
+    };
+    let rogue = pod("rogue");
+    assert!(
+        rogue["error"]
+            .as_str()
+            .unwrap()
+            .contains("pod.peer_networks"),
+        "{rogue}"
+    );
+    assert_eq!(
+        asked_outside.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing, the admin token least of all, went outside the pods' networks"
+    );
+    let endless = pod("endless");
+    assert!(
+        endless["error"].as_str().unwrap().contains("larger than"),
+        "{endless}"
+    );
+    assert_eq!(endless["summary"], Value::Null);
+    assert_eq!(pod("ahead")["status"], "gone");
+    // A heartbeat round forgets the row from the future; the others stay.
+    let fleet = app
+        .admin_eventually("/admin/fleet", |f| {
+            let ids: Vec<&str> = f["pods"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|p| p["id"].as_str())
+                .collect();
+            !ids.contains(&"ahead") && ids.contains(&"rogue")
+        })
+        .await;
+    assert!(fleet["pods"].as_array().unwrap().len() >= 3, "{fleet}");
+    app.stop().await;
+}
