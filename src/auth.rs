@@ -1,29 +1,89 @@
 //! Passwords (argon2id) and bearer tokens (JWT, HS256, with expiry).
 
+use std::cell::RefCell;
+
 use argon2::password_hash::{
-    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+    rand_core::OsRng, Output, ParamsString, PasswordHash, Salt, SaltString,
 };
-use argon2::Argon2;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+use jsonwebtoken::{Algorithm as JwtAlgorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{now_ms, Password, UserId};
 
-pub fn hash_password(password: &Password) -> Result<String, argon2::password_hash::Error> {
-    let salt = SaltString::generate(&mut OsRng);
-    Ok(Argon2::default()
-        .hash_password(password.expose().as_bytes(), &salt)?
-        .to_string())
+thread_local! {
+    /// The memory of this thread's hashes (19 MiB for the default parameters), kept
+    /// from one to the next: allocated afresh each time, the allocator keeps freed
+    /// copies of it per thread, and a burst of logins grows the process by tens of MiB
+    /// a hash.
+    static BLOCKS: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
 }
 
-pub fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash)
-        .map(|h| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &h)
-                .is_ok()
+/// The raw argon2 hash of `password` with `salt`, `len` bytes, in this thread's memory.
+fn raw_hash(
+    argon: &Argon2,
+    params: &Params,
+    password: &[u8],
+    salt: Salt,
+    len: usize,
+) -> Result<Output, argon2::password_hash::Error> {
+    let mut salt_bytes = [0u8; 64];
+    let salt = salt.decode_b64(&mut salt_bytes)?;
+    BLOCKS.with(|blocks| {
+        let mut blocks = blocks.borrow_mut();
+        if blocks.len() < params.block_count() {
+            blocks.resize(params.block_count(), Block::default());
+        }
+        let memory = &mut blocks[..params.block_count()];
+        Output::init_with(len, |out| {
+            Ok(argon.hash_password_into_with_memory(password, salt, out, &mut *memory)?)
         })
-        .unwrap_or(false)
+    })
+}
+
+/// An argon2id hash of `password` in PHC string form, with a fresh salt.
+pub fn hash_password(password: &Password) -> Result<String, argon2::password_hash::Error> {
+    let salt = SaltString::generate(&mut OsRng);
+    let params = Params::default();
+    let argon = Argon2::new(Algorithm::default(), Version::default(), params.clone());
+    let len = Params::DEFAULT_OUTPUT_LEN;
+    let hash = raw_hash(
+        &argon,
+        &params,
+        password.expose().as_bytes(),
+        salt.as_salt(),
+        len,
+    )?;
+    Ok(PasswordHash {
+        algorithm: Algorithm::default().ident(),
+        version: Some(Version::default().into()),
+        params: ParamsString::try_from(&params)?,
+        salt: Some(salt.as_salt()),
+        hash: Some(hash),
+    }
+    .to_string())
+}
+
+/// Whether `password` is the one `hash` (a PHC string) was made from; compared in
+/// constant time.
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    let verified = || -> Result<bool, argon2::password_hash::Error> {
+        let h = PasswordHash::new(hash)?;
+        let (Some(salt), Some(expected)) = (h.salt, h.hash) else {
+            return Ok(false);
+        };
+        let algorithm = Algorithm::try_from(h.algorithm)?;
+        let version = h
+            .version
+            .map(Version::try_from)
+            .transpose()?
+            .unwrap_or_default();
+        let params = Params::try_from(&h)?;
+        let argon = Argon2::new(algorithm, version, params.clone());
+        let computed = raw_hash(&argon, &params, password.as_bytes(), salt, expected.len())?;
+        Ok(computed == expected)
+    };
+    verified().unwrap_or(false)
 }
 
 /// A hash to verify against when the e-mail is unknown, so that both cases take the
@@ -55,7 +115,7 @@ pub struct Issued {
 
 impl Tokens {
     pub fn new(secret: &[u8], ttl_secs: u64) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
+        let mut validation = Validation::new(JwtAlgorithm::HS256);
         validation.leeway = 5;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
@@ -73,8 +133,9 @@ impl Tokens {
             iat: now,
             exp: now + self.ttl_secs,
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .expect("HS256 signing cannot fail");
+        let token =
+            jsonwebtoken::encode(&Header::new(JwtAlgorithm::HS256), &claims, &self.encoding)
+                .expect("HS256 signing cannot fail");
         Issued {
             token,
             expires_at_ms: (claims.exp * 1000) as i64,
@@ -111,6 +172,32 @@ mod tests {
         let issued = t.issue(&UserId::new_random());
         std::thread::sleep(std::time::Duration::from_millis(1100));
         assert_eq!(v.verify(&issued.token), None);
+    }
+
+    #[test]
+    fn hashes_read_as_the_argon2_crate_reads_them_and_back() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let p = Password::parse("correct horse").unwrap();
+        let ours = hash_password(&p).unwrap();
+        assert!(
+            ours.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{ours}"
+        );
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(Argon2::default()
+            .verify_password(b"correct horse", &parsed)
+            .is_ok());
+        let salt = SaltString::generate(&mut OsRng);
+        let theirs = Argon2::default()
+            .hash_password(b"correct horse", &salt)
+            .unwrap()
+            .to_string();
+        assert!(verify_password("correct horse", &theirs));
+        assert!(!verify_password("correct horsf", &theirs));
+        assert!(!verify_password(
+            "correct horse",
+            "$argon2id$v=19$m=8,t=1,p=1$bad"
+        ));
     }
 
     #[test]

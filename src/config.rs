@@ -359,6 +359,11 @@ pub struct AuthSettings {
     /// database, so every pod and every restart shares it.
     pub jwt_secret: Option<Secret>,
     pub token_ttl_secs: u64,
+    /// How long a login or registration waits for a core to hash its password when
+    /// every core is hashing (then `503 overloaded`).
+    pub hash_wait_ms: u64,
+    /// Most logins and registrations waiting for a core at once (more: `503` at once).
+    pub hash_waiters: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -482,6 +487,8 @@ metrics_auth = false
 
 [auth]
 token_ttl_secs = 3600
+hash_wait_ms = 2000
+hash_waiters = 256
 
 [catalog]
 url = ""

@@ -224,6 +224,11 @@ impl Application {
             Some(t) => (t.clone(), false),
             None => backends.admin_token()?,
         };
+        let hashing = Arc::new(crate::http::Hashing::new(
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+            settings.auth.hash_waiters,
+            Duration::from_millis(settings.auth.hash_wait_ms),
+        ));
         let state = web::Data::new(AppState {
             directory,
             tokens: Tokens::new(jwt_secret.expose().as_bytes(), settings.auth.token_ttl_secs),
@@ -242,9 +247,7 @@ impl Application {
                 .build()
                 .expect("an HTTP client"),
             countdown: Arc::default(),
-            hashing: std::sync::Arc::new(tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(2, |n| n.get()),
-            )),
+            hashing,
         });
         let public_addr = public_listener
             .as_ref()

@@ -631,6 +631,28 @@ fn resident_mib() -> u64 {
     kib / 1024
 }
 
+in_both_modes!(a_spike_of_registrations_costs_latency_not_errors);
+async fn a_spike_of_registrations_costs_latency_not_errors(mode: Mode) {
+    // Forty buyers register at once, right before a sale: more than the cores can hash
+    // together, far fewer than a flood.
+    let app = spawn_app_with(Options {
+        mode,
+        configure: Some(|s| s.auth.hash_wait_ms = 20_000),
+        ..Options::default()
+    })
+    .await;
+    let emails: Vec<String> = (0..40)
+        .map(|i| format!("spike-{i}-{}@example.com", uuid::Uuid::new_v4().simple()))
+        .collect();
+    let answers =
+        futures_util::future::join_all(emails.iter().map(|e| app.register(e, "long-password")))
+            .await;
+    for r in &answers {
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    }
+    app.stop().await;
+}
+
 in_both_modes!(a_login_flood_is_refused_and_bounded_and_orders_go_on);
 async fn a_login_flood_is_refused_and_bounded_and_orders_go_on(mode: Mode) {
     let app = spawn_app(mode).await;
