@@ -484,27 +484,19 @@ async fn claims_of_what_was_never_reserved_sell_nothing(backend: Backend) {
     let (ann_id, eve_id) = (ann.to_string(), eve.to_string());
     // A reservation named with other details (more units, another user) stays
     // reserved for its own message.
-    assert_eq!(
-        p.claim_as(pid, &order, &ann_id, 2, at).await,
-        Claimed::Unknown
-    );
-    assert_eq!(
-        p.claim_as(pid, &order, &eve_id, 1, at).await,
-        Claimed::Unknown
-    );
+    for (user, quantity) in [(&ann_id, 2), (&eve_id, 1)] {
+        let claimed = p.claim_as(pid, &order, user, quantity, at).await;
+        assert_eq!(claimed, Claimed::Unknown, "{user} {quantity}");
+    }
     assert_eq!(p.units(pid).await, (2, 1));
     assert!(p.claim(pid, &order).await);
     // Once claimed, its redelivery persists; altered copies and an order never seen
     // sell nothing.
     assert!(p.claim(pid, &order).await);
-    assert_eq!(
-        p.claim_as(pid, &order, &ann_id, 2, at).await,
-        Claimed::Unknown
-    );
-    assert_eq!(
-        p.claim_as(pid, &order, &eve_id, 1, at).await,
-        Claimed::Unknown
-    );
+    for (user, quantity) in [(&ann_id, 2), (&eve_id, 1)] {
+        let claimed = p.claim_as(pid, &order, user, quantity, at).await;
+        assert_eq!(claimed, Claimed::Unknown, "{user} {quantity}");
+    }
     let never = OrderId::generate();
     assert_eq!(
         p.claim_as(pid, &never, &ann_id, 1, now_ms()).await,

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use flashsale::actors::inventory::Restocked;
 use flashsale::actors::queue::Publish;
 use flashsale::domain::{now_ms, OrderId, ProductId};
 use futures_util::future::join_all;
@@ -554,6 +555,19 @@ async fn a_cancellation_cut_off_before_its_restock_is_finished_by_the_reconciler
     app.stop().await;
 }
 
+/// Gives one unit of a cancelled order back to its partition, as a cancellation's
+/// restock does, behind the HTTP layer's back.
+async fn restock_one(app: &TestApp, product: i64, order: &str, user: &str) -> Restocked {
+    let restock = flashsale::actors::inventory::Restock {
+        product: ProductId::from_db(product),
+        order: OrderId::parse(order).unwrap(),
+        user: user.to_string(),
+        quantity: 1,
+    };
+    let partition = app.app_state.directory.product_partition(restock.product);
+    partition.call(restock).await.unwrap()
+}
+
 /// Buys one unit with a fresh buyer and waits until the order has completed.
 async fn buy_completed(app: &TestApp, product: i64) -> (String, String) {
     let (token, r) = buy_once_open(app, product).await;
@@ -595,20 +609,9 @@ async fn a_cancellation_asked_again_after_a_rebuild_gives_nothing_back() {
     assert_eq!(counters["remaining"], 0, "{counters}");
     // The rebuilt partition remembers Ann's units as returned: a restock cut off before
     // the loss and arriving after the rebuild gives nothing back either.
-    let user = again.body["userId"].as_str().unwrap().to_string();
-    let restock = flashsale::actors::inventory::Restock {
-        product: ProductId::from_db(product),
-        order: OrderId::parse(&ann_order).unwrap(),
-        user,
-        quantity: 1,
-    };
-    let dir = &app.app_state.directory;
-    let answer = dir
-        .product_partition(restock.product)
-        .call(restock)
-        .await
-        .unwrap();
-    assert_eq!(answer, flashsale::actors::inventory::Restocked::Already);
+    let user = again.body["userId"].as_str().unwrap();
+    let answer = restock_one(&app, product, &ann_order, user).await;
+    assert_eq!(answer, Restocked::Already);
     let completed: Vec<_> = app
         .all_shard_orders()
         .await
@@ -654,16 +657,8 @@ async fn a_restock_while_the_partition_rebuilds_is_refused() {
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
     // A restock that reaches the partition now (a cancellation whose shard commit came
     // just before the loss) adds nothing: the rebuild counts cancelled orders' units.
-    let dir = &app.app_state.directory;
-    let restock = flashsale::actors::inventory::Restock {
-        product: ProductId::from_db(product),
-        order: OrderId::parse(&ann_order).unwrap(),
-        user,
-        quantity: 1,
-    };
-    let partition = dir.product_partition(restock.product);
-    let answer = partition.call(restock).await.unwrap();
-    assert_eq!(answer, flashsale::actors::inventory::Restocked::Rebuilding);
+    let answer = restock_one(&app, product, &ann_order, &user).await;
+    assert_eq!(answer, Restocked::Rebuilding);
     let order = app.get_order(&ann, &ann_order).await;
     assert_eq!(order.body["status"], "completed", "{:?}", order.body);
     app.stop().await;
