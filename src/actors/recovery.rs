@@ -1,7 +1,10 @@
 //! Rebuilding an inventory partition that lost its state (a Redis restart without
-//! persistence, a flush). The partition finds out itself: every script refuses to run
-//! without the partition's epoch marker, the actor fails, and its restart creates the
-//! marker as `rebuilding` when the catalog holds sales of the partition. From then on
+//! persistence, a flush) or part of it (a promoted replica that lagged, a server back
+//! without its last writes after a host crash). The partition finds out itself: every
+//! script refuses to run without the partition's epoch marker, the actor fails, and its
+//! restart creates the marker as `rebuilding` when the catalog holds sales of the
+//! partition; a connect that finds the server behind what the actor saw acknowledged
+//! turns it `rebuilding` too ([`super::inventory::redis::LastWrite`]). From then on
 //! its sales answer `503` while claims of orders accepted before the loss are honoured
 //! and recorded. The reconciler finishes the job here once the order queue has
 //! drained: each sale comes back from the catalog's definition and the completed

@@ -182,6 +182,7 @@ impl Backends {
                         partition: i,
                         partitions: settings.partition_count(),
                     }),
+                    last_write: Default::default(),
                 };
                 supervisors::worker(slot, Arc::new(connect), inv.max_batch, None, policy)
             }

@@ -93,6 +93,7 @@ pub async fn partition(backend: Backend, ttl_secs: u64) -> Partition {
                 stale_ms: STALE_MS,
                 idempotency_ttl_secs: ttl_secs,
                 has_sales: Arc::new(NoSales),
+                last_write: Default::default(),
             })
             .await;
             Partition {

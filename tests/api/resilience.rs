@@ -384,3 +384,150 @@ async fn a_partition_that_refuses_writes_is_away_and_no_order_is_dead_lettered()
     .await;
     app.stop().await;
 }
+
+/// A Redis server of one test's own on `port` (below the ephemeral range, used by no
+/// other test of this binary), with no persistence but the snapshot the test takes:
+/// starting it again from that snapshot is a server back after a host crash without
+/// the writes made since. Stopped when dropped.
+struct PrivateRedis {
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> Self {
+        let dir = std::env::temp_dir().join(format!("fs-redis-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let server = PrivateRedis { port, dir };
+        server.run();
+        server
+    }
+
+    fn run(&self) {
+        let (port, dir) = (
+            self.port.to_string(),
+            self.dir.to_str().unwrap().to_string(),
+        );
+        let pidfile = format!("{dir}/redis.pid");
+        let args = [
+            "--daemonize",
+            "yes",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--dir",
+            &dir,
+            "--dbfilename",
+            "snapshot.rdb",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--pidfile",
+            &pidfile,
+            "--logfile",
+            "redis.log",
+        ];
+        let started = std::process::Command::new("redis-server")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(started.success(), "redis-server on {port} starts");
+        for _ in 0..100 {
+            if self.cli(&["PING"]) == "PONG" {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server on {port} did not come up");
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn urls(&self) -> Vec<String> {
+        (0..2)
+            .map(|db| format!("redis://127.0.0.1:{}/{db}", self.port))
+            .collect()
+    }
+
+    /// The host crashes: the server goes without writing anything, and comes back with
+    /// the last snapshot.
+    fn crash_and_restart(&self) {
+        self.cli(&["SHUTDOWN", "NOSAVE"]);
+        for _ in 0..100 {
+            if self.cli(&["PING"]) != "PONG" {
+                return self.run();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server on {} did not stop", self.port);
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.cli(&["SHUTDOWN", "NOSAVE"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_back_without_its_last_writes_rebuilds_and_never_oversells() {
+    let redis = PrivateRedis::start(16396);
+    let app = spawn_app_with(Options {
+        inventory_urls: Some(redis.urls()),
+        reconcile_every_ms: 200,
+        ..Options::default()
+    })
+    .await;
+    let product = app.sale(10, 1).await;
+    let mut accepted = app.buy_as_new_buyers(product, 3).await;
+    app.assert_completed_once(&accepted).await;
+    // What the disk holds when the host dies: everything so far.
+    assert_eq!(redis.cli(&["SAVE"]), "OK");
+
+    // Three more orders are accepted and wait in the queue; their reservations live
+    // only in the server's memory.
+    let mut held = app.hold_orders().await;
+    let unsaved = app.buy_as_new_buyers(product, 3).await;
+    held.wait_for(&unsaved.last().unwrap().1).await;
+    accepted.extend(unsaved);
+    redis.crash_and_restart();
+    held.release().await;
+
+    // The partition notices, rebuilds (503 meanwhile), honours the three orders, and
+    // sells exactly the rest of the stock.
+    loop {
+        let r = eventually(Duration::from_secs(30), "the sale answers", || async {
+            let (_, token) = app.token_for_new_user();
+            let r = app.buy(&token, product, "k", None).await;
+            match r.status {
+                StatusCode::SERVICE_UNAVAILABLE => Err(format!("{} {}", r.status, r.body)),
+                _ => Ok((token, r)),
+            }
+        })
+        .await;
+        match r.1.status {
+            StatusCode::CREATED => {
+                accepted.push((r.0, r.1.body["orderId"].as_str().unwrap().to_string()))
+            }
+            _ => {
+                assert_eq!(r.1.error(), "out_of_stock", "{:?}", r.1.body);
+                break;
+            }
+        }
+    }
+    assert_eq!(accepted.len(), 10, "the stock of ten, sold once each");
+    app.assert_completed_once(&accepted).await;
+    let letters = app.admin(Method::GET, "/admin/dead-letters", None).await;
+    assert_eq!(letters.body["total"], 0, "{:?}", letters.body);
+    app.stop().await;
+}

@@ -93,6 +93,21 @@ pub struct RedisConnect {
     /// Whether the catalog holds sales of this partition: then a partition found
     /// without its epoch marker has lost its state (else it is new).
     pub has_sales: Arc<dyn HasSales>,
+    /// The last write this partition actor saw acknowledged, kept across its restarts
+    /// (see [`LastWrite`]).
+    pub last_write: Arc<std::sync::Mutex<Option<LastWrite>>>,
+}
+
+/// Where a partition's writes had got to when this actor last saw one acknowledged:
+/// the server instance (its `run_id`) and the partition's write sequence (`P:seq`,
+/// advanced at the end of every pipelined batch). Redis appends writes to its
+/// append-only file in the order it runs them, so a server that comes back with a
+/// sequence below this one has lost writes this actor was told had been made, which
+/// `appendfsync everysec` allows when the host crashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastWrite {
+    pub run_id: String,
+    pub seq: i64,
 }
 
 /// Asks the durable side whether a partition had sales to lose.
@@ -113,6 +128,7 @@ impl RedisConnect {
         &self,
         con: &mut MultiplexedConnection,
         replication: &Replication,
+        run_id: &str,
     ) -> Result<PartitionState, ActorProcessingErr> {
         let marker = format!("{}:epoch", self.prefix);
         let exists: bool = redis::cmd("EXISTS").arg(&marker).query_async(con).await?;
@@ -130,8 +146,8 @@ impl RedisConnect {
             true => ("ready", 0),
             false => ("rebuilding", now_ms()),
         };
-        let v: Value = redis::cmd("EVAL")
-            .arg(EPOCH)
+        let mut v = redis::cmd("EVAL");
+        v.arg(EPOCH)
             .arg(0)
             .arg(&self.prefix)
             .arg(state)
@@ -139,8 +155,13 @@ impl RedisConnect {
             .arg(&replication.replid)
             .arg(&replication.replid2)
             .arg(now_ms())
-            .query_async(con)
-            .await?;
+            .arg(run_id);
+        let last = self.last_write.lock().expect("not poisoned").clone();
+        match &last {
+            Some(w) => v.arg(&w.run_id).arg(w.seq),
+            None => v.arg("").arg(0),
+        };
+        let v: Value = v.query_async(con).await?;
         let state = match &v {
             Value::Array(items) => match (
                 items.first().and_then(text).as_deref(),
@@ -153,7 +174,7 @@ impl RedisConnect {
             _ => return Err(format!("unexpected epoch marker {v:?}").into()),
         };
         if let PartitionState::Rebuilding { since } = state {
-            tracing::error!(prefix = %self.prefix, since, "the inventory partition lost its state (or some of it, on a promoted replica); its sales answer 503 until they are rebuilt");
+            tracing::error!(prefix = %self.prefix, since, ?last, "the inventory partition lost its state (or some of it: a promoted replica, a server back without its last writes); its sales answer 503 until they are rebuilt");
         }
         Ok(state)
     }
@@ -165,6 +186,9 @@ pub struct RedisInventory {
     prefix: String,
     stale_ms: u64,
     ttl_secs: u64,
+    /// The server instance this connection reaches.
+    run_id: String,
+    last_write: Arc<std::sync::Mutex<Option<LastWrite>>>,
 }
 
 #[ractor::async_trait]
@@ -213,13 +237,16 @@ impl Connect for RedisConnect {
             .into());
         }
         // A partition that lost its state comes up rebuilding (see `actors::recovery`).
-        self.epoch(&mut con, &replication).await?;
+        let run_id = server_run_id(&mut con).await?;
+        self.epoch(&mut con, &replication, &run_id).await?;
         Ok(RedisInventory {
             con,
             scripts,
             prefix: self.prefix.clone(),
             stale_ms: self.stale_ms,
             ttl_secs: self.idempotency_ttl_secs,
+            run_id,
+            last_write: self.last_write.clone(),
         })
     }
 }
@@ -394,6 +421,15 @@ fn ints(v: &Value) -> Option<Vec<i64>> {
 
 fn opt_ms(n: i64) -> Option<i64> {
     (n > 0).then_some(n)
+}
+
+/// The id of the server process behind `con`: a new one at every start.
+async fn server_run_id(con: &mut MultiplexedConnection) -> Result<String, ActorProcessingErr> {
+    let info: String = redis::cmd("INFO").arg("server").query_async(con).await?;
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix("run_id:"))
+        .map(str::to_string)
+        .ok_or_else(|| "Redis INFO server names no run_id".into())
 }
 
 /// Whether a script's error is about the one request it ran for: a Lua runtime error
@@ -579,14 +615,28 @@ impl Backend for RedisInventory {
         for m in &live {
             pipe.add_command(self.command(m));
         }
-        let values: Vec<Value> = pipe.query_async(&mut self.con).await?;
-        if values.len() != live.len() {
-            return Err(
-                format!("Redis answered {} of {} commands", values.len(), live.len()).into(),
-            );
+        // Last, the partition's write sequence: once this is acknowledged, so is
+        // everything before it.
+        pipe.cmd("INCR").arg(format!("{}:seq", self.prefix));
+        let mut values: Vec<Value> = pipe.query_async(&mut self.con).await?;
+        if values.len() != live.len() + 1 {
+            return Err(format!(
+                "Redis answered {} of {} commands",
+                values.len(),
+                live.len() + 1
+            )
+            .into());
         }
+        let seq = values.pop().and_then(|v| int(&v));
         for (m, v) in live.into_iter().zip(values) {
             answer(m, v)?;
+        }
+        match seq {
+            Some(seq) => {
+                let run_id = self.run_id.clone();
+                *self.last_write.lock().expect("not poisoned") = Some(LastWrite { run_id, seq });
+            }
+            None => return Err("Redis refused to advance the partition's write sequence".into()),
         }
         Ok(())
     }
