@@ -8,7 +8,7 @@ use std::sync::Arc;
 use ractor::ActorProcessingErr;
 
 use super::directory::Directory;
-use super::inventory::ReleaseStale;
+use super::inventory::{ReleaseStale, MOST_RELEASED};
 use super::recovery::{finish_restocks, rebuild_if_lost, Outcome};
 use crate::domain::now_ms;
 use crate::supervisors::slot::Wake;
@@ -76,7 +76,7 @@ impl Backend for Reconciler {
             Err(e) => tracing::debug!(error = %e, "restocks skipped"),
         }
         for (partition, slot) in self.directory.inventory.iter().enumerate() {
-            match slot.call(ReleaseStale { now_ms: now_ms() }).await {
+            match release_stale(slot).await {
                 Ok(n) if n > 0 => {
                     tracing::warn!(
                         partition,
@@ -93,6 +93,23 @@ impl Backend for Reconciler {
         }
         Ok(Tick::idle())
     }
+}
+
+/// Releases a partition's stale reservations, a bounded call at a time (a pile of them
+/// after a crash never makes one long script); answers how many.
+async fn release_stale(
+    slot: &crate::actors::directory::InventorySlot,
+) -> Result<i64, crate::supervisors::slot::CallError> {
+    let mut released = 0;
+    // Bounded too: a sweep never runs for ever behind a flood of new reservations.
+    for _ in 0..100 {
+        let n = slot.call(ReleaseStale { now_ms: now_ms() }).await?;
+        released += n;
+        if n < MOST_RELEASED {
+            break;
+        }
+    }
+    Ok(released)
 }
 
 #[cfg(test)]

@@ -426,6 +426,60 @@ async fn a_release_gives_the_units_back_and_forgets_the_key(backend: Backend) {
     assert_eq!(p.units(pid).await, (0, 2));
 }
 
+on_both_backends!(a_pile_of_stale_reservations_is_released_oldest_first_in_bounded_sweeps);
+async fn a_pile_of_stale_reservations_is_released_oldest_first_in_bounded_sweeps(backend: Backend) {
+    let p = partition(backend, 3600).await;
+    let pid = product();
+    let most = flashsale::actors::inventory::MOST_RELEASED;
+    let pile = most + 200;
+    p.load(pid, open_sale(pile + 100, 1)).await.unwrap();
+    // Published reservations waiting for their consumers (a worker outage) stay.
+    let long_ago = now_ms() - STALE_MS as i64 - 60_000;
+    let mut published = Vec::new();
+    for i in 0..100 {
+        match p
+            .reserve_at(pid, &UserId::new_random(), &format!("p{i}"), 1, long_ago)
+            .await
+        {
+            ReserveOutcome::Created(o) => published.push(o),
+            other => panic!("{other:?}"),
+        }
+        assert!(p.publish(pid, published.last().unwrap()).await);
+    }
+    // More unpublished ones than a sweep releases, the newest last.
+    let mut lost = Vec::new();
+    for i in 0..pile {
+        let at = long_ago + i;
+        match p
+            .reserve_at(pid, &UserId::new_random(), &format!("l{i}"), 1, at)
+            .await
+        {
+            ReserveOutcome::Created(o) => lost.push(o),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(p.units(pid).await, (0, pile + 100));
+    let sweep = || p.slot.call(ReleaseStale { now_ms: now_ms() });
+    assert_eq!(
+        sweep().await.unwrap(),
+        most,
+        "one sweep releases at most {most}"
+    );
+    // The oldest went first: the newest is still held, the oldest is not.
+    assert!(!p.claim(pid, &lost[0]).await, "the oldest was released");
+    assert!(
+        p.claim(pid, lost.last().unwrap()).await,
+        "the newest was not"
+    );
+    assert_eq!(sweep().await.unwrap(), pile - most - 1, "the rest");
+    assert_eq!(sweep().await.unwrap(), 0);
+    // Every published reservation is still there for its consumer.
+    for o in &published {
+        assert!(p.claim(pid, o).await);
+    }
+    assert_eq!(p.units(pid).await, (pile - 1, 0));
+}
+
 on_both_backends!(stale_unpublished_reservations_are_released_published_ones_kept);
 async fn stale_unpublished_reservations_are_released_published_ones_kept(backend: Backend) {
     let p = partition(backend, 3600).await;

@@ -440,13 +440,16 @@ impl LocalInventory {
     }
 
     fn release_stale(&mut self, now_ms: i64) -> i64 {
-        let stale: Vec<String> = self
+        // The oldest first, as many as the scripts release in one call.
+        let mut stale: Vec<(i64, String)> = self
             .resv
             .iter()
             .filter(|(_, r)| !r.published && now_ms - r.ts > self.stale_ms)
-            .map(|(oid, _)| oid.clone())
+            .map(|(oid, r)| (r.ts, oid.clone()))
             .collect();
-        for oid in &stale {
+        stale.sort_unstable();
+        stale.truncate(super::MOST_RELEASED as usize);
+        for (_, oid) in &stale {
             self.release(oid);
         }
         self.forget_expired(now_ms);

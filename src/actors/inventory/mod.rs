@@ -230,11 +230,17 @@ pub struct CacheDel {
     pub key: String,
 }
 
-/// Releases reservations never published (the reconciler's sweep); answers how many.
+/// Releases reservations never published (the reconciler's sweep), the oldest first,
+/// at most [`MOST_RELEASED`] in one call (a sweep is one script, which Redis runs
+/// alone); answers how many.
 #[derive(Debug)]
 pub struct ReleaseStale {
     pub now_ms: i64,
 }
+
+/// Most reservations one [`ReleaseStale`] releases; the reconciler asks again while a
+/// call releases that many.
+pub const MOST_RELEASED: i64 = 1_000;
 
 /// Every sale of the partition.
 #[derive(Debug)]

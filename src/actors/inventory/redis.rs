@@ -354,7 +354,7 @@ impl RedisInventory {
             InventoryMsg::Sales(..) => self.script(&s.sales),
             InventoryMsg::ReleaseStale(super::ReleaseStale { now_ms }, _) => {
                 let mut c = self.script(&s.release_stale);
-                c.arg(*now_ms).arg(self.stale_ms);
+                c.arg(*now_ms).arg(self.stale_ms).arg(super::MOST_RELEASED);
                 c
             }
             InventoryMsg::Lookup(super::Lookup { order }, _) => {

@@ -8,6 +8,7 @@ if st then
   local _, _, rq, ru = parse(st)
   if rq ~= q or ru ~= uid then return 2 end
   redis.call('HDEL', k('resv', pid), oid)
+  redis.call('ZREM', k('unpub', pid), oid)
   add_pending(pid, -q)
   return 1
 end
