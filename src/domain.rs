@@ -287,6 +287,9 @@ impl OrderMessage {
         if !(1..=i64::from(i32::MAX)).contains(&self.quantity) {
             return Err(invalid("quantity out of range"));
         }
+        if self.created_at <= 0 {
+            return Err(invalid("created_at must be a positive time (epoch ms)"));
+        }
         IdempotencyKey::parse(&self.idempotency_key)?;
         Ok(())
     }

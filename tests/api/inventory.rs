@@ -18,7 +18,7 @@ use flashsale::actors::inventory::{
     NOT_REBUILDING,
 };
 use flashsale::domain::{
-    now_ms, IdempotencyKey, OrderId, ProductId, Quantity, SaleDefinition, UserId,
+    now_ms, IdempotencyKey, OrderId, ProductId, Quantity, SaleDefinition, SoldOrder, UserId,
 };
 use flashsale::supervisors::slot::{Slot, WorkerMsg};
 use flashsale::supervisors::stats::{Kind, NodeStats};
@@ -41,6 +41,8 @@ pub struct Partition {
     /// What each order reserved here carries (user, quantity, when), as its queue
     /// message would: what a claim of it names.
     reserved: std::sync::Mutex<std::collections::HashMap<OrderId, (String, i64, i64)>>,
+    /// The key prefix of a partition over Redis.
+    prefix: Option<String>,
 }
 
 impl Drop for Partition {
@@ -87,9 +89,10 @@ pub async fn partition(backend: Backend, ttl_secs: u64) -> Partition {
     let id = uuid::Uuid::new_v4().simple().to_string();
     match backend {
         Backend::Redis => {
+            let prefix = format!("conformance:{id}");
             let (slot, actor) = spawn(RedisConnect {
                 url: "redis://127.0.0.1:6380/14".into(),
-                prefix: format!("conformance:{id}"),
+                prefix: prefix.clone(),
                 stale_ms: STALE_MS,
                 idempotency_ttl_secs: ttl_secs,
                 has_sales: Arc::new(NoSales),
@@ -101,6 +104,7 @@ pub async fn partition(backend: Backend, ttl_secs: u64) -> Partition {
                 actor,
                 dir: None,
                 reserved: Default::default(),
+                prefix: Some(prefix),
             }
         }
         Backend::Local => {
@@ -117,6 +121,7 @@ pub async fn partition(backend: Backend, ttl_secs: u64) -> Partition {
                 actor,
                 dir: Some(dir),
                 reserved: Default::default(),
+                prefix: None,
             }
         }
     }
@@ -557,7 +562,76 @@ async fn claims_of_what_was_never_reserved_sell_nothing(backend: Backend) {
         p.claim_as(pid, &never, &ann_id, 1, now_ms()).await,
         Claimed::Unknown
     );
+    // Nor does one dated before any loss, on a partition that never lost its state.
+    assert_eq!(
+        p.claim_as(pid, &never, &ann_id, 1, -1).await,
+        Claimed::Unknown
+    );
     assert_eq!(p.units(pid).await, (2, 0));
+}
+
+/// A shard order as a rebuild reads it.
+fn shard_order(order: &OrderId, user: &UserId, quantity: i64, cancelled: bool) -> SoldOrder {
+    SoldOrder {
+        order_id: order.to_string(),
+        user_id: user.to_string(),
+        quantity,
+        idempotency_key: "k".into(),
+        cancelled,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_keeps_what_is_still_reserved_and_what_was_cancelled() {
+    let p = partition(Backend::Redis, 3600).await;
+    let (pid, ann, bob, cat) = (
+        product(),
+        UserId::new_random(),
+        UserId::new_random(),
+        UserId::new_random(),
+    );
+    p.load(pid, open_sale(10, 5)).await.unwrap();
+    // What a partial loss leaves: Ann's two units still reserved, Bob's order claimed
+    // and in its shard while its reservation came back, Cat's order in its shard.
+    p.created(pid, &ann, "a", 2).await;
+    let bobs = p.created(pid, &bob, "b", 1).await;
+    let cats = OrderId::generate();
+    let prefix = p.prefix.clone().unwrap();
+    let client = redis::Client::open("redis://127.0.0.1:6380/14").unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{prefix}:epoch"))
+        .arg("state")
+        .arg("rebuilding")
+        .arg("since")
+        .arg(now_ms())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let rebuild = |orders: Vec<SoldOrder>| RebuildSale {
+        product: pid,
+        sale: open_sale(10, 5),
+        orders,
+    };
+    // One pod's reconciler reads Cat's order cancelled; another read it before, sold.
+    let fresh = vec![
+        shard_order(&bobs, &bob, 1, false),
+        shard_order(&cats, &cat, 3, true),
+    ];
+    assert_eq!(p.slot.call(rebuild(fresh)).await.unwrap(), 1);
+    let stale = vec![
+        shard_order(&bobs, &bob, 1, false),
+        shard_order(&cats, &cat, 3, false),
+    ];
+    assert_eq!(
+        p.slot.call(rebuild(stale)).await.unwrap(),
+        1,
+        "a cancelled order is never sold again"
+    );
+    // Bob's unit is sold, Ann's two are held: seven left, two pending.
+    assert_eq!(p.units(pid).await, (7, 2));
+    // Cat's units never come back twice.
+    assert!(!p.restock(pid, &cats, &cat, 3).await);
 }
 
 on_both_backends!(claims_and_restocks_happen_once_per_order);

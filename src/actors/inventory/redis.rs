@@ -627,16 +627,14 @@ impl Backend for RedisInventory {
             )
             .into());
         }
-        let seq = values.pop().and_then(|v| int(&v));
+        // Recorded before any answer: it says how far the acknowledged writes reach.
+        let Some(seq) = values.pop().and_then(|v| int(&v)) else {
+            return Err("Redis refused to advance the partition's write sequence".into());
+        };
+        let run_id = self.run_id.clone();
+        *self.last_write.lock().expect("not poisoned") = Some(LastWrite { run_id, seq });
         for (m, v) in live.into_iter().zip(values) {
             answer(m, v)?;
-        }
-        match seq {
-            Some(seq) => {
-                let run_id = self.run_id.clone();
-                *self.last_write.lock().expect("not poisoned") = Some(LastWrite { run_id, seq });
-            }
-            None => return Err("Redis refused to advance the partition's write sequence".into()),
         }
         Ok(())
     }

@@ -19,12 +19,13 @@ if redis.call('SISMEMBER', k('rel', pid), oid) == 1 then return 0 end
 -- them), applied to the sale once it has been rebuilt. Anything else never was a
 -- reservation: a forged or duplicated message with other details sells nothing.
 local since = tonumber(redis.call('HGET', k('epoch'), 'since') or '0')
-if tonumber(ARGV[7]) >= since then
-  if redis.call('GET', k('ord', oid)) == uid .. '|' .. pid .. '|' .. ARGV[5] .. '|' .. ARGV[7] then
-    return 1
-  end
-  return 2
+if redis.call('GET', k('ord', oid)) == uid .. '|' .. pid .. '|' .. ARGV[5] .. '|' .. ARGV[7] then
+  return 1
 end
+-- Counted as accepted before the loss: while the partition rebuilds (the accepting
+-- pod's clock may be ahead of the one that noticed the loss), or after, when it was
+-- accepted before it. A partition that never lost its state has no such orders.
+if since == 0 or (not rebuilding() and tonumber(ARGV[7]) >= since) then return 2 end
 local ck = k('counted', pid)
 if redis.call('HSETNX', ck, oid, q .. '|' .. uid .. '|' .. key) == 0 then return 1 end
 local sk = k('sale', pid)

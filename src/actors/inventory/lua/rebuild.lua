@@ -12,15 +12,23 @@ if not rebuilding() then return -1 end
 local pid, stock, ends = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[6])
 local ck = k('counted', pid)
 local sold, per, seen = 0, {}, {}
+local rk = k('restocked', pid)
 local function count(oid, uid, q, key)
   if seen[oid] then return end
   seen[oid] = true
+  -- A cancellation is final: an order remembered as returned is never counted as
+  -- sold, even by a snapshot of the shards taken before it was cancelled (the
+  -- reconcilers of several pods may rebuild at once).
+  if redis.call('SISMEMBER', rk, oid) == 1 then return end
   sold = sold + q
   per[uid] = (per[uid] or 0) + q
   redis.call('SET', k('idem', pid, uid, key), oid, 'EX', ARGV[7])
 end
-local rk = k('restocked', pid)
 for i = 8, #ARGV, 5 do
+  -- An order in the shards was claimed: a reservation of it kept by a partial loss
+  -- holds nothing any more.
+  redis.call('HDEL', k('resv', pid), ARGV[i])
+  redis.call('ZREM', k('unpub', pid), ARGV[i])
   if ARGV[i + 4] == 'c' then
     seen[ARGV[i]] = true
     redis.call('SADD', rk, ARGV[i])
@@ -39,7 +47,18 @@ for i = 1, #all, 2 do
   count(all[i], u, tonumber(q), key)
 end
 keep(ck, ends)
-redis.call('HSET', k('sale', pid), 'stock', stock, 'remaining', stock - sold, 'limit', ARGV[4], 'starts', ARGV[5], 'ends', ARGV[6], 'pending', scan_pending(pid))
+-- Reservations the partition still holds (a partial loss keeps some: a promoted
+-- replica, a server back without its last second) hold their units, and count in
+-- their buyers' limits, until they are claimed or released.
+local pending = 0
+if redis.call('EXISTS', k('resv', pid)) == 1 then
+  for _, st in ipairs(redis.call('HVALS', k('resv', pid))) do
+    local _, _, q, u = parse(st)
+    pending = pending + q
+    per[u] = (per[u] or 0) + q
+  end
+end
+redis.call('HSET', k('sale', pid), 'stock', stock, 'remaining', stock - sold - pending, 'limit', ARGV[4], 'starts', ARGV[5], 'ends', ARGV[6], 'pending', pending)
 redis.call('SADD', k('sales'), pid)
 for u, n in pairs(per) do
   redis.call('SET', k('bought', pid, u), n)

@@ -28,6 +28,5 @@ redis.call('SET', ik, oid, 'EX', ARGV[9])
 redis.call('HSET', k('resv', pid), oid, 'R|' .. ARGV[7] .. '|' .. ARGV[5] .. '|' .. uid .. '|' .. key)
 -- Unpublished reservations by time: what the reconciler's sweep reads.
 redis.call('ZADD', k('unpub', pid), ARGV[7], oid)
-keep(k('unpub', pid), ends)
 redis.call('SET', k('ord', oid), uid .. '|' .. pid .. '|' .. ARGV[5] .. '|' .. ARGV[7], 'EX', ARGV[9])
 return {0, oid}
