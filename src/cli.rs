@@ -57,6 +57,20 @@ pub enum Command {
         #[arg(long)]
         list: bool,
     },
+    /// Move every order or notification message still in one RabbitMQ queue into
+    /// another, then delete the emptied one: the last step of moving to queues of
+    /// another type (docs/operations.md, "Quorum queues"). Nothing is lost if it stops
+    /// half way; run it again.
+    MoveQueue {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The queue to empty (for example the classic `flashsale.orders`).
+        #[arg(long)]
+        from: String,
+        /// The queue to move into; declared with the config's `queue.kind` if missing.
+        #[arg(long)]
+        to: String,
+    },
     /// Print the live supervisor tree of a running server.
     Tree {
         /// The server's admin listener.
@@ -72,6 +86,37 @@ pub enum Command {
         #[arg(long)]
         fleet: bool,
     },
+}
+
+async fn move_queue(settings: Settings, from: &str, to: &str) -> ExitCode {
+    if settings.mode != crate::config::Mode::Cluster {
+        eprintln!("flashsale: move-queue needs a cluster config (--config config/cluster.toml)");
+        return ExitCode::from(2);
+    }
+    let q = &settings.queue;
+    let progress = |moved: u64, held: u64| eprintln!("moved {moved} of {held} message(s)");
+    let url = q.url.expose();
+    match crate::actors::queue::amqp::move_queue(url, from, to, q.kind, progress).await {
+        Ok(m) => {
+            if m.deleted {
+                println!(
+                    "{from}: {} message(s) moved into {to}; {from} deleted",
+                    m.messages
+                );
+            } else {
+                println!(
+                    "{from}: {} message(s) moved into {to}; {from} kept: a consumer still reads it \
+                     or a message arrived meanwhile (run again once no pod uses it)",
+                    m.messages
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flashsale: move-queue failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn load(config: Option<PathBuf>) -> Result<Settings, ExitCode> {
@@ -148,6 +193,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         }
         Command::Reshard { config, to, list } => match load(config) {
             Ok(settings) => reshard(settings, to, list).await,
+            Err(code) => code,
+        },
+        Command::MoveQueue { config, from, to } => match load(config) {
+            Ok(settings) => move_queue(settings, &from, &to).await,
             Err(code) => code,
         },
         Command::Migrate { config } => {

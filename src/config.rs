@@ -410,6 +410,9 @@ pub struct InventorySettings {
 #[serde(deny_unknown_fields)]
 pub struct QueueSettings {
     pub url: Secret,
+    /// The type of queue declared: quorum (replicated, RabbitMQ's choice for data that
+    /// must not be lost) or classic. A queue that exists already keeps its type.
+    pub kind: QueueKind,
     pub orders_queue: String,
     pub notifications_queue: String,
     pub prefetch: u16,
@@ -425,6 +428,30 @@ pub struct QueueSettings {
     /// How long the broker may take to connect, confirm or acknowledge before the
     /// actor waiting on it fails (and is restarted).
     pub deadline_ms: u64,
+}
+
+/// The type of a RabbitMQ queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueKind {
+    Quorum,
+    Classic,
+}
+
+impl QueueKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            QueueKind::Quorum => "quorum",
+            QueueKind::Classic => "classic",
+        }
+    }
+
+    pub fn other(self) -> QueueKind {
+        match self {
+            QueueKind::Quorum => QueueKind::Classic,
+            QueueKind::Classic => QueueKind::Quorum,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -512,6 +539,7 @@ product_cache_ttl_secs = 3600
 
 [queue]
 url = ""
+kind = "quorum"
 orders_queue = "flashsale.orders"
 notifications_queue = "flashsale.notifications"
 prefetch = 500

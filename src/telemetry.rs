@@ -128,6 +128,9 @@ pub fn start_child_span(
     parent.with_span(span)
 }
 
+/// How often histograms fold the samples they recorded into their buckets.
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The process-wide Prometheus recorder (installed on first use).
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -141,13 +144,25 @@ pub fn metrics_handle() -> PrometheusHandle {
                 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5,
                 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0,
             ];
-            PrometheusBuilder::new()
+            let handle = PrometheusBuilder::new()
                 .set_buckets(&buckets)
                 .expect("valid buckets")
                 .set_buckets_for_metric(Matcher::Full("flashsale_event_lag_seconds".into()), &lag)
                 .expect("valid buckets")
                 .install_recorder()
-                .expect("the Prometheus recorder is installed once")
+                .expect("the Prometheus recorder is installed once");
+            // A histogram keeps its samples until they are folded into its buckets:
+            // on a scrape, and here, so that memory does not grow with the requests
+            // served while nobody scrapes.
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(METRICS_UPKEEP);
+                    upkeep.run_upkeep();
+                })
+                .expect("a thread can be started");
+            handle
         })
         .clone()
 }

@@ -580,6 +580,9 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
         .ok_or_else(|| Failure("--admin-token is required".into()))?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(cli.max_in_flight)
+        // Below the server's keep-alive (120 s): a pooled connection is never reused
+        // as the server closes it.
+        .pool_idle_timeout(Duration::from_secs(60))
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| Failure(e.to_string()))?;

@@ -210,6 +210,7 @@ impl Backends {
                 let connect = AmqpPublisherConnect {
                     url: q.url.expose().to_string(),
                     declare,
+                    kind: q.kind,
                     deadline: Duration::from_millis(q.deadline_ms),
                 };
                 supervisors::worker(slot, Arc::new(connect), q.max_batch, None, policy)
@@ -229,6 +230,7 @@ impl Backends {
             Backends::Cluster { .. } => Arc::new(AmqpSource {
                 url: q.url.expose().to_string(),
                 declare: vec![q.orders_queue.clone(), q.notifications_queue.clone()],
+                kind: q.kind,
                 deadline: Duration::from_millis(q.deadline_ms),
             }),
             Backends::Embedded { queue, .. } => Arc::new(LocalSource {

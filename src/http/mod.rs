@@ -481,6 +481,7 @@ pub fn public_server(
     })
     .workers(workers)
     .backlog(4096)
+    .keep_alive(KEEP_ALIVE)
     .client_request_timeout(Duration::from_secs(5))
     .shutdown_timeout(10)
     .disable_signals()
@@ -488,6 +489,12 @@ pub fn public_server(
     .run();
     Ok(server)
 }
+
+/// How long an idle keep-alive connection stays open: longer than clients keep one
+/// in their pools (reqwest's and Go's default is 90 s, load balancers about 60 s), so
+/// that no client sends a request on a connection the server is closing at that
+/// moment, a request lost without an answer.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(120);
 
 /// Binds and starts the admin listener.
 pub fn admin_server(state: web::Data<AppState>, listener: TcpListener) -> std::io::Result<Server> {

@@ -1032,10 +1032,11 @@ impl TestApp {
                 .expect("RabbitMQ");
                 let ch = conn.create_channel().await.unwrap();
                 // Declared as the app declares it, in case its consumers have not yet.
+                let kind = self.settings.queue.kind;
                 ch.queue_declare(
                     queue.as_str().into(),
                     QueueDeclareOptions::durable(),
-                    FieldTable::default(),
+                    flashsale::actors::queue::amqp::queue_arguments(kind),
                 )
                 .await
                 .unwrap();

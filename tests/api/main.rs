@@ -10,5 +10,6 @@ mod events;
 mod inventory;
 mod orders;
 mod promises;
+mod queues;
 mod reshard;
 mod resilience;

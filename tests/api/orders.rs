@@ -415,3 +415,39 @@ async fn confirmations_reach_the_webhook_at_least_once(mode: Mode) {
     app.stop().await;
     handle.stop(false).await;
 }
+
+/// A client keeps a connection idle in its pool for longer than a server closing
+/// idle connections after a few seconds would wait (reqwest 90 s, browsers and load
+/// balancers about a minute); a request sent as the server closes is lost with the
+/// connection. The server keeps an idle connection longer than its clients do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_idle_between_requests_stays_open() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = spawn_app(Mode::Embedded).await;
+    let host = app.address.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let mut answer = vec![0u8; 4096];
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let n = conn.read(&mut answer).await.unwrap();
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+
+    // Idle for longer than the old 5 s, far shorter than the server's keep-alive.
+    let idle = Duration::from_secs(8);
+    match tokio::time::timeout(idle, conn.read(&mut answer)).await {
+        Err(_) => {} // still open, nothing to read
+        Ok(r) => panic!("the server closed an idle connection within {idle:?}: {r:?}"),
+    }
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let n = conn.read(&mut answer).await.unwrap();
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+}

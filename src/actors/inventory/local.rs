@@ -7,7 +7,9 @@
 //! forgets what has expired, as Redis does). The conformance suite in
 //! `tests/api/inventory.rs` runs the same operations against both backends.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
 use std::path::PathBuf;
 
 use ractor::ActorProcessingErr;
@@ -31,7 +33,11 @@ CREATE TABLE IF NOT EXISTS resv (oid TEXT PRIMARY KEY, pid INTEGER NOT NULL, pub
 CREATE TABLE IF NOT EXISTS released (oid TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS restocked (oid TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS ord (oid TEXT PRIMARY KEY, uid TEXT NOT NULL, pid INTEGER NOT NULL, qty INTEGER NOT NULL, created INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS ord_created ON ord (created);
 ";
+
+/// Made once the `idem` table has its `expires` column (older files lack it).
+const IDEM_EXPIRY_INDEX: &str = "CREATE INDEX IF NOT EXISTS idem_expires ON idem (expires)";
 
 #[derive(Debug, Clone, Copy)]
 struct Sale {
@@ -52,17 +58,74 @@ struct Reservation {
     key: String,
 }
 
+/// A sale, a buyer and the buyer's idempotency key.
 type IdemKey = (i64, String, String);
+
+/// An idempotency key as the partition keeps it in memory: 128 bits of a keyed hash
+/// of the sale, the buyer and the key (two SipHash passes with keys of this process),
+/// so a key costs the same few bytes whatever its length. Two keys of a million
+/// collide with a chance of about 10^-27; the file keeps the keys themselves.
+struct KeyDigest(RandomState, RandomState);
+
+impl KeyDigest {
+    fn new() -> Self {
+        Self(RandomState::new(), RandomState::new())
+    }
+
+    fn of(&self, pid: i64, uid: &str, key: &str) -> u128 {
+        let k = (pid, uid, key);
+        (u128::from(self.0.hash_one(k)) << 64) | u128::from(self.1.hash_one(k))
+    }
+}
+
+/// The bits of a UUID (orders and buyers), `None` for anything else.
+fn uuid_bits(s: &str) -> Option<u128> {
+    uuid::Uuid::parse_str(s).ok().map(|u| u.as_u128())
+}
+
+fn uuid_text(bits: u128) -> String {
+    uuid::Uuid::from_u128(bits).to_string()
+}
+
+/// An accepted order's lookup entry, in memory: its id is the map's key.
+#[derive(Debug, Clone, Copy)]
+struct Accepted {
+    user: u128,
+    product: i64,
+    quantity: i64,
+    created_at: i64,
+}
+
+impl Accepted {
+    fn pending(&self) -> PendingOrder {
+        PendingOrder {
+            user: uuid_text(self.user),
+            product: self.product,
+            quantity: self.quantity,
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// An idempotency key held: its order and when it expires (epoch ms).
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    order: u128,
+    expires: i64,
+}
 
 /// What a batch changed, to be written before anyone hears of it.
 enum Change {
     Sale(i64),
-    Idem(IdemKey),
+    IdemPut(IdemKey, String, i64),
+    IdemDel(IdemKey),
     Bought(i64, String),
     Resv(String),
     Released(String),
     Restocked(String),
-    Ord(String),
+    Ord(u128),
+    /// Keys and lookup entries that expired by then (epoch ms).
+    Expired(i64),
 }
 
 pub struct LocalInventoryConnect {
@@ -75,15 +138,20 @@ pub struct LocalInventory {
     pool: SqlitePool,
     stale_ms: i64,
     sales: HashMap<i64, Sale>,
-    /// The order id of a key, and when the key expires (epoch ms).
-    idem: HashMap<IdemKey, (String, i64)>,
+    /// Idempotency keys by their digest ([`KeyDigest`]).
+    idem: HashMap<u128, Held>,
+    digest: KeyDigest,
+    /// Keys in the order they expire; an entry whose key was replaced or removed
+    /// since is skipped.
+    idem_expiry: VecDeque<(i64, u128)>,
     /// How long keys and accepted orders' lookup entries live (ms).
     ttl_ms: i64,
     bought: HashMap<(i64, String), i64>,
     resv: HashMap<String, Reservation>,
     released: HashSet<String>,
     restocked: HashSet<String>,
-    orders: HashMap<String, PendingOrder>,
+    /// Accepted orders by id: time-ordered ids (UUIDv7), so the oldest come first.
+    orders: BTreeMap<u128, Accepted>,
     /// A user's rate-limit window: when it ends (epoch ms) and the requests in it.
     rate: HashMap<String, (i64, i64)>,
     cache: HashMap<String, (String, i64)>,
@@ -108,17 +176,20 @@ impl Connect for LocalInventoryConnect {
                 .execute(&pool)
                 .await?;
         }
+        sqlx::raw_sql(IDEM_EXPIRY_INDEX).execute(&pool).await?;
         let mut inv = LocalInventory {
             pool,
             stale_ms: self.stale_ms as i64,
             sales: HashMap::new(),
             idem: HashMap::new(),
+            digest: KeyDigest::new(),
+            idem_expiry: VecDeque::new(),
             ttl_ms: self.idempotency_ttl_secs as i64 * 1000,
             bought: HashMap::new(),
             resv: HashMap::new(),
             released: HashSet::new(),
             restocked: HashSet::new(),
-            orders: HashMap::new(),
+            orders: BTreeMap::new(),
             rate: HashMap::new(),
             cache: HashMap::new(),
             changes: Vec::new(),
@@ -146,15 +217,21 @@ impl LocalInventory {
             self.sales.insert(r.get(0), sale);
         }
         // A key stored without an expiry (an older file) lives one lifetime from now.
-        let default_expiry = now_ms() + self.ttl_ms;
-        for r in sqlx::query("SELECT pid, uid, key, oid, expires FROM idem")
+        sqlx::query("UPDATE idem SET expires = ? WHERE expires = 0")
+            .bind(now_ms() + self.ttl_ms)
+            .execute(p)
+            .await?;
+        let rows = sqlx::query("SELECT pid, uid, key, oid, expires FROM idem ORDER BY expires")
             .fetch_all(p)
-            .await?
-        {
+            .await?;
+        for r in rows {
             let expires: i64 = r.get(4);
-            let expires = if expires > 0 { expires } else { default_expiry };
-            self.idem
-                .insert((r.get(0), r.get(1), r.get(2)), (r.get(3), expires));
+            let Some(order) = uuid_bits(r.get(3)) else {
+                continue;
+            };
+            let h = self.digest.of(r.get(0), r.get(1), r.get(2));
+            self.idem.insert(h, Held { order, expires });
+            self.idem_expiry.push_back((expires, h));
         }
         for r in sqlx::query("SELECT pid, uid, n FROM bought")
             .fetch_all(p)
@@ -189,13 +266,16 @@ impl LocalInventory {
             .fetch_all(p)
             .await?
         {
-            let o = PendingOrder {
-                user: r.get(1),
+            let (Some(order), Some(user)) = (uuid_bits(r.get(0)), uuid_bits(r.get(1))) else {
+                continue;
+            };
+            let o = Accepted {
+                user,
                 product: r.get(2),
                 quantity: r.get(3),
                 created_at: r.get(4),
             };
-            self.orders.insert(r.get(0), o);
+            self.orders.insert(order, o);
         }
         Ok(())
     }
@@ -216,13 +296,16 @@ impl LocalInventory {
         self.changes.push(Change::Bought(b.0, b.1));
         self.released.insert(oid.to_string());
         self.changes.push(Change::Released(oid.to_string()));
-        let ik = (rv.pid, rv.uid, rv.key);
-        if self.idem.get(&ik).is_some_and(|(o, _)| o == oid) {
-            self.idem.remove(&ik);
-            self.changes.push(Change::Idem(ik));
+        let h = self.digest.of(rv.pid, &rv.uid, &rv.key);
+        let bits = uuid_bits(oid);
+        if bits.is_some() && self.idem.get(&h).map(|k| k.order) == bits {
+            self.idem.remove(&h);
+            self.changes.push(Change::IdemDel((rv.pid, rv.uid, rv.key)));
         }
-        self.orders.remove(oid);
-        self.changes.push(Change::Ord(oid.to_string()));
+        if let Some(bits) = bits {
+            self.orders.remove(&bits);
+            self.changes.push(Change::Ord(bits));
+        }
         self.changes.push(Change::Resv(oid.to_string()));
         true
     }
@@ -231,17 +314,15 @@ impl LocalInventory {
         let pid = r.product.get();
         let uid = r.user.to_string();
         let qty = i64::from(r.quantity.get());
-        let ik = (pid, uid.clone(), r.key.as_str().to_string());
+        let h = self.digest.of(pid, &uid, r.key.as_str());
         // An expired key is forgotten, as Redis forgets it.
-        if self
-            .idem
-            .get(&ik)
-            .is_some_and(|(_, expires)| *expires <= r.now_ms)
-        {
-            self.idem.remove(&ik);
-            self.changes.push(Change::Idem(ik.clone()));
+        if self.idem.get(&h).is_some_and(|k| k.expires <= r.now_ms) {
+            self.idem.remove(&h);
+            let ik = (pid, uid.clone(), r.key.as_str().to_string());
+            self.changes.push(Change::IdemDel(ik));
         }
-        if let Some((prev, _)) = self.idem.get(&ik).cloned() {
+        if let Some(held) = self.idem.get(&h).copied() {
+            let prev = uuid_text(held.order);
             let Ok(order) = OrderId::parse(&prev) else {
                 return ReserveOutcome::NoSale;
             };
@@ -273,33 +354,44 @@ impl LocalInventory {
         if sale.remaining < qty {
             return ReserveOutcome::OutOfStock;
         }
+        let (Some(bits), Some(user)) = (uuid_bits(r.order.as_str()), uuid_bits(&uid)) else {
+            return ReserveOutcome::NoSale;
+        };
         let oid = r.order.to_string();
         self.sales.get_mut(&pid).expect("checked").remaining -= qty;
         self.bought.insert((pid, uid.clone()), bought + qty);
-        self.idem
-            .insert(ik.clone(), (oid.clone(), r.now_ms + self.ttl_ms));
+        let expires = r.now_ms + self.ttl_ms;
+        self.idem.insert(
+            h,
+            Held {
+                order: bits,
+                expires,
+            },
+        );
+        self.idem_expiry.push_back((expires, h));
+        let key = r.key.as_str().to_string();
         let rv = Reservation {
             pid,
             published: false,
             ts: r.now_ms,
             qty,
             uid: uid.clone(),
-            key: ik.2.clone(),
+            key: key.clone(),
         };
         self.resv.insert(oid.clone(), rv);
-        let pending = PendingOrder {
-            user: uid.clone(),
+        let accepted = Accepted {
+            user,
             product: pid,
             quantity: qty,
             created_at: r.now_ms,
         };
-        self.orders.insert(oid.clone(), pending);
+        self.orders.insert(bits, accepted);
         self.changes.extend([
             Change::Sale(pid),
-            Change::Bought(pid, uid),
-            Change::Idem(ik),
-            Change::Resv(oid.clone()),
-            Change::Ord(oid),
+            Change::Bought(pid, uid.clone()),
+            Change::IdemPut((pid, uid, key), oid.clone(), expires),
+            Change::Resv(oid),
+            Change::Ord(bits),
         ]);
         ReserveOutcome::Created(r.order.clone())
     }
@@ -374,11 +466,12 @@ impl LocalInventory {
             return Claimed::Released;
         }
         // Claimed before: a redelivery.
-        match self.orders.get(order) {
-            Some(o)
+        let found = uuid_bits(order).and_then(|o| self.orders.get(&o));
+        match (found, uuid_bits(&c.user)) {
+            (Some(o), Some(user))
                 if o.product == pid
                     && o.quantity == c.quantity
-                    && o.user == c.user
+                    && o.user == user
                     && o.created_at == c.created_at =>
             {
                 Claimed::Sold
@@ -458,27 +551,31 @@ impl LocalInventory {
 
     /// What Redis would have expired by now: accepted orders' lookup entries and
     /// idempotency keys after their lifetime, rate-limit windows that have ended.
+    /// Each costs what has expired, not what is kept: orders come oldest first by
+    /// their ids, keys by their expiry queue; the file drops both in one statement.
     fn forget_expired(&mut self, now_ms: i64) {
         let ttl = self.ttl_ms;
-        let orders: Vec<String> = self
-            .orders
-            .iter()
-            .filter(|(_, o)| o.created_at + ttl <= now_ms)
-            .map(|(oid, _)| oid.clone())
-            .collect();
-        for oid in orders {
-            self.orders.remove(&oid);
-            self.changes.push(Change::Ord(oid));
+        let mut expired = false;
+        while let Some(entry) = self.orders.first_entry() {
+            if entry.get().created_at + ttl > now_ms {
+                break;
+            }
+            entry.remove();
+            expired = true;
         }
-        let keys: Vec<IdemKey> = self
-            .idem
-            .iter()
-            .filter(|(_, (_, expires))| *expires <= now_ms)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in keys {
-            self.idem.remove(&k);
-            self.changes.push(Change::Idem(k));
+        while let Some(&(expires, h)) = self.idem_expiry.front() {
+            if expires > now_ms {
+                break;
+            }
+            self.idem_expiry.pop_front();
+            // Unless the key was given again since (a later expiry).
+            if self.idem.get(&h).is_some_and(|k| k.expires <= now_ms) {
+                self.idem.remove(&h);
+                expired = true;
+            }
+        }
+        if expired {
+            self.changes.push(Change::Expired(now_ms));
         }
         self.rate.retain(|_, (ends, _)| *ends > now_ms);
         self.cache.retain(|_, (_, expires)| *expires > now_ms);
@@ -510,8 +607,10 @@ impl LocalInventory {
             InventoryMsg::Counters(r, port) => port.defer(Ok(self.counters(r.product.get()))),
             InventoryMsg::Lookup(r, port) => {
                 let ttl = self.ttl_ms;
-                let found = self.orders.get(r.order.as_str());
-                let live = found.filter(|o| o.created_at + ttl > now_ms()).cloned();
+                let found = uuid_bits(r.order.as_str()).and_then(|o| self.orders.get(&o));
+                let live = found
+                    .filter(|o| o.created_at + ttl > now_ms())
+                    .map(Accepted::pending);
                 port.defer(Ok(live))
             }
             InventoryMsg::CacheGet(r, port) => port.defer(Ok(self.cache_get(&r.key))),
@@ -556,26 +655,34 @@ impl LocalInventory {
                             .await?;
                     }
                 }
-                Change::Idem(k) => match self.idem.get(&k) {
-                    Some((oid, expires)) => {
-                        sqlx::query("INSERT OR REPLACE INTO idem (pid, uid, key, oid, expires) VALUES (?, ?, ?, ?, ?)")
-                            .bind(k.0)
-                            .bind(&k.1)
-                            .bind(&k.2)
-                            .bind(oid)
-                            .bind(expires)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    None => {
-                        sqlx::query("DELETE FROM idem WHERE pid = ? AND uid = ? AND key = ?")
-                            .bind(k.0)
-                            .bind(&k.1)
-                            .bind(&k.2)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                },
+                Change::IdemPut(k, oid, expires) => {
+                    sqlx::query("INSERT OR REPLACE INTO idem (pid, uid, key, oid, expires) VALUES (?, ?, ?, ?, ?)")
+                        .bind(k.0)
+                        .bind(&k.1)
+                        .bind(&k.2)
+                        .bind(oid)
+                        .bind(expires)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Change::IdemDel(k) => {
+                    sqlx::query("DELETE FROM idem WHERE pid = ? AND uid = ? AND key = ?")
+                        .bind(k.0)
+                        .bind(&k.1)
+                        .bind(&k.2)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Change::Expired(now) => {
+                    sqlx::query("DELETE FROM idem WHERE expires <= ?")
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("DELETE FROM ord WHERE created <= ?")
+                        .bind(now - self.ttl_ms)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 Change::Bought(pid, uid) => {
                     let n = self.bought.get(&(pid, uid.clone())).copied().unwrap_or(0);
                     sqlx::query("INSERT OR REPLACE INTO bought (pid, uid, n) VALUES (?, ?, ?)")
@@ -619,11 +726,11 @@ impl LocalInventory {
                         .execute(&mut *tx)
                         .await?;
                 }
-                Change::Ord(oid) => match self.orders.get(&oid) {
+                Change::Ord(bits) => match self.orders.get(&bits) {
                     Some(o) => {
                         sqlx::query("INSERT OR REPLACE INTO ord (oid, uid, pid, qty, created) VALUES (?, ?, ?, ?, ?)")
-                            .bind(&oid)
-                            .bind(&o.user)
+                            .bind(uuid_text(bits))
+                            .bind(uuid_text(o.user))
                             .bind(o.product)
                             .bind(o.quantity)
                             .bind(o.created_at)
@@ -632,7 +739,7 @@ impl LocalInventory {
                     }
                     None => {
                         sqlx::query("DELETE FROM ord WHERE oid = ?")
-                            .bind(&oid)
+                            .bind(uuid_text(bits))
                             .execute(&mut *tx)
                             .await?;
                     }

@@ -7,6 +7,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions,
 };
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use ractor::ActorProcessingErr;
@@ -15,6 +16,7 @@ use super::{
     AckToken, Acknowledge, Batch, Outbound, PublisherBatch, PublisherMsg, QueueMessage,
     QueueSource, Subscription,
 };
+use crate::config::QueueKind;
 use crate::supervisors::worker::{Backend, Batch as WorkBatch, Connect};
 
 /// Runs a call to the broker within `deadline` (`queue.deadline_ms`): connecting,
@@ -32,22 +34,74 @@ async fn within<T>(
     }
 }
 
-async fn declare_queue(channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(())
+/// The arguments that declare a queue of type `kind`.
+pub fn queue_arguments(kind: QueueKind) -> FieldTable {
+    let mut args = FieldTable::default();
+    if kind == QueueKind::Quorum {
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+    }
+    args
 }
 
-async fn open(url: &str, declare: &[String]) -> Result<(Connection, Channel), lapin::Error> {
+/// Whether a declare failed because the queue exists with other arguments (another
+/// type): the broker answers 406 and closes the channel.
+fn precondition_failed(e: &lapin::Error) -> bool {
+    matches!(
+        e.kind(),
+        lapin::ErrorKind::ProtocolError(p)
+            if *p.kind() == AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+    )
+}
+
+/// Declares the durable queue `queue` of type `kind` on `channel`. A queue of that name
+/// that exists already as the other type is kept as it is: a broker cannot change a
+/// queue's type, and deleting one would lose its orders (docs/operations.md, "Quorum
+/// queues", tells how to move to a new one). `channel` is replaced by a new one of
+/// `conn` when the broker closed it over the difference. Answers the queue's type.
+async fn declare_queue(
+    conn: &Connection,
+    channel: &mut Channel,
+    queue: &str,
+    kind: QueueKind,
+) -> Result<QueueKind, lapin::Error> {
+    let durable = QueueDeclareOptions::durable();
+    match channel
+        .queue_declare(queue.into(), durable, queue_arguments(kind))
+        .await
+    {
+        Ok(_) => Ok(kind),
+        Err(e) if precondition_failed(&e) => {
+            *channel = conn.create_channel().await?;
+            let other = kind.other();
+            channel
+                .queue_declare(queue.into(), durable, queue_arguments(other))
+                .await?;
+            tracing::warn!(
+                queue,
+                configured = kind.name(),
+                found = other.name(),
+                "the queue exists as another type than queue.kind and is used as it is"
+            );
+            Ok(other)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn open(
+    url: &str,
+    declare: &[String],
+    kind: QueueKind,
+) -> Result<(Connection, Channel), lapin::Error> {
     let conn = Connection::connect(url, ConnectionProperties::default()).await?;
-    let channel = conn.create_channel().await?;
+    let mut channel = conn.create_channel().await?;
     for q in declare {
-        declare_queue(&channel, q).await?;
+        let found = declare_queue(&conn, &mut channel, q, kind).await?;
+        metrics::gauge!("flashsale_queue_quorum", "queue" => q.clone())
+            .set(f64::from(u8::from(found == QueueKind::Quorum)));
     }
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -133,12 +187,14 @@ async fn publish_all(
 pub struct AmqpPublisherConnect {
     pub url: String,
     pub declare: Vec<String>,
+    pub kind: QueueKind,
     pub deadline: Duration,
 }
 
 pub struct AmqpPublisher {
-    _conn: Connection,
+    conn: Connection,
     channel: Channel,
+    kind: QueueKind,
     deadline: Duration,
 }
 
@@ -147,11 +203,12 @@ impl Connect for AmqpPublisherConnect {
     type Backend = AmqpPublisher;
 
     async fn connect(&self) -> Result<AmqpPublisher, ActorProcessingErr> {
-        let (conn, channel) =
-            within(self.deadline, "connect", open(&self.url, &self.declare)).await?;
+        let open = open(&self.url, &self.declare, self.kind);
+        let (conn, channel) = within(self.deadline, "connect", open).await?;
         Ok(AmqpPublisher {
-            _conn: conn,
+            conn,
             channel,
+            kind: self.kind,
             deadline: self.deadline,
         })
     }
@@ -249,12 +306,14 @@ impl Backend for AmqpPublisher {
             tracing::error!(queue, "a publish found no queue; declaring it again");
             metrics::counter!("flashsale_queue_unroutable_total", "queue" => queue.to_string())
                 .increment(1);
-            within(
-                self.deadline,
-                "declare",
-                declare_queue(&self.channel, queue),
-            )
-            .await?;
+            let mut channel = self.channel.clone();
+            let declare = declare_queue(&self.conn, &mut channel, queue, self.kind);
+            within(self.deadline, "declare", declare).await?;
+            if channel.id() != self.channel.id() {
+                let confirm = channel.confirm_select(ConfirmSelectOptions::default());
+                within(self.deadline, "declare", confirm).await?;
+                self.channel = channel;
+            }
         }
         Ok(())
     }
@@ -318,6 +377,7 @@ pub struct AmqpSource {
     pub url: String,
     /// Queues declared before consuming (the consumed one and those published to).
     pub declare: Vec<String>,
+    pub kind: QueueKind,
     pub deadline: Duration,
 }
 
@@ -332,7 +392,8 @@ impl QueueSource for AmqpSource {
     ) -> Result<Subscription, ActorProcessingErr> {
         let mut declare = self.declare.clone();
         declare.push(queue.to_string());
-        let (conn, out) = within(self.deadline, "connect", open(&self.url, &declare)).await?;
+        let open = open(&self.url, &declare, self.kind);
+        let (conn, out) = within(self.deadline, "connect", open).await?;
         let consume = conn.create_channel().await?;
         consume
             .basic_qos(prefetch, BasicQosOptions::default())
@@ -376,4 +437,93 @@ impl QueueSource for AmqpSource {
             }),
         })
     }
+}
+
+/// What [`move_queue`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Moved {
+    pub messages: u64,
+    /// Whether the emptied queue was deleted: it is kept while a consumer still
+    /// reads it or a message arrived after the last one moved.
+    pub deleted: bool,
+}
+
+/// Messages moved per round: published together, confirmed together, then
+/// acknowledged together in the queue they came from.
+const MOVE_BATCH: usize = 256;
+
+/// Moves every message of the queue `from` into the queue `to` (declared durable, of
+/// type `kind`, if missing), then deletes `from` once it is empty and unused. A message
+/// leaves `from` only after `to` has confirmed it, so a failure at any point loses
+/// nothing: what was not acknowledged goes back to `from`, and a message both
+/// confirmed and given back is delivered twice, which claims tell apart (a redelivery).
+/// `progress` hears the messages moved so far and how many `from` held at the start.
+pub async fn move_queue(
+    url: &str,
+    from: &str,
+    to: &str,
+    kind: QueueKind,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<Moved, ActorProcessingErr> {
+    use lapin::options::{BasicGetOptions, QueueDeleteOptions};
+
+    if from == to {
+        return Err("a queue cannot be moved into itself".into());
+    }
+    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+    let source = conn.create_channel().await?;
+    let held = match queue_depth(&source, from).await {
+        Ok(n) => n,
+        Err(e) => return Err(format!("no queue {from} to move: {e}").into()),
+    };
+    let mut sink = conn.create_channel().await?;
+    declare_queue(&conn, &mut sink, to, kind).await?;
+    sink.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut moved = 0;
+    progress(moved, held);
+    loop {
+        let mut batch = Vec::with_capacity(MOVE_BATCH);
+        while batch.len() < MOVE_BATCH {
+            match source
+                .basic_get(from.into(), BasicGetOptions { no_ack: false })
+                .await?
+            {
+                Some(m) => batch.push(m.delivery),
+                None => break,
+            }
+        }
+        let Some(last) = batch.last() else { break };
+        let mut confirms = Vec::with_capacity(batch.len());
+        for d in &batch {
+            let options = BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            };
+            let publish =
+                sink.basic_publish("".into(), to.into(), options, &d.data, d.properties.clone());
+            confirms.push(publish.await?);
+        }
+        for c in confirms {
+            if !matches!(c.await?, Confirmation::Ack(None)) {
+                return Err(format!("{to} did not take a message; nothing was lost").into());
+            }
+        }
+        last.acker.ack(BasicAckOptions { multiple: true }).await?;
+        moved += batch.len() as u64;
+        progress(moved, held);
+    }
+    let options = QueueDeleteOptions {
+        if_unused: true,
+        if_empty: true,
+        ..QueueDeleteOptions::default()
+    };
+    let deleted = match source.queue_delete(from.into(), options).await {
+        Ok(_) => true,
+        Err(e) if precondition_failed(&e) => false,
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Moved {
+        messages: moved,
+        deleted,
+    })
 }
