@@ -213,3 +213,32 @@ async fn a_burst_report_draws_every_chart_in_a_real_browser() {
     let _ = std::fs::remove_file(html);
     app.stop().await;
 }
+
+/// The logins before a sale: every login of the accounts it registered succeeds, and
+/// the report says how many, how fast and how long they took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_logins_scenario_measures_logins_of_registered_accounts() {
+    let app = spawn_app(Mode::Embedded).await;
+    let report =
+        std::env::temp_dir().join(format!("fs_logins_{}.json", uuid::Uuid::new_v4().simple()));
+    let argv = [
+        "flashsale-load".to_string(),
+        "--quiet".into(),
+        format!("--target={}", app.address),
+        format!("--report-json={}", report.display()),
+        "logins".into(),
+        "--accounts=5".into(),
+        "--logins=40".into(),
+        "--window-ms=500".into(),
+    ];
+    let code = flashsale_load::main_with(flashsale_load::Cli::parse_from(argv)).await;
+    assert_eq!(code, 0);
+    let json: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let _ = std::fs::remove_file(report);
+    assert_eq!(json["accounts"], 5, "{json:#}");
+    assert_eq!(json["answers"]["200"], 40, "every login succeeds: {json:#}");
+    assert_eq!(json["latencyMs"]["count"], 40, "{json:#}");
+    assert!(json["loginsPerSecond"].as_f64().unwrap() > 0.0, "{json:#}");
+    assert!(json["latencyMs"]["p99"].as_f64().unwrap() > 0.0, "{json:#}");
+    app.stop().await;
+}

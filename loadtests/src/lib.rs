@@ -7,6 +7,7 @@
 //! Sales and products are created through the admin API.
 
 pub mod invariants;
+pub mod logins;
 pub mod poll;
 pub mod report;
 pub mod schedule;
@@ -151,6 +152,20 @@ pub enum Scenario {
         hot_stock: i64,
         #[arg(long, default_value_t = 100)]
         cold_stock: i64,
+    },
+    /// The logins before a sale opens: ACCOUNTS registered first, then LOGINS logins
+    /// spread over WINDOW_MS. Measures logins per second and their latency while
+    /// password hashing is the bottleneck. Run the server with the per-address auth
+    /// limit off (FLASHSALE__LIMITS__AUTH_PER_IP_PER_MINUTE=0): every login comes
+    /// from this one address. Needs neither a JWT key nor an admin token.
+    Logins {
+        #[arg(long, default_value_t = 200)]
+        accounts: usize,
+        /// At most 10 per account (its per-address login limit a minute).
+        #[arg(long, default_value_t = 2_000)]
+        logins: usize,
+        #[arg(long, default_value_t = 1_000)]
+        window_ms: u64,
     },
 }
 
@@ -427,6 +442,9 @@ async fn prepare(
                 json!({"buyers": buyers, "stock": stock, "retries": retries, "jitterMs": jitter_ms}),
             )
         }
+        Scenario::Logins { .. } => {
+            return Err(Failure("the logins scenario buys nothing: see main_with".into()))
+        }
         Scenario::HotAndCold {
             rate,
             duration_secs,
@@ -474,6 +492,7 @@ fn scenario_name(s: &Scenario) -> &'static str {
         Scenario::RetryStorm { .. } => "retry-storm",
         Scenario::HotAndCold { .. } => "hot-and-cold",
         Scenario::Countdown { .. } => "countdown",
+        Scenario::Logins { .. } => "logins",
     }
 }
 
@@ -558,6 +577,39 @@ async fn countdown(
             .map(|h| polls.per_second() / h.per_second()),
         waited_for_opening_ms: wait.max(0),
     }
+}
+
+async fn logins_main(cli: &Cli, accounts: usize, logins: usize, window_ms: u64) -> i32 {
+    let client = match reqwest::Client::builder()
+        .pool_max_idle_per_host(cli.max_in_flight)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .timeout(Duration::from_secs(30))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("flashsale-load: {e}");
+            return 2;
+        }
+    };
+    let public = cli.target.trim_end_matches('/');
+    let ran = logins::run(&client, public, accounts, logins, window_ms, cli.max_in_flight);
+    let report = match ran.await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("flashsale-load: {e}");
+            return 2;
+        }
+    };
+    print!("{}", report.summary());
+    if let Some(path) = &cli.report_json {
+        let json = serde_json::to_vec_pretty(&report).expect("reports serialise");
+        if let Err(e) = std::fs::write(path, json) {
+            eprintln!("flashsale-load: cannot write {}: {e}", path.display());
+            return 2;
+        }
+    }
+    0
 }
 
 /// Runs the scenario and checks the sale; the report's `violations` say what broke.
@@ -778,6 +830,14 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
 /// Runs, prints and writes the reports; returns the process exit code (0 clean, 1
 /// violations, 2 the run could not be made).
 pub async fn main_with(cli: Cli) -> i32 {
+    if let Scenario::Logins {
+        accounts,
+        logins,
+        window_ms,
+    } = cli.scenario
+    {
+        return logins_main(&cli, accounts, logins, window_ms).await;
+    }
     let report = match run(&cli).await {
         Ok(r) => r,
         Err(e) => {

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# A soak: one release server (MODE embedded or cluster, the latter on
+# config/cluster.toml's fresh databases, partitions and queues), a steady RATE/s over
+# SALES sales for DURATION seconds, the server's resident memory sampled every SAMPLE seconds
+# beside the load tester's timeline. Prints, a minute a row, the memory and the p99 of
+# the orders answered in that minute; writes both as JSON under BENCH_DIR. TTL sets
+# inventory.idempotency_ttl_secs (keys and accepted orders are kept that long: in the
+# embedded partition's memory, in Redis in cluster mode), so that a 20-minute soak
+# also shows where memory levels off once they expire. Needs scripts/services.sh's
+# services for cluster mode.
+#
+#   MODE=embedded DURATION=1200 TTL=300 loadtests/soak.sh
+#   MODE=cluster RATE=1500 DURATION=1200 loadtests/soak.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=${MODE:-embedded}
+rate=${RATE:-1000}
+seconds=${DURATION:-1200}
+sales=${SALES:-4}
+sample=${SAMPLE:-10}
+out=${BENCH_DIR:-target/soak-$mode}
+mkdir -p "$out"
+# shellcheck source=loadtests/env.sh
+source loadtests/env.sh
+[ -n "${TTL:-}" ] && export FLASHSALE__INVENTORY__IDEMPOTENCY_TTL_SECS=$TTL
+case $mode in
+  embedded)
+    data=$(mktemp -d)
+    export FLASHSALE__EMBEDDED__DATA_DIR=$data
+    "$bin/flashsale" serve > "$out/server.log" 2>&1 &
+    ;;
+  cluster)
+    fresh_cluster
+    "$bin/flashsale" serve --config config/cluster.toml > "$out/server.log" 2>&1 &
+    ;;
+  *) echo "MODE is embedded or cluster" >&2; exit 2 ;;
+esac
+server=$!
+trap 'kill -TERM $server 2>/dev/null && wait $server || true; [ -n "${data:-}" ] && rm -rf "$data"' EXIT
+wait_ready http://127.0.0.1:9090 || { tail "$out/server.log"; exit 1; }
+
+# Resident memory (MB) every $sample s, from /proc, while the load runs.
+(
+  start=$(date +%s)
+  while kill -0 "$server" 2>/dev/null; do
+    rss=$(awk '/^VmRSS/ {print $2}' "/proc/$server/status" 2>/dev/null || echo 0)
+    echo "$(( $(date +%s) - start )) $((rss / 1024))"
+    sleep "$sample"
+  done
+) > "$out/rss.txt" &
+sampler=$!
+
+"$bin/flashsale-load" --quiet --max-in-flight 512 --deadline-secs 300 \
+  --target http://127.0.0.1:8080 --admin-url http://127.0.0.1:9090 \
+  --jwt-secret "$FLASHSALE__AUTH__JWT_SECRET" --report-json "$out/load.json" \
+  steady --rate "$rate" --duration-secs "$seconds" --sales "$sales" | head -n 3
+sleep "$sample"
+kill "$sampler" 2>/dev/null || true
+
+python3 - "$out" <<'EOF'
+import json, sys
+out = sys.argv[1]
+r = json.load(open(f"{out}/load.json"))
+rss = [tuple(map(int, l.split())) for l in open(f"{out}/rss.txt") if l.strip()]
+width = r["bucketMs"]
+minutes = {}
+for b in r["timeline"]:
+    minutes.setdefault(b["startMs"] // 60000, []).append(b["p99Ms"])
+rows = []
+print("minute  RSS MB (end)  p99 ms (median of its buckets, worst bucket)")
+for m in sorted(minutes):
+    p = sorted(minutes[m])
+    mem = [v for t, v in rss if t <= (m + 1) * 60]
+    rows.append({"minute": m + 1, "rssMb": mem[-1] if mem else None,
+                 "p99MedianMs": p[len(p) // 2], "p99WorstMs": p[-1]})
+    print(f"{m + 1:6}  {rows[-1]['rssMb']:>12}  {p[len(p) // 2]:8.1f} {p[-1]:8.1f}")
+errors = r["statusCounts"].get("error", 0)
+print(f"requests {r['requests']}, accepted {r['accepted']}, unanswered {errors}, "
+      f"violations {len(r['violations'])}, completed after {r['completedAfterSeconds']} s, "
+      f"RSS first {rss[0][1]} MB, last {rss[-1][1]} MB")
+json.dump({"minutes": rows, "rss": rss, "unanswered": errors}, open(f"{out}/soak.json", "w"))
+EOF
