@@ -443,7 +443,9 @@ async fn prepare(
             )
         }
         Scenario::Logins { .. } => {
-            return Err(Failure("the logins scenario buys nothing: see main_with".into()))
+            return Err(Failure(
+                "the logins scenario buys nothing: see main_with".into(),
+            ))
         }
         Scenario::HotAndCold {
             rate,
@@ -579,37 +581,38 @@ async fn countdown(
     }
 }
 
-async fn logins_main(cli: &Cli, accounts: usize, logins: usize, window_ms: u64) -> i32 {
-    let client = match reqwest::Client::builder()
-        .pool_max_idle_per_host(cli.max_in_flight)
+/// The HTTP client of every scenario.
+fn http_client(max_in_flight: usize) -> Result<reqwest::Client, Failure> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(max_in_flight)
+        // Below the server's keep-alive (120 s): a pooled connection is never reused
+        // as the server closes it.
         .pool_idle_timeout(Duration::from_secs(60))
         .timeout(Duration::from_secs(30))
         .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("flashsale-load: {e}");
-            return 2;
-        }
-    };
-    let public = cli.target.trim_end_matches('/');
-    let ran = logins::run(&client, public, accounts, logins, window_ms, cli.max_in_flight);
-    let report = match ran.await {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("flashsale-load: {e}");
-            return 2;
-        }
-    };
-    print!("{}", report.summary());
-    if let Some(path) = &cli.report_json {
-        let json = serde_json::to_vec_pretty(&report).expect("reports serialise");
-        if let Err(e) = std::fs::write(path, json) {
+        .map_err(|e| Failure(e.to_string()))
+}
+
+/// Prints a scenario's summary and writes its JSON report; answers the report, or the
+/// exit code of what failed.
+fn conclude<T: serde::Serialize>(
+    ran: Result<T, Failure>,
+    summary: impl Fn(&T) -> String,
+    json: Option<&std::path::Path>,
+) -> Result<T, i32> {
+    let report = ran.map_err(|e| {
+        eprintln!("flashsale-load: {e}");
+        2
+    })?;
+    print!("{}", summary(&report));
+    if let Some(path) = json {
+        let bytes = serde_json::to_vec_pretty(&report).expect("reports serialise");
+        if let Err(e) = std::fs::write(path, bytes) {
             eprintln!("flashsale-load: cannot write {}: {e}", path.display());
-            return 2;
+            return Err(2);
         }
     }
-    0
+    Ok(report)
 }
 
 /// Runs the scenario and checks the sale; the report's `violations` say what broke.
@@ -630,14 +633,7 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
         .admin_token
         .clone()
         .ok_or_else(|| Failure("--admin-token is required".into()))?;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(cli.max_in_flight)
-        // Below the server's keep-alive (120 s): a pooled connection is never reused
-        // as the server closes it.
-        .pool_idle_timeout(Duration::from_secs(60))
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| Failure(e.to_string()))?;
+    let client = http_client(cli.max_in_flight)?;
     let target = Arc::new(Target {
         client,
         public: cli.target.trim_end_matches('/').to_string(),
@@ -830,31 +826,35 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
 /// Runs, prints and writes the reports; returns the process exit code (0 clean, 1
 /// violations, 2 the run could not be made).
 pub async fn main_with(cli: Cli) -> i32 {
+    let json = cli.report_json.as_deref();
     if let Scenario::Logins {
         accounts,
         logins,
         window_ms,
     } = cli.scenario
     {
-        return logins_main(&cli, accounts, logins, window_ms).await;
+        let ran = async {
+            let client = http_client(cli.max_in_flight)?;
+            let public = cli.target.trim_end_matches('/');
+            logins::run(
+                &client,
+                public,
+                accounts,
+                logins,
+                window_ms,
+                cli.max_in_flight,
+            )
+            .await
+        };
+        return match conclude(ran.await, logins::LoginsReport::summary, json) {
+            Ok(_) => 0,
+            Err(code) => code,
+        };
     }
-    let report = match run(&cli).await {
+    let report = match conclude(run(&cli).await, Report::summary, json) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("flashsale-load: {e}");
-            return 2;
-        }
+        Err(code) => return code,
     };
-    print!("{}", report.summary());
-    if let Some(path) = &cli.report_json {
-        if let Err(e) = std::fs::write(
-            path,
-            serde_json::to_vec_pretty(&report).expect("reports serialise"),
-        ) {
-            eprintln!("flashsale-load: cannot write {}: {e}", path.display());
-            return 2;
-        }
-    }
     if let Some(path) = &cli.report_html {
         if let Err(e) = std::fs::write(path, report.html()) {
             eprintln!("flashsale-load: cannot write {}: {e}", path.display());

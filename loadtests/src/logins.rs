@@ -35,7 +35,11 @@ pub struct LoginsReport {
 
 impl LoginsReport {
     pub fn summary(&self) -> String {
-        let answers: Vec<String> = self.answers.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let answers: Vec<String> = self
+            .answers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
         format!(
             "logins: {} over {} ms on {} accounts: {:.0} logins/s answered 200, latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; answers {}\n\
              registration: {} accounts in {:.1} s, {} retries after 503\n",

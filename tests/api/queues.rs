@@ -45,8 +45,12 @@ async fn queue_type(app: &TestApp, name: &str) -> QueueKind {
     }
 }
 
-async fn declare_classic(app: &TestApp, name: &str, messages: &[&[u8]]) {
-    let (conn, ch) = channel(app).await;
+/// Declares `name` as a classic queue holding `messages`.
+async fn declare_classic(url: &str, name: &str, messages: &[&[u8]]) {
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ");
+    let ch = conn.create_channel().await.unwrap();
     ch.queue_declare(
         name.into(),
         QueueDeclareOptions::durable(),
@@ -134,7 +138,7 @@ async fn an_existing_classic_order_queue_is_used_as_it_is() {
     // release left a classic queue of that name instead.
     let url = app.settings.queue.url.expose().to_string();
     app.stop().await;
-    declare_classic_at(&url, &name).await;
+    declare_classic(&url, &name, &[]).await;
     let app = spawn_app_with(Options {
         configure: Some(|s| s.queue.orders_queue = EXISTING.get().unwrap().clone()),
         ..Options::default()
@@ -156,22 +160,6 @@ async fn an_existing_classic_order_queue_is_used_as_it_is() {
     app.stop().await;
 }
 
-/// Declares `name` as a classic queue (the app's cleanup deleted it).
-async fn declare_classic_at(url: &str, name: &str) {
-    let conn = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .expect("RabbitMQ");
-    let ch = conn.create_channel().await.unwrap();
-    ch.queue_declare(
-        name.into(),
-        QueueDeclareOptions::durable(),
-        queue_arguments(QueueKind::Classic),
-    )
-    .await
-    .unwrap();
-    conn.close(200, "bye".into()).await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moving_a_queue_keeps_every_message_and_deletes_the_emptied_one() {
     let app = spawn_app(Mode::Cluster).await;
@@ -182,9 +170,8 @@ async fn moving_a_queue_keeps_every_message_and_deletes_the_emptied_one() {
         .map(|i| format!("{{\"n\":{i}}}").into_bytes())
         .collect();
     let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
-    declare_classic(&app, &from, &refs).await;
-
     let url = app.settings.queue.url.expose().to_string();
+    declare_classic(&url, &from, &refs).await;
     let mut seen = Vec::new();
     let moved = move_queue(&url, &from, &to, QueueKind::Quorum, |m, held| {
         seen.push((m, held))
@@ -206,7 +193,7 @@ async fn moving_a_queue_keeps_every_message_and_deletes_the_emptied_one() {
 
     // A queue that a consumer still reads is emptied but kept; one that does not exist
     // is an error, not an empty move.
-    declare_classic(&app, &from, &refs[..3]).await;
+    declare_classic(&url, &from, &refs[..3]).await;
     let (conn, ch) = channel(&app).await;
     let _reader = ch
         .basic_consume(
