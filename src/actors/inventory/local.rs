@@ -146,7 +146,8 @@ pub struct LocalInventory {
     idem_expiry: VecDeque<(i64, u128)>,
     /// How long keys and accepted orders' lookup entries live (ms).
     ttl_ms: i64,
-    bought: HashMap<(i64, String), i64>,
+    /// Each buyer's units per sale, by the buyer's UUID bits ([`Self::buyer`]).
+    bought: HashMap<(i64, u128), i64>,
     resv: HashMap<String, Reservation>,
     released: HashSet<String>,
     restocked: HashSet<String>,
@@ -237,7 +238,8 @@ impl LocalInventory {
             .fetch_all(p)
             .await?
         {
-            self.bought.insert((r.get(0), r.get(1)), r.get(2));
+            let buyer = self.buyer(r.get(1));
+            self.bought.insert((r.get(0), buyer), r.get(2));
         }
         for r in sqlx::query("SELECT oid, pid, published, ts, qty, uid, key FROM resv")
             .fetch_all(p)
@@ -280,6 +282,12 @@ impl LocalInventory {
         Ok(())
     }
 
+    /// A buyer as the partition's maps keep one: the bits of its UUID (every user id
+    /// is one), else a digest of the id.
+    fn buyer(&self, uid: &str) -> u128 {
+        uuid_bits(uid).unwrap_or_else(|| self.digest.of(0, uid, ""))
+    }
+
     /// Gives a reservation's units back and forgets its key (the scripts' `release`).
     fn release(&mut self, oid: &str) -> bool {
         let Some(rv) = self.resv.remove(oid) else {
@@ -289,11 +297,11 @@ impl LocalInventory {
             sale.remaining += rv.qty;
             self.changes.push(Change::Sale(rv.pid));
         }
-        let b = (rv.pid, rv.uid.clone());
+        let b = (rv.pid, self.buyer(&rv.uid));
         if let Some(n) = self.bought.get_mut(&b) {
             *n -= rv.qty;
         }
-        self.changes.push(Change::Bought(b.0, b.1));
+        self.changes.push(Change::Bought(rv.pid, rv.uid.clone()));
         self.released.insert(oid.to_string());
         self.changes.push(Change::Released(oid.to_string()));
         let h = self.digest.of(rv.pid, &rv.uid, &rv.key);
@@ -347,7 +355,8 @@ impl LocalInventory {
         if (sale.starts > 0 && r.now_ms < sale.starts) || (sale.ends > 0 && r.now_ms >= sale.ends) {
             return ReserveOutcome::NotActive;
         }
-        let bought = self.bought.get(&(pid, uid.clone())).copied().unwrap_or(0);
+        let buyer = self.buyer(&uid);
+        let bought = self.bought.get(&(pid, buyer)).copied().unwrap_or(0);
         if bought + qty > sale.limit {
             return ReserveOutcome::LimitReached;
         }
@@ -359,7 +368,7 @@ impl LocalInventory {
         };
         let oid = r.order.to_string();
         self.sales.get_mut(&pid).expect("checked").remaining -= qty;
-        self.bought.insert((pid, uid.clone()), bought + qty);
+        self.bought.insert((pid, buyer), bought + qty);
         let expires = r.now_ms + self.ttl_ms;
         self.idem.insert(
             h,
@@ -491,7 +500,8 @@ impl LocalInventory {
             sale.remaining += r.quantity;
             self.changes.push(Change::Sale(pid));
         }
-        if let Some(n) = self.bought.get_mut(&(pid, r.user.clone())) {
+        let buyer = self.buyer(&r.user);
+        if let Some(n) = self.bought.get_mut(&(pid, buyer)) {
             *n -= r.quantity;
         }
         self.changes.push(Change::Bought(pid, r.user.clone()));
@@ -684,7 +694,8 @@ impl LocalInventory {
                         .await?;
                 }
                 Change::Bought(pid, uid) => {
-                    let n = self.bought.get(&(pid, uid.clone())).copied().unwrap_or(0);
+                    let buyer = self.buyer(&uid);
+                    let n = self.bought.get(&(pid, buyer)).copied().unwrap_or(0);
                     sqlx::query("INSERT OR REPLACE INTO bought (pid, uid, n) VALUES (?, ?, ?)")
                         .bind(pid)
                         .bind(&uid)
