@@ -428,6 +428,25 @@ pub struct QueueSettings {
     /// How long the broker may take to connect, confirm or acknowledge before the
     /// actor waiting on it fails (and is restarted).
     pub deadline_ms: u64,
+    /// The AMQP heartbeat timeout every connection asks for (it overrides one in
+    /// `url`). The broker closes a connection silent for about this long and gives
+    /// what its consumers held back to the queue; a partition that lost its state
+    /// counts on that for a pod that stopped answering (a frozen VM, SIGSTOP).
+    pub heartbeat_secs: u64,
+}
+
+impl QueueSettings {
+    /// `url` with the heartbeat timeout this deployment counts on.
+    pub fn amqp_url(&self) -> String {
+        match self.url.expose().parse::<lapin::uri::AMQPUri>() {
+            Ok(mut uri) => {
+                uri.query.heartbeat = Some(self.heartbeat_secs as u16);
+                uri.to_string()
+            }
+            // Checked at start: reached only by settings that were never validated.
+            Err(_) => self.url.expose().to_string(),
+        }
+    }
 }
 
 /// The type of a RabbitMQ queue.
@@ -549,6 +568,7 @@ notification_consumers = 1
 max_batch = 1000
 linger_ms = 20
 deadline_ms = 5000
+heartbeat_secs = 10
 
 [limits]
 rate_per_minute = 10
@@ -732,6 +752,12 @@ impl Settings {
             }
             if !self.queue.url.expose().starts_with("amqp://") {
                 return bad("queue.url must be an amqp:// URL".into());
+            }
+            if let Err(e) = self.queue.url.expose().parse::<lapin::uri::AMQPUri>() {
+                return bad(format!("queue.url is not an AMQP URL: {e}"));
+            }
+            if !(1..=600).contains(&self.queue.heartbeat_secs) {
+                return bad("queue.heartbeat_secs must be between 1 and 600".into());
             }
         }
         let positive = [

@@ -9,8 +9,10 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use futures_util::future::join_all;
 
+use super::claims::ClaimsInFlight;
 use super::inventory::InventoryMsg;
 use super::queue::PublisherMsg;
+use super::registry::RegistryMsg;
 use crate::domain::ProductId;
 use crate::shards::catalog::CatalogMsg;
 use crate::shards::hash::bucket;
@@ -31,7 +33,22 @@ pub struct Directory {
     pub notifications_queue: String,
     /// The inventory event consumer's last comparison, per product.
     pub drift: DashMap<i64, InventoryDrift>,
+    /// The claims this pod's order consumers hold until their shards have the orders.
+    pub claims: Arc<ClaimsInFlight>,
+    /// The fleet: what every pod holds, for a rebuild to wait on.
+    pub fleet: Option<Fleet>,
     next_publisher: AtomicUsize,
+}
+
+/// The pod registry, and how long the fleet's silences mean what.
+pub struct Fleet {
+    pub registry: Arc<Slot<RegistryMsg>>,
+    /// A heartbeat is trusted to be later than a moment on another pod's clock only
+    /// when it is this much later (the fleet's clocks are in step to well under it).
+    pub clock_skew_ms: i64,
+    /// A pod silent for this long holds no delivery any more: the broker has closed
+    /// its connection (missed heartbeats) and given what it held back to the queue.
+    pub released_after_ms: i64,
 }
 
 /// A product's units as its inventory partition counts them against the orders its
@@ -65,8 +82,16 @@ impl Directory {
             orders_queue,
             notifications_queue,
             drift: DashMap::new(),
+            claims: Arc::new(ClaimsInFlight::default()),
+            fleet: None,
             next_publisher: AtomicUsize::new(0),
         }
+    }
+
+    /// Gives the directory the fleet's registry (a rebuild waits on the claims pods hold).
+    pub fn with_fleet(mut self, fleet: Fleet) -> Self {
+        self.fleet = Some(fleet);
+        self
     }
 
     /// The shard of a user: `murmur3(userId) % N`.

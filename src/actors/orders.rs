@@ -15,6 +15,7 @@ use std::time::Duration;
 use futures_util::future::{join_all, try_join_all};
 use ractor::ActorProcessingErr;
 
+use super::claims::HeldClaim;
 use super::directory::Directory;
 use super::inventory::{Claim, Claimed};
 use super::queue::{DeliveryHandler, Outbound, QueueMessage};
@@ -158,6 +159,9 @@ impl DeliveryHandler for OrderHandler {
         let Parsed { orders, mut dead } = parse_orders(batch);
         record_lag("orders", &orders);
         let mut confirmations = Vec::new();
+        // Sold claims stay held until this batch is done with them: committed by their
+        // shard, or given back to the queue with the batch.
+        let mut held = Vec::new();
         for chunk in orders.chunks(CHUNK) {
             // One span per order, in the trace of the request that accepted it; each
             // ends when this batch is done with it.
@@ -183,10 +187,18 @@ impl DeliveryHandler for OrderHandler {
             })
             .await?;
             drop(claiming);
+            let sold = chunk.iter().zip(&claims).filter_map(|(o, c)| match c {
+                Ok(Claimed::Sold { era }) => Some(HeldClaim {
+                    partition: dir.partition_index(ProductId::from_db(o.product_id)),
+                    era: *era,
+                }),
+                _ => None,
+            });
+            held.push(dir.claims.hold(sold));
             let mut claimed = Vec::with_capacity(chunk.len());
             for ((o, claim), cx) in chunk.iter().zip(claims).zip(&spans) {
                 match claim {
-                    Ok(Claimed::Sold) => claimed.push((o, true, cx)),
+                    Ok(Claimed::Sold { .. }) => claimed.push((o, true, cx)),
                     Ok(Claimed::Released) => claimed.push((o, false, cx)),
                     Ok(Claimed::Unknown) => dead.push(DeadLetterEntry {
                         reason: UNKNOWN_RESERVATION.into(),
@@ -234,6 +246,7 @@ impl DeliveryHandler for OrderHandler {
                 confirmations.push(confirmation);
             }
         }
+        drop(held);
         bury(dir, &dir.orders_queue, dead).await?;
         // The batch's confirmations travel as one message.
         if !confirmations.is_empty() {

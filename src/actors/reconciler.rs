@@ -43,15 +43,17 @@ impl Backend for Reconciler {
 
     async fn tick(&mut self) -> Result<Tick, ActorProcessingErr> {
         let mut ready = vec![false; self.directory.inventory.len()];
+        let mut waiting = vec![None; self.directory.inventory.len()];
         for (partition, ready) in ready.iter_mut().enumerate() {
             match rebuild_if_lost(&self.directory, partition).await {
                 Ok(Outcome::Ready) => *ready = true,
-                Ok(Outcome::Waiting { queued }) => {
+                Ok(Outcome::Waiting(wait)) => {
                     tracing::warn!(
                         partition,
-                        queued,
-                        "rebuild waits for the queued orders to be claimed"
+                        ?wait,
+                        "rebuild waits for orders from before the loss"
                     );
+                    waiting[partition] = Some(wait.reason());
                 }
                 Ok(Outcome::Rebuilt { sales, sold }) => {
                     tracing::warn!(
@@ -65,6 +67,13 @@ impl Backend for Reconciler {
                     *ready = true;
                 }
                 Err(e) => tracing::warn!(partition, error = %e, "rebuild check skipped"),
+            }
+        }
+        for (partition, wait) in waiting.iter().enumerate() {
+            for reason in WAIT_REASONS {
+                let now = f64::from(u8::from(*wait == Some(reason)));
+                metrics::gauge!("flashsale_inventory_rebuild_waiting", "partition" => partition.to_string(), "reason" => reason)
+                    .set(now);
             }
         }
         match finish_restocks(&self.directory, &ready).await {
@@ -94,6 +103,9 @@ impl Backend for Reconciler {
         Ok(Tick::idle())
     }
 }
+
+/// Why a rebuild may wait ([`super::recovery::Wait::reason`]).
+const WAIT_REASONS: [&str; 3] = ["claims_held", "pod_unheard", "queued"];
 
 /// Releases a partition's stale reservations, a bounded call at a time (a pile of them
 /// after a crash never makes one long script); answers how many.

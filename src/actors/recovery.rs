@@ -6,8 +6,9 @@
 //! partition; a connect that finds the server behind what the actor saw acknowledged
 //! turns it `rebuilding` too ([`super::inventory::redis::LastWrite`]). From then on
 //! its sales answer `503` while claims of orders accepted before the loss are honoured
-//! and recorded. The reconciler finishes the job here once the order queue has
-//! drained: each sale comes back from the catalog's definition and the completed
+//! and recorded. The reconciler finishes the job here once no order from before the
+//! loss is on its way to a shard (held by a pod's consumers between claim and commit,
+//! [`super::claims`], or waiting in the queue): each sale comes back from the catalog's definition and the completed
 //! orders in the shards, merged with the orders claimed meanwhile; what was sold is
 //! kept, buyers' units and the orders' idempotency keys come back.
 //!
@@ -19,10 +20,13 @@ use std::sync::Arc;
 use futures_util::future::join_all;
 use ractor::ActorProcessingErr;
 
+use super::claims::HeldClaim;
 use super::directory::{CatalogSlot, Directory};
 use super::inventory::redis::HasSales;
-use super::inventory::{RebuildSale, Recovery, Restock, Restocked, NOT_REBUILDING};
+use super::inventory::{PartitionState, RebuildSale, Recovery, Restock, Restocked, NOT_REBUILDING};
 use super::queue::QueueDepth;
+use super::registry::ListPods;
+use crate::config::Role;
 use crate::domain::now_ms;
 use crate::shards::catalog::SaleDefinitions;
 use crate::shards::hash::bucket;
@@ -51,17 +55,71 @@ impl HasSales for CatalogSales {
 pub enum Outcome {
     /// Its state is whole.
     Ready,
-    /// It waits for orders still in the queue to be claimed first.
-    Waiting { queued: u64 },
+    /// It waits before it rebuilds.
+    Waiting(Wait),
     /// It was rebuilt: sales and the units they had sold.
     Rebuilt { sales: usize, sold: i64 },
 }
 
-/// Rebuilds partition `index` if it lost its state and the order queue has drained.
+/// What a rebuild waits for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// A pod holds orders claimed before the loss that its shards do not have yet.
+    ClaimsHeld { pod: String },
+    /// A pod has not said since the loss what it holds, and may still hold deliveries.
+    PodUnheard { pod: String },
+    /// Orders wait in the queue to be claimed (and so counted).
+    Queued(u64),
+}
+
+impl Wait {
+    /// A label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Wait::ClaimsHeld { .. } => "claims_held",
+            Wait::PodUnheard { .. } => "pod_unheard",
+            Wait::Queued(_) => "queued",
+        }
+    }
+}
+
+/// Whether a pod may still commit an order it claimed from partition `index` before
+/// the loss noticed at `since` (the era of the claims the rebuild counts itself).
+/// Every pod that persists orders must have heartbeated since then without such a
+/// claim, or be silent for so long that the broker has taken its deliveries back
+/// (redelivered, they are claimed and counted meanwhile).
+async fn claims_held(dir: &Directory, index: usize, since: i64) -> Result<Option<Wait>, CallError> {
+    let Some(fleet) = &dir.fleet else {
+        return Ok(None);
+    };
+    let now = now_ms();
+    for pod in fleet.registry.call(ListPods).await? {
+        if pod.role == Role::Api.as_str() || now - pod.heartbeat_at >= fleet.released_after_ms {
+            continue;
+        }
+        if pod.heartbeat_at <= since + fleet.clock_skew_ms {
+            return Ok(Some(Wait::PodUnheard { pod: pod.id }));
+        }
+        let earlier = |c: &HeldClaim| c.partition == index && c.era != since;
+        match &pod.claims {
+            Some(claims) if !claims.iter().any(earlier) => {}
+            _ => return Ok(Some(Wait::ClaimsHeld { pod: pod.id })),
+        }
+    }
+    Ok(None)
+}
+
+/// Rebuilds partition `index` if it lost its state, once no order from before the
+/// loss is on its way to a shard: neither held by a pod nor queued.
 pub async fn rebuild_if_lost(dir: &Directory, index: usize) -> Result<Outcome, CallError> {
     let slot = &dir.inventory[index];
-    if slot.call(Recovery { finish: false }).await? == super::inventory::PartitionState::Ready {
-        return Ok(Outcome::Ready);
+    let since = match slot.call(Recovery { finish: false }).await? {
+        PartitionState::Ready => return Ok(Outcome::Ready),
+        PartitionState::Rebuilding { since } => since,
+    };
+    // Claims first: a delivery a pod gives up goes back to the queue, and is seen there.
+    if let Some(wait) = claims_held(dir, index, since).await? {
+        return Ok(Outcome::Waiting(wait));
     }
     // Orders in the queue are not in the shards yet: they are counted as they are
     // claimed, and the sale reopens only once none is left waiting.
@@ -72,7 +130,7 @@ pub async fn rebuild_if_lost(dir: &Directory, index: usize) -> Result<Outcome, C
         })
         .await?;
     if queued > 0 {
-        return Ok(Outcome::Waiting { queued });
+        return Ok(Outcome::Waiting(Wait::Queued(queued)));
     }
     let sales = dir.catalog.call(SaleDefinitions).await?;
     let mine: Vec<_> = sales

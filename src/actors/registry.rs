@@ -4,6 +4,10 @@
 //! api side's, and hold nothing that must outlive a restart); it is durable and
 //! queryable, and in embedded mode the same code keeps a fleet of one in SQLite.
 //!
+//! Each heartbeat also says which claims the pod's order consumers hold
+//! ([`super::claims`]): a partition that lost its state waits for them before it
+//! rebuilds.
+//!
 //! A pod that stops deregisters (deletes its row); a pod that dies stops heartbeating
 //! and shows as `gone` once its heartbeat is older than `pod.gone_after_secs`; any pod's
 //! heartbeat round deletes the rows older than `pod.forget_after_secs`. Heartbeats are
@@ -12,10 +16,13 @@
 //! is from no pod in step and would keep its row for ever: it shows as `gone` and the
 //! next round deletes it.
 
+use std::sync::Arc;
+
 use ractor::ActorProcessingErr;
 use serde::Serialize;
 use sqlx::{AnyPool, Row};
 
+use super::claims::{self, ClaimsInFlight, HeldClaim};
 use crate::db::{self, settle};
 use crate::domain::now_ms;
 use crate::supervisors::worker::{Backend, Batch, Connect, Tick};
@@ -40,6 +47,9 @@ pub struct PodRecord {
     pub admin_url: String,
     pub started_at: i64,
     pub heartbeat_at: i64,
+    /// The claims its order consumers held at that heartbeat (`None`: unreadable).
+    #[serde(skip)]
+    pub claims: Option<Vec<HeldClaim>>,
 }
 
 /// Every registered pod, by id.
@@ -65,11 +75,14 @@ pub struct RegistryConnect {
     pub forget_after_ms: i64,
     /// How far ahead of this pod's clock a heartbeat may be (`pod.gone_after_secs`).
     pub ahead_ms: i64,
+    /// What this pod's order consumers hold, published with each heartbeat.
+    pub claims: Arc<ClaimsInFlight>,
 }
 
 pub struct Registry {
     pool: AnyPool,
     pod: PodIdentity,
+    claims: Arc<ClaimsInFlight>,
     forget_after_ms: i64,
     ahead_ms: i64,
     registered: bool,
@@ -83,6 +96,7 @@ impl Connect for RegistryConnect {
         let mut registry = Registry {
             pool: db::any_pool(&self.url, 1).await?,
             pod: self.pod.clone(),
+            claims: self.claims.clone(),
             forget_after_ms: self.forget_after_ms,
             ahead_ms: self.ahead_ms,
             registered: false,
@@ -95,13 +109,16 @@ impl Connect for RegistryConnect {
 
 impl Registry {
     async fn heartbeat(&mut self) -> Result<(), sqlx::Error> {
+        // Read before the clock: a claim let go after this read is committed before
+        // the heartbeat's time.
+        let claims = claims::encode(&self.claims.held());
         let now = now_ms();
         let p = &self.pod;
         db::query(
-            "INSERT INTO pods (id, role, version, admin_url, started_at, heartbeat_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
+            "INSERT INTO pods (id, role, version, admin_url, started_at, heartbeat_at, claims) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (id) DO UPDATE SET role = $2, version = $3, admin_url = $4, \
-             started_at = $5, heartbeat_at = $6",
+             started_at = $5, heartbeat_at = $6, claims = $7",
         )
         .bind(p.id.as_str())
         .bind(p.role.as_str())
@@ -109,6 +126,7 @@ impl Registry {
         .bind(p.admin_url.as_str())
         .bind(p.started_at)
         .bind(now)
+        .bind(claims)
         .execute(db::on(&self.pool))
         .await?;
         let forgotten = db::query("DELETE FROM pods WHERE heartbeat_at < $1 OR heartbeat_at > $2")
@@ -128,7 +146,7 @@ impl Registry {
 
     async fn list(&self) -> Result<Vec<PodRecord>, sqlx::Error> {
         let rows = db::query(
-            "SELECT id, role, version, admin_url, started_at, heartbeat_at FROM pods ORDER BY id",
+            "SELECT id, role, version, admin_url, started_at, heartbeat_at, claims FROM pods ORDER BY id",
         )
         .fetch_all(db::on(&self.pool))
         .await?;
@@ -141,6 +159,7 @@ impl Registry {
                     admin_url: r.try_get("admin_url")?,
                     started_at: r.try_get("started_at")?,
                     heartbeat_at: r.try_get("heartbeat_at")?,
+                    claims: claims::decode(r.try_get("claims")?).ok(),
                 })
             })
             .collect()

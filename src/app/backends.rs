@@ -208,7 +208,7 @@ impl Backends {
             Backends::Cluster { .. } => {
                 let declare = vec![q.orders_queue.clone(), q.notifications_queue.clone()];
                 let connect = AmqpPublisherConnect {
-                    url: q.url.expose().to_string(),
+                    url: q.amqp_url(),
                     declare,
                     kind: q.kind,
                     deadline: Duration::from_millis(q.deadline_ms),
@@ -228,7 +228,7 @@ impl Backends {
         let q = &settings.queue;
         match self {
             Backends::Cluster { .. } => Arc::new(AmqpSource {
-                url: q.url.expose().to_string(),
+                url: q.amqp_url(),
                 declare: vec![q.orders_queue.clone(), q.notifications_queue.clone()],
                 kind: q.kind,
                 deadline: Duration::from_millis(q.deadline_ms),

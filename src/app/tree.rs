@@ -21,7 +21,7 @@ use futures_util::FutureExt;
 
 use super::backends::Backends;
 use super::StartError;
-use crate::actors::directory::Directory;
+use crate::actors::directory::{Directory, Fleet};
 use crate::actors::event_consumers::{
     Analytics, ConsumerConnect, EventHandler, InventoryCheck, ReportStore, Reporting,
 };
@@ -34,6 +34,10 @@ use crate::config::{Mode, Settings};
 use crate::supervisors::slot::{Message, Nudge, Slot};
 use crate::supervisors::stats::{Kind, NodeStats, Quiesce};
 use crate::supervisors::{self, leaf, Child, Namer, Policy, Root};
+
+/// How far apart the fleet's clocks may be (NTP keeps them far closer): a heartbeat
+/// counts as later than a moment on another pod's clock only this much later.
+const CLOCK_SKEW_MS: i64 = 1_000;
 
 /// Makes the slots of one application: named, bounded, with the call deadline.
 struct Slots<'a> {
@@ -141,14 +145,24 @@ pub async fn spawn(
         .filter(|_| role.persists())
         .map(|db| slots.make(&format!("relay-{db}")))
         .collect();
-    let directory = Arc::new(Directory::new(
-        catalog.clone(),
-        shards.clone(),
-        inventory.clone(),
-        publishers.clone(),
-        q.orders_queue.clone(),
-        q.notifications_queue.clone(),
-    ));
+    let registry = slots.make("pod-registry");
+    let p = &settings.pod;
+    let fleet = Fleet {
+        registry: registry.clone(),
+        clock_skew_ms: CLOCK_SKEW_MS,
+        released_after_ms: (p.gone_after_secs.max(3 * q.heartbeat_secs) * 1000) as i64,
+    };
+    let directory = Arc::new(
+        Directory::new(
+            catalog.clone(),
+            shards.clone(),
+            inventory.clone(),
+            publishers.clone(),
+            q.orders_queue.clone(),
+            q.notifications_queue.clone(),
+        )
+        .with_fleet(fleet),
+    );
     // Relays run where events are published; elsewhere a commit wakes nobody (the
     // relays of the worker pods find the rows on their next round).
     let nudge = |i: usize| relays.get(i).cloned().map_or_else(Nudge::none, Nudge::new);
@@ -248,14 +262,13 @@ pub async fn spawn(
     })
     .collect();
 
-    // The pod's row in the fleet registry, heartbeated.
-    let registry = slots.make("pod-registry");
-    let p = &settings.pod;
+    // The pod's row in the fleet registry, heartbeated with the claims it holds.
     let connect = RegistryConnect {
         url: backends.catalog_url(settings),
         pod,
         forget_after_ms: (p.forget_after_secs * 1000) as i64,
         ahead_ms: (p.gone_after_secs * 1000) as i64,
+        claims: directory.claims.clone(),
     };
     let every = Duration::from_secs(p.heartbeat_secs);
     subtrees.push(supervisors::worker(

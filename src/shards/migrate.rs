@@ -86,6 +86,11 @@ pub static CATALOG: LazyLock<Migrator> = LazyLock::new(|| {
             "pods",
             include_str!("../../migrations/catalog/0004_pods.sql"),
         ),
+        (
+            5,
+            "pod_claims",
+            include_str!("../../migrations/catalog/0005_pod_claims.sql"),
+        ),
     ])
     .migrator()
 });

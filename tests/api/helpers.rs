@@ -251,6 +251,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         settings: s.clone(),
         shard_urls: shard_urls.clone(),
         running: None,
+        shared: false,
     }));
     let app = Application::build(s.clone())
         .await
@@ -282,6 +283,50 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     test_app
 }
 
+/// Another pod of a test app's deployment, in this process: its databases, Redis
+/// keys and queues are the app's, and stay when the pod stops.
+pub struct Peer {
+    cleanup: Cleanup,
+}
+
+impl TestApp {
+    /// Starts another pod over this app's backends, with settings `configure` changes
+    /// (its role, its own limits), and waits until it has started.
+    pub async fn spawn_peer(&self, configure: impl FnOnce(&mut Settings)) -> Peer {
+        let mut s = self.settings.clone();
+        s.http.listen = "127.0.0.1:0".into();
+        s.admin.listen = "127.0.0.1:0".into();
+        s.pod.id = format!("peer-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        s.pod.admin_url = String::new();
+        configure(&mut s);
+        s.validate().expect("peer settings are valid");
+        let app = Application::build(s.clone())
+            .await
+            .expect("the peer starts");
+        let stop = app.stop_handle();
+        let served = tokio::spawn(async move {
+            let _ = app.run_until_stopped().await;
+        });
+        Peer {
+            cleanup: Cleanup(Some(Leftovers {
+                settings: s,
+                shard_urls: Vec::new(),
+                running: Some((stop, served)),
+                shared: true,
+            })),
+        }
+    }
+}
+
+impl Peer {
+    /// Stops the pod; the deployment's data stays.
+    pub async fn stop(mut self) {
+        if let Some(leftovers) = self.cleanup.0.take() {
+            leftovers.remove(true).await;
+        }
+    }
+}
+
 /// What a test app leaves behind: its running server and actors, its databases, the
 /// queues and Redis keys named after it, and its data directory. (Its topics are
 /// deleted by scripts/test.sh after the test process: see there.)
@@ -289,6 +334,8 @@ struct Leftovers {
     settings: Settings,
     shard_urls: Vec<String>,
     running: Option<(StopHandle, tokio::task::JoinHandle<()>)>,
+    /// Another app's data (a peer's): only the running app is stopped.
+    shared: bool,
 }
 
 impl Leftovers {
@@ -307,6 +354,9 @@ impl Leftovers {
             }
         }
         let s = &self.settings;
+        if self.shared {
+            return;
+        }
         if s.mode == Mode::Cluster {
             if let Err(e) = delete_queues(s).await {
                 warn("deleting the queues", &e);
@@ -798,6 +848,7 @@ pub struct Proxy {
     pub port: u16,
     state: std::sync::Arc<std::sync::Mutex<ProxyState>>,
     stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    held: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct ProxyState {
@@ -815,7 +866,8 @@ impl Proxy {
             connections: Vec::new(),
         }));
         let stalled = std::sync::Arc::new(AtomicBool::new(false));
-        let (shared, held) = (state.clone(), stalled.clone());
+        let holding = std::sync::Arc::new(AtomicBool::new(false));
+        let (shared, held, sent) = (state.clone(), stalled.clone(), holding.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((inbound, _)) = listener.accept().await else {
@@ -827,10 +879,10 @@ impl Proxy {
                 if !state.up {
                     continue; // dropped: the connection is refused
                 }
-                let held = held.clone();
+                let (held, sent) = (held.clone(), sent.clone());
                 let task = tokio::spawn(async move {
                     if let Ok(outbound) = tokio::net::TcpStream::connect(target).await {
-                        forward(inbound, outbound, held).await;
+                        forward(inbound, outbound, sent, held).await;
                     }
                 });
                 state.connections.push(task.abort_handle());
@@ -840,6 +892,7 @@ impl Proxy {
             port,
             state,
             stalled,
+            held: holding,
         }
     }
 
@@ -871,38 +924,52 @@ impl Proxy {
         self.stalled
             .store(false, std::sync::atomic::Ordering::SeqCst);
     }
+
+    /// What clients send is held back until `let_through`: the service never sees a
+    /// statement sent meanwhile, and its sender waits (a writer frozen mid-commit).
+    pub fn hold(&self) {
+        self.held.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn let_through(&self) {
+        self.held.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
-/// Copies both ways; what comes back waits while `stalled`.
+/// Copies `from` to `to`, each read waiting while `wait` is set.
+async fn copy_unless(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    wait: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while wait.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Copies both ways; what goes out waits while `held`, what comes back while `stalled`.
 async fn forward(
     inbound: tokio::net::TcpStream,
     outbound: tokio::net::TcpStream,
+    held: std::sync::Arc<std::sync::atomic::AtomicBool>,
     stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (mut from_client, mut to_client) = inbound.into_split();
-    let (mut from_server, mut to_server) = outbound.into_split();
-    let up = async {
-        let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
-    };
-    let down = async {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let n = match from_server.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            while stalled.load(std::sync::atomic::Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            if to_client.write_all(&buf[..n]).await.is_err() {
-                return;
-            }
-        }
-    };
+    let (from_client, to_client) = inbound.into_split();
+    let (from_server, to_server) = outbound.into_split();
     tokio::select! {
-        _ = up => {}
-        _ = down => {}
+        _ = copy_unless(from_client, to_server, held) => {}
+        _ = copy_unless(from_server, to_client, stalled) => {}
     }
 }
 

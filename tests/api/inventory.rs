@@ -13,7 +13,7 @@ use flashsale::actors::inventory::local::LocalInventoryConnect;
 use flashsale::actors::inventory::redis::{HasSales, RedisConnect};
 use flashsale::actors::inventory::{
     CacheDel, CacheGet, CacheSet, Claim, Claimed, Counters, InventoryMsg, ListSales, LoadSale,
-    Lookup, MarkPublished, RateCheck, RebuildSale, Release, ReleaseStale, ReserveOutcome,
+    Lookup, MarkPublished, RateCheck, RebuildSale, Recovery, Release, ReleaseStale, ReserveOutcome,
     ReserveRequest, Restock, Restocked, SaleCounters, SaleRefused, UnpublishedOrder,
     NOT_REBUILDING,
 };
@@ -234,7 +234,7 @@ impl Partition {
         let details = self.reserved.lock().unwrap().get(order).cloned();
         let (user, quantity, at) = details.expect("an order reserved here");
         match self.claim_as(product, order, &user, quantity, at).await {
-            Claimed::Sold => true,
+            Claimed::Sold { .. } => true,
             Claimed::Released => false,
             Claimed::Unknown => panic!("the partition does not know its own order {order}"),
         }
@@ -632,6 +632,54 @@ async fn a_rebuild_keeps_what_is_still_reserved_and_what_was_cancelled() {
     assert_eq!(p.units(pid).await, (7, 2));
     // Cat's units never come back twice.
     assert!(!p.restock(pid, &cats, &cat, 3).await);
+}
+
+/// A reservation kept by a partial loss and claimed while the partition rebuilds: its
+/// order may reach its shard only after the rebuild read the shards, so the claim
+/// itself counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_claimed_during_a_rebuild_is_counted_sold() {
+    let p = partition(Backend::Redis, 3600).await;
+    let (pid, ann) = (product(), UserId::new_random());
+    p.load(pid, open_sale(10, 5)).await.unwrap();
+    let anns = p.created(pid, &ann, "a", 2).await;
+    let prefix = p.prefix.clone().unwrap();
+    let client = redis::Client::open("redis://127.0.0.1:6380/14").unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let since = now_ms();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{prefix}:epoch"))
+        .arg("state")
+        .arg("rebuilding")
+        .arg("since")
+        .arg(since)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let (user, quantity, at) = p.reserved.lock().unwrap()[&anns].clone();
+    assert_eq!(
+        p.claim_as(pid, &anns, &user, quantity, at).await,
+        Claimed::Sold { era: since },
+        "a claim while rebuilding is of the new era"
+    );
+    // The shards do not have Ann's order yet.
+    let rebuild = RebuildSale {
+        product: pid,
+        sale: open_sale(10, 5),
+        orders: Vec::new(),
+    };
+    assert_eq!(
+        p.slot.call(rebuild).await.unwrap(),
+        2,
+        "Ann's units are sold"
+    );
+    p.slot.call(Recovery { finish: true }).await.unwrap();
+    assert_eq!(p.units(pid).await, (8, 0));
+    assert_eq!(
+        p.reserve(pid, &ann, "b", 4).await,
+        ReserveOutcome::LimitReached,
+        "and count in her limit"
+    );
 }
 
 on_both_backends!(claims_and_restocks_happen_once_per_order);

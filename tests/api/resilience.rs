@@ -3,14 +3,17 @@
 
 use std::time::Duration;
 
+use flashsale::actors::inventory::Counters;
 use flashsale::actors::queue::Publish;
-use flashsale::domain::now_ms;
-use flashsale::domain::OrderMessage;
+use flashsale::config::{Role, Secret};
+use flashsale::domain::{now_ms, OrderMessage, ProductId};
 use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::helpers::{eventually, spawn_app, spawn_app_with, Mode, Options, Proxy, TestApp};
+use crate::helpers::{
+    delete_redis_keys, eventually, spawn_app, spawn_app_with, Mode, Options, Proxy, TestApp,
+};
 
 /// Buys with `buyers` fresh users in waves of 40, and runs `fault(wave)` while each
 /// wave is in flight (and the orders of the waves before it are being consumed), so
@@ -530,4 +533,328 @@ async fn a_partition_back_without_its_last_writes_rebuilds_and_never_oversells()
     let letters = app.admin(Method::GET, "/admin/dead-letters", None).await;
     assert_eq!(letters.body["total"], 0, "{:?}", letters.body);
     app.stop().await;
+}
+
+/// Where a test app's shards are: the `host:port` of its first shard URL.
+fn shard_server(app: &TestApp) -> &'static str {
+    let url = app.settings.shards.urls[0].expose();
+    let after = url.split('@').nth(1).expect("a shard URL with a user");
+    Box::leak(
+        after
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string()
+            .into_boxed_str(),
+    )
+}
+
+/// A worker pod claims two orders from their partition, then freezes before its shard
+/// has them (its statements held at a proxy); the partition loses its state. Rebuilt
+/// from the shards alone, the sale would sell those two units again: the rebuild
+/// waits until no pod holds a claim from before the loss, and then counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_waits_for_orders_claimed_before_the_loss() {
+    // The api pod takes orders and rebuilds partitions; its shard reads go straight
+    // to the databases.
+    let api = spawn_app_with(Options {
+        reconcile_every_ms: 200,
+        configure: Some(|s| s.role = Role::Api),
+        ..Options::default()
+    })
+    .await;
+    // The worker pod persists them, through a proxy the test holds.
+    let server = shard_server(&api);
+    let postgres = Proxy::start(server).await;
+    let through = format!("127.0.0.1:{}", postgres.port);
+    let worker = api
+        .spawn_peer(move |s| {
+            s.role = Role::Worker;
+            s.shards.urls = (s.shards.urls.iter())
+                .map(|u| Secret::new(u.expose().replace(server, &through)))
+                .collect();
+            // Its writes wait at the proxy for as long as the test holds them.
+            s.limits.call_timeout_ms = 120_000;
+            s.pod.heartbeat_secs = 1;
+            s.pod.gone_after_secs = 3;
+        })
+        .await;
+    let product = api.sale(3, 1).await;
+    let partition = api
+        .app_state
+        .directory
+        .product_partition(ProductId::from_db(product));
+
+    postgres.hold();
+    let mut accepted = api.buy_as_new_buyers(product, 2).await;
+    eventually(
+        Duration::from_secs(20),
+        "the worker claims both orders",
+        || async {
+            let counters = partition
+                .call(Counters {
+                    product: ProductId::from_db(product),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            match counters {
+                Some(c) if c.pending == 0 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    // The partitions lose their state, as a Redis restarted without its data would.
+    delete_redis_keys(&api.settings.inventory.key_prefix)
+        .await
+        .unwrap();
+
+    // The sale stays closed (503) while the worker holds the two claims.
+    let reopened = eventually(
+        Duration::from_secs(30),
+        "the rebuild waits for the claims held",
+        || async {
+            let (_, token) = api.token_for_new_user();
+            let r = api.buy(&token, product, "k", None).await;
+            if r.status == StatusCode::CREATED {
+                return Ok(Some(r.body));
+            }
+            let waiting = r#"reason="claims_held""#;
+            if api
+                .metric_sum("flashsale_inventory_rebuild_waiting", waiting)
+                .await
+                > 0.0
+            {
+                return Ok(None);
+            }
+            Err(format!("{} {}", r.status, r.body))
+        },
+    )
+    .await;
+    assert_eq!(
+        reopened, None,
+        "the sale reopened while two orders claimed before the loss were on their way to their shard"
+    );
+
+    // The worker thaws: its orders reach the shard, the rebuild counts them, and the
+    // one unit left sells once.
+    postgres.let_through();
+    loop {
+        let (token, r) = eventually(Duration::from_secs(30), "the sale answers", || async {
+            let (_, token) = api.token_for_new_user();
+            let r = api.buy(&token, product, "k", None).await;
+            match r.status {
+                StatusCode::SERVICE_UNAVAILABLE => Err(format!("{} {}", r.status, r.body)),
+                _ => Ok((token, r)),
+            }
+        })
+        .await;
+        if r.status != StatusCode::CREATED {
+            assert_eq!(r.error(), "out_of_stock", "{:?}", r.body);
+            break;
+        }
+        accepted.push((token, r.body["orderId"].as_str().unwrap().to_string()));
+    }
+    assert_eq!(accepted.len(), 3, "the stock of three, sold once each");
+    api.assert_completed_once(&accepted).await;
+    worker.stop().await;
+    api.stop().await;
+}
+
+/// A worker pod as a process of its own, over a test app's backends, with its shards
+/// reached through `shards_via` (`host:port` of a proxy in place of `server`).
+async fn worker_process(
+    app: &TestApp,
+    id: &str,
+    server: &str,
+    shards_via: &str,
+) -> tokio::process::Child {
+    let s = &app.settings;
+    let list = |urls: Vec<String>| {
+        let quoted: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+        format!("[{}]", quoted.join(","))
+    };
+    let shards = (s.shards.urls.iter())
+        .map(|u| u.expose().replace(server, shards_via))
+        .collect();
+    let inventory = s
+        .inventory
+        .urls
+        .iter()
+        .map(|u| u.expose().to_string())
+        .collect();
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .args([
+            "serve",
+            "--role",
+            "worker",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/cluster.toml"),
+        ])
+        .env("FLASHSALE__POD__ID", id)
+        .env("FLASHSALE__POD__HEARTBEAT_SECS", "1")
+        .env("FLASHSALE__POD__GONE_AFTER_SECS", "3")
+        .env("FLASHSALE__ADMIN__LISTEN", "127.0.0.1:0")
+        .env("FLASHSALE__ADMIN__TOKEN", crate::helpers::ADMIN_TOKEN)
+        .env("FLASHSALE__CATALOG__URL", s.catalog.url.expose())
+        .env("FLASHSALE__SHARDS__URLS", list(shards))
+        .env(
+            "FLASHSALE__SHARDS__TRANSACTION_POOLING",
+            s.shards.transaction_pooling.to_string(),
+        )
+        .env("FLASHSALE__INVENTORY__URLS", list(inventory))
+        .env("FLASHSALE__INVENTORY__KEY_PREFIX", &s.inventory.key_prefix)
+        .env("FLASHSALE__QUEUE__URL", s.queue.url.expose())
+        .env("FLASHSALE__QUEUE__ORDERS_QUEUE", &s.queue.orders_queue)
+        .env(
+            "FLASHSALE__QUEUE__NOTIFICATIONS_QUEUE",
+            &s.queue.notifications_queue,
+        )
+        .env(
+            "FLASHSALE__QUEUE__HEARTBEAT_SECS",
+            s.queue.heartbeat_secs.to_string(),
+        )
+        .env("FLASHSALE__EVENTS__TOPIC_PREFIX", &s.events.topic_prefix)
+        .env("FLASHSALE__EVENTS__GROUP_PREFIX", &s.events.group_prefix)
+        // Its writes wait at the proxy for as long as the test holds them.
+        .env("FLASHSALE__LIMITS__CALL_TIMEOUT_MS", "120000")
+        .env("RUST_LOG", "error")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the flashsale binary runs")
+}
+
+/// What the registry says of a pod: its heartbeat and the claims it held then.
+async fn pod_row(app: &TestApp, id: &str) -> Option<(i64, String)> {
+    let pool = sqlx::PgPool::connect(app.settings.catalog.url.expose())
+        .await
+        .unwrap();
+    let row = sqlx::query_as("SELECT heartbeat_at, claims FROM pods WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    row
+}
+
+async fn signal(child: &tokio::process::Child, name: &str) {
+    let pid = child.id().expect("running").to_string();
+    let sent = tokio::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid])
+        .status()
+        .await
+        .expect("kill");
+    assert!(sent.success());
+}
+
+/// A worker pod freezes (SIGSTOP) between claiming two orders and committing them, and
+/// the partition loses its state. The frozen pod says nothing more, so the rebuild
+/// waits until the broker has surely taken its deliveries back (missed heartbeats);
+/// another worker claims them meanwhile and the rebuild counts them. Thawed (SIGCONT),
+/// the frozen pod's commits land on orders stored already: nothing is sold twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_frozen_mid_commit_through_a_rebuild_sells_nothing_twice() {
+    let api = spawn_app_with(Options {
+        reconcile_every_ms: 200,
+        configure: Some(|s| {
+            s.role = Role::Api;
+            // The broker drops a connection silent for 2-4 s; the rebuild gives a
+            // silent pod 6 s.
+            s.queue.heartbeat_secs = 2;
+            s.pod.heartbeat_secs = 1;
+            s.pod.gone_after_secs = 3;
+        }),
+        ..Options::default()
+    })
+    .await;
+    let server = shard_server(&api);
+    let postgres = Proxy::start(server).await;
+    let through = format!("127.0.0.1:{}", postgres.port);
+    let frozen = format!("frozen-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let mut worker = worker_process(&api, &frozen, server, &through).await;
+    api.admin_eventually("/admin/fleet", |fleet| {
+        (fleet["pods"].as_array().into_iter().flatten())
+            .any(|p| p["id"] == frozen.as_str() && p["ready"] == true)
+    })
+    .await;
+    let product = api.sale(3, 1).await;
+    let partition = api
+        .app_state
+        .directory
+        .product_partition(ProductId::from_db(product));
+
+    postgres.hold();
+    let mut accepted = api.buy_as_new_buyers(product, 2).await;
+    eventually(
+        Duration::from_secs(20),
+        "the worker claims both orders",
+        || async {
+            let counters = partition
+                .call(Counters {
+                    product: ProductId::from_db(product),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            match counters {
+                Some(c) if c.pending == 0 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    signal(&worker, "STOP").await;
+    delete_redis_keys(&api.settings.inventory.key_prefix)
+        .await
+        .unwrap();
+    // Another worker, reaching the shards directly, takes what the broker gives back.
+    let rescuer = api
+        .spawn_peer(|s| {
+            s.role = Role::Worker;
+            s.pod.heartbeat_secs = 1;
+            s.pod.gone_after_secs = 3;
+        })
+        .await;
+
+    loop {
+        let (token, r) = eventually(Duration::from_secs(60), "the sale answers", || async {
+            let (_, token) = api.token_for_new_user();
+            let r = api.buy(&token, product, "k", None).await;
+            match r.status {
+                StatusCode::SERVICE_UNAVAILABLE => Err(format!("{} {}", r.status, r.body)),
+                _ => Ok((token, r)),
+            }
+        })
+        .await;
+        if r.status != StatusCode::CREATED {
+            assert_eq!(r.error(), "out_of_stock", "{:?}", r.body);
+            break;
+        }
+        accepted.push((token, r.body["orderId"].as_str().unwrap().to_string()));
+    }
+    assert_eq!(accepted.len(), 3, "the stock of three, sold once each");
+    api.assert_completed_once(&accepted).await;
+
+    // The frozen pod thaws and its held statements reach the shard.
+    let thawed = now_ms();
+    signal(&worker, "CONT").await;
+    postgres.let_through();
+    eventually(
+        Duration::from_secs(30),
+        "the thawed pod heartbeats holding no claim",
+        || async {
+            match pod_row(&api, &frozen).await {
+                Some((at, claims)) if at > thawed && claims.is_empty() => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    api.assert_completed_once(&accepted).await;
+    let counters = api.sale_counters(product).await;
+    assert_eq!(counters["sold"], 3, "{counters}");
+    assert_eq!(counters["completed"], 3, "{counters}");
+    worker.kill().await.unwrap();
+    rescuer.stop().await;
+    api.stop().await;
 }

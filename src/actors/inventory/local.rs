@@ -469,7 +469,7 @@ impl LocalInventory {
             }
             self.resv.remove(order);
             self.changes.push(Change::Resv(order.to_string()));
-            return Claimed::Sold;
+            return Claimed::Sold { era: 0 };
         }
         if self.released.contains(order) {
             return Claimed::Released;
@@ -483,7 +483,7 @@ impl LocalInventory {
                     && o.user == user
                     && o.created_at == c.created_at =>
             {
-                Claimed::Sold
+                Claimed::Sold { era: 0 }
             }
             _ => Claimed::Unknown,
         }

@@ -120,8 +120,10 @@ pub struct Restock {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claimed {
     /// Persist it as sold: its reservation was here (or it was claimed before, or it
-    /// was accepted before the partition lost its state).
-    Sold,
+    /// was accepted before the partition lost its state). `era` is the partition's
+    /// (see [`crate::actors::claims`]): the consumer holds the claim under it until
+    /// the shard has the order.
+    Sold { era: i64 },
     /// Record it as cancelled: its reservation was released before it was persisted.
     Released,
     /// Never reserved here, or not with these details (a forged or altered message):

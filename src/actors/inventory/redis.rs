@@ -543,10 +543,10 @@ fn answer(msg: InventoryMsg, v: Value) -> Result<(), ActorProcessingErr> {
         | InventoryMsg::CacheDel(_, p) => send(p, Ok(())),
         InventoryMsg::Claim(_, p) => send(
             p,
-            match int(v) {
-                Some(1) => Ok(Claimed::Sold),
-                Some(0) => Ok(Claimed::Released),
-                Some(2) => Ok(Claimed::Unknown),
+            match ints(v).as_deref() {
+                Some([1, era]) => Ok(Claimed::Sold { era: *era }),
+                Some([0, _]) => Ok(Claimed::Released),
+                Some([2, _]) => Ok(Claimed::Unknown),
                 _ => Err(bad("claim", v)),
             },
         ),
