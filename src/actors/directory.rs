@@ -9,7 +9,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use futures_util::future::join_all;
 
-use super::claims::ClaimsInFlight;
+use super::inflight::InFlight;
 use super::inventory::InventoryMsg;
 use super::queue::PublisherMsg;
 use super::registry::RegistryMsg;
@@ -33,10 +33,12 @@ pub struct Directory {
     pub notifications_queue: String,
     /// The inventory event consumer's last comparison, per product.
     pub drift: DashMap<i64, InventoryDrift>,
-    /// The claims this pod's order consumers hold until their shards have the orders.
-    pub claims: Arc<ClaimsInFlight>,
+    /// The order messages this pod holds until their shards have the orders.
+    pub in_flight: Arc<InFlight>,
     /// The fleet: what every pod holds, for a rebuild to wait on.
     pub fleet: Option<Fleet>,
+    /// Who this process's reconciler is when it owns a partition's rebuild.
+    pub rebuild_owner: String,
     next_publisher: AtomicUsize,
 }
 
@@ -46,8 +48,9 @@ pub struct Fleet {
     /// A heartbeat is trusted to be later than a moment on another pod's clock only
     /// when it is this much later (the fleet's clocks are in step to well under it).
     pub clock_skew_ms: i64,
-    /// A pod silent for this long holds no delivery any more: the broker has closed
-    /// its connection (missed heartbeats) and given what it held back to the queue.
+    /// A pod silent for this long holds no message any more: it has stopped taking
+    /// orders, and the broker has closed its connection (missed heartbeats) and put
+    /// what it held back in the queue.
     pub released_after_ms: i64,
 }
 
@@ -82,8 +85,9 @@ impl Directory {
             orders_queue,
             notifications_queue,
             drift: DashMap::new(),
-            claims: Arc::new(ClaimsInFlight::default()),
+            in_flight: Arc::new(InFlight::default()),
             fleet: None,
+            rebuild_owner: format!("reconciler-{}", uuid::Uuid::new_v4().simple()),
             next_publisher: AtomicUsize::new(0),
         }
     }

@@ -2,9 +2,9 @@
 //! code that talks to that backend; a backend failure fails the actor, and its
 //! supervisor restarts it. The [`directory`] is where callers find them.
 
-pub mod claims;
 pub mod directory;
 pub mod event_consumers;
+pub mod inflight;
 pub mod inventory;
 pub mod orders;
 pub mod queue;

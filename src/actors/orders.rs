@@ -15,8 +15,8 @@ use std::time::Duration;
 use futures_util::future::{join_all, try_join_all};
 use ractor::ActorProcessingErr;
 
-use super::claims::HeldClaim;
 use super::directory::Directory;
+use super::inflight::Held;
 use super::inventory::{Claim, Claimed};
 use super::queue::{DeliveryHandler, Outbound, QueueMessage};
 use crate::domain::{OrderId, OrderMessage, OrderStatus, ProductId};
@@ -146,22 +146,49 @@ fn order_payload(o: &OrderMessage) -> String {
 
 pub struct OrderHandler {
     pub directory: Arc<Directory>,
+    /// How long a message given up is still held: until the broker has surely taken
+    /// it back, also from a connection that died silently.
+    pub give_back: Duration,
+    /// A pod whose registry has not published what it holds for this long takes no
+    /// more orders: a rebuild would count it as silent, holding nothing.
+    pub unheard_after_ms: i64,
+}
+
+/// The inventory partitions of the orders a message carries, as far as it can be read
+/// (one that cannot is a dead letter, which sells nothing).
+fn partitions(dir: &Directory, payload: &[u8]) -> Vec<usize> {
+    let product = |v: &serde_json::Value| v.get("productId").and_then(|p| p.as_i64());
+    let products: Vec<i64> = match serde_json::from_slice::<serde_json::Value>(payload) {
+        Ok(serde_json::Value::Array(many)) => many.iter().filter_map(product).collect(),
+        Ok(one) => product(&one).into_iter().collect(),
+        Err(_) => Vec::new(),
+    };
+    products
+        .into_iter()
+        .map(|p| dir.partition_index(ProductId::from_db(p)))
+        .collect()
 }
 
 #[ractor::async_trait]
 impl DeliveryHandler for OrderHandler {
+    fn hold(&self, payload: &[u8]) -> Option<Held> {
+        let dir = &self.directory;
+        Some(dir.in_flight.hold(partitions(dir, payload), self.give_back))
+    }
+
     async fn handle(
         &self,
         out: &dyn Outbound,
         batch: &[QueueMessage],
     ) -> Result<usize, ActorProcessingErr> {
         let dir = &self.directory;
+        let published = dir.in_flight.published_at();
+        if published > 0 && crate::domain::now_ms() - published > self.unheard_after_ms {
+            return Err("the pod registry has not published what this pod holds for too long; taking no orders until it does".into());
+        }
         let Parsed { orders, mut dead } = parse_orders(batch);
         record_lag("orders", &orders);
         let mut confirmations = Vec::new();
-        // Sold claims stay held until this batch is done with them: committed by their
-        // shard, or given back to the queue with the batch.
-        let mut held = Vec::new();
         for chunk in orders.chunks(CHUNK) {
             // One span per order, in the trace of the request that accepted it; each
             // ends when this batch is done with it.
@@ -187,18 +214,10 @@ impl DeliveryHandler for OrderHandler {
             })
             .await?;
             drop(claiming);
-            let sold = chunk.iter().zip(&claims).filter_map(|(o, c)| match c {
-                Ok(Claimed::Sold { era }) => Some(HeldClaim {
-                    partition: dir.partition_index(ProductId::from_db(o.product_id)),
-                    era: *era,
-                }),
-                _ => None,
-            });
-            held.push(dir.claims.hold(sold));
             let mut claimed = Vec::with_capacity(chunk.len());
             for ((o, claim), cx) in chunk.iter().zip(claims).zip(&spans) {
                 match claim {
-                    Ok(Claimed::Sold { .. }) => claimed.push((o, true, cx)),
+                    Ok(Claimed::Sold) => claimed.push((o, true, cx)),
                     Ok(Claimed::Released) => claimed.push((o, false, cx)),
                     Ok(Claimed::Unknown) => dead.push(DeadLetterEntry {
                         reason: UNKNOWN_RESERVATION.into(),
@@ -246,7 +265,6 @@ impl DeliveryHandler for OrderHandler {
                 confirmations.push(confirmation);
             }
         }
-        drop(held);
         bury(dir, &dir.orders_queue, dead).await?;
         // The batch's confirmations travel as one message.
         if !confirmations.is_empty() {

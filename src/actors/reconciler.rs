@@ -20,6 +20,8 @@ pub struct ReconcilerConnect {
 
 pub struct Reconciler {
     directory: Arc<Directory>,
+    /// Per partition, the barrier its rebuild waits past ([`super::recovery`]).
+    barriers: Vec<Option<i64>>,
 }
 
 #[ractor::async_trait]
@@ -29,6 +31,7 @@ impl Connect for ReconcilerConnect {
     async fn connect(&self) -> Result<Reconciler, ActorProcessingErr> {
         Ok(Reconciler {
             directory: self.directory.clone(),
+            barriers: vec![None; self.directory.inventory.len()],
         })
     }
 }
@@ -45,7 +48,8 @@ impl Backend for Reconciler {
         let mut ready = vec![false; self.directory.inventory.len()];
         let mut waiting = vec![None; self.directory.inventory.len()];
         for (partition, ready) in ready.iter_mut().enumerate() {
-            match rebuild_if_lost(&self.directory, partition).await {
+            let barrier = &mut self.barriers[partition];
+            match rebuild_if_lost(&self.directory, partition, barrier).await {
                 Ok(Outcome::Ready) => *ready = true,
                 Ok(Outcome::Waiting(wait)) => {
                     tracing::warn!(
@@ -105,7 +109,7 @@ impl Backend for Reconciler {
 }
 
 /// Why a rebuild may wait ([`super::recovery::Wait::reason`]).
-const WAIT_REASONS: [&str; 3] = ["claims_held", "pod_unheard", "queued"];
+const WAIT_REASONS: [&str; 4] = ["held", "pod_unheard", "queued", "other_reconciler"];
 
 /// Releases a partition's stale reservations, a bounded call at a time (a pile of them
 /// after a crash never makes one long script); answers how many.

@@ -7,31 +7,34 @@
 //! turns it `rebuilding` too ([`super::inventory::redis::LastWrite`]). From then on
 //! its sales answer `503` while claims of orders accepted before the loss are honoured
 //! and recorded. The reconciler finishes the job here once no order from before the
-//! loss is on its way to a shard (held by a pod's consumers between claim and commit,
-//! [`super::claims`], or waiting in the queue): each sale comes back from the catalog's definition and the completed
+//! loss is on its way to a shard (held by a pod from the moment its consumer read it
+//! until the shard committed it, [`super::inflight`], or waiting in the queue): each
+//! sale comes back from the catalog's definition and the completed
 //! orders in the shards, merged with the orders claimed meanwhile; what was sold is
 //! kept, buyers' units and the orders' idempotency keys come back.
 //!
 //! The reconciler also finishes cancellations whose restock was cut off: the shard
 //! keeps a row for each until the partition has the units back.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures_util::future::join_all;
 use ractor::ActorProcessingErr;
 
-use super::claims::HeldClaim;
-use super::directory::{CatalogSlot, Directory};
+use super::directory::{CatalogSlot, Directory, InventorySlot};
 use super::inventory::redis::HasSales;
-use super::inventory::{PartitionState, RebuildSale, Recovery, Restock, Restocked, NOT_REBUILDING};
+use super::inventory::{
+    PartitionState, RebuildStep, RebuildStopped, Recovery, Restock, Restocked, Step, StepDone,
+};
 use super::queue::QueueDepth;
 use super::registry::ListPods;
 use crate::config::Role;
-use crate::domain::now_ms;
+use crate::domain::{now_ms, ProductId, SaleDefinition, SoldOrder};
 use crate::shards::catalog::SaleDefinitions;
 use crate::shards::hash::bucket;
 use crate::shards::{PendingRestocks, RestockDone, SaleOrders};
-use crate::supervisors::slot::CallError;
+use crate::supervisors::slot::{CallError, ItemError};
 
 /// Whether the catalog holds a sale of one partition.
 pub struct CatalogSales {
@@ -64,62 +67,71 @@ pub enum Outcome {
 /// What a rebuild waits for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Wait {
-    /// A pod holds orders claimed before the loss that its shards do not have yet.
-    ClaimsHeld { pod: String },
-    /// A pod has not said since the loss what it holds, and may still hold deliveries.
+    /// A pod holds order messages of the partition that its shards do not have yet.
+    Held { pod: String },
+    /// A pod has not said since the rebuild's barrier what it holds.
     PodUnheard { pod: String },
     /// Orders wait in the queue to be claimed (and so counted).
     Queued(u64),
+    /// Another pod's reconciler is rebuilding the partition.
+    Rebuilding,
 }
 
 impl Wait {
     /// A label for metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            Wait::ClaimsHeld { .. } => "claims_held",
+            Wait::Held { .. } => "held",
             Wait::PodUnheard { .. } => "pod_unheard",
             Wait::Queued(_) => "queued",
+            Wait::Rebuilding => "other_reconciler",
         }
     }
 }
 
-/// Whether a pod may still commit an order it claimed from partition `index` before
-/// the loss noticed at `since` (the era of the claims the rebuild counts itself).
-/// Every pod that persists orders must have heartbeated since then without such a
-/// claim, or be silent for so long that the broker has taken its deliveries back
-/// (redelivered, they are claimed and counted meanwhile).
-async fn claims_held(dir: &Directory, index: usize, since: i64) -> Result<Option<Wait>, CallError> {
-    let Some(fleet) = &dir.fleet else {
-        return Ok(None);
-    };
-    let now = now_ms();
-    for pod in fleet.registry.call(ListPods).await? {
-        if pod.role == Role::Api.as_str() || now - pod.heartbeat_at >= fleet.released_after_ms {
-            continue;
+/// Whether every order message of partition `index` has reached its shard (or is
+/// claimed, and so counted, while the partition rebuilds): the condition for a
+/// rebuild to read the shards.
+///
+/// `barrier` is a moment, kept between the reconciler's rounds, at which the order
+/// queue held nothing ready. A message not in a shard was then held by a pod (from
+/// the moment its consumer read it), or by a pod silent for so long that the broker
+/// has given what it held back to the queue. So once every pod that is not silent
+/// has said after the barrier that it holds nothing of the partition, and the queue
+/// still holds nothing ready, no message of the partition is anywhere but in the
+/// shards or counted. Anything held, queued, or given back since starts it again.
+async fn settled(
+    dir: &Directory,
+    index: usize,
+    barrier: &mut Option<i64>,
+) -> Result<Option<Wait>, CallError> {
+    let mut wait = None;
+    if let Some(fleet) = &dir.fleet {
+        let now = now_ms();
+        for pod in fleet.registry.call(ListPods).await? {
+            if pod.role == Role::Api.as_str() {
+                continue;
+            }
+            let released_at = pod.heartbeat_at + fleet.released_after_ms;
+            if released_at <= now {
+                // Silent: what it held went back to the queue by `released_at`.
+                if barrier.is_some_and(|b| released_at > b) {
+                    *barrier = None;
+                }
+                continue;
+            }
+            match &pod.in_flight {
+                Some(held) if !held.contains(&index) => {
+                    if barrier.is_none_or(|b| pod.heartbeat_at <= b + fleet.clock_skew_ms) {
+                        wait.get_or_insert(Wait::PodUnheard { pod: pod.id });
+                    }
+                }
+                _ => {
+                    *barrier = None;
+                    return Ok(Some(Wait::Held { pod: pod.id }));
+                }
+            }
         }
-        if pod.heartbeat_at <= since + fleet.clock_skew_ms {
-            return Ok(Some(Wait::PodUnheard { pod: pod.id }));
-        }
-        let earlier = |c: &HeldClaim| c.partition == index && c.era != since;
-        match &pod.claims {
-            Some(claims) if !claims.iter().any(earlier) => {}
-            _ => return Ok(Some(Wait::ClaimsHeld { pod: pod.id })),
-        }
-    }
-    Ok(None)
-}
-
-/// Rebuilds partition `index` if it lost its state, once no order from before the
-/// loss is on its way to a shard: neither held by a pod nor queued.
-pub async fn rebuild_if_lost(dir: &Directory, index: usize) -> Result<Outcome, CallError> {
-    let slot = &dir.inventory[index];
-    let since = match slot.call(Recovery { finish: false }).await? {
-        PartitionState::Ready => return Ok(Outcome::Ready),
-        PartitionState::Rebuilding { since } => since,
-    };
-    // Claims first: a delivery a pod gives up goes back to the queue, and is seen there.
-    if let Some(wait) = claims_held(dir, index, since).await? {
-        return Ok(Outcome::Waiting(wait));
     }
     // Orders in the queue are not in the shards yet: they are counted as they are
     // claimed, and the sale reopens only once none is left waiting.
@@ -130,7 +142,37 @@ pub async fn rebuild_if_lost(dir: &Directory, index: usize) -> Result<Outcome, C
         })
         .await?;
     if queued > 0 {
-        return Ok(Outcome::Waiting(Wait::Queued(queued)));
+        *barrier = None;
+        return Ok(Some(Wait::Queued(queued)));
+    }
+    if dir.fleet.is_some() && barrier.is_none() {
+        *barrier = Some(now_ms());
+        return Ok(Some(Wait::PodUnheard {
+            pod: "every pod, since the barrier".into(),
+        }));
+    }
+    Ok(wait)
+}
+
+/// Rebuilds partition `index` if it lost its state, once no order from before the
+/// loss is on its way to a shard: neither held by a pod nor queued (`barrier`: see
+/// [`settled`]; the caller keeps it between rounds, `None` at first).
+pub async fn rebuild_if_lost(
+    dir: &Directory,
+    index: usize,
+    barrier: &mut Option<i64>,
+) -> Result<Outcome, CallError> {
+    let slot = &dir.inventory[index];
+    if slot.call(Recovery).await? == PartitionState::Ready {
+        *barrier = None;
+        return Ok(Outcome::Ready);
+    }
+    if let Some(wait) = settled(dir, index, barrier).await? {
+        return Ok(Outcome::Waiting(wait));
+    }
+    let owner = dir.rebuild_owner.as_str();
+    if let Err(stopped) = step(slot, owner, Step::Own).await? {
+        return Ok(stopped.into());
     }
     let sales = dir.catalog.call(SaleDefinitions).await?;
     let mine: Vec<_> = sales
@@ -160,22 +202,140 @@ pub async fn rebuild_if_lost(dir: &Directory, index: usize) -> Result<Outcome, C
         for part in per_shard {
             orders.extend(part?);
         }
-        let rebuild = RebuildSale {
-            product: *product,
-            sale: *sale,
-            orders,
-        };
-        match slot.call(rebuild).await? {
-            // Another api pod's reconciler finished first; the sales are open again.
-            NOT_REBUILDING => return Ok(Outcome::Ready),
-            n => sold += n,
+        match rebuild_sale(slot, owner, *product, *sale, orders).await? {
+            Ok(n) => sold += n,
+            Err(stopped) => return Ok(stopped.into()),
         }
     }
-    slot.call(Recovery { finish: true }).await?;
+    if let Err(stopped) = step(slot, owner, Step::Finish).await? {
+        return Ok(stopped.into());
+    }
     Ok(Outcome::Rebuilt {
         sales: mine.len(),
         sold,
     })
+}
+
+impl From<RebuildStopped> for Outcome {
+    fn from(stopped: RebuildStopped) -> Self {
+        match stopped {
+            // Another api pod's reconciler finished first; the sales are open again.
+            RebuildStopped::Whole => Outcome::Ready,
+            RebuildStopped::Taken => Outcome::Waiting(Wait::Rebuilding),
+        }
+    }
+}
+
+/// Orders (and buyers) per rebuild step: each step is one script, so none holds the
+/// partition's Redis server for long, whatever the sale's size.
+pub const REBUILD_CHUNK: usize = 1_000;
+
+async fn step(
+    slot: &InventorySlot,
+    owner: &str,
+    step: Step,
+) -> Result<Result<StepDone, RebuildStopped>, CallError> {
+    let owner = owner.to_string();
+    slot.call(RebuildStep { owner, step }).await
+}
+
+/// Rebuilds one sale of a partition that lost its state from its persisted orders,
+/// a chunk at a time, for the rebuild's `owner` (who must own it already: [`Step::Own`]).
+/// Answers the units the sale has sold, or why the rebuild stopped.
+pub async fn rebuild_sale(
+    slot: &InventorySlot,
+    owner: &str,
+    product: ProductId,
+    sale: SaleDefinition,
+    orders: Vec<SoldOrder>,
+) -> Result<Result<i64, RebuildStopped>, CallError> {
+    let mut returned = HashSet::new();
+    // At least one chunk, so that the sale is staged even without orders.
+    let mut chunks = orders.chunks(REBUILD_CHUNK).peekable();
+    if chunks.peek().is_none() {
+        let orders = Vec::new();
+        if let Err(stopped) = step(
+            slot,
+            owner,
+            Step::Orders {
+                product,
+                sale,
+                orders,
+            },
+        )
+        .await?
+        {
+            return Ok(Err(stopped));
+        }
+    }
+    for chunk in chunks {
+        let orders = chunk.to_vec();
+        match step(
+            slot,
+            owner,
+            Step::Orders {
+                product,
+                sale,
+                orders,
+            },
+        )
+        .await?
+        {
+            Ok(StepDone::Returned(orders)) => returned.extend(orders),
+            Ok(other) => return Err(unexpected(other)),
+            Err(stopped) => return Ok(Err(stopped)),
+        }
+    }
+    let mut per_buyer: HashMap<&str, i64> = HashMap::new();
+    let mut sold = 0;
+    for o in orders
+        .iter()
+        .filter(|o| !o.cancelled && !returned.contains(&o.order_id))
+    {
+        *per_buyer.entry(&o.user_id).or_default() += o.quantity;
+        sold += o.quantity;
+    }
+    let buyers: Vec<(String, i64)> = per_buyer
+        .into_iter()
+        .map(|(u, n)| (u.to_string(), n))
+        .collect();
+    for chunk in buyers.chunks(REBUILD_CHUNK) {
+        let buyers = chunk.to_vec();
+        if let Err(stopped) = step(
+            slot,
+            owner,
+            Step::Buyers {
+                product,
+                sale,
+                buyers,
+            },
+        )
+        .await?
+        {
+            return Ok(Err(stopped));
+        }
+    }
+    match step(
+        slot,
+        owner,
+        Step::Sale {
+            product,
+            sale,
+            sold,
+        },
+    )
+    .await?
+    {
+        Ok(StepDone::Sold(n)) => Ok(Ok(n)),
+        Ok(other) => Err(unexpected(other)),
+        Err(stopped) => Ok(Err(stopped)),
+    }
+}
+
+fn unexpected(done: StepDone) -> CallError {
+    CallError::Failed(ItemError::new(format!(
+        "unexpected rebuild answer {done:?}"
+    )))
 }
 
 /// How long a cancellation's own request has to give its units back before the

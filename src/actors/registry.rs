@@ -4,9 +4,9 @@
 //! api side's, and hold nothing that must outlive a restart); it is durable and
 //! queryable, and in embedded mode the same code keeps a fleet of one in SQLite.
 //!
-//! Each heartbeat also says which claims the pod's order consumers hold
-//! ([`super::claims`]): a partition that lost its state waits for them before it
-//! rebuilds.
+//! Each heartbeat also says which inventory partitions the order messages the pod
+//! holds are of ([`super::inflight`]): a partition that lost its state waits for them
+//! before it rebuilds.
 //!
 //! A pod that stops deregisters (deletes its row); a pod that dies stops heartbeating
 //! and shows as `gone` once its heartbeat is older than `pod.gone_after_secs`; any pod's
@@ -22,7 +22,7 @@ use ractor::ActorProcessingErr;
 use serde::Serialize;
 use sqlx::{AnyPool, Row};
 
-use super::claims::{self, ClaimsInFlight, HeldClaim};
+use super::inflight::{self, InFlight};
 use crate::db::{self, settle};
 use crate::domain::now_ms;
 use crate::supervisors::worker::{Backend, Batch, Connect, Tick};
@@ -47,9 +47,10 @@ pub struct PodRecord {
     pub admin_url: String,
     pub started_at: i64,
     pub heartbeat_at: i64,
-    /// The claims its order consumers held at that heartbeat (`None`: unreadable).
+    /// The inventory partitions of the order messages it held at that heartbeat
+    /// (`None`: unknown, as from a pod that does not say).
     #[serde(skip)]
-    pub claims: Option<Vec<HeldClaim>>,
+    pub in_flight: Option<Vec<usize>>,
 }
 
 /// Every registered pod, by id.
@@ -76,13 +77,13 @@ pub struct RegistryConnect {
     /// How far ahead of this pod's clock a heartbeat may be (`pod.gone_after_secs`).
     pub ahead_ms: i64,
     /// What this pod's order consumers hold, published with each heartbeat.
-    pub claims: Arc<ClaimsInFlight>,
+    pub in_flight: Arc<InFlight>,
 }
 
 pub struct Registry {
     pool: AnyPool,
     pod: PodIdentity,
-    claims: Arc<ClaimsInFlight>,
+    in_flight: Arc<InFlight>,
     forget_after_ms: i64,
     ahead_ms: i64,
     registered: bool,
@@ -96,7 +97,7 @@ impl Connect for RegistryConnect {
         let mut registry = Registry {
             pool: db::any_pool(&self.url, 1).await?,
             pod: self.pod.clone(),
-            claims: self.claims.clone(),
+            in_flight: self.in_flight.clone(),
             forget_after_ms: self.forget_after_ms,
             ahead_ms: self.ahead_ms,
             registered: false,
@@ -109,16 +110,16 @@ impl Connect for RegistryConnect {
 
 impl Registry {
     async fn heartbeat(&mut self) -> Result<(), sqlx::Error> {
-        // Read before the clock: a claim let go after this read is committed before
+        // Read before the clock: a message let go after this read was let go before
         // the heartbeat's time.
-        let claims = claims::encode(&self.claims.held());
+        let held = inflight::encode(&self.in_flight.held());
         let now = now_ms();
         let p = &self.pod;
         db::query(
-            "INSERT INTO pods (id, role, version, admin_url, started_at, heartbeat_at, claims) \
+            "INSERT INTO pods (id, role, version, admin_url, started_at, heartbeat_at, in_flight) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (id) DO UPDATE SET role = $2, version = $3, admin_url = $4, \
-             started_at = $5, heartbeat_at = $6, claims = $7",
+             started_at = $5, heartbeat_at = $6, in_flight = $7",
         )
         .bind(p.id.as_str())
         .bind(p.role.as_str())
@@ -126,9 +127,10 @@ impl Registry {
         .bind(p.admin_url.as_str())
         .bind(p.started_at)
         .bind(now)
-        .bind(claims)
+        .bind(held)
         .execute(db::on(&self.pool))
         .await?;
+        self.in_flight.published(now);
         let forgotten = db::query("DELETE FROM pods WHERE heartbeat_at < $1 OR heartbeat_at > $2")
             .bind(now - self.forget_after_ms)
             .bind(now + self.ahead_ms)
@@ -146,7 +148,7 @@ impl Registry {
 
     async fn list(&self) -> Result<Vec<PodRecord>, sqlx::Error> {
         let rows = db::query(
-            "SELECT id, role, version, admin_url, started_at, heartbeat_at, claims FROM pods ORDER BY id",
+            "SELECT id, role, version, admin_url, started_at, heartbeat_at, in_flight FROM pods ORDER BY id",
         )
         .fetch_all(db::on(&self.pool))
         .await?;
@@ -159,7 +161,9 @@ impl Registry {
                     admin_url: r.try_get("admin_url")?,
                     started_at: r.try_get("started_at")?,
                     heartbeat_at: r.try_get("heartbeat_at")?,
-                    claims: claims::decode(r.try_get("claims")?).ok(),
+                    in_flight: r
+                        .try_get::<Option<String>, _>("in_flight")?
+                        .and_then(|t| inflight::decode(&t).ok()),
                 })
             })
             .collect()

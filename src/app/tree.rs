@@ -39,6 +39,37 @@ use crate::supervisors::{self, leaf, Child, Namer, Policy, Root};
 /// counts as later than a moment on another pod's clock only this much later.
 const CLOCK_SKEW_MS: i64 = 1_000;
 
+/// How long the fleet's silences last, for a rebuild that waits on what pods hold
+/// ([`crate::actors::inflight`]).
+struct InFlightTiming {
+    /// A message given up is held this long: RabbitMQ closes a connection silent for
+    /// 2 to 3 heartbeat timeouts and only then gives back what it held.
+    give_back: Duration,
+    /// A pod whose registry has not published for this long takes no more orders
+    /// (its consumers fail, and the broker takes their messages back).
+    unheard_after_ms: i64,
+    /// A pod silent for this long since its last heartbeat holds nothing: frozen (a
+    /// heartbeat's interval at most after its last one), or alive but unheard (it
+    /// stopped taking orders, its batch under way ends within a call's deadline),
+    /// then given back by the broker.
+    released_after_ms: i64,
+}
+
+impl InFlightTiming {
+    fn of(settings: &Settings) -> Self {
+        let give_back = 3 * settings.queue.heartbeat_secs as i64 * 1000 + CLOCK_SKEW_MS;
+        let p = &settings.pod;
+        let unheard_after_ms = p.gone_after_secs as i64 * 1000;
+        let stopping = unheard_after_ms + settings.limits.call_timeout_ms as i64;
+        let silent = (p.heartbeat_secs as i64 * 1000).max(stopping);
+        Self {
+            give_back: Duration::from_millis(give_back as u64),
+            unheard_after_ms,
+            released_after_ms: silent + give_back,
+        }
+    }
+}
+
 /// Makes the slots of one application: named, bounded, with the call deadline.
 struct Slots<'a> {
     namer: &'a Namer,
@@ -147,10 +178,11 @@ pub async fn spawn(
         .collect();
     let registry = slots.make("pod-registry");
     let p = &settings.pod;
+    let timing = InFlightTiming::of(settings);
     let fleet = Fleet {
         registry: registry.clone(),
         clock_skew_ms: CLOCK_SKEW_MS,
-        released_after_ms: (p.gone_after_secs.max(3 * q.heartbeat_secs) * 1000) as i64,
+        released_after_ms: timing.released_after_ms,
     };
     let directory = Arc::new(
         Directory::new(
@@ -202,6 +234,8 @@ pub async fn spawn(
     let source = backends.source(settings);
     let orders = Arc::new(OrderHandler {
         directory: directory.clone(),
+        give_back: timing.give_back,
+        unheard_after_ms: timing.unheard_after_ms,
     });
     let (order_consumers, notification_consumers) = if role.persists() {
         (q.order_consumers, q.notification_consumers)
@@ -262,13 +296,13 @@ pub async fn spawn(
     })
     .collect();
 
-    // The pod's row in the fleet registry, heartbeated with the claims it holds.
+    // The pod's row in the fleet registry, heartbeated with what it holds.
     let connect = RegistryConnect {
         url: backends.catalog_url(settings),
         pod,
         forget_after_ms: (p.forget_after_secs * 1000) as i64,
         ahead_ms: (p.gone_after_secs * 1000) as i64,
-        claims: directory.claims.clone(),
+        in_flight: directory.in_flight.clone(),
     };
     let every = Duration::from_secs(p.heartbeat_secs);
     subtrees.push(supervisors::worker(

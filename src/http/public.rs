@@ -542,7 +542,7 @@ async fn cancel_order(
         match partition.call(Counters { product }).await? {
             Some(sale) if sale.active_at(now_ms()) => {}
             // No sale there: gone with the partition's state, until it is rebuilt.
-            None if partition.call(Recovery { finish: false }).await? != PartitionState::Ready => {
+            None if partition.call(Recovery).await? != PartitionState::Ready => {
                 return Err(ApiError::Unavailable(REBUILDING.into()))
             }
             _ => return Err(ApiError::SaleNotActive),

@@ -88,8 +88,8 @@ pub static CATALOG: LazyLock<Migrator> = LazyLock::new(|| {
         ),
         (
             5,
-            "pod_claims",
-            include_str!("../../migrations/catalog/0005_pod_claims.sql"),
+            "pod_in_flight",
+            include_str!("../../migrations/catalog/0005_pod_in_flight.sql"),
         ),
     ])
     .migrator()

@@ -37,8 +37,8 @@ pub static CATALOG: LazyLock<Migrator> = LazyLock::new(|| {
         ),
         (
             5,
-            "pod_claims",
-            include_str!("../../migrations/sqlite/catalog/0005_pod_claims.sql"),
+            "pod_in_flight",
+            include_str!("../../migrations/sqlite/catalog/0005_pod_in_flight.sql"),
         ),
     ])
     .migrator()

@@ -13,10 +13,11 @@ use flashsale::actors::inventory::local::LocalInventoryConnect;
 use flashsale::actors::inventory::redis::{HasSales, RedisConnect};
 use flashsale::actors::inventory::{
     CacheDel, CacheGet, CacheSet, Claim, Claimed, Counters, InventoryMsg, ListSales, LoadSale,
-    Lookup, MarkPublished, RateCheck, RebuildSale, Recovery, Release, ReleaseStale, ReserveOutcome,
-    ReserveRequest, Restock, Restocked, SaleCounters, SaleRefused, UnpublishedOrder,
-    NOT_REBUILDING,
+    Lookup, MarkPublished, RateCheck, RebuildStep, RebuildStopped, Release, ReleaseStale,
+    ReserveOutcome, ReserveRequest, Restock, Restocked, SaleCounters, SaleRefused, Step, StepDone,
+    UnpublishedOrder,
 };
+use flashsale::actors::recovery;
 use flashsale::domain::{
     now_ms, IdempotencyKey, OrderId, ProductId, Quantity, SaleDefinition, SoldOrder, UserId,
 };
@@ -214,6 +215,26 @@ impl Partition {
         }
     }
 
+    /// Takes a step of a rebuild for `owner`.
+    async fn rebuild_step(&self, owner: &str, step: Step) -> Result<StepDone, RebuildStopped> {
+        let owner = owner.to_string();
+        self.slot.call(RebuildStep { owner, step }).await.unwrap()
+    }
+
+    /// Rebuilds a sale for `owner` (taking the rebuild first): the units sold.
+    async fn rebuild(
+        &self,
+        owner: &str,
+        product: ProductId,
+        sale: SaleDefinition,
+        orders: Vec<SoldOrder>,
+    ) -> Result<i64, RebuildStopped> {
+        self.rebuild_step(owner, Step::Own).await?;
+        recovery::rebuild_sale(&self.slot, owner, product, sale, orders)
+            .await
+            .unwrap()
+    }
+
     async fn counters(&self, product: ProductId) -> SaleCounters {
         self.slot
             .call(Counters { product })
@@ -234,7 +255,7 @@ impl Partition {
         let details = self.reserved.lock().unwrap().get(order).cloned();
         let (user, quantity, at) = details.expect("an order reserved here");
         match self.claim_as(product, order, &user, quantity, at).await {
-            Claimed::Sold { .. } => true,
+            Claimed::Sold => true,
             Claimed::Released => false,
             Claimed::Unknown => panic!("the partition does not know its own order {order}"),
         }
@@ -608,24 +629,20 @@ async fn a_rebuild_keeps_what_is_still_reserved_and_what_was_cancelled() {
         .query_async(&mut con)
         .await
         .unwrap();
-    let rebuild = |orders: Vec<SoldOrder>| RebuildSale {
-        product: pid,
-        sale: open_sale(10, 5),
-        orders,
-    };
-    // One pod's reconciler reads Cat's order cancelled; another read it before, sold.
+    // One look at the shards reads Cat's order cancelled; an older one read it sold.
     let fresh = vec![
         shard_order(&bobs, &bob, 1, false),
         shard_order(&cats, &cat, 3, true),
     ];
-    assert_eq!(p.slot.call(rebuild(fresh)).await.unwrap(), 1);
+    let sale = open_sale(10, 5);
+    assert_eq!(p.rebuild("one", pid, sale, fresh).await, Ok(1));
     let stale = vec![
         shard_order(&bobs, &bob, 1, false),
         shard_order(&cats, &cat, 3, false),
     ];
     assert_eq!(
-        p.slot.call(rebuild(stale)).await.unwrap(),
-        1,
+        p.rebuild("one", pid, sale, stale).await,
+        Ok(1),
         "a cancelled order is never sold again"
     );
     // Bob's unit is sold, Ann's two are held: seven left, two pending.
@@ -659,27 +676,139 @@ async fn a_reservation_claimed_during_a_rebuild_is_counted_sold() {
     let (user, quantity, at) = p.reserved.lock().unwrap()[&anns].clone();
     assert_eq!(
         p.claim_as(pid, &anns, &user, quantity, at).await,
-        Claimed::Sold { era: since },
-        "a claim while rebuilding is of the new era"
+        Claimed::Sold
     );
     // The shards do not have Ann's order yet.
-    let rebuild = RebuildSale {
-        product: pid,
-        sale: open_sale(10, 5),
-        orders: Vec::new(),
-    };
+    let rebuilt = p.rebuild("one", pid, open_sale(10, 5), Vec::new()).await;
+    assert_eq!(rebuilt, Ok(2), "Ann's units are sold");
     assert_eq!(
-        p.slot.call(rebuild).await.unwrap(),
-        2,
-        "Ann's units are sold"
+        p.rebuild_step("one", Step::Finish).await,
+        Ok(StepDone::Finished)
     );
-    p.slot.call(Recovery { finish: true }).await.unwrap();
     assert_eq!(p.units(pid).await, (8, 0));
     assert_eq!(
         p.reserve(pid, &ann, "b", 4).await,
         ReserveOutcome::LimitReached,
         "and count in her limit"
     );
+}
+
+/// Marks a partition's state lost, as a restart that kept part of it would; answers
+/// the moment of the loss.
+async fn lose_state(p: &Partition) -> i64 {
+    let prefix = p.prefix.clone().unwrap();
+    let client = redis::Client::open("redis://127.0.0.1:6380/14").unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let since = now_ms();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{prefix}:epoch"))
+        .arg("state")
+        .arg("rebuilding")
+        .arg("since")
+        .arg(since)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    since
+}
+
+/// A sale of thousands of orders is rebuilt a chunk at a time, each step one short
+/// script; an order claimed between two chunks counts once, one claimed after its sale
+/// was rebuilt counts on it, and a second reconciler's steps are refused meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_sale_is_rebuilt_in_chunks_around_the_claims_meanwhile() {
+    let p = partition(Backend::Redis, 3600).await;
+    let pid = product();
+    let sale = open_sale(5_000, 2);
+    p.load(pid, sale).await.unwrap();
+    // Ann's reservation outlives the loss; the shards hold two units each of 1,250
+    // buyers.
+    let ann = UserId::new_random();
+    p.created(pid, &ann, "a", 2).await;
+    let since = lose_state(&p).await;
+    let buyers: Vec<UserId> = (0..1_250).map(|_| UserId::new_random()).collect();
+    let orders: Vec<SoldOrder> = (buyers.iter())
+        .flat_map(|u| ["x", "y"].map(|key| (u, key)))
+        .map(|(u, key)| SoldOrder {
+            order_id: OrderId::generate().to_string(),
+            user_id: u.to_string(),
+            quantity: 1,
+            idempotency_key: key.into(),
+            cancelled: false,
+        })
+        .collect();
+    assert!(orders.len() > 2 * recovery::REBUILD_CHUNK);
+
+    assert_eq!(p.rebuild_step("one", Step::Own).await, Ok(StepDone::Owned));
+    assert_eq!(
+        p.rebuild_step("two", Step::Own).await,
+        Err(RebuildStopped::Taken),
+        "one reconciler rebuilds at a time"
+    );
+    let (first, rest) = orders.split_at(recovery::REBUILD_CHUNK);
+    let chunk = |orders: &[SoldOrder]| Step::Orders {
+        product: pid,
+        sale,
+        orders: orders.to_vec(),
+    };
+    assert_eq!(
+        p.rebuild_step("one", chunk(first)).await,
+        Ok(StepDone::Returned(Vec::new()))
+    );
+    // Bob's order, accepted before the loss, is claimed between two chunks.
+    let bob = UserId::new_random();
+    let bobs = OrderId::generate();
+    let claimed = p.claim_as(pid, &bobs, bob.as_str(), 1, since - 1_000).await;
+    assert_eq!(claimed, Claimed::Sold);
+    for part in rest.chunks(recovery::REBUILD_CHUNK) {
+        p.rebuild_step("one", chunk(part)).await.unwrap();
+    }
+    let buyers: Vec<(String, i64)> = buyers.iter().map(|u| (u.to_string(), 2)).collect();
+    for part in buyers.chunks(recovery::REBUILD_CHUNK) {
+        let step = Step::Buyers {
+            product: pid,
+            sale,
+            buyers: part.to_vec(),
+        };
+        p.rebuild_step("one", step).await.unwrap();
+    }
+    let step = Step::Sale {
+        product: pid,
+        sale,
+        sold: 2_500,
+    };
+    assert_eq!(p.rebuild_step("one", step).await, Ok(StepDone::Sold(2_501)));
+    // Cat's order is claimed once its sale is rebuilt, before the partition reopens.
+    let cat = UserId::new_random();
+    let claimed = p
+        .claim_as(pid, &OrderId::generate(), cat.as_str(), 2, since - 1_000)
+        .await;
+    assert_eq!(claimed, Claimed::Sold);
+    assert_eq!(
+        p.rebuild_step("one", Step::Finish).await,
+        Ok(StepDone::Finished)
+    );
+
+    // 2,500 + Bob's + Cat's two sold, Ann's two held.
+    assert_eq!(p.units(pid).await, (5_000 - 2_503 - 2, 2));
+    for (who, key) in [(&bob, "b2"), (&cat, "c2"), (&ann, "a2")] {
+        assert_eq!(
+            p.reserve(pid, who, key, 2).await,
+            ReserveOutcome::LimitReached,
+            "{who}'s units count in their limit"
+        );
+    }
+    let shard_buyer = UserId::parse(&buyers[7].0).unwrap();
+    assert_eq!(
+        p.reserve(pid, &shard_buyer, "z", 1).await,
+        ReserveOutcome::LimitReached
+    );
+    // A redelivery of Bob's order is recognised: nothing more is sold.
+    assert_eq!(
+        p.claim_as(pid, &bobs, bob.as_str(), 1, since - 1_000).await,
+        Claimed::Sold
+    );
+    assert_eq!(p.units(pid).await, (2_495, 2));
 }
 
 on_both_backends!(claims_and_restocks_happen_once_per_order);
@@ -869,12 +998,8 @@ async fn a_rebuild_that_comes_after_the_partition_is_whole_changes_nothing(backe
     p.created(pid, &buyer, "b", 1).await;
     assert_eq!(p.units(pid).await, (7, 3));
 
-    let late = RebuildSale {
-        product: pid,
-        sale: open_sale(10, 5),
-        orders: Vec::new(),
-    };
-    assert_eq!(p.slot.call(late).await.unwrap(), NOT_REBUILDING);
+    let late = p.rebuild("late", pid, open_sale(10, 5), Vec::new()).await;
+    assert_eq!(late, Err(RebuildStopped::Whole));
     assert_eq!(
         p.units(pid).await,
         (7, 3),

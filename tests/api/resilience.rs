@@ -609,17 +609,17 @@ async fn a_rebuild_waits_for_orders_claimed_before_the_loss() {
         .await
         .unwrap();
 
-    // The sale stays closed (503) while the worker holds the two claims.
+    // The sale stays closed (503) while the worker holds the two orders.
     let reopened = eventually(
         Duration::from_secs(30),
-        "the rebuild waits for the claims held",
+        "the rebuild waits for the orders held",
         || async {
             let (_, token) = api.token_for_new_user();
             let r = api.buy(&token, product, "k", None).await;
             if r.status == StatusCode::CREATED {
                 return Ok(Some(r.body));
             }
-            let waiting = r#"reason="claims_held""#;
+            let waiting = r#"reason="held""#;
             if api
                 .metric_sum("flashsale_inventory_rebuild_waiting", waiting)
                 .await
@@ -724,12 +724,12 @@ async fn worker_process(
         .expect("the flashsale binary runs")
 }
 
-/// What the registry says of a pod: its heartbeat and the claims it held then.
-async fn pod_row(app: &TestApp, id: &str) -> Option<(i64, String)> {
+/// What the registry says of a pod: its heartbeat and the partitions it held then.
+async fn pod_row(app: &TestApp, id: &str) -> Option<(i64, Option<String>)> {
     let pool = sqlx::PgPool::connect(app.settings.catalog.url.expose())
         .await
         .unwrap();
-    let row = sqlx::query_as("SELECT heartbeat_at, claims FROM pods WHERE id = $1")
+    let row = sqlx::query_as("SELECT heartbeat_at, in_flight FROM pods WHERE id = $1")
         .bind(id)
         .fetch_optional(&pool)
         .await
@@ -759,9 +759,9 @@ async fn a_worker_frozen_mid_commit_through_a_rebuild_sells_nothing_twice() {
         reconcile_every_ms: 200,
         configure: Some(|s| {
             s.role = Role::Api;
-            // The broker drops a connection silent for 2-4 s; the rebuild gives a
-            // silent pod 6 s.
-            s.queue.heartbeat_secs = 2;
+            // The broker drops a connection silent for 6 to 9 s; the rebuild gives a
+            // silent pod 16 s (see InFlightTiming).
+            s.queue.heartbeat_secs = 3;
             s.pod.heartbeat_secs = 1;
             s.pod.gone_after_secs = 3;
         }),
@@ -841,10 +841,10 @@ async fn a_worker_frozen_mid_commit_through_a_rebuild_sells_nothing_twice() {
     postgres.let_through();
     eventually(
         Duration::from_secs(30),
-        "the thawed pod heartbeats holding no claim",
+        "the thawed pod heartbeats holding nothing",
         || async {
             match pod_row(&api, &frozen).await {
-                Some((at, claims)) if at > thawed && claims.is_empty() => Ok(()),
+                Some((at, Some(held))) if at > thawed && held.is_empty() => Ok(()),
                 other => Err(format!("{other:?}")),
             }
         },

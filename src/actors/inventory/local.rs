@@ -17,8 +17,8 @@ use sqlx::sqlite::SqlitePool;
 use sqlx::Row;
 
 use super::{
-    InventoryMsg, PartitionState, PendingOrder, RateWindow, ReserveOutcome, ReserveRequest,
-    SaleCounters, SaleRefused, SaleSummary, UnpublishedOrder, NOT_REBUILDING,
+    InventoryMsg, PartitionState, PendingOrder, RateWindow, RebuildStopped, ReserveOutcome,
+    ReserveRequest, SaleCounters, SaleRefused, SaleSummary, UnpublishedOrder,
 };
 use crate::db::sqlite_pool;
 use crate::domain::{now_ms, OrderId, SaleDefinition};
@@ -469,7 +469,7 @@ impl LocalInventory {
             }
             self.resv.remove(order);
             self.changes.push(Change::Resv(order.to_string()));
-            return Claimed::Sold { era: 0 };
+            return Claimed::Sold;
         }
         if self.released.contains(order) {
             return Claimed::Released;
@@ -483,7 +483,7 @@ impl LocalInventory {
                     && o.user == user
                     && o.created_at == c.created_at =>
             {
-                Claimed::Sold { era: 0 }
+                Claimed::Sold
             }
             _ => Claimed::Unknown,
         }
@@ -639,7 +639,7 @@ impl LocalInventory {
             // without the file, and with the file there is nothing to rebuild from.
             InventoryMsg::Recovery(_, port) => port.defer(Ok(PartitionState::Ready)),
             // Never rebuilding (above): nothing to overwrite.
-            InventoryMsg::RebuildSale(_, port) => port.defer(Ok(NOT_REBUILDING)),
+            InventoryMsg::Rebuild(_, port) => port.defer(Ok(Err(RebuildStopped::Whole))),
         }
     }
 

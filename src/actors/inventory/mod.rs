@@ -120,10 +120,8 @@ pub struct Restock {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claimed {
     /// Persist it as sold: its reservation was here (or it was claimed before, or it
-    /// was accepted before the partition lost its state). `era` is the partition's
-    /// (see [`crate::actors::claims`]): the consumer holds the claim under it until
-    /// the shard has the order.
-    Sold { era: i64 },
+    /// was accepted before the partition lost its state).
+    Sold,
     /// Record it as cancelled: its reservation was released before it was persisted.
     Released,
     /// Never reserved here, or not with these details (a forged or altered message):
@@ -176,10 +174,7 @@ pub enum SaleRefused {
 
 /// Whether the partition's state is whole, or being rebuilt after it was lost.
 #[derive(Debug)]
-pub struct Recovery {
-    /// Ends the rebuild: every sale of the partition has been rebuilt.
-    pub finish: bool,
-}
+pub struct Recovery;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PartitionState {
@@ -191,17 +186,72 @@ pub enum PartitionState {
     },
 }
 
-/// Answered by a [`RebuildSale`] that found the partition no longer rebuilding.
-pub const NOT_REBUILDING: i64 = -1;
+/// How long a reconciler keeps the rebuild it owns without taking a step: another
+/// takes it over (from scratch) once it has been silent this long.
+pub const REBUILD_LEASE_MS: i64 = 30_000;
 
-/// Rebuilds one sale of a partition that lost its state, from its completed orders;
-/// answers the units sold, or [`NOT_REBUILDING`] (and changes nothing) once the
-/// partition is whole again: the reconcilers of several api pods may race to it.
+/// One bounded step of rebuilding a partition that lost its state
+/// ([`crate::actors::recovery`]). One reconciler owns the rebuild at a time, under a
+/// lease each of its steps renews; the steps of any other are refused.
 #[derive(Debug)]
-pub struct RebuildSale {
-    pub product: ProductId,
-    pub sale: SaleDefinition,
-    pub orders: Vec<SoldOrder>,
+pub struct RebuildStep {
+    /// The reconciler taking the step.
+    pub owner: String,
+    pub step: Step,
+}
+
+#[derive(Debug)]
+pub enum Step {
+    /// Takes the rebuild, or keeps it. A new owner starts from scratch: what an
+    /// earlier one staged is dropped.
+    Own,
+    /// A chunk of a sale's persisted orders: a reservation kept of any of them holds
+    /// nothing any more, a cancelled one is remembered as returned, and a sold one's
+    /// key comes back. Answers the sold ones that the partition remembers as returned
+    /// (cancelled since the snapshot was read): they count for nothing.
+    Orders {
+        product: ProductId,
+        sale: SaleDefinition,
+        orders: Vec<SoldOrder>,
+    },
+    /// Each buyer's units among a sale's persisted orders (a chunk of buyers).
+    Buyers {
+        product: ProductId,
+        sale: SaleDefinition,
+        buyers: Vec<(String, i64)>,
+    },
+    /// The sale itself, with the units its persisted orders sold: the orders claimed
+    /// meanwhile and the reservations still held are added, and it sells again once
+    /// the rebuild finishes (claims count on it from now). Answers the units sold.
+    Sale {
+        product: ProductId,
+        sale: SaleDefinition,
+        sold: i64,
+    },
+    /// Every sale is rebuilt: the partition is whole again.
+    Finish,
+}
+
+/// What a [`RebuildStep`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepDone {
+    Owned,
+    /// The sold orders of the chunk the partition remembers as returned.
+    Returned(Vec<String>),
+    Staged,
+    /// The units the rebuilt sale has sold.
+    Sold(i64),
+    Finished,
+}
+
+/// Why a rebuild stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebuildStopped {
+    /// The partition is whole again: another reconciler finished (this one's snapshot
+    /// of the shards is stale and must not overwrite what was sold since).
+    Whole,
+    /// Another reconciler owns the rebuild.
+    Taken,
 }
 
 #[derive(Debug)]
@@ -283,6 +333,6 @@ crate::protocol! {
         ReleaseStale(ReleaseStale) -> i64,
         Sales(ListSales) -> Vec<SaleSummary>,
         Recovery(Recovery) -> PartitionState,
-        RebuildSale(RebuildSale) -> i64,
+        Rebuild(RebuildStep) -> Result<StepDone, RebuildStopped>,
     }
 }

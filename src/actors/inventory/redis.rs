@@ -18,8 +18,8 @@ use redis::Value;
 
 use super::sentinel::{Replication, SentinelUrl};
 use super::{
-    Claimed, InventoryMsg, PartitionState, PendingOrder, RateWindow, ReserveOutcome, Restocked,
-    SaleCounters, SaleRefused, SaleSummary, UnpublishedOrder,
+    Claimed, InventoryMsg, PartitionState, PendingOrder, RateWindow, RebuildStopped,
+    ReserveOutcome, Restocked, SaleCounters, SaleRefused, SaleSummary, StepDone, UnpublishedOrder,
 };
 use crate::domain::{now_ms, OrderId};
 use crate::supervisors::slot::{ItemError, Message, ReplyPort};
@@ -46,11 +46,11 @@ const CLAIM: &str = include_str!("lua/claim.lua");
 /// state may be gone).
 const EPOCH: &str = include_str!("lua/epoch.lua");
 
-/// ARGV: prefix, finish. Returns {rebuilding, since}.
+/// ARGV: prefix. Returns {rebuilding, since}.
 const RECOVERY: &str = include_str!("lua/recovery.lua");
 
-/// ARGV: prefix, pid, stock, limit, starts, ends, ttl, then oid, uid, qty, key per
-/// order. Returns the units sold.
+/// ARGV: prefix, owner, lease_ms, step, then the step's own. One bounded step of a
+/// rebuild (see the script).
 const REBUILD: &str = include_str!("lua/rebuild.lua");
 
 /// ARGV: prefix, now, stale_ms. Returns how many reservations were released.
@@ -294,26 +294,57 @@ impl RedisInventory {
                     .arg(self.ttl_secs);
                 cmd
             }
-            InventoryMsg::Recovery(super::Recovery { finish }, _) => {
-                let mut c = self.script(&s.recovery);
-                c.arg(if *finish { 1 } else { 0 });
-                c
-            }
-            InventoryMsg::RebuildSale(r, _) => {
+            InventoryMsg::Recovery(super::Recovery, _) => self.script(&s.recovery),
+            InventoryMsg::Rebuild(r, _) => {
                 let mut c = self.script(&s.rebuild);
-                c.arg(r.product.get())
-                    .arg(r.sale.stock)
-                    .arg(r.sale.per_user_limit)
-                    .arg(r.sale.starts_at.unwrap_or(0))
-                    .arg(r.sale.ends_at.unwrap_or(0))
-                    .arg(self.ttl_secs);
-                for o in &r.orders {
-                    c.arg(&o.order_id)
-                        .arg(&o.user_id)
-                        .arg(o.quantity)
-                        .arg(&o.idempotency_key)
-                        .arg(if o.cancelled { "c" } else { "s" });
-                }
+                c.arg(&r.owner).arg(super::REBUILD_LEASE_MS);
+                let ends = |sale: &super::SaleDefinition| sale.ends_at.unwrap_or(0);
+                match &r.step {
+                    super::Step::Own => c.arg("own"),
+                    super::Step::Orders {
+                        product,
+                        sale,
+                        orders,
+                    } => {
+                        c.arg("orders")
+                            .arg(product.get())
+                            .arg(ends(sale))
+                            .arg(self.ttl_secs);
+                        for o in orders {
+                            c.arg(&o.order_id)
+                                .arg(&o.user_id)
+                                .arg(o.quantity)
+                                .arg(&o.idempotency_key)
+                                .arg(if o.cancelled { "c" } else { "s" });
+                        }
+                        &mut c
+                    }
+                    super::Step::Buyers {
+                        product,
+                        sale,
+                        buyers,
+                    } => {
+                        c.arg("buyers").arg(product.get()).arg(ends(sale));
+                        for (user, units) in buyers {
+                            c.arg(user).arg(units);
+                        }
+                        &mut c
+                    }
+                    super::Step::Sale {
+                        product,
+                        sale,
+                        sold,
+                    } => c
+                        .arg("sale")
+                        .arg(product.get())
+                        .arg(sale.stock)
+                        .arg(sale.per_user_limit)
+                        .arg(sale.starts_at.unwrap_or(0))
+                        .arg(ends(sale))
+                        .arg(self.ttl_secs)
+                        .arg(sold),
+                    super::Step::Finish => c.arg("finish"),
+                };
                 c
             }
             InventoryMsg::Restock(
@@ -389,6 +420,39 @@ impl RedisInventory {
             }
         }
     }
+}
+
+/// A rebuild step's answer: `{0, ...}` done, `{-1}` whole again, `{-2}` taken.
+fn rebuild_step(
+    step: &super::Step,
+    v: &Value,
+) -> Result<Result<StepDone, RebuildStopped>, ItemError> {
+    let Value::Array(items) = v else {
+        return Err(bad("rebuild", v));
+    };
+    let (status, rest) = items.split_first().ok_or_else(|| bad("rebuild", v))?;
+    match int(status) {
+        Some(-1) => return Ok(Err(RebuildStopped::Whole)),
+        Some(-2) => return Ok(Err(RebuildStopped::Taken)),
+        Some(0) => {}
+        _ => return Err(bad("rebuild", v)),
+    }
+    Ok(Ok(match step {
+        super::Step::Own => StepDone::Owned,
+        super::Step::Orders { .. } => StepDone::Returned(
+            rest.iter()
+                .map(text)
+                .collect::<Option<_>>()
+                .ok_or_else(|| bad("rebuild", v))?,
+        ),
+        super::Step::Buyers { .. } => StepDone::Staged,
+        super::Step::Sale { .. } => StepDone::Sold(
+            rest.first()
+                .and_then(int)
+                .ok_or_else(|| bad("rebuild", v))?,
+        ),
+        super::Step::Finish => StepDone::Finished,
+    }))
 }
 
 fn bad(what: &str, v: &Value) -> ItemError {
@@ -543,10 +607,10 @@ fn answer(msg: InventoryMsg, v: Value) -> Result<(), ActorProcessingErr> {
         | InventoryMsg::CacheDel(_, p) => send(p, Ok(())),
         InventoryMsg::Claim(_, p) => send(
             p,
-            match ints(v).as_deref() {
-                Some([1, era]) => Ok(Claimed::Sold { era: *era }),
-                Some([0, _]) => Ok(Claimed::Released),
-                Some([2, _]) => Ok(Claimed::Unknown),
+            match int(v) {
+                Some(1) => Ok(Claimed::Sold),
+                Some(0) => Ok(Claimed::Released),
+                Some(2) => Ok(Claimed::Unknown),
                 _ => Err(bad("claim", v)),
             },
         ),
@@ -594,7 +658,7 @@ fn answer(msg: InventoryMsg, v: Value) -> Result<(), ActorProcessingErr> {
                 _ => PartitionState::Ready,
             }),
         ),
-        InventoryMsg::RebuildSale(_, p) => send(p, int(v).ok_or_else(|| bad("rebuild", v))),
+        InventoryMsg::Rebuild(r, p) => send(p, rebuild_step(&r.step, v)),
     }
     Ok(())
 }

@@ -418,10 +418,7 @@ impl QueueSource for AmqpSource {
                         ack: AckToken::Amqp(d.acker),
                     });
                 }
-                Ok(Batch {
-                    messages,
-                    guards: Vec::new(),
-                })
+                Ok(Batch::new(messages, Vec::new()))
             })
             .boxed();
         Ok(Subscription {

@@ -279,10 +279,7 @@ impl QueueSource for LocalSource {
                             ack: AckToken::Local(id),
                         })
                         .collect();
-                    let batch = Batch {
-                        messages,
-                        guards: vec![Box::new(permit)],
-                    };
+                    let batch = Batch::new(messages, vec![Box::new(permit)]);
                     return Some((Ok(batch), (leases, credit, wakeup, queue, max)));
                 }
             },

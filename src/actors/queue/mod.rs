@@ -17,6 +17,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use crate::actors::inflight::Held;
 use crate::supervisors::slot::{Message, ReplyPort};
 use crate::supervisors::stats::{NodeStats, Status};
 
@@ -109,12 +110,24 @@ pub struct Subscription {
 pub struct Batch {
     pub messages: Vec<QueueMessage>,
     pub guards: Vec<Box<dyn std::any::Any + Send>>,
+    /// What the handler holds of each message until it is acknowledged
+    /// ([`DeliveryHandler::hold`]).
+    pub held: Vec<Held>,
 }
 
 impl Batch {
+    pub fn new(messages: Vec<QueueMessage>, guards: Vec<Box<dyn std::any::Any + Send>>) -> Self {
+        Self {
+            messages,
+            guards,
+            held: Vec::new(),
+        }
+    }
+
     fn absorb(&mut self, more: Batch) {
         self.messages.extend(more.messages);
         self.guards.extend(more.guards);
+        self.held.extend(more.held);
     }
 }
 
@@ -186,6 +199,12 @@ pub trait QueueSource: Send + Sync + 'static {
 /// the batch is delivered again.
 #[ractor::async_trait]
 pub trait DeliveryHandler: Send + Sync + 'static {
+    /// What the pod holds of a message from the moment its consumer reads it until
+    /// it is acknowledged (see [`crate::actors::inflight`]); nothing by default.
+    fn hold(&self, _payload: &[u8]) -> Option<Held> {
+        None
+    }
+
     async fn handle(
         &self,
         out: &dyn Outbound,
@@ -271,7 +290,20 @@ impl<H: DeliveryHandler> Actor for QueueConsumer<H> {
         me: ActorRef<ConsumerMsg>,
         state: &mut ConsumerState,
     ) -> Result<(), ActorProcessingErr> {
-        let mut batches = state.batches.take().expect("subscribed in pre_start");
+        // Each message is held from the moment it is read.
+        let holder = self.handler.clone();
+        let mut batches = state
+            .batches
+            .take()
+            .expect("subscribed in pre_start")
+            .map(move |b| {
+                b.map(|mut b| {
+                    let held = b.messages.iter().filter_map(|m| holder.hold(&m.payload));
+                    b.held.extend(held);
+                    b
+                })
+            })
+            .boxed();
         let actor = me.clone();
         let stats = self.stats.clone();
         let (linger, max, idle) = (self.linger, self.max_batch, state.idle.clone());
@@ -320,6 +352,7 @@ impl<H: DeliveryHandler> Actor for QueueConsumer<H> {
                 {
                     Ok(items) => {
                         state.acker.ack(&batch.messages).await?;
+                        batch.held.into_iter().for_each(Held::settle);
                         state.idle.add_permits(1);
                         self.stats.add_processed(items as u64);
                         if state.depth_read.elapsed() >= std::time::Duration::from_secs(1) {
@@ -431,13 +464,13 @@ mod tests {
     }
 
     fn one(id: i64) -> Result<Batch, String> {
-        Ok(Batch {
-            messages: vec![QueueMessage {
+        Ok(Batch::new(
+            vec![QueueMessage {
                 payload: id.to_string().into_bytes(),
                 ack: AckToken::Local(id),
             }],
-            guards: Vec::new(),
-        })
+            Vec::new(),
+        ))
     }
 
     /// Messages trickling in one at a time, `every` apart, to a consumer that lingers

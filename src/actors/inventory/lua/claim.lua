@@ -1,15 +1,12 @@
 -- ARGV: prefix, pid, oid, uid, qty, key, created_at, ttl.
--- Answers {outcome, era}: outcome 1 (sold), 0 (released before it was persisted) or
--- 2 (unknown: never reserved here, or not with these details); era, the partition's
--- (the epoch's `since`: 0 until it first lost its state), under which the consumer
--- holds a sold claim until its shard has the order.
+-- Answers 1 (sold), 0 (released before it was persisted) or 2 (unknown: never
+-- reserved here, or not with these details).
 local pid, oid, uid, key = ARGV[2], ARGV[3], ARGV[4], ARGV[6]
 local q = tonumber(ARGV[5])
-local since = tonumber(redis.call('HGET', k('epoch'), 'since') or '0')
 local st = redis.call('HGET', k('resv', pid), oid)
 if st then
   local _, _, rq, ru = parse(st)
-  if rq ~= q or ru ~= uid then return {2, since} end
+  if rq ~= q or ru ~= uid then return 2 end
   redis.call('HDEL', k('resv', pid), oid)
   redis.call('ZREM', k('unpub', pid), oid)
   add_pending(pid, -q)
@@ -18,33 +15,42 @@ if st then
   -- counts it from here.
   if rebuilding() then
     local _, _, _, _, rkey = parse(st)
-    redis.call('HSETNX', k('counted', pid), oid, q .. '|' .. uid .. '|' .. rkey)
+    local rec = q .. '|' .. uid .. '|' .. rkey
+    redis.call('HSETNX', k('counted', pid), oid, rec)
     keep(k('counted', pid), sale_end(pid))
+    redis.call('HSET', k('rbclaims', pid), oid, rec)
   end
-  return {1, since}
+  return 1
 end
-if redis.call('SISMEMBER', k('rel', pid), oid) == 1 then return {0, since} end
+if redis.call('SISMEMBER', k('rel', pid), oid) == 1 then return 0 end
 -- Not reserved here: claimed before (a redelivery: the order's record, kept as long
 -- as its key, names it), or accepted before the partition lost its state. Those are
 -- honoured and counted once: recorded while the partition rebuilds (the rebuild adds
 -- them), applied to the sale once it has been rebuilt. Anything else never was a
 -- reservation: a forged or duplicated message with other details sells nothing.
+local since = tonumber(redis.call('HGET', k('epoch'), 'since') or '0')
 if redis.call('GET', k('ord', oid)) == uid .. '|' .. pid .. '|' .. ARGV[5] .. '|' .. ARGV[7] then
-  return {1, since}
+  return 1
 end
 -- Counted as accepted before the loss: while the partition rebuilds (the accepting
 -- pod's clock may be ahead of the one that noticed the loss), or after, when it was
 -- accepted before it. A partition that never lost its state has no such orders.
-if since == 0 or (not rebuilding() and tonumber(ARGV[7]) >= since) then return {2, since} end
-local ck = k('counted', pid)
-if redis.call('HSETNX', ck, oid, q .. '|' .. uid .. '|' .. key) == 0 then return {1, since} end
+if since == 0 or (not rebuilding() and tonumber(ARGV[7]) >= since) then return 2 end
+local ck, rec = k('counted', pid), q .. '|' .. uid .. '|' .. key
+if redis.call('HSETNX', ck, oid, rec) == 0 then return 1 end
+keep(ck, sale_end(pid))
 local sk = k('sale', pid)
+if rebuilding() then
+  -- The rebuild counts it (rebuild.lua). A sale rebuilt already in this era sells
+  -- on until the partition reopens: the claim counts on it too.
+  redis.call('HSET', k('rbclaims', pid), oid, rec)
+  if tonumber(redis.call('HGET', sk, 'rebuilt') or '-1') ~= since then return 1 end
+end
 if redis.call('EXISTS', sk) == 1 then
   local ends = sale_end(pid)
-  keep(ck, ends)
   redis.call('HINCRBY', sk, 'remaining', -q)
   redis.call('INCRBY', k('bought', pid, uid), q)
   keep(k('bought', pid, uid), ends)
   redis.call('SET', k('idem', pid, uid, key), oid, 'EX', ARGV[8])
 end
-return {1, since}
+return 1
