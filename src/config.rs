@@ -435,6 +435,42 @@ pub struct QueueSettings {
     pub heartbeat_secs: u64,
 }
 
+/// How far apart the fleet's clocks may be (NTP keeps them far closer): a heartbeat
+/// counts as later than a moment on another pod's clock only this much later.
+pub const CLOCK_SKEW_MS: i64 = 1_000;
+
+/// How long the fleet's silences last, for a rebuild that waits on what pods hold
+/// ([`crate::actors::inflight`]).
+#[derive(Debug, Clone, Copy)]
+pub struct InFlightTiming {
+    /// A message given up is held this long: RabbitMQ closes a connection silent for
+    /// 2 to 3 heartbeat timeouts and only then gives back what it held.
+    pub give_back: std::time::Duration,
+    /// A pod whose registry has not published for this long takes no more orders
+    /// (its consumers fail, and the broker takes their messages back).
+    pub unheard_after_ms: i64,
+    /// A pod silent for this long since its last heartbeat holds nothing: frozen (a
+    /// heartbeat's interval at most after its last one), or alive but unheard (it
+    /// stopped taking orders, its batch under way ends within a call's deadline),
+    /// then given back by the broker.
+    pub released_after_ms: i64,
+}
+
+impl Settings {
+    pub fn in_flight_timing(&self) -> InFlightTiming {
+        let give_back = 3 * self.queue.heartbeat_secs as i64 * 1000 + CLOCK_SKEW_MS;
+        let p = &self.pod;
+        let unheard_after_ms = p.gone_after_secs as i64 * 1000;
+        let stopping = unheard_after_ms + self.limits.call_timeout_ms as i64;
+        let silent = (p.heartbeat_secs as i64 * 1000).max(stopping);
+        InFlightTiming {
+            give_back: std::time::Duration::from_millis(give_back as u64),
+            unheard_after_ms,
+            released_after_ms: silent + give_back,
+        }
+    }
+}
+
 impl QueueSettings {
     /// `url` with the heartbeat timeout this deployment counts on.
     pub fn amqp_url(&self) -> String {
@@ -714,6 +750,16 @@ impl Settings {
         }
         if self.pod.forget_after_secs < self.pod.gone_after_secs {
             return bad("pod.forget_after_secs must not be below pod.gone_after_secs".into());
+        }
+        let released = self.in_flight_timing().released_after_ms;
+        if (self.pod.forget_after_secs as i64) * 1000 < released {
+            return bad(format!(
+                "pod.forget_after_secs must not be below {} s: a silent pod's row is kept until what it held is surely back in the queue (pod.gone_after_secs + limits.call_timeout_ms + 3 x queue.heartbeat_secs + 1 s)",
+                (released + 999) / 1000
+            ));
+        }
+        if usize::from(self.queue.prefetch) > self.queue.max_batch {
+            return bad("queue.prefetch must not be above queue.max_batch: a consumer reads every message it is sent".into());
         }
         if self.mode == Mode::Cluster {
             if self.shards.urls.is_empty() {

@@ -13,16 +13,26 @@
 //! partition ([`super::recovery`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The messages this pod holds, counted by partition.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct InFlight {
     held: Mutex<HashMap<usize, usize>>,
-    /// When the registry last published what is held (epoch ms; 0: never).
+    /// When the registry last published what is held (epoch ms), or when this pod
+    /// started before it first did.
     published_at: AtomicI64,
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        Self {
+            held: Mutex::default(),
+            published_at: AtomicI64::new(crate::domain::now_ms()),
+        }
+    }
 }
 
 impl InFlight {
@@ -40,6 +50,7 @@ impl InFlight {
             partitions,
             linger,
             settled: false,
+            given_back: None,
         }
     }
 
@@ -73,7 +84,7 @@ impl InFlight {
         self.published_at.store(at_ms, Ordering::Relaxed);
     }
 
-    /// When the registry last published what is held (epoch ms; 0: never).
+    /// When the registry last published what is held, or this pod started (epoch ms).
     pub fn published_at(&self) -> i64 {
         self.published_at.load(Ordering::Relaxed)
     }
@@ -85,6 +96,9 @@ pub struct Held {
     partitions: Vec<usize>,
     linger: Duration,
     settled: bool,
+    /// Set once the broker confirmed it has the message back (its channel closed
+    /// cleanly): then it is let go at once.
+    given_back: Option<Arc<AtomicBool>>,
 }
 
 impl Held {
@@ -92,12 +106,19 @@ impl Held {
     pub fn settle(mut self) {
         self.settled = true;
     }
+
+    /// `flag` says when the broker has the message back.
+    pub fn given_back_when(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.given_back = Some(flag);
+        self
+    }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
         let (owner, partitions) = (self.owner.clone(), std::mem::take(&mut self.partitions));
-        if self.settled || self.linger.is_zero() {
+        let back = (self.given_back.as_ref()).is_some_and(|f| f.load(Ordering::SeqCst));
+        if self.settled || back || self.linger.is_zero() {
             return owner.release(&partitions);
         }
         // Given up: the broker may deliver it again only once it has noticed, which
@@ -152,6 +173,13 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(29)).await;
         assert_eq!(in_flight.held(), vec![1]);
         tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(in_flight.held(), Vec::<usize>::new());
+        // Unless the broker said it has it back.
+        let back = Arc::new(AtomicBool::new(false));
+        let held = in_flight.hold(vec![2], Duration::from_secs(30));
+        let held = held.given_back_when(back.clone());
+        back.store(true, Ordering::SeqCst);
+        drop(held);
         assert_eq!(in_flight.held(), Vec::<usize>::new());
     }
 

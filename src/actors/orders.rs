@@ -183,7 +183,7 @@ impl DeliveryHandler for OrderHandler {
     ) -> Result<usize, ActorProcessingErr> {
         let dir = &self.directory;
         let published = dir.in_flight.published_at();
-        if published > 0 && crate::domain::now_ms() - published > self.unheard_after_ms {
+        if crate::domain::now_ms() - published > self.unheard_after_ms {
             return Err("the pod registry has not published what this pod holds for too long; taking no orders until it does".into());
         }
         let Parsed { orders, mut dead } = parse_orders(batch);

@@ -9,7 +9,7 @@ use ractor::ActorProcessingErr;
 
 use super::directory::Directory;
 use super::inventory::{ReleaseStale, MOST_RELEASED};
-use super::recovery::{finish_restocks, rebuild_if_lost, Outcome};
+use super::recovery::{finish_restocks, rebuild_if_lost, Barrier, Outcome};
 use crate::domain::now_ms;
 use crate::supervisors::slot::Wake;
 use crate::supervisors::worker::{Backend, Batch, Connect, Tick};
@@ -21,7 +21,7 @@ pub struct ReconcilerConnect {
 pub struct Reconciler {
     directory: Arc<Directory>,
     /// Per partition, the barrier its rebuild waits past ([`super::recovery`]).
-    barriers: Vec<Option<i64>>,
+    barriers: Vec<Barrier>,
 }
 
 #[ractor::async_trait]

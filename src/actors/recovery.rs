@@ -120,11 +120,16 @@ async fn settled(
                 }
                 continue;
             }
+            // A heartbeat from ahead of this clock says nothing of when it was written.
+            let ahead = pod.heartbeat_at > now + fleet.clock_skew_ms;
             match &pod.in_flight {
-                Some(held) if !held.contains(&index) => {
+                Some(held) if !held.contains(&index) && !ahead => {
                     if barrier.is_none_or(|b| pod.heartbeat_at <= b + fleet.clock_skew_ms) {
                         wait.get_or_insert(Wait::PodUnheard { pod: pod.id });
                     }
+                }
+                _ if ahead => {
+                    wait.get_or_insert(Wait::PodUnheard { pod: pod.id });
                 }
                 _ => {
                     *barrier = None;
@@ -160,18 +165,32 @@ async fn settled(
 pub async fn rebuild_if_lost(
     dir: &Directory,
     index: usize,
-    barrier: &mut Option<i64>,
+    barrier: &mut Barrier,
 ) -> Result<Outcome, CallError> {
     let slot = &dir.inventory[index];
-    if slot.call(Recovery).await? == PartitionState::Ready {
+    let since = match slot.call(Recovery).await? {
+        PartitionState::Ready => {
+            *barrier = None;
+            return Ok(Outcome::Ready);
+        }
+        PartitionState::Rebuilding { since } => since,
+    };
+    // A barrier of another loss proves nothing of this one.
+    if barrier.is_some_and(|(of, _)| of != since) {
         *barrier = None;
-        return Ok(Outcome::Ready);
     }
-    if let Some(wait) = settled(dir, index, barrier).await? {
+    let mut at = barrier.map(|(_, at)| at);
+    let waiting = settled(dir, index, &mut at).await?;
+    *barrier = at.map(|at| (since, at));
+    if let Some(wait) = waiting {
         return Ok(Outcome::Waiting(wait));
     }
-    let owner = dir.rebuild_owner.as_str();
-    if let Err(stopped) = step(slot, owner, Step::Own).await? {
+    let rebuild = Rebuild {
+        slot,
+        owner: dir.rebuild_owner.clone(),
+        since,
+    };
+    if let Err(stopped) = rebuild.step(Step::Own).await? {
         return Ok(stopped.into());
     }
     let sales = dir.catalog.call(SaleDefinitions).await?;
@@ -202,12 +221,12 @@ pub async fn rebuild_if_lost(
         for part in per_shard {
             orders.extend(part?);
         }
-        match rebuild_sale(slot, owner, *product, *sale, orders).await? {
+        match rebuild.sale(*product, *sale, orders).await? {
             Ok(n) => sold += n,
             Err(stopped) => return Ok(stopped.into()),
         }
     }
-    if let Err(stopped) = step(slot, owner, Step::Finish).await? {
+    if let Err(stopped) = rebuild.step(Step::Finish).await? {
         return Ok(stopped.into());
     }
     Ok(Outcome::Rebuilt {
@@ -215,6 +234,9 @@ pub async fn rebuild_if_lost(
         sold,
     })
 }
+
+/// The loss a barrier was set for, and the barrier ([`settled`]).
+pub type Barrier = Option<(i64, i64)>;
 
 impl From<RebuildStopped> for Outcome {
     fn from(stopped: RebuildStopped) -> Self {
@@ -230,105 +252,87 @@ impl From<RebuildStopped> for Outcome {
 /// partition's Redis server for long, whatever the sale's size.
 pub const REBUILD_CHUNK: usize = 1_000;
 
-async fn step(
-    slot: &InventorySlot,
-    owner: &str,
-    step: Step,
-) -> Result<Result<StepDone, RebuildStopped>, CallError> {
-    let owner = owner.to_string();
-    slot.call(RebuildStep { owner, step }).await
+/// One reconciler's rebuild of a partition's loss at `since`.
+pub struct Rebuild<'a> {
+    pub slot: &'a InventorySlot,
+    pub owner: String,
+    pub since: i64,
 }
 
-/// Rebuilds one sale of a partition that lost its state from its persisted orders,
-/// a chunk at a time, for the rebuild's `owner` (who must own it already: [`Step::Own`]).
-/// Answers the units the sale has sold, or why the rebuild stopped.
-pub async fn rebuild_sale(
-    slot: &InventorySlot,
-    owner: &str,
-    product: ProductId,
-    sale: SaleDefinition,
-    orders: Vec<SoldOrder>,
-) -> Result<Result<i64, RebuildStopped>, CallError> {
-    let mut returned = HashSet::new();
-    // At least one chunk, so that the sale is staged even without orders.
-    let mut chunks = orders.chunks(REBUILD_CHUNK).peekable();
-    if chunks.peek().is_none() {
-        let orders = Vec::new();
-        if let Err(stopped) = step(
-            slot,
-            owner,
-            Step::Orders {
+impl Rebuild<'_> {
+    pub async fn step(&self, step: Step) -> Result<Result<StepDone, RebuildStopped>, CallError> {
+        let (owner, since) = (self.owner.clone(), self.since);
+        self.slot.call(RebuildStep { owner, since, step }).await
+    }
+
+    /// Rebuilds one sale from its persisted orders, a chunk at a time (the rebuild
+    /// must be owned already: [`Step::Own`]). Answers the units the sale has sold, or
+    /// why the rebuild stopped.
+    pub async fn sale(
+        &self,
+        product: ProductId,
+        sale: SaleDefinition,
+        orders: Vec<SoldOrder>,
+    ) -> Result<Result<i64, RebuildStopped>, CallError> {
+        let mut returned = HashSet::new();
+        // At least one chunk, so that the sale is staged even without orders.
+        let mut chunks: Vec<&[SoldOrder]> = orders.chunks(REBUILD_CHUNK).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        for chunk in chunks {
+            let orders = chunk.to_vec();
+            match self
+                .step(Step::Orders {
+                    product,
+                    sale,
+                    orders,
+                })
+                .await?
+            {
+                Ok(StepDone::Returned(orders)) => returned.extend(orders),
+                Ok(other) => return Err(unexpected(other)),
+                Err(stopped) => return Ok(Err(stopped)),
+            }
+        }
+        let mut per_buyer: HashMap<&str, i64> = HashMap::new();
+        let mut sold = 0;
+        let counted = orders
+            .iter()
+            .filter(|o| !o.cancelled && !returned.contains(&o.order_id));
+        for o in counted {
+            *per_buyer.entry(&o.user_id).or_default() += o.quantity;
+            sold += o.quantity;
+        }
+        let buyers: Vec<(String, i64)> = per_buyer
+            .into_iter()
+            .map(|(u, n)| (u.to_string(), n))
+            .collect();
+        for chunk in buyers.chunks(REBUILD_CHUNK) {
+            let buyers = chunk.to_vec();
+            if let Err(stopped) = self
+                .step(Step::Buyers {
+                    product,
+                    sale,
+                    buyers,
+                })
+                .await?
+            {
+                return Ok(Err(stopped));
+            }
+        }
+        match self
+            .step(Step::Sale {
                 product,
                 sale,
-                orders,
-            },
-        )
-        .await?
+                sold,
+            })
+            .await?
         {
-            return Ok(Err(stopped));
+            Ok(StepDone::Sold(n)) => Ok(Ok(n)),
+            Ok(other) => Err(unexpected(other)),
+            Err(stopped) => Ok(Err(stopped)),
         }
-    }
-    for chunk in chunks {
-        let orders = chunk.to_vec();
-        match step(
-            slot,
-            owner,
-            Step::Orders {
-                product,
-                sale,
-                orders,
-            },
-        )
-        .await?
-        {
-            Ok(StepDone::Returned(orders)) => returned.extend(orders),
-            Ok(other) => return Err(unexpected(other)),
-            Err(stopped) => return Ok(Err(stopped)),
-        }
-    }
-    let mut per_buyer: HashMap<&str, i64> = HashMap::new();
-    let mut sold = 0;
-    for o in orders
-        .iter()
-        .filter(|o| !o.cancelled && !returned.contains(&o.order_id))
-    {
-        *per_buyer.entry(&o.user_id).or_default() += o.quantity;
-        sold += o.quantity;
-    }
-    let buyers: Vec<(String, i64)> = per_buyer
-        .into_iter()
-        .map(|(u, n)| (u.to_string(), n))
-        .collect();
-    for chunk in buyers.chunks(REBUILD_CHUNK) {
-        let buyers = chunk.to_vec();
-        if let Err(stopped) = step(
-            slot,
-            owner,
-            Step::Buyers {
-                product,
-                sale,
-                buyers,
-            },
-        )
-        .await?
-        {
-            return Ok(Err(stopped));
-        }
-    }
-    match step(
-        slot,
-        owner,
-        Step::Sale {
-            product,
-            sale,
-            sold,
-        },
-    )
-    .await?
-    {
-        Ok(StepDone::Sold(n)) => Ok(Ok(n)),
-        Ok(other) => Err(unexpected(other)),
-        Err(stopped) => Ok(Err(stopped)),
     }
 }
 

@@ -8,7 +8,8 @@
 //! holds are of ([`super::inflight`]): a partition that lost its state waits for them
 //! before it rebuilds.
 //!
-//! A pod that stops deregisters (deletes its row); a pod that dies stops heartbeating
+//! A pod that stops deregisters (deletes its row, unless it still holds order
+//! messages); a pod that dies stops heartbeating
 //! and shows as `gone` once its heartbeat is older than `pod.gone_after_secs`; any pod's
 //! heartbeat round deletes the rows older than `pod.forget_after_secs`. Heartbeats are
 //! written with each pod's own clock, so the fleet's clocks are assumed in step to
@@ -170,6 +171,13 @@ impl Registry {
     }
 
     async fn deregister(&mut self) -> Result<(), sqlx::Error> {
+        // A pod that still holds order messages (read, not acknowledged: the broker
+        // gives them back once it has closed the connection) leaves its row to age
+        // out, so that a rebuild waits for them.
+        if !self.in_flight.held().is_empty() {
+            tracing::info!("order messages still held: the registry row is left to age out");
+            return self.heartbeat().await;
+        }
         db::query("DELETE FROM pods WHERE id = $1")
             .bind(self.pod.id.as_str())
             .execute(db::on(&self.pool))

@@ -35,41 +35,6 @@ use crate::supervisors::slot::{Message, Nudge, Slot};
 use crate::supervisors::stats::{Kind, NodeStats, Quiesce};
 use crate::supervisors::{self, leaf, Child, Namer, Policy, Root};
 
-/// How far apart the fleet's clocks may be (NTP keeps them far closer): a heartbeat
-/// counts as later than a moment on another pod's clock only this much later.
-const CLOCK_SKEW_MS: i64 = 1_000;
-
-/// How long the fleet's silences last, for a rebuild that waits on what pods hold
-/// ([`crate::actors::inflight`]).
-struct InFlightTiming {
-    /// A message given up is held this long: RabbitMQ closes a connection silent for
-    /// 2 to 3 heartbeat timeouts and only then gives back what it held.
-    give_back: Duration,
-    /// A pod whose registry has not published for this long takes no more orders
-    /// (its consumers fail, and the broker takes their messages back).
-    unheard_after_ms: i64,
-    /// A pod silent for this long since its last heartbeat holds nothing: frozen (a
-    /// heartbeat's interval at most after its last one), or alive but unheard (it
-    /// stopped taking orders, its batch under way ends within a call's deadline),
-    /// then given back by the broker.
-    released_after_ms: i64,
-}
-
-impl InFlightTiming {
-    fn of(settings: &Settings) -> Self {
-        let give_back = 3 * settings.queue.heartbeat_secs as i64 * 1000 + CLOCK_SKEW_MS;
-        let p = &settings.pod;
-        let unheard_after_ms = p.gone_after_secs as i64 * 1000;
-        let stopping = unheard_after_ms + settings.limits.call_timeout_ms as i64;
-        let silent = (p.heartbeat_secs as i64 * 1000).max(stopping);
-        Self {
-            give_back: Duration::from_millis(give_back as u64),
-            unheard_after_ms,
-            released_after_ms: silent + give_back,
-        }
-    }
-}
-
 /// Makes the slots of one application: named, bounded, with the call deadline.
 struct Slots<'a> {
     namer: &'a Namer,
@@ -178,10 +143,10 @@ pub async fn spawn(
         .collect();
     let registry = slots.make("pod-registry");
     let p = &settings.pod;
-    let timing = InFlightTiming::of(settings);
+    let timing = settings.in_flight_timing();
     let fleet = Fleet {
         registry: registry.clone(),
-        clock_skew_ms: CLOCK_SKEW_MS,
+        clock_skew_ms: crate::config::CLOCK_SKEW_MS,
         released_after_ms: timing.released_after_ms,
     };
     let directory = Arc::new(

@@ -13,9 +13,9 @@ use flashsale::actors::inventory::local::LocalInventoryConnect;
 use flashsale::actors::inventory::redis::{HasSales, RedisConnect};
 use flashsale::actors::inventory::{
     CacheDel, CacheGet, CacheSet, Claim, Claimed, Counters, InventoryMsg, ListSales, LoadSale,
-    Lookup, MarkPublished, RateCheck, RebuildStep, RebuildStopped, Release, ReleaseStale,
-    ReserveOutcome, ReserveRequest, Restock, Restocked, SaleCounters, SaleRefused, Step, StepDone,
-    UnpublishedOrder,
+    Lookup, MarkPublished, PartitionState, RateCheck, RebuildStopped, Recovery, Release,
+    ReleaseStale, ReserveOutcome, ReserveRequest, Restock, Restocked, SaleCounters, SaleRefused,
+    Step, StepDone, UnpublishedOrder,
 };
 use flashsale::actors::recovery;
 use flashsale::domain::{
@@ -215,10 +215,22 @@ impl Partition {
         }
     }
 
+    /// `owner`'s rebuild of the partition's loss (0 once it is whole).
+    async fn rebuilder(&self, owner: &str) -> recovery::Rebuild<'_> {
+        let since = match self.slot.call(Recovery).await.unwrap() {
+            PartitionState::Rebuilding { since } => since,
+            PartitionState::Ready => 0,
+        };
+        recovery::Rebuild {
+            slot: &self.slot,
+            owner: owner.to_string(),
+            since,
+        }
+    }
+
     /// Takes a step of a rebuild for `owner`.
     async fn rebuild_step(&self, owner: &str, step: Step) -> Result<StepDone, RebuildStopped> {
-        let owner = owner.to_string();
-        self.slot.call(RebuildStep { owner, step }).await.unwrap()
+        self.rebuilder(owner).await.step(step).await.unwrap()
     }
 
     /// Rebuilds a sale for `owner` (taking the rebuild first): the units sold.
@@ -229,10 +241,9 @@ impl Partition {
         sale: SaleDefinition,
         orders: Vec<SoldOrder>,
     ) -> Result<i64, RebuildStopped> {
-        self.rebuild_step(owner, Step::Own).await?;
-        recovery::rebuild_sale(&self.slot, owner, product, sale, orders)
-            .await
-            .unwrap()
+        let rebuild = self.rebuilder(owner).await;
+        rebuild.step(Step::Own).await.unwrap()?;
+        rebuild.sale(product, sale, orders).await.unwrap()
     }
 
     async fn counters(&self, product: ProductId) -> SaleCounters {

@@ -729,7 +729,9 @@ async fn pod_row(app: &TestApp, id: &str) -> Option<(i64, Option<String>)> {
     let pool = sqlx::PgPool::connect(app.settings.catalog.url.expose())
         .await
         .unwrap();
+    // Unnamed statements: the catalog may be behind PgBouncer in transaction mode.
     let row = sqlx::query_as("SELECT heartbeat_at, in_flight FROM pods WHERE id = $1")
+        .persistent(false)
         .bind(id)
         .fetch_optional(&pool)
         .await

@@ -197,6 +197,9 @@ pub const REBUILD_LEASE_MS: i64 = 30_000;
 pub struct RebuildStep {
     /// The reconciler taking the step.
     pub owner: String,
+    /// The loss the rebuild is of ([`PartitionState::Rebuilding`]): once the partition
+    /// loses its state again, the steps of this rebuild are refused.
+    pub since: i64,
     pub step: Step,
 }
 
@@ -250,7 +253,7 @@ pub enum RebuildStopped {
     /// The partition is whole again: another reconciler finished (this one's snapshot
     /// of the shards is stale and must not overwrite what was sold since).
     Whole,
-    /// Another reconciler owns the rebuild.
+    /// Another reconciler owns the rebuild, or the partition lost its state again.
     Taken,
 }
 

@@ -49,8 +49,8 @@ const EPOCH: &str = include_str!("lua/epoch.lua");
 /// ARGV: prefix. Returns {rebuilding, since}.
 const RECOVERY: &str = include_str!("lua/recovery.lua");
 
-/// ARGV: prefix, owner, lease_ms, step, then the step's own. One bounded step of a
-/// rebuild (see the script).
+/// ARGV: prefix, owner, since, lease_ms, step, then the step's own. One bounded step
+/// of a rebuild (see the script).
 const REBUILD: &str = include_str!("lua/rebuild.lua");
 
 /// ARGV: prefix, now, stale_ms. Returns how many reservations were released.
@@ -297,7 +297,7 @@ impl RedisInventory {
             InventoryMsg::Recovery(super::Recovery, _) => self.script(&s.recovery),
             InventoryMsg::Rebuild(r, _) => {
                 let mut c = self.script(&s.rebuild);
-                c.arg(&r.owner).arg(super::REBUILD_LEASE_MS);
+                c.arg(&r.owner).arg(r.since).arg(super::REBUILD_LEASE_MS);
                 let ends = |sale: &super::SaleDefinition| sale.ends_at.unwrap_or(0);
                 match &r.step {
                     super::Step::Own => c.arg("own"),

@@ -371,6 +371,13 @@ impl Acknowledge for AmqpAcker {
     async fn depth(&self, queue: &str) -> Result<u64, ActorProcessingErr> {
         within(self.deadline, "declare", queue_depth(&self._channel, queue)).await
     }
+
+    /// Closing the channel gives back what it did not acknowledge; the broker has
+    /// done so when it confirms the close.
+    async fn give_back(&self) -> Result<(), ActorProcessingErr> {
+        let close = self._channel.close(200, "given back".into());
+        within(self.deadline, "close", close).await
+    }
 }
 
 pub struct AmqpSource {

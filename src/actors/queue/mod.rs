@@ -8,6 +8,7 @@
 pub mod amqp;
 pub mod local;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,6 +98,12 @@ pub trait Acknowledge: Send + Sync {
 
     /// Messages of `queue` waiting to be delivered.
     async fn depth(&self, queue: &str) -> Result<u64, ActorProcessingErr>;
+
+    /// Gives every unacknowledged message back to the queue, and answers once the
+    /// queue has them (the subscription ends).
+    async fn give_back(&self) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
 }
 
 /// An open subscription: batches of messages, and the means to answer them.
@@ -236,6 +243,8 @@ pub struct ConsumerState {
     /// Released when the consumer is done with a batch: the reader hands over the next.
     idle: Arc<Semaphore>,
     depth_read: std::time::Instant,
+    /// Set once the broker has every message this subscription held back.
+    given_back: Arc<AtomicBool>,
 }
 
 impl Drop for ConsumerState {
@@ -276,6 +285,7 @@ impl<H: DeliveryHandler> Actor for QueueConsumer<H> {
                 reader: None,
                 idle: Arc::new(Semaphore::new(1)),
                 depth_read: std::time::Instant::now() - std::time::Duration::from_secs(60),
+                given_back: Arc::new(AtomicBool::new(false)),
             }),
             Err(e) => {
                 self.stats.failed(&e);
@@ -292,13 +302,16 @@ impl<H: DeliveryHandler> Actor for QueueConsumer<H> {
     ) -> Result<(), ActorProcessingErr> {
         // Each message is held from the moment it is read.
         let holder = self.handler.clone();
+        let back = state.given_back.clone();
         let mut batches = state
             .batches
             .take()
             .expect("subscribed in pre_start")
             .map(move |b| {
                 b.map(|mut b| {
-                    let held = b.messages.iter().filter_map(|m| holder.hold(&m.payload));
+                    let held = (b.messages.iter())
+                        .filter_map(|m| holder.hold(&m.payload))
+                        .map(|h| h.given_back_when(back.clone()));
                     b.held.extend(held);
                     b
                 })
@@ -372,6 +385,13 @@ impl<H: DeliveryHandler> Actor for QueueConsumer<H> {
             ConsumerMsg::StreamEnded(why) => Err(why.into()),
         };
         if let Err(e) = &result {
+            // What this consumer held goes back to the queue now, not once the broker
+            // notices the connection gone.
+            if state.acker.give_back().await.is_ok() {
+                state
+                    .given_back
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             self.stats.failed(e);
             tracing::error!(actor = %self.stats.name, error = %e, "consumer failed; unacknowledged messages will be redelivered");
         }
@@ -381,8 +401,13 @@ impl<H: DeliveryHandler> Actor for QueueConsumer<H> {
     async fn post_stop(
         &self,
         _me: ActorRef<ConsumerMsg>,
-        _state: &mut ConsumerState,
+        state: &mut ConsumerState,
     ) -> Result<(), ActorProcessingErr> {
+        if state.acker.give_back().await.is_ok() {
+            state
+                .given_back
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         self.stats.stopped();
         Ok(())
     }

@@ -29,22 +29,29 @@ if redis.call('SISMEMBER', k('rel', pid), oid) == 1 then return 0 end
 -- them), applied to the sale once it has been rebuilt. Anything else never was a
 -- reservation: a forged or duplicated message with other details sells nothing.
 local since = tonumber(redis.call('HGET', k('epoch'), 'since') or '0')
-if redis.call('GET', k('ord', oid)) == uid .. '|' .. pid .. '|' .. ARGV[5] .. '|' .. ARGV[7] then
-  return 1
-end
--- Counted as accepted before the loss: while the partition rebuilds (the accepting
--- pod's clock may be ahead of the one that noticed the loss), or after, when it was
--- accepted before it. A partition that never lost its state has no such orders.
-if since == 0 or (not rebuilding() and tonumber(ARGV[7]) >= since) then return 2 end
-local ck, rec = k('counted', pid), q .. '|' .. uid .. '|' .. key
-if redis.call('HSETNX', ck, oid, rec) == 0 then return 1 end
-keep(ck, sale_end(pid))
-local sk = k('sale', pid)
+local ck, rec, sk = k('counted', pid), q .. '|' .. uid .. '|' .. key, k('sale', pid)
 if rebuilding() then
-  -- The rebuild counts it (rebuild.lua). A sale rebuilt already in this era sells
-  -- on until the partition reopens: the claim counts on it too.
+  -- Whatever the partition remembers of it, an order claimed while the partition
+  -- rebuilds is counted by the rebuild unless the shards show it (rebuild.lua); a
+  -- sale rebuilt already in this era sells on until the partition reopens, and an
+  -- order new to it counts on it too.
   redis.call('HSET', k('rbclaims', pid), oid, rec)
-  if tonumber(redis.call('HGET', sk, 'rebuilt') or '-1') ~= since then return 1 end
+  local new = redis.call('HSETNX', ck, oid, rec) == 1
+  keep(ck, sale_end(pid))
+  if not new or tonumber(redis.call('HGET', sk, 'rebuilt') or '-1') ~= since then
+    return 1
+  end
+else
+  if redis.call('GET', k('ord', oid)) == uid .. '|' .. pid .. '|' .. ARGV[5] .. '|' .. ARGV[7] then
+    return 1
+  end
+  -- Counted as accepted before the loss, when it was accepted before it (while the
+  -- partition rebuilds, whatever the clocks: the accepting pod's may be ahead of the
+  -- one that noticed the loss). A partition that never lost its state has no such
+  -- orders.
+  if since == 0 or tonumber(ARGV[7]) >= since then return 2 end
+  if redis.call('HSETNX', ck, oid, rec) == 0 then return 1 end
+  keep(ck, sale_end(pid))
 end
 if redis.call('EXISTS', sk) == 1 then
   local ends = sale_end(pid)

@@ -6,12 +6,15 @@
 -- persisted orders in chunks (`orders`), then its buyers' units (`buyers`), then
 -- the sale itself (`sale`), which adds what was claimed meanwhile and the
 -- reservations still held; `finish` reopens the partition.
--- ARGV: prefix, owner, lease_ms, step, then the step's own (below).
+-- ARGV: prefix, owner, since (the loss the rebuild is of), lease_ms, step, then the
+-- step's own (below).
 -- Answers {0, ...} once done, {-1} when the partition is no longer rebuilding
 -- (another reconciler finished: this one's snapshot of the shards is stale and must
--- not overwrite what was sold since), {-2} when another reconciler owns it.
+-- not overwrite what was sold since), {-2} when another reconciler owns it or the
+-- partition lost its state again since the rebuild began.
 if not rebuilding() then return {-1} end
-local owner, lease, step = ARGV[2], ARGV[3], ARGV[4]
+local owner, lease, step = ARGV[2], ARGV[4], ARGV[5]
+if redis.call('HGET', k('epoch'), 'since') ~= ARGV[3] then return {-2} end
 local OWNER, STAGED = k('rebuild', 'owner'), k('rebuild', 'sales')
 -- What a rebuild stages for a sale, dropped when it finishes or changes owner: the
 -- persisted sold orders counted (`rbseen`), and each buyer's units among them
@@ -34,12 +37,12 @@ redis.call('PEXPIRE', OWNER, lease)
 if step == 'own' then return {0} end
 
 if step == 'orders' then
-  -- ARGV from 5: pid, ends, ttl, then oid, uid, qty, key, s(old) or c(ancelled), ...
-  local pid, ends = ARGV[5], tonumber(ARGV[6])
+  -- ARGV from 6: pid, ends, ttl, then oid, uid, qty, key, s(old) or c(ancelled), ...
+  local pid, ends = ARGV[6], tonumber(ARGV[7])
   redis.call('SADD', STAGED, pid)
   local seen, rk, ck = k('rbseen', pid), k('restocked', pid), k('counted', pid)
   local returned = {0}
-  for i = 8, #ARGV, 5 do
+  for i = 9, #ARGV, 5 do
     local oid, uid, q, key = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
     -- An order in the shards was claimed: a reservation of it kept by a partial
     -- loss holds nothing any more.
@@ -56,7 +59,7 @@ if step == 'orders' then
       redis.call('SADD', seen, oid)
       -- A redelivery of it is recognised: claimed once, counted once.
       redis.call('HSETNX', ck, oid, q .. '|' .. uid .. '|' .. key)
-      redis.call('SET', k('idem', pid, uid, key), oid, 'EX', ARGV[7])
+      redis.call('SET', k('idem', pid, uid, key), oid, 'EX', ARGV[8])
     end
   end
   keep(rk, ends)
@@ -66,10 +69,10 @@ if step == 'orders' then
 end
 
 if step == 'buyers' then
-  -- ARGV from 5: pid, ends, then uid, units, ...
-  local pid, ends = ARGV[5], tonumber(ARGV[6])
+  -- ARGV from 6: pid, ends, then uid, units, ...
+  local pid, ends = ARGV[6], tonumber(ARGV[7])
   redis.call('SADD', STAGED, pid)
-  for i = 7, #ARGV, 2 do
+  for i = 8, #ARGV, 2 do
     redis.call('HSET', k('rbsum', pid), ARGV[i], ARGV[i + 1])
     redis.call('SET', k('bought', pid, ARGV[i]), ARGV[i + 1])
     keep(k('bought', pid, ARGV[i]), ends)
@@ -79,9 +82,9 @@ if step == 'buyers' then
 end
 
 if step == 'sale' then
-  -- ARGV from 5: pid, stock, limit, starts, ends, ttl, units sold by the persisted
+  -- ARGV from 6: pid, stock, limit, starts, ends, ttl, units sold by the persisted
   -- orders.
-  local pid, stock, ends, sold = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[9]), tonumber(ARGV[11])
+  local pid, stock, ends, sold = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[10]), tonumber(ARGV[12])
   local seen, rk = k('rbseen', pid), k('restocked', pid)
   local extra = {}
   -- Orders claimed while the partition rebuilds that the shards did not show.
@@ -92,7 +95,7 @@ if step == 'sale' then
       local q, u, key = string.match(claims[i + 1], '^(%d+)|([^|]*)|(.*)$')
       sold = sold + tonumber(q)
       extra[u] = (extra[u] or 0) + tonumber(q)
-      redis.call('SET', k('idem', pid, u, key), oid, 'EX', ARGV[10])
+      redis.call('SET', k('idem', pid, u, key), oid, 'EX', ARGV[11])
     end
   end
   -- Reservations the partition still holds (a partial loss keeps some: a promoted
@@ -112,9 +115,8 @@ if step == 'sale' then
     keep(k('bought', pid, u), ends)
   end
   -- `rebuilt`: claims from now on count on the sale itself (claim.lua).
-  local since = redis.call('HGET', k('epoch'), 'since')
   redis.call('HSET', k('sale', pid), 'stock', stock, 'remaining', stock - sold - pending,
-    'limit', ARGV[7], 'starts', ARGV[8], 'ends', ARGV[9], 'pending', pending, 'rebuilt', since)
+    'limit', ARGV[8], 'starts', ARGV[9], 'ends', ARGV[10], 'pending', pending, 'rebuilt', ARGV[3])
   redis.call('SADD', k('sales'), pid)
   return {0, sold}
 end
