@@ -628,18 +628,7 @@ async fn a_rebuild_keeps_what_is_still_reserved_and_what_was_cancelled() {
     p.created(pid, &ann, "a", 2).await;
     let bobs = p.created(pid, &bob, "b", 1).await;
     let cats = OrderId::generate();
-    let prefix = p.prefix.clone().unwrap();
-    let client = redis::Client::open("redis://127.0.0.1:6380/14").unwrap();
-    let mut con = client.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("HSET")
-        .arg(format!("{prefix}:epoch"))
-        .arg("state")
-        .arg("rebuilding")
-        .arg("since")
-        .arg(now_ms())
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    lose_state(&p).await;
     // One look at the shards reads Cat's order cancelled; an older one read it sold.
     let fresh = vec![
         shard_order(&bobs, &bob, 1, false),
@@ -671,19 +660,7 @@ async fn a_reservation_claimed_during_a_rebuild_is_counted_sold() {
     let (pid, ann) = (product(), UserId::new_random());
     p.load(pid, open_sale(10, 5)).await.unwrap();
     let anns = p.created(pid, &ann, "a", 2).await;
-    let prefix = p.prefix.clone().unwrap();
-    let client = redis::Client::open("redis://127.0.0.1:6380/14").unwrap();
-    let mut con = client.get_multiplexed_async_connection().await.unwrap();
-    let since = now_ms();
-    let _: () = redis::cmd("HSET")
-        .arg(format!("{prefix}:epoch"))
-        .arg("state")
-        .arg("rebuilding")
-        .arg("since")
-        .arg(since)
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    lose_state(&p).await;
     let (user, quantity, at) = p.reserved.lock().unwrap()[&anns].clone();
     assert_eq!(
         p.claim_as(pid, &anns, &user, quantity, at).await,

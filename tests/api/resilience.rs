@@ -508,26 +508,7 @@ async fn a_partition_back_without_its_last_writes_rebuilds_and_never_oversells()
 
     // The partition notices, rebuilds (503 meanwhile), honours the three orders, and
     // sells exactly the rest of the stock.
-    loop {
-        let r = eventually(Duration::from_secs(30), "the sale answers", || async {
-            let (_, token) = app.token_for_new_user();
-            let r = app.buy(&token, product, "k", None).await;
-            match r.status {
-                StatusCode::SERVICE_UNAVAILABLE => Err(format!("{} {}", r.status, r.body)),
-                _ => Ok((token, r)),
-            }
-        })
-        .await;
-        match r.1.status {
-            StatusCode::CREATED => {
-                accepted.push((r.0, r.1.body["orderId"].as_str().unwrap().to_string()))
-            }
-            _ => {
-                assert_eq!(r.1.error(), "out_of_stock", "{:?}", r.1.body);
-                break;
-            }
-        }
-    }
+    buy_out(&app, product, &mut accepted, Duration::from_secs(30)).await;
     assert_eq!(accepted.len(), 10, "the stock of ten, sold once each");
     app.assert_completed_once(&accepted).await;
     let letters = app.admin(Method::GET, "/admin/dead-letters", None).await;
@@ -547,6 +528,65 @@ fn shard_server(app: &TestApp) -> &'static str {
             .to_string()
             .into_boxed_str(),
     )
+}
+
+/// Two new buyers' orders, accepted and claimed by a worker whose shard writes wait at
+/// `postgres` (held from now on); answers them.
+async fn two_orders_held_at(
+    api: &TestApp,
+    postgres: &Proxy,
+    product: i64,
+) -> Vec<(String, String)> {
+    let partition = api
+        .app_state
+        .directory
+        .product_partition(ProductId::from_db(product));
+    postgres.hold();
+    let accepted = api.buy_as_new_buyers(product, 2).await;
+    eventually(
+        Duration::from_secs(20),
+        "the worker claims both orders",
+        || async {
+            let counters = partition
+                .call(Counters {
+                    product: ProductId::from_db(product),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            match counters {
+                Some(c) if c.pending == 0 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    accepted
+}
+
+/// New buyers buy one unit each once the sale answers (it may answer 503 `within`),
+/// until it is out of stock; what they were sold joins `accepted`.
+async fn buy_out(
+    api: &TestApp,
+    product: i64,
+    accepted: &mut Vec<(String, String)>,
+    within: Duration,
+) {
+    loop {
+        let (token, r) = eventually(within, "the sale answers", || async {
+            let (_, token) = api.token_for_new_user();
+            let r = api.buy(&token, product, "k", None).await;
+            match r.status {
+                StatusCode::SERVICE_UNAVAILABLE => Err(format!("{} {}", r.status, r.body)),
+                _ => Ok((token, r)),
+            }
+        })
+        .await;
+        if r.status != StatusCode::CREATED {
+            assert_eq!(r.error(), "out_of_stock", "{:?}", r.body);
+            return;
+        }
+        accepted.push((token, r.body["orderId"].as_str().unwrap().to_string()));
+    }
 }
 
 /// A worker pod claims two orders from their partition, then freezes before its shard
@@ -580,30 +620,7 @@ async fn a_rebuild_waits_for_orders_claimed_before_the_loss() {
         })
         .await;
     let product = api.sale(3, 1).await;
-    let partition = api
-        .app_state
-        .directory
-        .product_partition(ProductId::from_db(product));
-
-    postgres.hold();
-    let mut accepted = api.buy_as_new_buyers(product, 2).await;
-    eventually(
-        Duration::from_secs(20),
-        "the worker claims both orders",
-        || async {
-            let counters = partition
-                .call(Counters {
-                    product: ProductId::from_db(product),
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            match counters {
-                Some(c) if c.pending == 0 => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
+    let mut accepted = two_orders_held_at(&api, &postgres, product).await;
     // The partitions lose their state, as a Redis restarted without its data would.
     delete_redis_keys(&api.settings.inventory.key_prefix)
         .await
@@ -639,22 +656,7 @@ async fn a_rebuild_waits_for_orders_claimed_before_the_loss() {
     // The worker thaws: its orders reach the shard, the rebuild counts them, and the
     // one unit left sells once.
     postgres.let_through();
-    loop {
-        let (token, r) = eventually(Duration::from_secs(30), "the sale answers", || async {
-            let (_, token) = api.token_for_new_user();
-            let r = api.buy(&token, product, "k", None).await;
-            match r.status {
-                StatusCode::SERVICE_UNAVAILABLE => Err(format!("{} {}", r.status, r.body)),
-                _ => Ok((token, r)),
-            }
-        })
-        .await;
-        if r.status != StatusCode::CREATED {
-            assert_eq!(r.error(), "out_of_stock", "{:?}", r.body);
-            break;
-        }
-        accepted.push((token, r.body["orderId"].as_str().unwrap().to_string()));
-    }
+    buy_out(&api, product, &mut accepted, Duration::from_secs(30)).await;
     assert_eq!(accepted.len(), 3, "the stock of three, sold once each");
     api.assert_completed_once(&accepted).await;
     worker.stop().await;
@@ -781,30 +783,7 @@ async fn a_worker_frozen_mid_commit_through_a_rebuild_sells_nothing_twice() {
     })
     .await;
     let product = api.sale(3, 1).await;
-    let partition = api
-        .app_state
-        .directory
-        .product_partition(ProductId::from_db(product));
-
-    postgres.hold();
-    let mut accepted = api.buy_as_new_buyers(product, 2).await;
-    eventually(
-        Duration::from_secs(20),
-        "the worker claims both orders",
-        || async {
-            let counters = partition
-                .call(Counters {
-                    product: ProductId::from_db(product),
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            match counters {
-                Some(c) if c.pending == 0 => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
+    let mut accepted = two_orders_held_at(&api, &postgres, product).await;
     signal(&worker, "STOP").await;
     delete_redis_keys(&api.settings.inventory.key_prefix)
         .await
@@ -818,22 +797,7 @@ async fn a_worker_frozen_mid_commit_through_a_rebuild_sells_nothing_twice() {
         })
         .await;
 
-    loop {
-        let (token, r) = eventually(Duration::from_secs(60), "the sale answers", || async {
-            let (_, token) = api.token_for_new_user();
-            let r = api.buy(&token, product, "k", None).await;
-            match r.status {
-                StatusCode::SERVICE_UNAVAILABLE => Err(format!("{} {}", r.status, r.body)),
-                _ => Ok((token, r)),
-            }
-        })
-        .await;
-        if r.status != StatusCode::CREATED {
-            assert_eq!(r.error(), "out_of_stock", "{:?}", r.body);
-            break;
-        }
-        accepted.push((token, r.body["orderId"].as_str().unwrap().to_string()));
-    }
+    buy_out(&api, product, &mut accepted, Duration::from_secs(60)).await;
     assert_eq!(accepted.len(), 3, "the stock of three, sold once each");
     api.assert_completed_once(&accepted).await;
 
