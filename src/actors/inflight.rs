@@ -117,17 +117,25 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         let (owner, partitions) = (self.owner.clone(), std::mem::take(&mut self.partitions));
-        let back = (self.given_back.as_ref()).is_some_and(|f| f.load(Ordering::SeqCst));
-        if self.settled || back || self.linger.is_zero() {
+        let given_back = self.given_back.take();
+        let back = move || {
+            given_back
+                .as_ref()
+                .is_some_and(|f| f.load(Ordering::SeqCst))
+        };
+        if self.settled || back() || self.linger.is_zero() {
             return owner.release(&partitions);
         }
         // Given up: the broker may deliver it again only once it has noticed, which
-        // for a connection that died silently takes its heartbeat timeout.
-        let linger = self.linger;
+        // for a connection that died silently takes its heartbeat timeout, unless the
+        // consumer hears from the broker that it has the message back.
+        let deadline = tokio::time::Instant::now() + self.linger;
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(async move {
-                    tokio::time::sleep(linger).await;
+                    while !back() && tokio::time::Instant::now() < deadline {
+                        tokio::time::sleep(GIVEN_BACK_POLL).await;
+                    }
                     owner.release(&partitions);
                 });
             }
@@ -135,6 +143,9 @@ impl Drop for Held {
         }
     }
 }
+
+/// How often a message given up looks whether the broker has it back.
+const GIVEN_BACK_POLL: Duration = Duration::from_millis(50);
 
 /// As the registry keeps them: partition numbers separated by spaces.
 pub fn encode(partitions: &[usize]) -> String {
@@ -174,12 +185,14 @@ mod tests {
         assert_eq!(in_flight.held(), vec![1]);
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(in_flight.held(), Vec::<usize>::new());
-        // Unless the broker said it has it back.
+        // Unless the broker says it has it back, also after it was given up.
         let back = Arc::new(AtomicBool::new(false));
         let held = in_flight.hold(vec![2], Duration::from_secs(30));
-        let held = held.given_back_when(back.clone());
+        drop(held.given_back_when(back.clone()));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(in_flight.held(), vec![2]);
         back.store(true, Ordering::SeqCst);
-        drop(held);
+        tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(in_flight.held(), Vec::<usize>::new());
     }
 

@@ -22,6 +22,8 @@ pub struct Reconciler {
     directory: Arc<Directory>,
     /// Per partition, the barrier its rebuild waits past ([`super::recovery`]).
     barriers: Vec<Barrier>,
+    /// Per partition, what its rebuild waited for at the last round.
+    waits: Vec<Option<&'static str>>,
 }
 
 #[ractor::async_trait]
@@ -32,6 +34,7 @@ impl Connect for ReconcilerConnect {
         Ok(Reconciler {
             directory: self.directory.clone(),
             barriers: vec![None; self.directory.inventory.len()],
+            waits: vec![None; self.directory.inventory.len()],
         })
     }
 }
@@ -52,12 +55,17 @@ impl Backend for Reconciler {
             match rebuild_if_lost(&self.directory, partition, barrier).await {
                 Ok(Outcome::Ready) => *ready = true,
                 Ok(Outcome::Waiting(wait)) => {
-                    tracing::warn!(
-                        partition,
-                        ?wait,
-                        "rebuild waits for orders from before the loss"
-                    );
-                    waiting[partition] = Some(wait.reason());
+                    let reason = wait.reason();
+                    if self.waits[partition] == Some(reason) {
+                        tracing::debug!(partition, ?wait, "rebuild still waits");
+                    } else {
+                        tracing::warn!(
+                            partition,
+                            ?wait,
+                            "rebuild waits for orders from before the loss"
+                        );
+                    }
+                    waiting[partition] = Some(reason);
                 }
                 Ok(Outcome::Rebuilt { sales, sold }) => {
                     tracing::warn!(
@@ -73,6 +81,7 @@ impl Backend for Reconciler {
                 Err(e) => tracing::warn!(partition, error = %e, "rebuild check skipped"),
             }
         }
+        self.waits.clone_from(&waiting);
         for (partition, wait) in waiting.iter().enumerate() {
             for reason in WAIT_REASONS {
                 let now = f64::from(u8::from(*wait == Some(reason)));

@@ -728,12 +728,12 @@ async fn worker_process(
 
 /// What the registry says of a pod: its heartbeat and the partitions it held then.
 async fn pod_row(app: &TestApp, id: &str) -> Option<(i64, Option<String>)> {
-    let pool = sqlx::PgPool::connect(app.settings.catalog.url.expose())
-        .await
-        .unwrap();
-    // Unnamed statements: the catalog may be behind PgBouncer in transaction mode.
+    // Straight to PostgreSQL, also when the app reaches it through PgBouncer.
+    let catalog = app.settings.catalog.url.expose();
+    let database = catalog.rsplit('/').next().unwrap();
+    let url = format!("postgres://postgres@127.0.0.1:5432/{database}");
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
     let row = sqlx::query_as("SELECT heartbeat_at, in_flight FROM pods WHERE id = $1")
-        .persistent(false)
         .bind(id)
         .fetch_optional(&pool)
         .await
