@@ -167,12 +167,9 @@ async fn reads_go_to_the_replica_and_an_order_just_completed_is_read_as_written(
     let product = app.sale(100, 1).await;
     let orders = app.buy_as_new_buyers(product, 6).await;
     read_back(&app, &orders).await;
-    let before = served(&app, "replica").await;
-    read_back(&app, &orders).await;
-    assert!(
-        served(&app, "replica").await > before,
-        "no read went to the replica"
-    );
+    // Reads go to the replica while its lag is within the bound; a busy machine may
+    // hold it above the bound for a moment (reads then go to the primary).
+    back_on_the_replica(&app, &orders[0], 30).await;
     // The replica's connections are this test's shards' own.
     let db = app.shard_urls[0].rsplit('/').next().unwrap().to_string();
     let on_replica = psql(
