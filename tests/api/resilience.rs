@@ -530,8 +530,10 @@ fn shard_server(app: &TestApp) -> &'static str {
     )
 }
 
-/// Two new buyers' orders, accepted and claimed by a worker whose shard writes wait at
-/// `postgres` (held from now on); answers them.
+/// Two new buyers' orders, accepted while a worker's shard writes wait at `postgres`
+/// (held from now on), once the worker has claimed one at least (the other is claimed
+/// too, or waits in the worker's hands behind the first: a consumer's batch that
+/// began with one order alone waits at the proxy); answers them.
 async fn two_orders_held_at(
     api: &TestApp,
     postgres: &Proxy,
@@ -545,7 +547,7 @@ async fn two_orders_held_at(
     let accepted = api.buy_as_new_buyers(product, 2).await;
     eventually(
         Duration::from_secs(20),
-        "the worker claims both orders",
+        "the worker claims an order",
         || async {
             let counters = partition
                 .call(Counters {
@@ -554,7 +556,7 @@ async fn two_orders_held_at(
                 .await
                 .map_err(|e| e.to_string())?;
             match counters {
-                Some(c) if c.pending == 0 => Ok(()),
+                Some(c) if c.pending < 2 => Ok(()),
                 other => Err(format!("{other:?}")),
             }
         },
@@ -589,8 +591,8 @@ async fn buy_out(
     }
 }
 
-/// A worker pod claims two orders from their partition, then freezes before its shard
-/// has them (its statements held at a proxy); the partition loses its state. Rebuilt
+/// A worker pod claims orders from their partition, then freezes before its shard has
+/// them (its statements held at a proxy); the partition loses its state. Rebuilt
 /// from the shards alone, the sale would sell those two units again: the rebuild
 /// waits until no pod holds a claim from before the loss, and then counts them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -626,7 +628,7 @@ async fn a_rebuild_waits_for_orders_claimed_before_the_loss() {
         .await
         .unwrap();
 
-    // The sale stays closed (503) while the worker holds the two orders.
+    // The sale stays closed (503) while the worker holds the orders.
     let reopened = eventually(
         Duration::from_secs(30),
         "the rebuild waits for the orders held",
@@ -650,7 +652,7 @@ async fn a_rebuild_waits_for_orders_claimed_before_the_loss() {
     .await;
     assert_eq!(
         reopened, None,
-        "the sale reopened while two orders claimed before the loss were on their way to their shard"
+        "the sale reopened while orders claimed before the loss were on their way to their shard"
     );
 
     // The worker thaws: its orders reach the shard, the rebuild counts them, and the
@@ -752,7 +754,7 @@ async fn signal(child: &tokio::process::Child, name: &str) {
     assert!(sent.success());
 }
 
-/// A worker pod freezes (SIGSTOP) between claiming two orders and committing them, and
+/// A worker pod freezes (SIGSTOP) between claiming orders and committing them, and
 /// the partition loses its state. The frozen pod says nothing more, so the rebuild
 /// waits until the broker has surely taken its deliveries back (missed heartbeats);
 /// another worker claims them meanwhile and the rebuild counts them. Thawed (SIGCONT),
