@@ -9,7 +9,12 @@
 # also shows where memory levels off once they expire. Needs scripts/services.sh's
 # services for cluster mode.
 #
-#   MODE=embedded DURATION=1200 TTL=300 loadtests/soak.sh
+# BUYERS makes the load come from that many buyers, each ordering again on its next
+# turn (a new Idempotency-Key each time), instead of a new buyer every order: the
+# buyers' counts are kept for a sale's life, so only a bounded crowd lets memory
+# level off.
+#
+#   MODE=embedded RATE=500 DURATION=1200 TTL=300 BUYERS=100000 loadtests/soak.sh
 #   MODE=cluster RATE=1500 DURATION=1200 loadtests/soak.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,12 +44,16 @@ server=$!
 trap 'kill -TERM $server 2>/dev/null && wait $server || true; [ -n "${data:-}" ] && rm -rf "$data"' EXIT
 wait_ready http://127.0.0.1:9090 || { tail "$out/server.log"; exit 1; }
 
-# Resident memory (MB) every $sample s, from /proc, while the load runs.
+# Every $sample s, from /proc, while the load runs: the server's resident memory (MB),
+# and the CPU time (in clock ticks) so far of the server and of the Kafka broker
+# (scripts/services.sh's, whose storage is its memory: it slows as the topics grow).
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+broker=$(pgrep -x tansu | head -n 1 || true)
 (
   start=$(date +%s)
   while kill -0 "$server" 2>/dev/null; do
     rss=$(awk '/^VmRSS/ {print $2}' "/proc/$server/status" 2>/dev/null || echo 0)
-    echo "$(( $(date +%s) - start )) $((rss / 1024))"
+    echo "$(( $(date +%s) - start )) $((rss / 1024)) $(cpu "$server") $([ -n "$broker" ] && cpu "$broker" || echo 0)"
     sleep "$sample"
   done
 ) > "$out/rss.txt" &
@@ -56,27 +65,39 @@ status=0
 "$bin/flashsale-load" --quiet --max-in-flight 512 --deadline-secs 300 \
   --target http://127.0.0.1:8080 --admin-url http://127.0.0.1:9090 \
   --jwt-secret "$FLASHSALE__AUTH__JWT_SECRET" --report-json "$out/load.json" \
-  steady --rate "$rate" --duration-secs "$seconds" --sales "$sales" | head -n 3 || status=$?
+  steady --rate "$rate" --duration-secs "$seconds" --sales "$sales" ${BUYERS:+--buyers "$BUYERS"} |
+  head -n 3 || status=$?
 sleep "$sample"
 kill "$sampler" 2>/dev/null || true
 
 python3 - "$out" <<'EOF'
-import json, sys
+import json, subprocess, sys
 out = sys.argv[1]
 r = json.load(open(f"{out}/load.json"))
-rss = [tuple(map(int, l.split())) for l in open(f"{out}/rss.txt") if l.strip()]
-width = r["bucketMs"]
+samples = [tuple(map(int, l.split())) for l in open(f"{out}/rss.txt") if l.strip()]
+rss = [(t, mb) for t, mb, *_ in samples]
+hz = int(subprocess.run(["getconf", "CLK_TCK"], capture_output=True, text=True).stdout or 100)
 minutes = {}
 for b in r["timeline"]:
     minutes.setdefault(b["startMs"] // 60000, []).append(b["p99Ms"])
+
+def busy(m, column):
+    """The share of a core (%) the process used in minute m, from the samples."""
+    inside = [s for s in samples if m * 60 <= s[0] <= (m + 1) * 60]
+    if len(inside) < 2 or inside[-1][0] == inside[0][0]:
+        return None
+    return round(100 * (inside[-1][column] - inside[0][column]) / hz / (inside[-1][0] - inside[0][0]))
+
 rows = []
-print("minute  RSS MB (end)  p99 ms (median of its buckets, worst bucket)")
+print("minute  RSS MB (end)  p99 ms (median of its buckets, worst)  CPU % of a core (server, Kafka broker)")
 for m in sorted(minutes):
     p = sorted(minutes[m])
     mem = [v for t, v in rss if t <= (m + 1) * 60]
     rows.append({"minute": m + 1, "rssMb": mem[-1] if mem else None,
-                 "p99MedianMs": p[len(p) // 2], "p99WorstMs": p[-1]})
-    print(f"{m + 1:6}  {rows[-1]['rssMb']:>12}  {p[len(p) // 2]:8.1f} {p[-1]:8.1f}")
+                 "p99MedianMs": p[len(p) // 2], "p99WorstMs": p[-1],
+                 "serverCpuPct": busy(m, 2), "brokerCpuPct": busy(m, 3)})
+    print(f"{m + 1:6}  {rows[-1]['rssMb']:>12}  {p[len(p) // 2]:8.1f} {p[-1]:8.1f}"
+          f"  {rows[-1]['serverCpuPct']!s:>6} {rows[-1]['brokerCpuPct']!s:>6}")
 errors = r["statusCounts"].get("error", 0)
 print(f"requests {r['requests']}, accepted {r['accepted']}, unanswered {errors}, "
       f"violations {len(r['violations'])}, completed after {r['completedAfterSeconds']} s, "

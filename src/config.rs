@@ -471,12 +471,19 @@ impl Settings {
     }
 }
 
+/// The largest AMQP frame asked for. The client keeps two buffers of 32 frames per
+/// connection for their whole life: 8 MiB a connection at RabbitMQ's 128 KiB, 1 MiB at
+/// this. Orders and notifications are far smaller; a larger message takes several frames.
+pub const AMQP_FRAME_MAX: u32 = 16 * 1024;
+
 impl QueueSettings {
-    /// `url` with the heartbeat timeout this deployment counts on.
+    /// `url` with the heartbeat timeout this deployment counts on, and frames of at
+    /// most [`AMQP_FRAME_MAX`] unless the URL asks for its own `frame_max`.
     pub fn amqp_url(&self) -> String {
         match self.url.expose().parse::<lapin::uri::AMQPUri>() {
             Ok(mut uri) => {
                 uri.query.heartbeat = Some(self.heartbeat_secs as u16);
+                uri.query.frame_max.get_or_insert(AMQP_FRAME_MAX);
                 uri.to_string()
             }
             // Checked at start: reached only by settings that were never validated.
@@ -972,6 +979,27 @@ mod tests {
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn the_queue_url_asks_for_small_frames_unless_it_names_its_own() {
+        let url = |given: &str| {
+            let s = Settings::load_with_env(None, env(&[("FLASHSALE__QUEUE__URL", given)]))
+                .expect("a valid queue URL");
+            s.queue
+                .amqp_url()
+                .parse::<lapin::uri::AMQPUri>()
+                .expect("a URL")
+        };
+        let plain = url("amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(plain.query.frame_max, Some(AMQP_FRAME_MAX));
+        assert_eq!(plain.query.heartbeat, Some(10));
+        let own = url("amqp://guest:guest@127.0.0.1:5672/%2f?frame_max=131072");
+        assert_eq!(
+            own.query.frame_max,
+            Some(131_072),
+            "the operator's frame size stays"
+        );
     }
 
     #[test]

@@ -97,9 +97,15 @@ pub enum Scenario {
         duration_secs: u64,
         #[arg(long, default_value_t = 4)]
         sales: usize,
-        /// Units per sale (default: enough for every buyer).
+        /// Units per sale (default: enough for every order).
         #[arg(long)]
         stock: Option<i64>,
+        /// Draw the orders from this many buyers, each ordering again on its next turn
+        /// (a new Idempotency-Key each time, and a per-user limit that allows every
+        /// turn), instead of a new buyer every order. At least 6 × the rate: a buyer
+        /// may send 10 requests a minute.
+        #[arg(long)]
+        buyers: Option<usize>,
     },
     /// Every buyer sends its request 1 + k times with the same Idempotency-Key, with jitter.
     RetryStorm {
@@ -354,31 +360,41 @@ async fn prepare(
             duration_secs,
             sales,
             stock,
+            buyers,
         } => {
             let at = schedule::constant_rate(rate, Duration::from_secs(duration_secs));
+            let crowd = buyers.unwrap_or(at.len()).max(1);
+            if buyers.is_some() && (crowd as f64) < rate * 6.0 {
+                return Err(Failure(format!(
+                    "--buyers is at least 6 × --rate ({}): a buyer may send 10 requests a minute",
+                    (rate * 6.0).ceil()
+                )));
+            }
+            let turns = at.len().div_ceil(crowd).max(1) as i64;
             let per_sale = stock.unwrap_or(at.len() as i64);
             let mut plans = Vec::new();
             for i in 0..sales.max(1) {
                 plans.push(
                     target
-                        .open_sale(&format!("Steady item {i}"), per_sale, 1)
+                        .open_sale(&format!("Steady item {i}"), per_sale, turns)
                         .await?,
                 );
             }
             let reqs = at
                 .into_iter()
                 .enumerate()
-                .map(|(b, at)| Request {
-                    buyer: b,
-                    product: plans[b % plans.len()].product,
-                    key: "steady".into(),
+                .map(|(n, at)| Request {
+                    buyer: n % crowd,
+                    product: plans[n % plans.len()].product,
+                    key: format!("steady-{}", n / crowd),
                     at,
                 })
                 .collect();
             (
                 plans,
                 reqs,
-                json!({"rate": rate, "durationSecs": duration_secs, "sales": sales, "stockPerSale": per_sale}),
+                json!({"rate": rate, "durationSecs": duration_secs, "sales": sales,
+                       "stockPerSale": per_sale, "buyers": crowd, "perUserLimit": turns}),
             )
         }
         Scenario::Countdown {

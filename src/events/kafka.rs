@@ -169,6 +169,10 @@ impl KafkaBus {
             // here (tansu) answers only after the wait, so this is its share of the lag
             // (100 ms), and how often idle consumers ask (25 ms cost it 9% of a core).
             ("fetch.wait.max.ms", "100".into()),
+            // What a consumer fetches ahead of what it has handled, at most (librdkafka's
+            // default is 64 MiB): a consumer slower than its topics for a while would
+            // otherwise hold that much per process.
+            ("queued.max.messages.kbytes", "8192".into()),
         ];
         self.config(&own, &self.consumer)
     }
