@@ -102,8 +102,9 @@ pub enum Scenario {
         stock: Option<i64>,
         /// Draw the orders from this many buyers, each ordering again on its next turn
         /// (a new Idempotency-Key each time, and a per-user limit that allows every
-        /// turn), instead of a new buyer every order. At least 6 × the rate: a buyer
-        /// may send 10 requests a minute.
+        /// turn), instead of a new buyer every order. At least 7 × the rate: a buyer
+        /// may send 10 requests in a minute's window, and its turns then come 7 s
+        /// apart, each window holding at most 9 of them whatever the latency.
         #[arg(long)]
         buyers: Option<usize>,
     },
@@ -364,10 +365,10 @@ async fn prepare(
         } => {
             let at = schedule::constant_rate(rate, Duration::from_secs(duration_secs));
             let crowd = buyers.unwrap_or(at.len()).max(1);
-            if buyers.is_some() && (crowd as f64) < rate * 6.0 {
+            if buyers.is_some() && (crowd as f64) < rate * 7.0 {
                 return Err(Failure(format!(
-                    "--buyers is at least 6 × --rate ({}): a buyer may send 10 requests a minute",
-                    (rate * 6.0).ceil()
+                    "--buyers is at least 7 × --rate ({}): a buyer may send 10 requests a minute",
+                    (rate * 7.0).ceil()
                 )));
             }
             let turns = at.len().div_ceil(crowd).max(1) as i64;
