@@ -444,16 +444,31 @@ async fn the_fleet_view_trusts_no_registry_row_blindly() {
     let catalog = sqlx::PgPool::connect(app.settings.catalog.url.expose())
         .await
         .unwrap();
-    for (id, url, beat) in &rows {
-        let sql = format!(
-            "INSERT INTO pods (id, role, version, admin_url, started_at, heartbeat_at) \
-             VALUES ('{id}', 'api', '0', '{url}', {now}, {beat})"
-        );
-        sqlx::raw_sql(&sql).execute(&catalog).await.unwrap();
-    }
+    // Any heartbeat round (every second here) forgets the row from the future, and one
+    // may come between its writing and the view: the rows are written again until a
+    // view shows them all.
+    let fleet = eventually(Duration::from_secs(30), "a view of every row", || async {
+        for (id, url, beat) in &rows {
+            let sql = format!(
+                "INSERT INTO pods (id, role, version, admin_url, started_at, heartbeat_at) \
+                 VALUES ('{id}', 'api', '0', '{url}', {now}, {beat}) ON CONFLICT (id) DO NOTHING"
+            );
+            sqlx::raw_sql(&sql).execute(&catalog).await.unwrap();
+        }
+        let fleet = app.admin(Method::GET, "/admin/fleet", None).await.body;
+        let named = |id: &str| {
+            fleet["pods"]
+                .as_array()
+                .is_some_and(|pods| pods.iter().any(|p| p["id"] == id))
+        };
+        if rows.iter().all(|(id, _, _)| named(id)) {
+            Ok(fleet)
+        } else {
+            Err(fleet.to_string())
+        }
+    })
+    .await;
     catalog.close().await;
-
-    let fleet = app.admin(Method::GET, "/admin/fleet", None).await.body;
     let pod = |id: &str| {
         fleet["pods"]
             .as_array()
