@@ -182,15 +182,23 @@ pub async fn pg_pool(url: &str, size: u32) -> Result<PgPool, sqlx::Error> {
         .await
 }
 
+/// The most of its file an SQLite connection keeps in memory, in KiB (SQLite's own
+/// default is 2,000). Embedded mode opens about 30 connections, and at the default
+/// their caches grow with the files to some 60 MB. The operating system caches the
+/// files as well: a page missed here is read from its cache, not from the disk.
+pub const SQLITE_CACHE_KIB: u32 = 512;
+
 /// A pool over an SQLite file (created when missing): write-ahead log, every commit
-/// synced (an accepted order survives `kill -9` and power loss).
+/// synced (an accepted order survives `kill -9` and power loss), a page cache of
+/// [`SQLITE_CACHE_KIB`] per connection.
 pub async fn sqlite_pool(path: &Path, size: u32) -> Result<SqlitePool, sqlx::Error> {
     let options = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(SQLITE_BUSY_TIMEOUT);
+        .busy_timeout(SQLITE_BUSY_TIMEOUT)
+        .pragma("cache_size", format!("-{SQLITE_CACHE_KIB}"));
     SqlitePoolOptions::new()
         .max_connections(size)
         .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -207,21 +215,7 @@ fn install_drivers() {
 /// A pool for SQL written once for both dialects: `postgres://…` or `sqlite://path`
 /// (an SQLite file must exist: the migrations create it).
 pub async fn any_pool(url: &str, size: u32) -> Result<AnyPool, sqlx::Error> {
-    install_drivers();
-    let postgres = !is_sqlite(url) && !pooled();
-    let timeout = statement_timeout_ms();
-    AnyPoolOptions::new()
-        .max_connections(size)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .after_connect(move |conn, _| {
-            Box::pin(async move {
-                if postgres {
-                    let set = format!("SET statement_timeout = {timeout}");
-                    sqlx::Executor::execute(&mut *conn, set.as_str()).await?;
-                }
-                Ok(())
-            })
-        })
+    any_pool_options(url, size, ACQUIRE_TIMEOUT)
         .connect(url)
         .await
 }
@@ -230,11 +224,36 @@ pub async fn any_pool(url: &str, size: u32) -> Result<AnyPool, sqlx::Error> {
 /// for a database that may be down without that being this actor's failure (a read
 /// replica).
 pub fn any_pool_lazy(url: &str, size: u32, acquire: Duration) -> Result<AnyPool, sqlx::Error> {
+    any_pool_options(url, size, acquire).connect_lazy(url)
+}
+
+/// Each new connection gets what [`pg_pool`] and [`sqlite_pool`] give theirs: the
+/// statement timeout on PostgreSQL (unless a pooler sets it), the page cache's size on
+/// SQLite.
+fn any_pool_options(url: &str, size: u32, acquire: Duration) -> AnyPoolOptions {
     install_drivers();
+    let set = if is_sqlite(url) {
+        Some(format!("PRAGMA cache_size = -{SQLITE_CACHE_KIB}"))
+    } else if !pooled() {
+        Some(format!(
+            "SET statement_timeout = {}",
+            statement_timeout_ms()
+        ))
+    } else {
+        None
+    };
     AnyPoolOptions::new()
         .max_connections(size)
         .acquire_timeout(acquire)
-        .connect_lazy(url)
+        .after_connect(move |conn, _| {
+            let set = set.clone();
+            Box::pin(async move {
+                if let Some(set) = set {
+                    sqlx::Executor::execute(&mut *conn, set.as_str()).await?;
+                }
+                Ok(())
+            })
+        })
 }
 
 /// Starts a transaction that writes, on a pool of either dialect. SQLite cannot turn
@@ -290,4 +309,33 @@ pub fn settle<T: Send + 'static>(
         Err(e) => port.send(Err(ItemError::caused_by(what.to_string(), e))),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_sqlite_connection_keeps_a_small_page_cache() {
+        let path = std::env::temp_dir().join(format!("fs_db_{}.db", uuid::Uuid::new_v4()));
+        let native = sqlite_pool(&path, 1).await.unwrap();
+        let any = any_pool(&format!("sqlite://{}", path.display()), 1)
+            .await
+            .unwrap();
+        let native_kib: i64 = sqlx::query_scalar("PRAGMA cache_size")
+            .fetch_one(&native)
+            .await
+            .unwrap();
+        let any_kib: i64 = sqlx::query_scalar("PRAGMA cache_size")
+            .fetch_one(&any)
+            .await
+            .unwrap();
+        native.close().await;
+        any.close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        // Negative: a size in KiB rather than in pages.
+        assert_eq!((native_kib, any_kib), (-512, -512));
+    }
 }
