@@ -123,6 +123,52 @@ async fn the_countdown_scenario_polls_the_herd_then_sells_the_stock(mode: Mode) 
     app.stop().await;
 }
 
+/// A buyer answered `503` while its order was in fact queued (the broker kept the
+/// message, its confirm came after the publisher gave up) is asked again with its key
+/// once the run is over, as a buyer's app retries: the order is found and counted, and
+/// the sale's invariants hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_answered_503_is_asked_again_and_its_order_counted() {
+    let broker = helpers::Proxy::start("127.0.0.1:5672").await;
+    let app = helpers::spawn_app_with(helpers::Options {
+        amqp_port: Some(broker.port),
+        configure: Some(|s| s.queue.deadline_ms = 1_000),
+        ..Default::default()
+    })
+    .await;
+    broker.stall();
+    let run = load(
+        &app,
+        &["burst", "--buyers=1", "--stock=5", "--window-ms=10"],
+    );
+    let resume = async {
+        // The publisher waiting for the confirm gave up at its deadline and restarted
+        // (the buyer's request was answered 503 as it did).
+        let restarted = |tree: &Value| {
+            ["order-publisher-0", "order-publisher-1"]
+                .iter()
+                .filter_map(|n| helpers::find(tree, n))
+                .any(|n| n["restarts"].as_u64() > Some(0))
+        };
+        app.admin_eventually("/admin/actors", restarted).await;
+        broker.resume();
+    };
+    let ((code, report), ()) = tokio::join!(run, resume);
+    assert_eq!(
+        report["statusCounts"],
+        serde_json::json!({"503": 1}),
+        "{report:#}"
+    );
+    assert_eq!(
+        report["askedAgain"],
+        serde_json::json!({"requests": 1, "found": 1, "created": 0, "refused": 0, "undecided": 0}),
+        "{report:#}"
+    );
+    assert_eq!(report["violations"], serde_json::json!([]), "{report:#}");
+    assert_eq!(code, 0);
+    app.stop().await;
+}
+
 /// Measures, in the page as Chromium lays it out, what each chart of a report draws.
 const MEASURE: &str = r#"<script>
 const out = {};

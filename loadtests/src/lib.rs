@@ -6,6 +6,7 @@
 //! keeps in data/jwt-secret), so 100,000 buyers cost no argon2 registrations.
 //! Sales and products are created through the admin API.
 
+pub mod ask_again;
 pub mod invariants;
 pub mod logins;
 pub mod poll;
@@ -61,7 +62,8 @@ pub struct Cli {
     /// lateness counts in their latency).
     #[arg(long, default_value_t = 512, global = true)]
     pub max_in_flight: usize,
-    /// How long to wait for every accepted order to complete.
+    /// How long after the run to ask again the requests answered 503 or not at all, and
+    /// to wait for every accepted order to complete.
     #[arg(long, default_value_t = 120, global = true)]
     pub deadline_secs: u64,
     /// Write the report as JSON.
@@ -757,8 +759,10 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
     }
     let accepted = recorder.count("201");
 
-    // Every accepted order must complete: wait for the server's counters to settle.
     let deadline = Instant::now() + Duration::from_secs(cli.deadline_secs);
+    let asked_again =
+        ask_again::ask_again(&target, &tokens, &mut attempts, cli.max_in_flight, deadline).await;
+    // Every accepted order must complete: wait for the server's counters to settle.
     let mut counters: HashMap<i64, Counters> = HashMap::new();
     let completed_after = loop {
         counters.clear();
@@ -835,6 +839,7 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
             .collect(),
         progress: progress_points,
         completed_after_seconds: completed_after,
+        asked_again,
         countdown,
         violations,
     })

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::ask_again::AskedAgain;
 use crate::stats::{Bucket, Percentiles, DISTRIBUTION};
 
 #[derive(Debug, Clone, Serialize)]
@@ -30,6 +31,9 @@ pub struct Report {
     /// counters) from the start of the run until every accepted one completed.
     pub progress: Vec<Progress>,
     pub completed_after_seconds: Option<f64>,
+    /// The requests answered `503` or not at all, asked again with their keys after
+    /// the run (the invariants count the orders they made).
+    pub asked_again: AskedAgain,
     /// The countdown scenario's polls before the sale opened.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub countdown: Option<CountdownReport>,
@@ -118,6 +122,14 @@ impl Report {
             let _ = writeln!(
                 out,
                 "every accepted order completed {s:.2} s after the start"
+            );
+        }
+        let again = &self.asked_again;
+        if again.requests > 0 {
+            let _ = writeln!(
+                out,
+                "asked again with their keys: {} requests answered 503 or not at all: {} found their order, {} made one, {} refused, {} still open",
+                again.requests, again.found, again.created, again.refused, again.undecided
             );
         }
         if self.violations.is_empty() {
