@@ -32,11 +32,16 @@ pub struct AskedAgain {
 
 /// Whether an answer leaves the order's fate open.
 fn open(outcome: &Outcome) -> bool {
-    matches!(outcome, Outcome::Unavailable | Outcome::Error)
+    match outcome {
+        Outcome::Unavailable | Outcome::Error => true,
+        Outcome::Status(status) => *status >= 500,
+        _ => false,
+    }
 }
 
 /// Asks each open request again (at most `in_flight` at once, each backing off from
-/// 1 s to 8 s) until `deadline`, and writes what it learns into `attempts`.
+/// 1 s to 8 s) until `deadline`, and writes what it learns into `attempts`. No request
+/// is sent, and none is waited for, past the deadline.
 pub(crate) async fn ask_again(
     target: &Target,
     tokens: &[String],
@@ -52,16 +57,23 @@ pub(crate) async fn ask_again(
             let a = &attempts[i];
             let (token, product, key) = (&tokens[a.buyer], a.product, a.key.clone());
             async move {
+                let deadline = tokio::time::Instant::from_std(deadline);
                 let mut pause = Duration::from_secs(1);
-                loop {
-                    let (outcome, order) = target.buy(token, product, &key).await;
-                    let waiting = open(&outcome) || outcome == Outcome::RateLimited;
-                    if !waiting || Instant::now() + pause > deadline {
+                let mut last = (Outcome::Error, None);
+                while tokio::time::Instant::now() < deadline {
+                    let asked = tokio::time::timeout_at(deadline, target.buy(token, product, &key));
+                    let Ok((outcome, order)) = asked.await else {
+                        break;
+                    };
+                    if !open(&outcome) && outcome != Outcome::RateLimited {
                         return (i, outcome, order);
                     }
-                    tokio::time::sleep(pause).await;
+                    last = (outcome, order);
+                    tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause))
+                        .await;
                     pause = (pause * 2).min(Duration::from_secs(8));
                 }
+                (i, last.0, last.1)
             }
         }))
         .buffer_unordered(in_flight.max(1))
@@ -78,10 +90,19 @@ pub fn resolve(
     mut answers: Vec<(usize, Outcome, Option<String>)>,
 ) -> AskedAgain {
     answers.sort_by_key(|(i, ..)| *i);
+    let key = |a: &Attempt| (a.buyer, a.key.clone(), a.product);
+    // The keys answered 201, first or on asking again: a 200 for one of them names
+    // that order again.
     let mut created_keys: HashSet<(usize, String, i64)> = attempts
         .iter()
         .filter(|a| a.outcome == Outcome::Created)
-        .map(|a| (a.buyer, a.key.clone(), a.product))
+        .map(key)
+        .chain(
+            answers
+                .iter()
+                .filter(|(_, outcome, _)| *outcome == Outcome::Created)
+                .map(|(i, ..)| key(&attempts[*i])),
+        )
         .collect();
     let mut found = AskedAgain {
         requests: answers.len() as u64,
@@ -89,21 +110,20 @@ pub fn resolve(
     };
     for (i, outcome, order) in answers {
         let a = &mut attempts[i];
-        let key = (a.buyer, a.key.clone(), a.product);
-        match outcome {
+        match &outcome {
             Outcome::Created => found.created += 1,
             Outcome::Replayed => found.found += 1,
-            Outcome::Unavailable | Outcome::Error | Outcome::RateLimited => {
+            o if open(o) || *o == Outcome::RateLimited => {
                 found.undecided += 1;
                 continue;
             }
             _ => found.refused += 1,
         }
-        let made = matches!(outcome, Outcome::Created | Outcome::Replayed);
-        a.outcome = if made && created_keys.insert(key) {
-            Outcome::Created
-        } else {
-            outcome
+        a.outcome = match outcome {
+            // The order the first request made: the key's 201, unless another
+            // request with the key has it.
+            Outcome::Replayed if created_keys.insert(key(a)) => Outcome::Created,
+            other => other,
         };
         a.order_id = order;
     }
@@ -133,6 +153,8 @@ mod tests {
             attempt("c", Outcome::Error),
             attempt("d", Outcome::Unavailable),
             attempt("e", Outcome::Unavailable),
+            attempt("f", Outcome::Unavailable),
+            attempt("f", Outcome::Unavailable),
         ];
         let id = |s: &str| Some(s.to_string());
         let answers = vec![
@@ -141,14 +163,17 @@ mod tests {
             (3, Outcome::Created, id("C")),
             (4, Outcome::Conflict("out_of_stock".into()), None),
             (5, Outcome::RateLimited, None),
+            // Both asked again at once: one made the order, the other named it.
+            (6, Outcome::Replayed, id("F")),
+            (7, Outcome::Created, id("F")),
         ];
         let found = resolve(&mut attempts, answers);
         assert_eq!(
             found,
             AskedAgain {
-                requests: 5,
-                found: 2,
-                created: 1,
+                requests: 7,
+                found: 3,
+                created: 2,
                 refused: 1,
                 undecided: 1
             }
@@ -163,6 +188,8 @@ mod tests {
                 Outcome::Created,
                 Outcome::Conflict("out_of_stock".into()),
                 Outcome::Unavailable,
+                Outcome::Replayed,
+                Outcome::Created,
             ]
         );
         assert_eq!(attempts[0].order_id.as_deref(), Some("A"));

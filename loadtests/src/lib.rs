@@ -62,8 +62,8 @@ pub struct Cli {
     /// lateness counts in their latency).
     #[arg(long, default_value_t = 512, global = true)]
     pub max_in_flight: usize,
-    /// How long after the run to ask again the requests answered 503 or not at all, and
-    /// to wait for every accepted order to complete.
+    /// How long after the run to ask again the requests answered 503 or not at all, then
+    /// how long to wait for every accepted order to complete (each).
     #[arg(long, default_value_t = 120, global = true)]
     pub deadline_secs: u64,
     /// Write the report as JSON.
@@ -759,10 +759,17 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
     }
     let accepted = recorder.count("201");
 
-    let deadline = Instant::now() + Duration::from_secs(cli.deadline_secs);
-    let asked_again =
-        ask_again::ask_again(&target, &tokens, &mut attempts, cli.max_in_flight, deadline).await;
+    let budget = Duration::from_secs(cli.deadline_secs);
+    let asked_again = ask_again::ask_again(
+        &target,
+        &tokens,
+        &mut attempts,
+        cli.max_in_flight,
+        Instant::now() + budget,
+    )
+    .await;
     // Every accepted order must complete: wait for the server's counters to settle.
+    let deadline = Instant::now() + budget;
     let mut counters: HashMap<i64, Counters> = HashMap::new();
     let completed_after = loop {
         counters.clear();

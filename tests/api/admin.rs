@@ -435,11 +435,10 @@ async fn the_fleet_view_trusts_no_registry_row_blindly() {
     let (outside, asked_outside) = fake_peer("127.0.0.2:0", b"{}".to_vec()).await;
     let huge = format!("{{\"pad\": \"{}\"}}", "x".repeat(6 << 20)).into_bytes();
     let (inside, _) = fake_peer("127.0.0.1:0", huge).await;
-    let now = flashsale::domain::now_ms();
     let rows = [
-        ("rogue", format!("http://127.0.0.2:{outside}"), now),
-        ("endless", format!("http://127.0.0.1:{inside}"), now),
-        ("ahead", "http://127.0.0.1:9".to_string(), now + 86_400_000),
+        ("rogue", format!("http://127.0.0.2:{outside}"), 0),
+        ("endless", format!("http://127.0.0.1:{inside}"), 0),
+        ("ahead", "http://127.0.0.1:9".to_string(), 86_400_000),
     ];
     let catalog = sqlx::PgPool::connect(app.settings.catalog.url.expose())
         .await
@@ -448,10 +447,12 @@ async fn the_fleet_view_trusts_no_registry_row_blindly() {
     // may come between its writing and the view: the rows are written again until a
     // view shows them all.
     let fleet = eventually(Duration::from_secs(30), "a view of every row", || async {
-        for (id, url, beat) in &rows {
+        let now = flashsale::domain::now_ms();
+        for (id, url, ahead) in &rows {
             let sql = format!(
                 "INSERT INTO pods (id, role, version, admin_url, started_at, heartbeat_at) \
-                 VALUES ('{id}', 'api', '0', '{url}', {now}, {beat}) ON CONFLICT (id) DO NOTHING"
+                 VALUES ('{id}', 'api', '0', '{url}', {now}, {now} + {ahead}) \
+                 ON CONFLICT (id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at"
             );
             sqlx::raw_sql(&sql).execute(&catalog).await.unwrap();
         }
