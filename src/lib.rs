@@ -23,6 +23,7 @@ pub mod db;
 pub mod domain;
 pub mod events;
 pub mod http;
+pub mod orders;
 pub mod shards;
 pub mod supervisors;
 pub mod telemetry;

@@ -6,7 +6,6 @@ pub mod directory;
 pub mod event_consumers;
 pub mod inflight;
 pub mod inventory;
-pub mod orders;
 pub mod queue;
 pub mod reconciler;
 pub mod recovery;

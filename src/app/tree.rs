@@ -25,12 +25,12 @@ use crate::actors::directory::{Directory, Fleet};
 use crate::actors::event_consumers::{
     Analytics, ConsumerConnect, EventHandler, InventoryCheck, ReportStore, Reporting,
 };
-use crate::actors::orders::{NotificationHandler, OrderHandler, Webhook};
 use crate::actors::queue::{DeliveryHandler, QueueConsumer, QueueSource};
 use crate::actors::reconciler::ReconcilerConnect;
 use crate::actors::registry::{PodIdentity, RegistryConnect, RegistryMsg};
 use crate::actors::relay::{RelayConnect, RelaySlot};
 use crate::config::{Mode, Settings};
+use crate::orders::persist::{NotificationHandler, OrderHandler, Webhook};
 use crate::supervisors::slot::{Message, Nudge, Slot};
 use crate::supervisors::stats::{Kind, NodeStats, Quiesce};
 use crate::supervisors::{self, leaf, Child, Namer, Policy, Root};

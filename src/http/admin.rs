@@ -7,13 +7,14 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::public::{product_cache_key, REBUILDING};
-use super::{admin_document, json_body, resource, AppState};
+use super::extract::Admin;
+use super::{admin_document, healthz, json_body, readyz, resource, AppState};
 use crate::actors::inventory::{
-    CacheDel, Counters, ListSales, LoadSale, SaleCounters, SaleRefused,
+    product_cache_key, CacheDel, Counters, ListSales, LoadSale, SaleCounters, SaleRefused,
 };
 use crate::actors::queue::QueueDepth;
 use crate::domain::{now_ms, parse_rfc3339, rfc3339, ProductId, ProductName, SaleDefinition};
+use crate::orders::OrderError;
 use crate::shards::catalog::{
     CreateProduct, ListDeadLetters, OrdersReport, PutSale, SalesReport, UpdateProduct,
 };
@@ -41,22 +42,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .get(get_sale),
         )
         .service(resource("/admin/actors").get(actors))
-        .service(resource("/admin/fleet").get(super::fleet::fleet))
-        .service(resource("/admin/fleet/{podId}/actors").get(super::fleet::pod_actors))
-        .service(resource("/healthz").get(super::public::healthz))
-        .service(resource("/readyz").get(super::public::readyz))
+        .service(resource("/healthz").get(healthz))
+        .service(resource("/readyz").get(readyz))
         .service(resource("/admin/actors/{name}/restart").post(restart))
         .service(resource("/admin").get(page))
         .service(resource("/admin/openapi.json").get(admin_document))
         .service(resource("/metrics").get(metrics));
-}
-
-pub fn admin(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
-    if state.is_admin(req) {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized)
-    }
 }
 
 #[derive(Deserialize)]
@@ -68,10 +59,9 @@ struct NewProduct {
 
 async fn create_product(
     state: web::Data<AppState>,
-    req: HttpRequest,
+    _: Admin,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    admin(&state, &req)?;
     let body: NewProduct = json_body(payload, &state.settings.http).await?;
     let name = ProductName::parse(&body.name).map_err(|e| ApiError::InvalidRequest(e.0))?;
     if body.price_cents < 0 {
@@ -105,11 +95,10 @@ struct ProductChange {
 /// copy is dropped before answering, so the next read sees the change.
 async fn update_product(
     state: web::Data<AppState>,
-    req: HttpRequest,
+    _: Admin,
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    admin(&state, &req)?;
     let id = ProductId::parse(&id).map_err(|_| ApiError::NotFound)?;
     let body: ProductChange = json_body(payload, &state.settings.http).await?;
     let name = body
@@ -159,10 +148,9 @@ struct ReportQuery {
 /// them from the order events.
 async fn sales_report(
     state: web::Data<AppState>,
-    req: HttpRequest,
+    _: Admin,
     query: web::Query<ReportQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    admin(&state, &req)?;
     let product = query
         .product_id
         .as_deref()
@@ -185,10 +173,9 @@ struct DeadLetterQuery {
 /// Queue messages no consumer could process, newest first, with the reason.
 async fn dead_letters(
     state: web::Data<AppState>,
-    req: HttpRequest,
+    _: Admin,
     query: web::Query<DeadLetterQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    admin(&state, &req)?;
     let limit = match query.limit.as_deref() {
         None => 100,
         Some(raw) => raw
@@ -210,10 +197,9 @@ async fn dead_letters(
 /// Orders per product and per user, as the reporting consumer counted them.
 async fn orders_report(
     state: web::Data<AppState>,
-    req: HttpRequest,
+    _: Admin,
     query: web::Query<ReportQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    admin(&state, &req)?;
     let user = query.user_id.clone();
     let report = state.directory.catalog.call(OrdersReport { user }).await?;
     Ok(HttpResponse::Ok().json(report))
@@ -221,11 +207,7 @@ async fn orders_report(
 
 /// The inventory consumer's last comparison of each product's inventory partition
 /// with its shards.
-async fn inventory_report(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
-    admin(&state, &req)?;
+async fn inventory_report(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse, ApiError> {
     let mut products: Vec<_> = state
         .directory
         .drift
@@ -287,11 +269,10 @@ fn sale_json(product: ProductId, c: &SaleCounters, totals: UnitTotals) -> Value 
 
 async fn put_sale(
     state: web::Data<AppState>,
-    req: HttpRequest,
+    _: Admin,
     product: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    admin(&state, &req)?;
     let product = ProductId::parse(&product).map_err(|_| ApiError::NotFound)?;
     let body: SaleBody = json_body(payload, &state.settings.http).await?;
     // Counts stay exact integers in every backend (Redis scripts compute in doubles).
@@ -335,7 +316,7 @@ async fn put_sale(
             SaleRefused::BelowSold { sold } => ApiError::InvalidRequest(format!(
                 "stock cannot be below the {sold} units already sold"
             )),
-            SaleRefused::Rebuilding => ApiError::Unavailable(REBUILDING.into()),
+            SaleRefused::Rebuilding => OrderError::Rebuilding.into(),
         })?;
     let totals = state.directory.product_totals(product).await?;
     Ok(HttpResponse::Ok().json(sale_json(product, &counters, totals)))
@@ -343,10 +324,9 @@ async fn put_sale(
 
 async fn get_sale(
     state: web::Data<AppState>,
-    req: HttpRequest,
+    _: Admin,
     product: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    admin(&state, &req)?;
     let product = ProductId::parse(&product).map_err(|_| ApiError::NotFound)?;
     let counters = state
         .directory
@@ -361,11 +341,7 @@ async fn get_sale(
 /// Every sale the inventory partitions hold, with its state now, and the order
 /// queue's depth (read through a publisher: `null` on a worker, which has none): what
 /// the admin page's sale panels show.
-async fn list_sales(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
-    admin(&state, &req)?;
+async fn list_sales(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse, ApiError> {
     let dir = &state.directory;
     let now = now_ms();
     let partitions = join_all(dir.inventory.iter().map(|p| p.call(ListSales))).await;
@@ -410,17 +386,15 @@ async fn list_sales(
     })))
 }
 
-async fn actors(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    admin(&state, &req)?;
+async fn actors(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(state.tree.view(&state.policy)))
 }
 
 async fn restart(
     state: web::Data<AppState>,
-    req: HttpRequest,
+    _: Admin,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    admin(&state, &req)?;
     let node = state.tree.find(&name).ok_or(ApiError::NotFound)?;
     if std::ptr::eq(node, state.tree.as_ref()) {
         return Err(ApiError::InvalidRequest(
@@ -437,8 +411,7 @@ async fn restart(
     Ok(HttpResponse::Ok().json(json!({ "name": node.stats.name, "status": "restarting" })))
 }
 
-async fn page(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
-    let _ = (&state, &req);
+async fn page() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .body(PAGE)
@@ -446,7 +419,7 @@ async fn page(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
 
 async fn metrics(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     if state.settings.admin.metrics_auth {
-        admin(&state, &req)?;
+        Admin::check(&req)?;
     }
     record_gauges(&state);
     // Remaining stock of the sales open now.

@@ -113,7 +113,11 @@ fn status(sale: &SaleCounters, now: i64) -> &'static str {
     }
 }
 
-pub async fn get_countdown(
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(super::resource("/flash-sales/{productId}").get(get_countdown));
+}
+
+async fn get_countdown(
     state: web::Data<AppState>,
     product: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {

@@ -6,6 +6,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
+use crate::orders::OrderError;
 use crate::supervisors::slot::CallError;
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +96,24 @@ impl From<CallError> for ApiError {
                 ApiError::Unavailable("a backend is restarting; retry shortly".into())
             }
             CallError::Failed(item) => ApiError::internal(item),
+        }
+    }
+}
+
+impl From<OrderError> for ApiError {
+    fn from(e: OrderError) -> Self {
+        match e {
+            OrderError::OutOfStock => ApiError::OutOfStock,
+            OrderError::LimitReached => ApiError::PurchaseLimitReached,
+            OrderError::SaleNotActive => ApiError::SaleNotActive,
+            OrderError::NotFound => ApiError::NotFound,
+            OrderError::Pending => ApiError::OrderPending,
+            e @ (OrderError::Rebuilding
+            | OrderError::QueueUnavailable
+            | OrderError::NotAcceptedInTime
+            | OrderError::OutcomeUnknown) => ApiError::Unavailable(e.to_string()),
+            OrderError::Inconsistent(why) => ApiError::internal(why),
+            OrderError::Backend(e) => e.into(),
         }
     }
 }

@@ -7,12 +7,13 @@
 //! it names is not trusted blindly: the admin token goes only to an admin URL inside
 //! `pod.peer_networks`, and a peer's answer is read up to [`MOST_TREE_BYTES`].
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::AppState;
+use super::extract::Admin;
+use super::{resource, AppState};
 use crate::actors::registry::{ListPods, PodRecord};
 use crate::config::IpNet;
 use crate::domain::{now_ms, rfc3339};
@@ -36,9 +37,13 @@ pub fn summary(tree: &Value) -> Value {
     json!({ "actors": sum[0], "restarts": sum[1], "mailbox": sum[2], "processed": sum[3] })
 }
 
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/admin/fleet").get(fleet))
+        .service(resource("/admin/fleet/{podId}/actors").get(pod_actors));
+}
+
 /// `GET /admin/fleet`.
-pub async fn fleet(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    super::admin::admin(&state, &req)?;
+async fn fleet(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse, ApiError> {
     let pods = state.registry.call(ListPods).await?;
     let now = now_ms();
     let views = join_all(pods.into_iter().map(|p| pod_view(&state, p, now))).await;
@@ -177,12 +182,11 @@ async fn peer_tree(state: &AppState, pod: &PodRecord) -> Result<Value, String> {
 }
 
 /// `GET /admin/fleet/{podId}/actors`: that pod's tree.
-pub async fn pod_actors(
+async fn pod_actors(
     state: web::Data<AppState>,
-    req: HttpRequest,
+    _: Admin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    super::admin::admin(&state, &req)?;
     if *id == state.pod.id {
         return Ok(HttpResponse::Ok().json(state.tree.view(&state.policy)));
     }

@@ -9,7 +9,9 @@
 pub mod admin;
 pub mod countdown;
 pub mod error;
+pub mod extract;
 pub mod fleet;
+pub mod limits;
 pub mod public;
 
 use std::net::{IpAddr, TcpListener};
@@ -32,7 +34,6 @@ use crate::actors::directory::Directory;
 use crate::actors::registry::{PodIdentity, RegistryMsg};
 use crate::auth::Tokens;
 use crate::config::{HttpSettings, IpNet, Role, Secret, Settings};
-use crate::domain::UserId;
 use crate::supervisors::slot::Slot;
 use crate::supervisors::stats::{NodeStats, Quiesce};
 use crate::supervisors::{Policy, TreeNode};
@@ -230,37 +231,6 @@ pub fn client_ip(req: &HttpRequest, trusted: &[IpNet]) -> Option<IpAddr> {
     Some(client)
 }
 
-impl AppState {
-    /// The user named by a valid `Authorization: Bearer` token.
-    pub fn user(&self, req: &HttpRequest) -> Result<UserId, ApiError> {
-        bearer(req)
-            .and_then(|t| self.tokens.verify(t))
-            .ok_or(ApiError::Unauthorized)
-    }
-
-    pub fn is_admin(&self, req: &HttpRequest) -> bool {
-        bearer(req)
-            .is_some_and(|t| constant_time_eq(t.as_bytes(), self.admin_token.expose().as_bytes()))
-    }
-}
-
-fn bearer(req: &HttpRequest) -> Option<&str> {
-    let value = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Reads a request body of at most `limit` bytes.
 pub async fn read_body(
     payload: web::Payload,
@@ -312,6 +282,22 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
+}
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Readiness, on both listeners (a worker has only the admin one).
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let (ready, body) = state.readiness();
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .insert_header((header::RETRY_AFTER, "1"))
+            .json(body)
+    }
 }
 
 pub async fn not_found() -> HttpResponse {
@@ -477,6 +463,7 @@ pub fn public_server(
             .wrap(actix_web::middleware::from_fn(observe))
             .configure(extractor_errors)
             .configure(public::routes)
+            .configure(countdown::routes)
             .default_service(web::to(not_found))
     })
     .workers(workers)
@@ -503,6 +490,7 @@ pub fn admin_server(state: web::Data<AppState>, listener: TcpListener) -> std::i
             .app_data(state.clone())
             .configure(extractor_errors)
             .configure(admin::routes)
+            .configure(fleet::routes)
             .default_service(web::to(not_found))
     })
     .workers(1)

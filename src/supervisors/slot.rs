@@ -277,14 +277,25 @@ impl<M: Message> Slot<M> {
 
     /// Asks and waits for the answer, within the slot's deadline.
     pub async fn call<R: Request<M>>(&self, request: R) -> Result<R::Reply, CallError> {
+        self.ask(request, true).await
+    }
+
+    async fn ask<R: Request<M>>(&self, request: R, bounded: bool) -> Result<R::Reply, CallError> {
         let (tx, rx) = oneshot::channel();
-        self.push(request.into_message(ReplyPort { tx: Some(tx) }), true)?;
+        self.push(request.into_message(ReplyPort { tx: Some(tx) }), bounded)?;
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(Ok(reply))) => Ok(reply),
             Ok(Ok(Err(e))) => Err(CallError::Failed(e)),
             // The deadline passed, or the actor dropped the request (it failed).
             Ok(Err(_)) | Err(_) => Err(CallError::Unavailable),
         }
+    }
+
+    /// Asks and waits like [`Slot::call`], queueing even past the inbox's capacity: for
+    /// callers whose work is bounded already (a queue consumer's, by its prefetch),
+    /// which wait their turn rather than shed it and ask again.
+    pub async fn call_queued<R: Request<M>>(&self, request: R) -> Result<R::Reply, CallError> {
+        self.ask(request, false).await
     }
 
     /// Queues work nobody waits for. It is bounded by the work that caused it.

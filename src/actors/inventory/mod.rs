@@ -339,3 +339,8 @@ crate::protocol! {
         Rebuild(RebuildStep) -> Result<StepDone, RebuildStopped>,
     }
 }
+
+/// Where the product cache keeps a product's JSON.
+pub fn product_cache_key(id: ProductId) -> String {
+    format!("product:{id}")
+}
