@@ -10,12 +10,6 @@
 //! The files are embedded in the binary (`include_str!`, listed below),
 //! named `<version>_<description>.sql`. A migration that has run is never edited: a
 //! change is a new file, added to its list.
-//!
-//! Databases migrated before sqlx's migrator kept their bookkeeping in
-//! `flashsale_migrations` (no checksums). The first run that finds that table and an
-//! empty `_sqlx_migrations` records those versions there as applied, with the checksum
-//! of today's file, and applies only what is newer. `flashsale_migrations` is left as
-//! it was and no longer written.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -188,7 +182,7 @@ async fn database_exists(url: &str) -> Result<bool, sqlx::Error> {
 /// Applies every migration of `set` that `url` has not applied yet; returns how many.
 pub async fn apply(url: &str, set: &Migrator) -> Result<usize, sqlx::Error> {
     let mut con = PgConnectOptions::from_str(url)?.connect().await?;
-    // The lock is held across the baseline, the count and the run, so that the count
+    // The lock is held across the count and the run, so that the count
     // is this run's own; an error rolls all of it back and releases the lock.
     let mut tx = con.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -196,7 +190,7 @@ pub async fn apply(url: &str, set: &Migrator) -> Result<usize, sqlx::Error> {
         .bind(MIGRATION_LOCK)
         .execute(&mut *tx)
         .await?;
-    let applied = baseline(&mut tx, set).await?;
+    let applied = applied(&mut tx).await?;
     set.run(&mut *tx).await?;
     // sqlx's migrator names its statements: leave none behind on a server that a
     // pooler hands to other clients next.
@@ -206,55 +200,11 @@ pub async fn apply(url: &str, set: &Migrator) -> Result<usize, sqlx::Error> {
     Ok(pending(set, &applied))
 }
 
-/// Takes over the bookkeeping of the runner that came before sqlx's (see the module
-/// doc), then returns the versions applied so far. The caller holds the lock.
-async fn baseline(con: &mut PgConnection, set: &Migrator) -> Result<HashSet<i64>, sqlx::Error> {
+/// The versions applied so far. The caller holds the lock.
+async fn applied(con: &mut PgConnection) -> Result<HashSet<i64>, sqlx::Error> {
     con.ensure_migrations_table().await?;
-    let mut applied: HashSet<i64> = con
-        .list_applied_migrations()
-        .await?
-        .iter()
-        .map(|m| m.version)
-        .collect();
-    let legacy: bool = sqlx::query_scalar("SELECT to_regclass('flashsale_migrations') IS NOT NULL")
-        .fetch_one(&mut *con)
-        .await?;
-    if !applied.is_empty() || !legacy {
-        return Ok(applied);
-    }
-    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM flashsale_migrations")
-        .fetch_all(&mut *con)
-        .await?;
-    let mut tx = con.begin().await?;
-    for m in taken_over(set, &versions) {
-        sqlx::query(
-            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES ($1, $2, TRUE, $3, 0)",
-        )
-        .bind(m.version)
-        .bind(&*m.description)
-        .bind(&*m.checksum)
-        .execute(&mut *tx)
-        .await?;
-        applied.insert(m.version);
-    }
-    tx.commit().await?;
-    Ok(applied)
-}
-
-/// The migrations of `set` that the old bookkeeping table lists as applied.
-pub(crate) fn taken_over<'a>(set: &'a Migrator, versions: &[i64]) -> Vec<&'a Migration> {
-    let taken: Vec<&Migration> = set
-        .iter()
-        .filter(|m| m.migration_type.is_up_migration() && versions.contains(&m.version))
-        .collect();
-    if !taken.is_empty() {
-        let versions: Vec<i64> = taken.iter().map(|m| m.version).collect();
-        tracing::info!(
-            ?versions,
-            "recorded the migrations flashsale_migrations lists as applied in _sqlx_migrations"
-        );
-    }
-    taken
+    let applied = con.list_applied_migrations().await?;
+    Ok(applied.iter().map(|m| m.version).collect())
 }
 
 /// How many migrations of `set` were not in `applied`.
@@ -411,36 +361,13 @@ mod tests {
         matches!(e, sqlx::Error::Migrate(m) if matches!(**m, SqlxMigrateError::VersionMismatch(v) if v == version))
     }
 
-    /// What the runner before sqlx's left: its table, and the SQL of `upto` migrations.
-    async fn old_runner_applied(url: &str, set: &Migrator, upto: i64) {
-        let mut con = PgConnectOptions::from_str(url)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        con.execute(
-            "CREATE TABLE flashsale_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
-        )
-        .await
-        .unwrap();
-        for m in set.iter().filter(|m| m.version <= upto) {
-            sqlx::raw_sql(&m.sql).execute(&mut con).await.unwrap();
-            sqlx::query("INSERT INTO flashsale_migrations VALUES ($1, $2, 0)")
-                .bind(m.version)
-                .bind(&*m.description)
-                .execute(&mut con)
-                .await
-                .unwrap();
-        }
-        con.close().await.unwrap();
-    }
-
     #[test]
     fn every_migration_file_is_embedded_in_order() {
         let sets = [
             (&*CATALOG, "migrations/catalog"),
             (&*SHARD, "migrations/shard"),
             (&*sqlite::CATALOG, "migrations/sqlite/catalog"),
+            (&*sqlite::INVENTORY, "migrations/sqlite/inventory"),
             (&*sqlite::SHARD, "migrations/sqlite/shard"),
         ];
         for (set, dir) in sets {
@@ -546,39 +473,6 @@ mod tests {
         drop_databases(&names).await;
     }
 
-    #[tokio::test]
-    async fn databases_of_the_old_runner_are_taken_over() {
-        // Fully migrated by the old runner (which knew two): both versions recorded, the
-        // newer one applied.
-        let done = unique("catalog");
-        ensure_database(&pg_url(&done)).await.unwrap();
-        old_runner_applied(&pg_url(&done), &CATALOG, 2).await;
-        let later = CATALOG.iter().count() - 2;
-        assert_eq!(
-            migrate_one(&pg_url(&done), &CATALOG).await.unwrap().1,
-            later
-        );
-        assert_eq!(versions(&pg_url(&done)).await, all(&CATALOG));
-
-        // Migrated to version 1: the later ones are applied now.
-        let behind = unique("shard");
-        ensure_database(&pg_url(&behind)).await.unwrap();
-        old_runner_applied(&pg_url(&behind), &SHARD, 1).await;
-        assert_eq!(
-            migrate_one(&pg_url(&behind), &SHARD).await.unwrap().1,
-            SHARD.iter().count() - 1
-        );
-        assert_eq!(versions(&pg_url(&behind)).await, all(&SHARD));
-        assert!(pg_tables(&pg_url(&behind)).await.contains(&"outbox".into()));
-        // From then on the checksums hold.
-        let (edited, dir) = edited_copy("migrations/shard").await;
-        let err = migrate_one(&pg_url(&behind), &edited).await.unwrap_err();
-        assert!(is_version_mismatch(&err.source, 1), "{err:?}");
-
-        std::fs::remove_dir_all(dir).unwrap();
-        drop_databases(&[done, behind]).await;
-    }
-
     async fn sqlite_versions(path: &Path) -> Vec<i64> {
         let pool = crate::db::sqlite_pool(path, 1).await.unwrap();
         let rows = sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
@@ -614,35 +508,6 @@ mod tests {
             .contains("migration 1 was previously applied but has been modified"));
 
         std::fs::remove_dir_all(dir).unwrap();
-        remove_sqlite(&path);
-    }
-
-    #[tokio::test]
-    async fn embedded_files_of_the_old_runner_are_taken_over() {
-        let path = std::env::temp_dir().join(format!("{}.db", unique("catalog")));
-        let pool = crate::db::sqlite_pool(&path, 1).await.unwrap();
-        sqlx::raw_sql(
-            "CREATE TABLE flashsale_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
-        )
-        .execute(&pool)
-        .await
-        .unwrap();
-        let first = sqlite::CATALOG.iter().next().unwrap();
-        sqlx::raw_sql(&first.sql).execute(&pool).await.unwrap();
-        sqlx::query("INSERT INTO flashsale_migrations VALUES (1, 'init', 0)")
-            .execute(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
-
-        let n = sqlite::CATALOG.iter().count();
-        assert_eq!(
-            sqlite::migrate(&path, &sqlite::CATALOG).await.unwrap(),
-            n - 1
-        );
-        assert_eq!(sqlite_versions(&path).await, numbers(&sqlite::CATALOG));
-        assert_eq!(sqlite::migrate(&path, &sqlite::CATALOG).await.unwrap(), 0);
-
         remove_sqlite(&path);
     }
 }

@@ -22,22 +22,9 @@ use super::{
 };
 use crate::db::sqlite_pool;
 use crate::domain::{now_ms, OrderId, SaleDefinition};
+use crate::shards::sqlite;
 use crate::supervisors::slot::{Deferred, Message};
 use crate::supervisors::worker::{Backend, Batch, Connect};
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS sales (pid INTEGER PRIMARY KEY, stock INTEGER NOT NULL, remaining INTEGER NOT NULL, lim INTEGER NOT NULL, starts INTEGER NOT NULL, ends INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS idem (pid INTEGER NOT NULL, uid TEXT NOT NULL, key TEXT NOT NULL, oid TEXT NOT NULL, expires INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (pid, uid, key));
-CREATE TABLE IF NOT EXISTS bought (pid INTEGER NOT NULL, uid TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (pid, uid));
-CREATE TABLE IF NOT EXISTS resv (oid TEXT PRIMARY KEY, pid INTEGER NOT NULL, published INTEGER NOT NULL, ts INTEGER NOT NULL, qty INTEGER NOT NULL, uid TEXT NOT NULL, key TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS released (oid TEXT PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS restocked (oid TEXT PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS ord (oid TEXT PRIMARY KEY, uid TEXT NOT NULL, pid INTEGER NOT NULL, qty INTEGER NOT NULL, created INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS ord_created ON ord (created);
-";
-
-/// Made once the `idem` table has its `expires` column (older files lack it).
-const IDEM_EXPIRY_INDEX: &str = "CREATE INDEX IF NOT EXISTS idem_expires ON idem (expires)";
 
 #[derive(Debug, Clone, Copy)]
 struct Sale {
@@ -164,20 +151,9 @@ impl Connect for LocalInventoryConnect {
     type Backend = LocalInventory;
 
     async fn connect(&self) -> Result<LocalInventory, ActorProcessingErr> {
+        // Its schema is under migrations/sqlite/inventory, applied as the shards' are.
+        sqlite::migrate(&self.path, &sqlite::INVENTORY).await?;
         let pool = sqlite_pool(&self.path, 1).await?;
-        sqlx::raw_sql(SCHEMA).execute(&pool).await?;
-        // Files written before keys expired lack the column.
-        let has_expiry: bool = sqlx::query_scalar(
-            "SELECT COUNT(*) > 0 FROM pragma_table_info('idem') WHERE name = 'expires'",
-        )
-        .fetch_one(&pool)
-        .await?;
-        if !has_expiry {
-            sqlx::raw_sql("ALTER TABLE idem ADD COLUMN expires INTEGER NOT NULL DEFAULT 0")
-                .execute(&pool)
-                .await?;
-        }
-        sqlx::raw_sql(IDEM_EXPIRY_INDEX).execute(&pool).await?;
         let mut inv = LocalInventory {
             pool,
             stale_ms: self.stale_ms as i64,
@@ -217,11 +193,6 @@ impl LocalInventory {
             };
             self.sales.insert(r.get(0), sale);
         }
-        // A key stored without an expiry (an older file) lives one lifetime from now.
-        sqlx::query("UPDATE idem SET expires = ? WHERE expires = 0")
-            .bind(now_ms() + self.ttl_ms)
-            .execute(p)
-            .await?;
         let rows = sqlx::query("SELECT pid, uid, key, oid, expires FROM idem ORDER BY expires")
             .fetch_all(p)
             .await?;

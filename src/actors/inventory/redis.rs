@@ -132,17 +132,8 @@ impl RedisConnect {
     ) -> Result<PartitionState, ActorProcessingErr> {
         let marker = format!("{}:epoch", self.prefix);
         let exists: bool = redis::cmd("EXISTS").arg(&marker).query_async(con).await?;
-        // Without the marker, the state is gone if the partition holds no sale while
-        // the catalog has some for it. Sales without a marker are a partition written
-        // before markers existed: whole.
-        let holds_sales: bool = match exists {
-            true => true,
-            false => {
-                let sales = format!("{}:sales", self.prefix);
-                redis::cmd("EXISTS").arg(&sales).query_async(con).await?
-            }
-        };
-        let (state, since) = match holds_sales || !self.has_sales.has_sales().await? {
+        // Without the marker, the state is gone if the catalog has sales here.
+        let (state, since) = match exists || !self.has_sales.has_sales().await? {
             true => ("ready", 0),
             false => ("rebuilding", now_ms()),
         };

@@ -13,20 +13,9 @@ local function sale_end(pid)
   return tonumber(redis.call('HGET', k('sale', pid), 'ends') or '0')
 end
 -- The units reserved and not yet claimed, kept in the sale's `pending` field so that
--- reading them costs the same whatever the sale's size. A sale written before the
--- field existed has none: its pending units are counted once, by a scan.
-local function scan_pending(pid)
-  local n = 0
-  if redis.call('EXISTS', k('resv', pid)) == 0 then return 0 end
-  for _, st in ipairs(redis.call('HVALS', k('resv', pid))) do
-    local _, _, q = parse(st)
-    n = n + q
-  end
-  return n
-end
+-- reading them costs the same whatever the sale's size.
 local function add_pending(pid, q)
-  local sk = k('sale', pid)
-  if redis.call('HEXISTS', sk, 'pending') == 1 then redis.call('HINCRBY', sk, 'pending', q) end
+  redis.call('HINCRBY', k('sale', pid), 'pending', q)
 end
 local function release(pid, oid, st)
   local s, ts, q, u, key = parse(st)

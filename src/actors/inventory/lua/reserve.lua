@@ -12,7 +12,7 @@ if prev then
   release(pid, prev, st)
 end
 local sk = k('sale', pid)
-local sale = redis.call('HMGET', sk, 'remaining', 'limit', 'starts', 'ends', 'pending')
+local sale = redis.call('HMGET', sk, 'remaining', 'limit', 'starts', 'ends')
 if not sale[1] then return {5, ''} end
 local remaining, limit, starts, ends = tonumber(sale[1]), tonumber(sale[2]), tonumber(sale[3]), tonumber(sale[4])
 if (starts > 0 and now < starts) or (ends > 0 and now >= ends) then return {4, ''} end
@@ -21,7 +21,7 @@ local bought = tonumber(redis.call('GET', bk) or '0')
 if bought + qty > limit then return {3, ''} end
 if remaining < qty then return {2, ''} end
 redis.call('HINCRBY', sk, 'remaining', -qty)
-if sale[5] then redis.call('HINCRBY', sk, 'pending', qty) end
+redis.call('HINCRBY', sk, 'pending', qty)
 redis.call('INCRBY', bk, qty)
 keep(bk, ends)
 redis.call('SET', ik, oid, 'EX', ARGV[9])
