@@ -5,9 +5,9 @@
 //! uses, so they live in a test binary of their own (cargo runs test binaries one at a
 //! time) and run one after the other.
 
-#[path = "api/helpers.rs"]
+#[path = "api/helpers/mod.rs"]
 #[macro_use]
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 mod helpers;
 
 use std::time::Duration;
