@@ -107,6 +107,22 @@ impl TestApp {
         all
     }
 
+    /// The orders whose cancelled units no inventory partition has confirmed back yet,
+    /// in every shard (the shards' `restocks` rows).
+    pub async fn pending_restocks(&self) -> Vec<String> {
+        let mut all = Vec::new();
+        for i in 0..self.settings.shard_count() {
+            let pool = self.shard_pool(i).await;
+            let orders: Vec<String> = sqlx::query_scalar("SELECT order_id FROM restocks")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            all.extend(orders);
+        }
+        all
+    }
+
     /// A connection to shard `i` that bypasses the application (PostgreSQL directly, or
     /// the SQLite file).
     async fn shard_pool(&self, i: usize) -> sqlx::AnyPool {
