@@ -166,12 +166,28 @@ mod tests {
 
     #[test]
     fn expired_tokens_are_refused() {
-        let t = Tokens::new(b"0123456789abcdef0123456789abcdef", 0);
-        let mut v = t.clone();
-        v.validation.leeway = 0;
-        let issued = t.issue(&UserId::new_random());
-        std::thread::sleep(std::time::Duration::from_millis(1100));
-        assert_eq!(v.verify(&issued.token), None);
+        let t = Tokens::new(b"0123456789abcdef0123456789abcdef", 60);
+        let user = UserId::new_random();
+        let now = (now_ms() / 1000) as u64;
+        // Signed with the right key, so that only the expiry can refuse it; written
+        // with its expiry already past rather than waiting for one to pass.
+        let signed_until = |exp: u64| {
+            let claims = Claims {
+                sub: user.to_string(),
+                iat: now - 3600,
+                exp,
+            };
+            jsonwebtoken::encode(&Header::new(JwtAlgorithm::HS256), &claims, &t.encoding).unwrap()
+        };
+        assert_eq!(t.verify(&signed_until(now + 60)), Some(user.clone()));
+        // A minute past its expiry: beyond the 5 s leeway for clock skew.
+        assert_eq!(t.verify(&signed_until(now - 60)), None);
+        // And what `issue` signs expires its TTL after it was issued.
+        let expires = (t.issue(&user).expires_at_ms / 1000) as u64;
+        assert!(
+            (now + 60..=now + 61).contains(&expires),
+            "issued at {now}, expires at {expires}"
+        );
     }
 
     #[test]

@@ -20,6 +20,11 @@ use flashsale::auth::Tokens;
 use flashsale::domain::UserId;
 use serde_json::{json, Value};
 
+#[path = "api/helpers/wait.rs"]
+mod wait;
+
+use wait::eventually;
+
 const ADMIN: &str = "fleet-test-admin-token-0123456789";
 const JWT: &str = "fleet-test-jwt-secret-0123456789-0123456789";
 
@@ -555,26 +560,36 @@ fn steady(
     (answers, task)
 }
 
+/// Waits until at least `n` of the answers after the first `from` are `201`s. A stretch
+/// of the steady load is measured in orders accepted rather than in time, so that a
+/// slow machine gets the same stretch, only later.
+async fn accepted_after(answers: &Answers, from: usize, n: usize, what: &str) {
+    eventually(Duration::from_secs(30), what, || async {
+        let accepted = answers.lock().unwrap()[from..]
+            .iter()
+            .filter(|a| a.0 == 201)
+            .count();
+        if accepted >= n {
+            Ok(())
+        } else {
+            Err(format!("{accepted} of {n} orders accepted"))
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_is_replaced_and_the_fleet_view_drops_stopped_and_killed_pods() {
     let fleet = Fleet::up(1, 1).await;
     let product = fleet.sale(100_000, 1).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (answers, driver) = steady(&fleet, product, 50, stop.clone());
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    accepted_after(&answers, 0, 50, "the sale is under way").await;
 
     // SIGKILL the worker mid-sale: intake keeps selling.
     fleet.signal("worker-0", "KILL");
     let before = answers.lock().unwrap().len();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let accepted_since = answers.lock().unwrap()[before..]
-        .iter()
-        .filter(|a| a.0 == 201)
-        .count();
-    assert!(
-        accepted_since > 20,
-        "intake stopped with the worker: {accepted_since} orders in 3 s"
-    );
+    accepted_after(&answers, before, 21, "intake sells without the worker").await;
 
     // The fleet view marks the killed worker gone within a minute.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -633,7 +648,7 @@ async fn a_rolling_restart_during_a_steady_sale_keeps_every_accepted_order() {
     let product = fleet.sale(100_000, 1).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (answers, driver) = steady(&fleet, product, 40, stop.clone());
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    accepted_after(&answers, 0, 40, "the sale is under way").await;
 
     // Each pod in turn: SIGTERM, wait for its exit, start it again, wait until ready.
     let out = fleet.run(&["roll"]).await;
@@ -644,7 +659,8 @@ async fn a_rolling_restart_during_a_steady_sale_keeps_every_accepted_order() {
         );
         assert!(out.contains(&format!("{pod} ready again")), "{out}");
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rolled = answers.lock().unwrap().len();
+    accepted_after(&answers, rolled, 40, "the fleet sells again after the roll").await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     driver.await.unwrap();
 

@@ -1,8 +1,8 @@
 //! The load tester against a server started here: a small burst and a short retry
 //! storm end with exit code 0 and a JSON report that says what happened.
 
-#[path = "api/helpers.rs"]
-#[allow(dead_code)]
+#[path = "api/helpers/mod.rs"]
+#[allow(dead_code, unused_imports)]
 #[macro_use]
 mod helpers;
 

@@ -5,9 +5,9 @@
 //! uses, so they live in a test binary of their own (cargo runs test binaries one at a
 //! time) and run one after the other.
 
-#[path = "api/helpers.rs"]
+#[path = "api/helpers/mod.rs"]
 #[macro_use]
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 mod helpers;
 
 use std::time::Duration;
@@ -128,6 +128,8 @@ async fn a_rabbitmq_restart_during_a_burst_loses_no_accepted_order() {
     let product = app.sale(1_000, 1).await;
     let restart = async {
         run("rabbitmqctl", &["stop_app"]).await;
+        // The fault itself, not a wait for it: the broker stays away for 2 s while
+        // the burst goes on, long enough for publishes and consumers to fail.
         tokio::time::sleep(Duration::from_secs(2)).await;
         run("rabbitmqctl", &["start_app"]).await;
         run("rabbitmqctl", &["await_startup", "--timeout", "120"]).await;

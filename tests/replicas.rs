@@ -5,9 +5,9 @@
 //! caught up. These pause and stop the one replica, so they live in a test binary of
 //! their own and run one after the other.
 
-#[path = "api/helpers.rs"]
+#[path = "api/helpers/mod.rs"]
 #[macro_use]
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 mod helpers;
 
 use std::time::Duration;

@@ -2,8 +2,8 @@
 //! and confirm it, across the order queue, in both modes. Spans are captured with an
 //! in-memory exporter.
 
-#[path = "api/helpers.rs"]
-#[allow(dead_code)]
+#[path = "api/helpers/mod.rs"]
+#[allow(dead_code, unused_imports)]
 #[macro_use]
 mod helpers;
 

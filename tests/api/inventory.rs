@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flashsale::actors::directory::InventorySlot;
 use flashsale::actors::inventory::local::LocalInventoryConnect;
@@ -25,6 +25,8 @@ use flashsale::supervisors::slot::{Slot, WorkerMsg};
 use flashsale::supervisors::stats::{Kind, NodeStats};
 use flashsale::supervisors::worker::{Backend as InventoryBackend, Connect, Worker};
 use ractor::{Actor, ActorRef};
+
+use crate::helpers::eventually;
 
 /// Reservations older than this are stale.
 const STALE_MS: u64 = 2_000;
@@ -320,24 +322,6 @@ impl Partition {
             quantity,
         };
         self.slot.call(restock).await.unwrap() == Restocked::Returned
-    }
-}
-
-/// Polls `check` until it holds or `within` has passed; returns whether it held.
-async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -848,12 +832,19 @@ async fn the_rate_window_counts_and_resets(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(other.count, 1, "windows are per key");
-    tokio::time::sleep(Duration::from_millis(450)).await;
-    assert_eq!(
-        check().await.unwrap().count,
-        1,
-        "a new window starts from zero"
-    );
+    // Each check inside the old window counts on; the first past its end counts one.
+    eventually(
+        Duration::from_secs(5),
+        "a new window starts from zero",
+        || async {
+            let w = check().await.unwrap();
+            match w.count {
+                1 => Ok(()),
+                n => Err(format!("{n} in the window; {w:?}")),
+            }
+        },
+    )
+    .await;
 }
 
 on_both_backends!(keys_and_lookups_expire_after_their_lifetime);
@@ -882,17 +873,24 @@ async fn keys_and_lookups_expire_after_their_lifetime(backend: Backend) {
     assert!(p.claim(pid, &first).await);
     // Past the key's lifetime the same key is a new order, and the old one's lookup
     // entry is gone.
-    let expired = eventually(Duration::from_secs(5), || async {
-        p.slot
-            .call(Lookup {
-                order: first.clone(),
-            })
-            .await
-            .unwrap()
-            .is_none()
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the lookup entry expires with the key",
+        || async {
+            let found = p
+                .slot
+                .call(Lookup {
+                    order: first.clone(),
+                })
+                .await
+                .unwrap();
+            match found {
+                None => Ok(()),
+                Some(_) => Err("the entry is still found"),
+            }
+        },
+    )
     .await;
-    assert!(expired, "the lookup entry expires with the key");
     match p.reserve(pid, &ann, "k", 1).await {
         ReserveOutcome::Created(second) => assert_ne!(second, first),
         other => panic!("an expired key must make a new order, got {other:?}"),
@@ -915,11 +913,17 @@ async fn the_product_cache_keeps_values_for_their_ttl(backend: Backend) {
     p.slot.call(CacheDel { key: key.clone() }).await.unwrap();
     assert_eq!(get().await.unwrap(), None);
     p.slot.call(set(1)).await.unwrap();
-    let gone = eventually(Duration::from_secs(5), || async {
-        get().await.unwrap().is_none()
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the value expires after its TTL",
+        || async {
+            match get().await.unwrap() {
+                None => Ok(()),
+                Some(v) => Err(format!("still cached: {v}")),
+            }
+        },
+    )
     .await;
-    assert!(gone, "the value expires after its TTL");
 }
 
 on_both_backends!(a_key_replays_its_order_only_once_it_is_published);

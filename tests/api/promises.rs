@@ -104,6 +104,9 @@ async fn an_order_under_a_key_reused_after_its_lifetime_is_kept(mode: Mode) {
     let app = spawn_app_with(Options {
         mode,
         idempotency_ttl_secs: Some(1),
+        // The buyer asks again until the key is forgotten, and every ask counts
+        // against the per-user rate limit.
+        configure: Some(|s| s.limits.rate_per_minute = 1_000),
         ..Options::default()
     })
     .await;
@@ -117,10 +120,23 @@ async fn an_order_under_a_key_reused_after_its_lifetime_is_kept(mode: Mode) {
         "completed"
     );
 
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
-    let second = app.buy(&token, product, "reused", None).await;
-    assert_eq!(second.status, StatusCode::CREATED, "{:?}", second.body);
-    let second = second.body["orderId"].as_str().unwrap().to_string();
+    // While the key lives, the same key replays the first order; once its lifetime
+    // is over, it makes a new one.
+    let second =
+        crate::helpers::eventually(Duration::from_secs(15), "the key is forgotten", || async {
+            let r = app.buy(&token, product, "reused", None).await;
+            match r.status {
+                StatusCode::CREATED => Ok(r.body["orderId"].as_str().unwrap().to_string()),
+                StatusCode::OK if r.body["orderId"] == first.as_str() => {
+                    Err(format!("still replayed: {:?}", r.body))
+                }
+                _ => panic!(
+                    "neither a replay nor a new order: {} {:?}",
+                    r.status, r.body
+                ),
+            }
+        })
+        .await;
     assert_ne!(first, second, "the key was forgotten: a new order");
     assert_eq!(
         app.wait_settled(&token, &second).await["status"],
@@ -473,7 +489,12 @@ async fn a_publish_whose_confirm_is_late_is_found_by_a_retry_with_the_same_key()
     let broker = crate::helpers::Proxy::start("127.0.0.1:5672").await;
     let app = spawn_app_with(Options {
         amqp_port: Some(broker.port),
-        configure: Some(|s| s.queue.deadline_ms = 1_000),
+        configure: Some(|s| {
+            s.queue.deadline_ms = 1_000;
+            // The buyer retries until the broker answers, and every retry counts
+            // against the per-user rate limit.
+            s.limits.rate_per_minute = 1_000;
+        }),
         ..Options::default()
     })
     .await;
@@ -496,18 +517,20 @@ async fn a_publish_whose_confirm_is_late_is_found_by_a_retry_with_the_same_key()
     app.admin_eventually("/admin/actors", restarted).await;
     broker.resume();
 
-    // The buyer retries with the same key (slowly: the rate limit counts retries)
-    // and finds the order the broker kept.
-    let mut retry = None;
-    for _ in 0..8 {
-        tokio::time::sleep(Duration::from_millis(1_500)).await;
-        let r = app.buy(&token, product, "once", None).await;
-        if r.status != StatusCode::SERVICE_UNAVAILABLE {
-            retry = Some(r);
-            break;
-        }
-    }
-    let retry = retry.expect("the retry is answered once the broker is back");
+    // The buyer retries with the same key and finds the order the broker kept.
+    let retry = crate::helpers::eventually(
+        Duration::from_secs(30),
+        "the retry is answered once the broker is back",
+        || async {
+            let r = app.buy(&token, product, "once", None).await;
+            if r.status == StatusCode::SERVICE_UNAVAILABLE {
+                Err(format!("{:?}", r.body))
+            } else {
+                Ok(r)
+            }
+        },
+    )
+    .await;
     assert_eq!(retry.status, StatusCode::OK, "{:?}", retry.body);
     let id = retry.body["orderId"].as_str().unwrap();
     assert_eq!(app.wait_settled(&token, id).await["status"], "completed");
@@ -569,7 +592,21 @@ async fn a_cancellation_cut_off_before_its_restock_is_finished_by_the_reconciler
     let retry = app.post_auth(&token, &format!("/orders/{id}/cancel")).await;
     assert_eq!(retry.status, StatusCode::OK, "{:?}", retry.body);
     assert_eq!(retry.body["status"], "cancelled");
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The shard forgets a restock once the partition has the units back: from then on
+    // nothing (no sweep, no retry) has this order's units to give back again.
+    crate::helpers::eventually(
+        Duration::from_secs(30),
+        "no restock of the order is left to finish",
+        || async {
+            let left = app.pending_restocks().await;
+            if left.contains(&id) {
+                Err(format!("{left:?}"))
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
     assert_eq!(app.sale_counters(product).await["remaining"], 3);
     app.stop().await;
 }
