@@ -15,8 +15,18 @@ fn invalid(msg: impl Into<String>) -> ParseError {
 
 /// A catalog product id: a positive integer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "i64")]
 pub struct ProductId(i64);
+
+impl TryFrom<i64> for ProductId {
+    type Error = ParseError;
+    fn try_from(n: i64) -> Result<Self, ParseError> {
+        match n {
+            1.. => Ok(Self(n)),
+            _ => Err(invalid("product id must be a positive integer")),
+        }
+    }
+}
 
 impl ProductId {
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
@@ -41,8 +51,21 @@ impl fmt::Display for ProductId {
 
 /// A user id: a UUID in its lowercase hyphenated form.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "String")]
 pub struct UserId(String);
+
+impl From<uuid::Uuid> for UserId {
+    fn from(id: uuid::Uuid) -> Self {
+        Self(id.to_string())
+    }
+}
+
+impl TryFrom<String> for UserId {
+    type Error = ParseError;
+    fn try_from(raw: String) -> Result<Self, ParseError> {
+        Self::parse(&raw)
+    }
+}
 
 impl UserId {
     pub fn new_random() -> Self {
@@ -66,8 +89,21 @@ impl fmt::Display for UserId {
 
 /// An order id: a time-ordered UUID (v7), so shard indexes grow at the end.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "String")]
 pub struct OrderId(String);
+
+impl From<uuid::Uuid> for OrderId {
+    fn from(id: uuid::Uuid) -> Self {
+        Self(id.to_string())
+    }
+}
+
+impl TryFrom<String> for OrderId {
+    type Error = ParseError;
+    fn try_from(raw: String) -> Result<Self, ParseError> {
+        Self::parse(&raw)
+    }
+}
 
 impl OrderId {
     pub fn generate() -> Self {
@@ -90,8 +126,16 @@ impl fmt::Display for OrderId {
 }
 
 /// The client's `Idempotency-Key`: 1 to 128 visible ASCII characters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String")]
 pub struct IdempotencyKey(String);
+
+impl TryFrom<String> for IdempotencyKey {
+    type Error = ParseError;
+    fn try_from(raw: String) -> Result<Self, ParseError> {
+        Self::parse(&raw)
+    }
+}
 
 impl IdempotencyKey {
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
@@ -108,13 +152,23 @@ impl IdempotencyKey {
     }
 }
 
-/// Units in one order: 1 up to the configured maximum.
+/// Units in one order: 1 up to the configured maximum when a buyer asks; read back
+/// from a queue or a store, anything an order could have had (up to `i32::MAX`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "i64")]
 pub struct Quantity(u32);
+
+impl TryFrom<i64> for Quantity {
+    type Error = ParseError;
+    fn try_from(n: i64) -> Result<Self, ParseError> {
+        Self::parse(n, Self::MOST)
+    }
+}
 
 impl Quantity {
     pub const ONE: Quantity = Quantity(1);
+    /// The most units any order can carry, whatever the settings.
+    pub const MOST: u32 = i32::MAX as u32;
 
     pub fn parse(raw: i64, max: u32) -> Result<Self, ParseError> {
         if raw >= 1 && raw <= i64::from(max) {
@@ -127,6 +181,10 @@ impl Quantity {
     }
     pub fn get(self) -> u32 {
         self.0
+    }
+    /// As the stores count units.
+    pub fn units(self) -> i64 {
+        i64::from(self.0)
     }
 }
 
@@ -260,38 +318,29 @@ impl OrderStatus {
     }
 }
 
-/// An accepted order as the queue carries it and the shard stores it.
+/// An accepted order as the queue carries it and the shard stores it. Reading one
+/// parses every field as the API does; a message that does not read is no order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderMessage {
-    pub order_id: String,
-    pub user_id: String,
-    pub product_id: i64,
-    pub quantity: i64,
-    pub idempotency_key: String,
+    pub order_id: OrderId,
+    pub user_id: UserId,
+    pub product_id: ProductId,
+    pub quantity: Quantity,
+    pub idempotency_key: IdempotencyKey,
+    #[serde(deserialize_with = "positive_time")]
     pub created_at: i64,
     /// The W3C trace context of the request that accepted the order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
 }
 
-impl OrderMessage {
-    /// Whether a message read from a queue is an order this engine could have
-    /// accepted; the reason when it is not.
-    pub fn check(&self) -> Result<(), ParseError> {
-        OrderId::parse(&self.order_id)?;
-        UserId::parse(&self.user_id)?;
-        if self.product_id < 1 {
-            return Err(invalid("product id must be positive"));
-        }
-        if !(1..=i64::from(i32::MAX)).contains(&self.quantity) {
-            return Err(invalid("quantity out of range"));
-        }
-        if self.created_at <= 0 {
-            return Err(invalid("created_at must be a positive time (epoch ms)"));
-        }
-        IdempotencyKey::parse(&self.idempotency_key)?;
-        Ok(())
+fn positive_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    match i64::deserialize(d)? {
+        ms @ 1.. => Ok(ms),
+        _ => Err(serde::de::Error::custom(
+            "createdAt must be a positive time (epoch ms)",
+        )),
     }
 }
 
@@ -299,10 +348,10 @@ impl OrderMessage {
 /// cancelled, whose units are back in the sale.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SoldOrder {
-    pub order_id: String,
-    pub user_id: String,
-    pub quantity: i64,
-    pub idempotency_key: String,
+    pub order_id: OrderId,
+    pub user_id: UserId,
+    pub quantity: Quantity,
+    pub idempotency_key: IdempotencyKey,
     /// Cancelled: counted as returned, never restocked again.
     pub cancelled: bool,
 }
@@ -311,10 +360,10 @@ pub struct SoldOrder {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderView {
-    pub order_id: String,
-    pub user_id: String,
-    pub product_id: i64,
-    pub quantity: i64,
+    pub order_id: OrderId,
+    pub user_id: UserId,
+    pub product_id: ProductId,
+    pub quantity: Quantity,
     pub status: OrderStatus,
     pub created_at: String,
 }
@@ -361,6 +410,56 @@ mod tests {
         assert!(Quantity::parse(0, 10).is_err());
         assert!(Quantity::parse(11, 10).is_err());
         assert!(Quantity::parse(-2, 10).is_err());
+    }
+
+    #[test]
+    fn queued_orders_read_through_the_same_parsing_as_requests() {
+        let order = OrderMessage {
+            order_id: OrderId::generate(),
+            user_id: UserId::new_random(),
+            product_id: ProductId::parse("7").unwrap(),
+            quantity: Quantity::ONE,
+            idempotency_key: IdempotencyKey::parse("k-1").unwrap(),
+            created_at: 1_790_000_000_000,
+            traceparent: None,
+        };
+        let json = serde_json::to_value(&order).unwrap();
+        assert_eq!(json["productId"], 7);
+        assert_eq!(json["quantity"], 1);
+        assert_eq!(
+            serde_json::from_value::<OrderMessage>(json.clone()).unwrap(),
+            order
+        );
+        let spoilt = [
+            (
+                "orderId",
+                serde_json::json!("not-a-uuid"),
+                "order id must be a UUID",
+            ),
+            ("userId", serde_json::json!("x"), "user id must be a UUID"),
+            (
+                "productId",
+                serde_json::json!(0),
+                "product id must be a positive integer",
+            ),
+            (
+                "quantity",
+                serde_json::json!(0),
+                "quantity must be an integer from 1",
+            ),
+            (
+                "idempotencyKey",
+                serde_json::json!("has space"),
+                "visible ASCII",
+            ),
+            ("createdAt", serde_json::json!(-5), "positive time"),
+        ];
+        for (field, value, why) in spoilt {
+            let mut bad = json.clone();
+            bad[field] = value;
+            let e = serde_json::from_value::<OrderMessage>(bad).unwrap_err();
+            assert!(e.to_string().contains(why), "{field}: {e}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::inflight::InFlight;
 use super::inventory::InventoryMsg;
 use super::queue::PublisherMsg;
 use super::registry::RegistryMsg;
-use crate::domain::ProductId;
+use crate::domain::{ProductId, UserId};
 use crate::shards::catalog::CatalogMsg;
 use crate::shards::hash::bucket;
 use crate::shards::{ProductTotals, ShardMsg, UnitTotals};
@@ -99,11 +99,11 @@ impl Directory {
     }
 
     /// The shard of a user: `murmur3(userId) % N`.
-    pub fn shard_index(&self, user: &str) -> usize {
-        bucket(user, self.shards.len())
+    pub fn shard_index(&self, user: &UserId) -> usize {
+        bucket(user.as_str(), self.shards.len())
     }
 
-    pub fn shard(&self, user: &str) -> &ShardSlot {
+    pub fn shard(&self, user: &UserId) -> &ShardSlot {
         &self.shards[self.shard_index(user)]
     }
 

@@ -299,10 +299,10 @@ impl Rebuild<'_> {
         let mut sold = 0;
         let counted = orders
             .iter()
-            .filter(|o| !o.cancelled && !returned.contains(&o.order_id));
+            .filter(|o| !o.cancelled && !returned.contains(o.order_id.as_str()));
         for o in counted {
-            *per_buyer.entry(&o.user_id).or_default() += o.quantity;
-            sold += o.quantity;
+            *per_buyer.entry(o.user_id.as_str()).or_default() += o.quantity.units();
+            sold += o.quantity.units();
         }
         let buyers: Vec<(String, i64)> = per_buyer
             .into_iter()

@@ -157,7 +157,7 @@ pub fn order_persisted(order: &OrderMessage, completed: bool, at_ms: i64) -> [Ou
     let trace = || order.traceparent.clone();
     let created = OutboxEvent::new(
         EventType::OrderCreated,
-        &order.order_id,
+        order.order_id.as_str(),
         order.created_at,
         order_data(order, "pending"),
         trace(),
@@ -165,7 +165,7 @@ pub fn order_persisted(order: &OrderMessage, completed: bool, at_ms: i64) -> [Ou
     let outcome = if completed {
         OutboxEvent::new(
             EventType::OrderCompleted,
-            &order.order_id,
+            order.order_id.as_str(),
             at_ms,
             order_data(order, "completed"),
             trace(),
@@ -181,7 +181,7 @@ pub fn order_cancelled(order: &OrderMessage, reason: CancelReason, at_ms: i64) -
     data["reason"] = reason.as_str().into();
     OutboxEvent::new(
         EventType::OrderCancelled,
-        &order.order_id,
+        order.order_id.as_str(),
         at_ms,
         data,
         order.traceparent.clone(),
@@ -301,12 +301,13 @@ mod tests {
     use super::*;
 
     fn order() -> OrderMessage {
+        use crate::domain::{IdempotencyKey, OrderId, ProductId, Quantity, UserId};
         OrderMessage {
-            order_id: "0190f5a0-0000-7000-8000-000000000001".into(),
-            user_id: "u1".into(),
-            product_id: 7,
-            quantity: 2,
-            idempotency_key: "k".into(),
+            order_id: OrderId::parse("0190f5a0-0000-7000-8000-000000000001").unwrap(),
+            user_id: UserId::new_random(),
+            product_id: ProductId::parse("7").unwrap(),
+            quantity: Quantity::parse(2, 10).unwrap(),
+            idempotency_key: IdempotencyKey::parse("k").unwrap(),
             created_at: 1_700_000_000_000,
             traceparent: None,
         }
@@ -316,7 +317,7 @@ mod tests {
     fn an_order_event_carries_the_envelope_and_is_keyed_by_the_order() {
         let [created, completed] = order_persisted(&order(), true, 1_700_000_000_500);
         assert_eq!(created.topic, ORDER_EVENTS);
-        assert_eq!(completed.key, order().order_id);
+        assert_eq!(completed.key, order().order_id.as_str());
         let e: Envelope = serde_json::from_str(&completed.payload).unwrap();
         assert_eq!(e.kind, "OrderCompleted");
         assert_eq!(e.version, 1);

@@ -13,7 +13,9 @@ use crate::actors::inventory::{
     product_cache_key, CacheDel, Counters, ListSales, LoadSale, SaleCounters, SaleRefused,
 };
 use crate::actors::queue::QueueDepth;
-use crate::domain::{now_ms, parse_rfc3339, rfc3339, ProductId, ProductName, SaleDefinition};
+use crate::domain::{
+    now_ms, parse_rfc3339, rfc3339, ProductId, ProductName, SaleDefinition, UserId,
+};
 use crate::orders::OrderError;
 use crate::shards::catalog::{
     CreateProduct, ListDeadLetters, OrdersReport, PutSale, SalesReport, UpdateProduct,
@@ -200,7 +202,12 @@ async fn orders_report(
     _: Admin,
     query: web::Query<ReportQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let user = query.user_id.clone();
+    let user = query
+        .user_id
+        .as_deref()
+        .map(UserId::parse)
+        .transpose()
+        .map_err(|_| ApiError::InvalidRequest("userId must be a UUID".into()))?;
     let report = state.directory.catalog.call(OrdersReport { user }).await?;
     Ok(HttpResponse::Ok().json(report))
 }

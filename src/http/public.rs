@@ -66,7 +66,7 @@ async fn register(
         .catalog
         .call(CreateCredential {
             email: email.clone(),
-            user: user.to_string(),
+            user: user.clone(),
             password_hash: hash,
         })
         .await?;
@@ -81,9 +81,9 @@ async fn register(
             return Err(ApiError::EmailTaken);
         };
         let finished = dir
-            .shard(same.as_str())
+            .shard(&same)
             .call(CreateUser {
-                user: same.to_string(),
+                user: same.clone(),
                 email: email.as_str().to_string(),
             })
             .await?;
@@ -93,9 +93,9 @@ async fn register(
         return Ok(HttpResponse::Created().json(json!({ "userId": same })));
     }
     // Idempotent: a user row that exists is kept (and announced once).
-    dir.shard(user.as_str())
+    dir.shard(&user)
         .call(CreateUser {
-            user: user.to_string(),
+            user: user.clone(),
             email: email.as_str().to_string(),
         })
         .await?;
@@ -125,9 +125,7 @@ async fn same_registration(
     if !same {
         return Ok(None);
     }
-    UserId::parse(&credential.user)
-        .map(Some)
-        .map_err(ApiError::internal)
+    Ok(Some(credential.user))
 }
 
 #[tracing::instrument(skip_all)]
@@ -156,7 +154,7 @@ async fn login(
         .hash(move || auth::verify_password(&password, &hash))
         .await?;
     let user = match (ok, user) {
-        (true, Some(user)) => UserId::parse(&user).map_err(ApiError::internal)?,
+        (true, Some(user)) => user,
         _ => return Err(ApiError::InvalidCredentials),
     };
     let issued = state.tokens.issue(&user);
@@ -345,9 +343,9 @@ async fn update_me(
     }
     let updated = state
         .directory
-        .shard(user.as_str())
+        .shard(&user)
         .call(UpdateUser {
-            user: user.to_string(),
+            user: user.clone(),
             display_name: name.to_string(),
             traceparent: crate::telemetry::current_traceparent(),
         })
@@ -365,10 +363,8 @@ async fn my_orders(
 ) -> Result<HttpResponse, ApiError> {
     let orders = state
         .directory
-        .shard(user.as_str())
-        .call(ListOrders {
-            user: user.to_string(),
-        })
+        .shard(&user)
+        .call(ListOrders { user: user.clone() })
         .await?;
     Ok(HttpResponse::Ok().json(json!({ "orders": orders })))
 }

@@ -8,7 +8,7 @@
 use super::{lookup, OrderError};
 use crate::actors::directory::Directory;
 use crate::actors::inventory::{Counters, PartitionState, Recovery, Restock, Restocked};
-use crate::domain::{now_ms, OrderId, OrderStatus, OrderView, ProductId, UserId};
+use crate::domain::{now_ms, OrderId, OrderStatus, OrderView, UserId};
 use crate::shards::{CancelOrder, Cancellation, RestockDone};
 
 pub async fn cancel(
@@ -22,7 +22,7 @@ pub async fn cancel(
             None => Err(OrderError::NotFound),
         };
     };
-    let product = ProductId::from_db(stored.product_id);
+    let product = stored.product_id;
     let partition = dir.product_partition(product);
     if stored.status == OrderStatus::Completed {
         match partition.call(Counters { product }).await? {
@@ -39,10 +39,10 @@ pub async fn cancel(
         now,
         restock_due,
     } = dir
-        .shard(user.as_str())
+        .shard(&user)
         .call(CancelOrder {
             order: order.clone(),
-            user: user.to_string(),
+            user: user.clone(),
             traceparent: crate::telemetry::current_traceparent(),
         })
         .await?
@@ -59,14 +59,14 @@ pub async fn cancel(
             .call(Restock {
                 product,
                 order: order.clone(),
-                user: user.to_string(),
+                user: user.clone(),
                 quantity: view.quantity,
             })
             .await?;
         if restocked == Restocked::Rebuilding {
             return Err(OrderError::Rebuilding);
         }
-        dir.shard(user.as_str())
+        dir.shard(&user)
             .call(RestockDone {
                 order: order.clone(),
             })

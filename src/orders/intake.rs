@@ -59,7 +59,7 @@ pub async fn place(dir: &Directory, request: PlaceOrder) -> Result<Placed, Order
     let reserving = tracing::info_span!("inventory_reserve");
     let outcome = partition.call(reserve).instrument(reserving).await?;
     let (order, quantity, created_at, replayed) = match outcome {
-        ReserveOutcome::Created(order) => (order, quantity.get().into(), now, false),
+        ReserveOutcome::Created(order) => (order, quantity, now, false),
         ReserveOutcome::Replay(order) => {
             return Ok(Placed {
                 order,
@@ -83,11 +83,11 @@ pub async fn place(dir: &Directory, request: PlaceOrder) -> Result<Placed, Order
     tracing::Span::current().record("order_id", tracing::field::display(&order));
 
     let message = OrderMessage {
-        order_id: order.to_string(),
-        user_id: user.to_string(),
-        product_id: product.get(),
+        order_id: order.clone(),
+        user_id: user,
+        product_id: product,
         quantity,
-        idempotency_key: key.as_str().to_string(),
+        idempotency_key: key,
         created_at,
         traceparent: crate::telemetry::current_traceparent(),
     };

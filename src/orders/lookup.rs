@@ -6,7 +6,7 @@ use futures_util::future::join_all;
 
 use super::OrderError;
 use crate::actors::directory::Directory;
-use crate::domain::{OrderId, OrderMessage, OrderStatus, OrderView, UserId};
+use crate::domain::{rfc3339, OrderId, OrderStatus, OrderView, UserId};
 use crate::shards::GetOrder;
 use crate::supervisors::slot::CallError;
 
@@ -37,9 +37,9 @@ pub async fn stored(
 ) -> Result<Option<OrderView>, CallError> {
     let get = GetOrder {
         order: order.clone(),
-        user: user.to_string(),
+        user: user.clone(),
     };
-    dir.shard(user.as_str()).call(get).await
+    dir.shard(&user).call(get).await
 }
 
 /// An order accepted but not yet in its shard: the inventory partitions still know it.
@@ -56,17 +56,15 @@ pub async fn pending(
     .await;
     for reply in lookups {
         if let Some(p) = reply? {
-            if p.user == user.as_str() {
-                let message = OrderMessage {
-                    order_id: order.to_string(),
+            if p.user == *user {
+                return Ok(Some(OrderView {
+                    order_id: order.clone(),
                     user_id: p.user,
                     product_id: p.product,
                     quantity: p.quantity,
-                    idempotency_key: String::new(),
-                    created_at: p.created_at,
-                    traceparent: None,
-                };
-                return Ok(Some(OrderView::new(&message, OrderStatus::Pending)));
+                    status: OrderStatus::Pending,
+                    created_at: rfc3339(p.created_at),
+                }));
             }
         }
     }

@@ -19,7 +19,7 @@ use crate::actors::directory::Directory;
 use crate::actors::inflight::Held;
 use crate::actors::inventory::{Claim, Claimed};
 use crate::actors::queue::{DeliveryHandler, Outbound, QueueMessage};
-use crate::domain::{OrderId, OrderMessage, OrderStatus, ProductId};
+use crate::domain::{OrderMessage, OrderStatus, ProductId};
 use crate::shards::catalog::{DeadLetterEntry, RecordDeadLetters};
 use crate::shards::{InsertOrder, RecordNotification};
 use crate::supervisors::slot::{CallError, ItemError};
@@ -45,11 +45,9 @@ impl Parsed {
     }
 
     fn element(&mut self, value: serde_json::Value) {
+        // Reading a message parses every field as the API parses a request.
         match serde_json::from_value::<OrderMessage>(value.clone()) {
-            Ok(order) => match order.check() {
-                Ok(()) => self.orders.push(order),
-                Err(e) => self.dead_letter(format!("invalid order: {}", e.0), value.to_string()),
-            },
+            Ok(order) => self.orders.push(order),
             Err(e) => self.dead_letter(format!("not an order: {e}"), value.to_string()),
         }
     }
@@ -185,17 +183,20 @@ impl DeliveryHandler for OrderHandler {
             // ends when this batch is done with it.
             let spans: Vec<_> = chunk
                 .iter()
-                .map(|o| start_order_span("consume_order", o.traceparent.as_deref(), &o.order_id))
+                .map(|o| {
+                    let order = o.order_id.as_str();
+                    start_order_span("consume_order", o.traceparent.as_deref(), order)
+                })
                 .collect();
             let claiming: Vec<_> = spans
                 .iter()
                 .map(|cx| start_child_span(cx, "inventory_claim"))
                 .collect();
             let claims = call_each(chunk, |o| {
-                let product = ProductId::from_db(o.product_id);
+                let product = o.product_id;
                 let claim = Claim {
                     product,
-                    order: OrderId::parse(&o.order_id).expect("checked"),
+                    order: o.order_id.clone(),
                     user: o.user_id.clone(),
                     quantity: o.quantity,
                     key: o.idempotency_key.clone(),
@@ -291,7 +292,7 @@ impl Webhook {
         let r = self
             .client
             .post(&self.url)
-            .header("Idempotency-Key", &order.order_id)
+            .header("Idempotency-Key", order.order_id.as_str())
             .json(&body)
             .send()
             .await
@@ -320,7 +321,7 @@ impl DeliveryHandler for NotificationHandler {
                 start_order_span(
                     "deliver_confirmation",
                     o.traceparent.as_deref(),
-                    &o.order_id,
+                    o.order_id.as_str(),
                 )
             })
             .collect();
@@ -332,7 +333,7 @@ impl DeliveryHandler for NotificationHandler {
         let channel = if webhook.is_some() { "webhook" } else { "log" };
         let recorded = call_each(&orders, |o| {
             dir.shard(&o.user_id).call_queued(RecordNotification {
-                order: OrderId::parse(&o.order_id).expect("checked"),
+                order: o.order_id.clone(),
                 user: o.user_id.clone(),
                 channel: channel.into(),
             })

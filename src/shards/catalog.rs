@@ -11,7 +11,7 @@ use sqlx::Row;
 
 use super::outbox;
 use crate::db::{self, settle};
-use crate::domain::{now_ms, rfc3339, Email, ProductId, ProductName, SaleDefinition};
+use crate::domain::{now_ms, rfc3339, Email, ProductId, ProductName, SaleDefinition, UserId};
 use crate::events;
 use crate::supervisors::slot::{Message, Nudge};
 use crate::supervisors::worker::{Backend, Batch, Connect};
@@ -54,7 +54,7 @@ pub struct SalesReport {
 /// Orders per product and the users with the most units (or one user).
 #[derive(Debug)]
 pub struct OrdersReport {
-    pub user: Option<String>,
+    pub user: Option<UserId>,
 }
 
 /// Stores a sale; answers `false` when the product does not exist.
@@ -68,7 +68,7 @@ pub struct PutSale {
 #[derive(Debug)]
 pub struct CreateCredential {
     pub email: Email,
-    pub user: String,
+    pub user: UserId,
     pub password_hash: String,
 }
 
@@ -80,7 +80,7 @@ pub struct GetCredential {
 /// A login as the catalog keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credential {
-    pub user: String,
+    pub user: UserId,
     pub password_hash: String,
 }
 
@@ -490,7 +490,9 @@ impl Catalog {
                 settle(port, self.sales_report(req.product).await, "sales report")
             }
             CatalogMsg::OrdersReport(req, port) => {
-                let r = self.orders_report(req.user.as_deref()).await;
+                let r = self
+                    .orders_report(req.user.as_ref().map(UserId::as_str))
+                    .await;
                 settle(port, r, "orders report")
             }
             CatalogMsg::PutSale(req, port) => settle(port, self.put_sale(&req).await, "store sale"),

@@ -8,6 +8,7 @@
 //! transaction for everything that queued while the previous one ran.
 
 pub mod catalog;
+mod columns;
 pub mod hash;
 pub mod migrate;
 pub mod outbox;
@@ -17,7 +18,9 @@ pub mod reshard;
 pub mod sqlite;
 pub mod store;
 
-use crate::domain::{OrderId, OrderMessage, OrderStatus, OrderView, ProductId, SoldOrder};
+use crate::domain::{
+    OrderId, OrderMessage, OrderStatus, OrderView, ProductId, Quantity, SoldOrder, UserId,
+};
 
 /// Persist an order with its final status (idempotent on the order id).
 #[derive(Debug)]
@@ -30,7 +33,7 @@ pub struct InsertOrder {
 #[derive(Debug)]
 pub struct RecordNotification {
     pub order: OrderId,
-    pub user: String,
+    pub user: UserId,
     pub channel: String,
 }
 
@@ -38,26 +41,26 @@ pub struct RecordNotification {
 #[derive(Debug)]
 pub struct GetOrder {
     pub order: OrderId,
-    pub user: String,
+    pub user: UserId,
 }
 
 /// A user's orders, newest first (at most 1,000).
 #[derive(Debug)]
 pub struct ListOrders {
-    pub user: String,
+    pub user: UserId,
 }
 
 /// Creates the user's row (and its `UserRegistered` event) unless it exists.
 #[derive(Debug)]
 pub struct CreateUser {
-    pub user: String,
+    pub user: UserId,
     pub email: String,
 }
 
 /// Changes the display name and emits `UserUpdated`; answers whether the user exists.
 #[derive(Debug)]
 pub struct UpdateUser {
-    pub user: String,
+    pub user: UserId,
     pub display_name: String,
     pub traceparent: Option<String>,
 }
@@ -78,7 +81,7 @@ pub struct UnitTotals {
 #[derive(Debug)]
 pub struct CancelOrder {
     pub order: OrderId,
-    pub user: String,
+    pub user: UserId,
     pub traceparent: Option<String>,
 }
 
@@ -113,9 +116,9 @@ pub struct PendingRestocks {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingRestock {
     pub order: OrderId,
-    pub user: String,
+    pub user: UserId,
     pub product: ProductId,
-    pub quantity: i64,
+    pub quantity: Quantity,
 }
 
 /// The inventory partition has a cancelled order's units back.

@@ -62,8 +62,8 @@ pub(super) async fn commit_writes(
     for InsertOrder { order, status } in writes.orders.iter().copied() {
         ids.push(order.order_id.as_str());
         users.push(order.user_id.as_str());
-        products.push(order.product_id);
-        quantities.push(order.quantity);
+        products.push(order.product_id.get());
+        quantities.push(order.quantity.units());
         keys.push(order.idempotency_key.as_str());
         statuses.push(status.as_str());
         created.push(order.created_at);
@@ -89,7 +89,7 @@ pub(super) async fn commit_writes(
         let inserted: HashSet<String> = inserted.into_iter().collect();
         let mut outbox = Vec::with_capacity(inserted.len() * 2);
         for InsertOrder { order, status } in writes.orders.iter().copied() {
-            if inserted.contains(&order.order_id) {
+            if inserted.contains(order.order_id.as_str()) {
                 let completed = *status == OrderStatus::Completed;
                 outbox.extend(events::order_persisted(order, completed, now));
             }

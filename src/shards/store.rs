@@ -198,7 +198,7 @@ impl Shard {
         .await?
         .rows_affected();
         if created == 1 {
-            let event = events::user_registered(&req.user, &req.email, now);
+            let event = events::user_registered(req.user.as_str(), &req.email, now);
             outbox::append(&mut tx, &[event], now).await?;
         }
         tx.commit().await?;
@@ -215,8 +215,12 @@ impl Shard {
             .await?
             .rows_affected();
         if updated == 1 {
-            let event =
-                events::user_updated(&req.user, &req.display_name, now, req.traceparent.clone());
+            let event = events::user_updated(
+                req.user.as_str(),
+                &req.display_name,
+                now,
+                req.traceparent.clone(),
+            );
             outbox::append(&mut tx, &[event], now).await?;
         }
         tx.commit().await?;
@@ -377,10 +381,14 @@ impl Shard {
                 port.ok(());
                 Ok(())
             }
-            ShardMsg::Get(GetOrder { order, user }, port) => {
-                settle(port, self.get(order.as_str(), &user).await, "read order")
+            ShardMsg::Get(GetOrder { order, user }, port) => settle(
+                port,
+                self.get(order.as_str(), user.as_str()).await,
+                "read order",
+            ),
+            ShardMsg::List(req, port) => {
+                settle(port, self.list(req.user.as_str()).await, "list orders")
             }
-            ShardMsg::List(req, port) => settle(port, self.list(&req.user).await, "list orders"),
             ShardMsg::CreateUser(req, port) => {
                 settle(port, self.create_user(&req).await, "create user")
             }

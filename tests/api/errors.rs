@@ -500,7 +500,7 @@ async fn a_corrupt_row_fails_its_request_alone_not_the_shard(mode: Mode) {
 
     // A status no version of flashsale writes (the schema's check has to be set aside
     // to store it): corrupt data, never shown as pending.
-    let shard = app.app_state.directory.shard_index(ann.as_str());
+    let shard = app.app_state.directory.shard_index(&ann);
     let unchecked = match mode {
         Mode::Cluster => "ALTER TABLE orders DROP CONSTRAINT orders_status_check",
         Mode::Embedded => "PRAGMA ignore_check_constraints = ON",
@@ -549,7 +549,7 @@ async fn a_corrupt_row_fails_its_request_alone_not_the_shard(mode: Mode) {
     );
     let bob_token = loop {
         let (user, token) = app.token_for_new_user();
-        if app.app_state.directory.shard_index(user.as_str()) == shard {
+        if app.app_state.directory.shard_index(&user) == shard {
             break token;
         }
     };
@@ -848,6 +848,7 @@ async fn a_registration_cut_off_between_its_databases_is_finished_by_its_retry()
         }
     })
     .await;
+    let first = flashsale::domain::UserId::parse(&first).unwrap();
     let shard = app.app_state.directory.shard_index(&first);
     let rows = app
         .exec_on_shard(

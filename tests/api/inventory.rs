@@ -286,9 +286,9 @@ impl Partition {
         let claim = Claim {
             product,
             order: order.clone(),
-            user: user.to_string(),
-            quantity,
-            key: "k".into(),
+            user: UserId::parse(user).unwrap(),
+            quantity: Quantity::try_from(quantity).unwrap(),
+            key: IdempotencyKey::parse("k").unwrap(),
             created_at,
         };
         self.slot.call(claim).await.unwrap()
@@ -318,8 +318,8 @@ impl Partition {
         let restock = Restock {
             product,
             order: order.clone(),
-            user: user.to_string(),
-            quantity,
+            user: user.clone(),
+            quantity: Quantity::try_from(quantity).unwrap(),
         };
         self.slot.call(restock).await.unwrap() == Restocked::Returned
     }
@@ -589,10 +589,10 @@ async fn claims_of_what_was_never_reserved_sell_nothing(backend: Backend) {
 /// A shard order as a rebuild reads it.
 fn shard_order(order: &OrderId, user: &UserId, quantity: i64, cancelled: bool) -> SoldOrder {
     SoldOrder {
-        order_id: order.to_string(),
-        user_id: user.to_string(),
-        quantity,
-        idempotency_key: "k".into(),
+        order_id: order.clone(),
+        user_id: user.clone(),
+        quantity: Quantity::try_from(quantity).unwrap(),
+        idempotency_key: IdempotencyKey::parse("k").unwrap(),
         cancelled,
     }
 }
@@ -702,10 +702,10 @@ async fn a_large_sale_is_rebuilt_in_chunks_around_the_claims_meanwhile() {
     let orders: Vec<SoldOrder> = (buyers.iter())
         .flat_map(|u| ["x", "y"].map(|key| (u, key)))
         .map(|(u, key)| SoldOrder {
-            order_id: OrderId::generate().to_string(),
-            user_id: u.to_string(),
-            quantity: 1,
-            idempotency_key: key.into(),
+            order_id: OrderId::generate(),
+            user_id: u.clone(),
+            quantity: Quantity::ONE,
+            idempotency_key: IdempotencyKey::parse(key).unwrap(),
             cancelled: false,
         })
         .collect();
@@ -863,8 +863,8 @@ async fn keys_and_lookups_expire_after_their_lifetime(backend: Backend) {
         .unwrap();
     let pending = pending.expect("an accepted order is found until its shard has it");
     assert_eq!(
-        (pending.user.as_str(), pending.product, pending.quantity),
-        (ann.as_str(), pid.get(), 1)
+        (&pending.user, pending.product, pending.quantity),
+        (&ann, pid, Quantity::ONE)
     );
     assert_eq!(
         p.reserve(pid, &ann, "k", 1).await,
@@ -946,7 +946,7 @@ async fn a_key_replays_its_order_only_once_it_is_published(backend: Backend) {
         p.reserve(pid, &ann, "k", 1).await,
         ReserveOutcome::Unpublished(UnpublishedOrder {
             order: order.clone(),
-            quantity: 2,
+            quantity: Quantity::try_from(2).unwrap(),
             created_at: at,
         })
     );

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use flashsale::actors::inventory::Restocked;
 use flashsale::actors::queue::Publish;
-use flashsale::domain::{now_ms, OrderId, ProductId};
+use flashsale::domain::{now_ms, OrderId, ProductId, Quantity, UserId};
 use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -562,16 +562,11 @@ async fn a_cancellation_cut_off_before_its_restock_is_finished_by_the_reconciler
     // The shard cancels the order; the request dies before the units go back.
     let cancel = flashsale::shards::CancelOrder {
         order: OrderId::parse(&id).unwrap(),
-        user: user.to_string(),
+        user: user.clone(),
         traceparent: None,
     };
     let dir = &app.app_state.directory;
-    let done = dir
-        .shard(user.as_str())
-        .call(cancel)
-        .await
-        .unwrap()
-        .unwrap();
+    let done = dir.shard(&user).call(cancel).await.unwrap().unwrap();
     assert!(done.now);
     assert_eq!(app.sale_counters(product).await["remaining"], 2);
 
@@ -617,8 +612,8 @@ async fn restock_one(app: &TestApp, product: i64, order: &str, user: &str) -> Re
     let restock = flashsale::actors::inventory::Restock {
         product: ProductId::from_db(product),
         order: OrderId::parse(order).unwrap(),
-        user: user.to_string(),
-        quantity: 1,
+        user: UserId::parse(user).unwrap(),
+        quantity: Quantity::ONE,
     };
     let partition = app.app_state.directory.product_partition(restock.product);
     partition.call(restock).await.unwrap()

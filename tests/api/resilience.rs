@@ -6,7 +6,7 @@ use std::time::Duration;
 use flashsale::actors::inventory::Counters;
 use flashsale::actors::queue::Publish;
 use flashsale::config::{Role, Secret};
-use flashsale::domain::{now_ms, OrderMessage, ProductId};
+use flashsale::domain::{now_ms, IdempotencyKey, OrderMessage, ProductId, Quantity};
 use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -189,11 +189,11 @@ async fn the_reconciler_releases_reservations_that_were_never_published(mode: Mo
 
     // Had the message reached the queue after all, the order is recorded as cancelled.
     let message = OrderMessage {
-        order_id: lost.to_string(),
-        user_id: user.to_string(),
-        product_id: product,
-        quantity: 1,
-        idempotency_key: "crash".into(),
+        order_id: lost.clone(),
+        user_id: user.clone(),
+        product_id: ProductId::from_db(product),
+        quantity: Quantity::ONE,
+        idempotency_key: IdempotencyKey::parse("crash").unwrap(),
         created_at: now_ms(),
         traceparent: None,
     };

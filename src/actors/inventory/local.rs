@@ -21,7 +21,7 @@ use super::{
     ReserveRequest, SaleCounters, SaleRefused, SaleSummary, UnpublishedOrder,
 };
 use crate::db::sqlite_pool;
-use crate::domain::{now_ms, OrderId, SaleDefinition};
+use crate::domain::{now_ms, OrderId, ProductId, Quantity, SaleDefinition, UserId};
 use crate::shards::sqlite;
 use crate::supervisors::slot::{Deferred, Message};
 use crate::supervisors::worker::{Backend, Batch, Connect};
@@ -40,7 +40,7 @@ struct Reservation {
     pid: i64,
     published: bool,
     ts: i64,
-    qty: i64,
+    qty: Quantity,
     uid: String,
     key: String,
 }
@@ -79,15 +79,15 @@ fn uuid_text(bits: u128) -> String {
 struct Accepted {
     user: u128,
     product: i64,
-    quantity: i64,
+    quantity: Quantity,
     created_at: i64,
 }
 
 impl Accepted {
     fn pending(&self) -> PendingOrder {
         PendingOrder {
-            user: uuid_text(self.user),
-            product: self.product,
+            user: UserId::from(uuid::Uuid::from_u128(self.user)),
+            product: ProductId::from_db(self.product),
             quantity: self.quantity,
             created_at: self.created_at,
         }
@@ -265,12 +265,12 @@ impl LocalInventory {
             return false;
         };
         if let Some(sale) = self.sales.get_mut(&rv.pid) {
-            sale.remaining += rv.qty;
+            sale.remaining += rv.qty.units();
             self.changes.push(Change::Sale(rv.pid));
         }
         let b = (rv.pid, self.buyer(&rv.uid));
         if let Some(n) = self.bought.get_mut(&b) {
-            *n -= rv.qty;
+            *n -= rv.qty.units();
         }
         self.changes.push(Change::Bought(rv.pid, rv.uid.clone()));
         self.released.insert(oid.to_string());
@@ -354,7 +354,7 @@ impl LocalInventory {
             pid,
             published: false,
             ts: r.now_ms,
-            qty,
+            qty: r.quantity,
             uid: uid.clone(),
             key: key.clone(),
         };
@@ -362,7 +362,7 @@ impl LocalInventory {
         let accepted = Accepted {
             user,
             product: pid,
-            quantity: qty,
+            quantity: r.quantity,
             created_at: r.now_ms,
         };
         self.orders.insert(bits, accepted);
@@ -403,7 +403,7 @@ impl LocalInventory {
             .resv
             .values()
             .filter(|r| r.pid == pid)
-            .map(|r| r.qty)
+            .map(|r| r.qty.units())
             .sum();
         Some(SaleCounters {
             stock: s.stock,
@@ -435,7 +435,7 @@ impl LocalInventory {
         let order = c.order.as_str();
         let pid = c.product.get();
         if let Some(rv) = self.resv.get(order) {
-            if rv.pid != pid || rv.qty != c.quantity || rv.uid != c.user {
+            if rv.pid != pid || rv.qty != c.quantity || rv.uid != c.user.as_str() {
                 return Claimed::Unknown;
             }
             self.resv.remove(order);
@@ -447,7 +447,7 @@ impl LocalInventory {
         }
         // Claimed before: a redelivery.
         let found = uuid_bits(order).and_then(|o| self.orders.get(&o));
-        match (found, uuid_bits(&c.user)) {
+        match (found, uuid_bits(c.user.as_str())) {
             (Some(o), Some(user))
                 if o.product == pid
                     && o.quantity == c.quantity
@@ -468,14 +468,14 @@ impl LocalInventory {
         self.changes.push(Change::Restocked(oid));
         let pid = r.product.get();
         if let Some(sale) = self.sales.get_mut(&pid) {
-            sale.remaining += r.quantity;
+            sale.remaining += r.quantity.units();
             self.changes.push(Change::Sale(pid));
         }
-        let buyer = self.buyer(&r.user);
+        let buyer = self.buyer(r.user.as_str());
         if let Some(n) = self.bought.get_mut(&(pid, buyer)) {
-            *n -= r.quantity;
+            *n -= r.quantity.units();
         }
-        self.changes.push(Change::Bought(pid, r.user.clone()));
+        self.changes.push(Change::Bought(pid, r.user.to_string()));
         super::Restocked::Returned
     }
 

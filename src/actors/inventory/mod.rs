@@ -46,7 +46,7 @@ pub enum ReserveOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnpublishedOrder {
     pub order: OrderId,
-    pub quantity: i64,
+    pub quantity: Quantity,
     pub created_at: i64,
 }
 
@@ -71,9 +71,9 @@ impl SaleCounters {
 /// An accepted order not yet in its shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingOrder {
-    pub user: String,
-    pub product: i64,
-    pub quantity: i64,
+    pub user: UserId,
+    pub product: ProductId,
+    pub quantity: Quantity,
     pub created_at: i64,
 }
 
@@ -101,9 +101,9 @@ pub struct Release {
 pub struct Claim {
     pub product: ProductId,
     pub order: OrderId,
-    pub user: String,
-    pub quantity: i64,
-    pub key: String,
+    pub user: UserId,
+    pub quantity: Quantity,
+    pub key: IdempotencyKey,
     pub created_at: i64,
 }
 
@@ -112,8 +112,8 @@ pub struct Claim {
 pub struct Restock {
     pub product: ProductId,
     pub order: OrderId,
-    pub user: String,
-    pub quantity: i64,
+    pub user: UserId,
+    pub quantity: Quantity,
 }
 
 /// What a [`Claim`] found.

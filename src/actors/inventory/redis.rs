@@ -21,9 +21,29 @@ use super::{
     Claimed, InventoryMsg, PartitionState, PendingOrder, RateWindow, RebuildStopped,
     ReserveOutcome, Restocked, SaleCounters, SaleRefused, SaleSummary, StepDone, UnpublishedOrder,
 };
-use crate::domain::{now_ms, OrderId};
+use crate::domain::{now_ms, IdempotencyKey, OrderId, ProductId, Quantity, UserId};
 use crate::supervisors::slot::{ItemError, Message, ReplyPort};
 use crate::supervisors::worker::{Backend, Batch, Connect};
+
+/// The domain's ids and quantities as script arguments: their text, their number.
+macro_rules! script_arg {
+    ($ty:ty, $raw:expr) => {
+        impl redis::ToRedisArgs for $ty {
+            fn write_redis_args<W>(&self, out: &mut W)
+            where
+                W: ?Sized + redis::RedisWrite,
+            {
+                $raw(self).write_redis_args(out)
+            }
+        }
+    };
+}
+
+script_arg!(UserId, UserId::as_str);
+script_arg!(OrderId, OrderId::as_str);
+script_arg!(IdempotencyKey, IdempotencyKey::as_str);
+script_arg!(ProductId, |p: &ProductId| p.get());
+script_arg!(Quantity, |q: &Quantity| q.units());
 
 const COMMON: &str = include_str!("lua/common.lua");
 
@@ -518,7 +538,7 @@ fn reserve_outcome(v: &Value) -> Result<ReserveOutcome, ItemError> {
         7 => ReserveOutcome::Rebuilding,
         6 => ReserveOutcome::Unpublished(UnpublishedOrder {
             order: order()?,
-            quantity: number(2)?,
+            quantity: Quantity::try_from(number(2)?).map_err(|_| bad("reserve", v))?,
             created_at: number(3)?,
         }),
         _ => return Err(bad("reserve", v)),
@@ -556,9 +576,9 @@ fn pending_order(v: &Value) -> Option<PendingOrder> {
     let s = text(v)?;
     let mut parts = s.splitn(4, '|');
     Some(PendingOrder {
-        user: parts.next()?.to_string(),
-        product: parts.next()?.parse().ok()?,
-        quantity: parts.next()?.parse().ok()?,
+        user: UserId::parse(parts.next()?).ok()?,
+        product: ProductId::try_from(parts.next()?.parse::<i64>().ok()?).ok()?,
+        quantity: Quantity::try_from(parts.next()?.parse::<i64>().ok()?).ok()?,
         created_at: parts.next()?.parse().ok()?,
     })
 }
