@@ -172,6 +172,23 @@ macro_rules! protocol {
             }
         }
 
+        impl $name {
+            /// Hands the request and its reply port to the handler of its type: a
+            /// backend serves each request in an impl of its own.
+            #[allow(dead_code)]
+            pub fn dispatch<H>(self, handler: &mut H) -> H::Out
+            where
+                H: $crate::supervisors::slot::Dispatch
+                    $( + $crate::supervisors::slot::Handle<$req, $reply> )*,
+            {
+                match self {
+                    $( $name::$variant(request, port) => {
+                        $crate::supervisors::slot::Handle::<$req, $reply>::handle(handler, request, port)
+                    } )*
+                }
+            }
+        }
+
         $(
             impl $crate::supervisors::slot::Request<$name> for $req {
                 type Reply = $reply;
@@ -181,6 +198,17 @@ macro_rules! protocol {
             }
         )*
     };
+}
+
+/// What a backend's handlers answer for each request ([`Handle`]).
+pub trait Dispatch {
+    type Out;
+}
+
+/// How a backend serves one request type of a protocol: `dispatch`, made by
+/// [`protocol!`], calls the impl for the message's request.
+pub trait Handle<R, T>: Dispatch {
+    fn handle(&mut self, request: R, port: ReplyPort<T>) -> Self::Out;
 }
 
 /// The message of actors that only need waking (relays, the reconciler): their work

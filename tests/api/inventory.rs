@@ -1049,3 +1049,35 @@ async fn a_sales_counters_are_read_without_scanning_its_reservations() {
         "reading counters scanned the reservations"
     );
 }
+
+/// A server that restarted, or one Sentinel promoted, has none of the scripts: the
+/// partition sends them and its requests are answered, each run once, without failing
+/// the actor (whose callers would be told `503` meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_the_scripts_is_sent_them_and_answers_every_request() {
+    let p = partition(Backend::Redis, 3600).await;
+    let (pid, ann) = (product(), UserId::new_random());
+    p.load(pid, open_sale(3, 3)).await.unwrap();
+    let first = p.created(pid, &ann, "a", 1).await;
+    let client = redis::Client::open("redis://127.0.0.1:6380/14").unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let loads = redis_calls("script|load").await;
+    let second = p.created(pid, &ann, "b", 1).await;
+    assert_ne!(first, second);
+    let again = p.reserve(pid, &ann, "b", 1).await;
+    assert!(
+        matches!(&again, ReserveOutcome::Unpublished(u) if u.order == second),
+        "{again:?}"
+    );
+    assert_eq!(p.units(pid).await, (1, 2), "each reservation counted once");
+    assert!(
+        redis_calls("script|load").await > loads,
+        "the scripts were sent"
+    );
+    assert!(p.actor.get_status() == ractor::ActorStatus::Running);
+}

@@ -1,12 +1,12 @@
 -- ARGV: prefix, pid, oid, uid, qty, key, created_at, ttl.
--- Answers 1 (sold), 0 (released before it was persisted) or 2 (unknown: never
+-- Answers 'sold', 'released' (before it was persisted) or 'unknown' (never
 -- reserved here, or not with these details).
 local pid, oid, uid, key = ARGV[2], ARGV[3], ARGV[4], ARGV[6]
 local q = tonumber(ARGV[5])
 local st = redis.call('HGET', k('resv', pid), oid)
 if st then
   local _, _, rq, ru = parse(st)
-  if rq ~= q or ru ~= uid then return 2 end
+  if rq ~= q or ru ~= uid then return 'unknown' end
   redis.call('HDEL', k('resv', pid), oid)
   redis.call('ZREM', k('unpub', pid), oid)
   add_pending(pid, -q)
@@ -20,9 +20,9 @@ if st then
     keep(k('counted', pid), sale_end(pid))
     redis.call('HSET', k('rbclaims', pid), oid, rec)
   end
-  return 1
+  return 'sold'
 end
-if redis.call('SISMEMBER', k('rel', pid), oid) == 1 then return 0 end
+if redis.call('SISMEMBER', k('rel', pid), oid) == 1 then return 'released' end
 -- Not reserved here: claimed before (a redelivery: the order's record, kept as long
 -- as its key, names it), or accepted before the partition lost its state. Those are
 -- honoured and counted once: recorded while the partition rebuilds (the rebuild adds
@@ -39,18 +39,18 @@ if rebuilding() then
   local new = redis.call('HSETNX', ck, oid, rec) == 1
   keep(ck, sale_end(pid))
   if not new or tonumber(redis.call('HGET', sk, 'rebuilt') or '-1') ~= since then
-    return 1
+    return 'sold'
   end
 else
   if redis.call('GET', k('ord', oid)) == uid .. '|' .. pid .. '|' .. ARGV[5] .. '|' .. ARGV[7] then
-    return 1
+    return 'sold'
   end
   -- Counted as accepted before the loss, when it was accepted before it (while the
   -- partition rebuilds, whatever the clocks: the accepting pod's may be ahead of the
   -- one that noticed the loss). A partition that never lost its state has no such
   -- orders.
-  if since == 0 or tonumber(ARGV[7]) >= since then return 2 end
-  if redis.call('HSETNX', ck, oid, rec) == 0 then return 1 end
+  if since == 0 or tonumber(ARGV[7]) >= since then return 'unknown' end
+  if redis.call('HSETNX', ck, oid, rec) == 0 then return 'sold' end
   keep(ck, sale_end(pid))
 end
 if redis.call('EXISTS', sk) == 1 then
@@ -60,4 +60,4 @@ if redis.call('EXISTS', sk) == 1 then
   keep(k('bought', pid, uid), ends)
   redis.call('SET', k('idem', pid, uid, key), oid, 'EX', ARGV[8])
 end
-return 1
+return 'sold'
