@@ -9,9 +9,11 @@
 //! - [`events`]: the domain event model and its buses (Kafka, the local log);
 //! - [`shards`]: the shard and catalog protocols and their backends, the stable hash,
 //!   migrations;
-//! - [`actors`]: the inventory partitions, queue publishers and consumers, the order
-//!   handlers, reconciler, outbox relays, event consumers, and the directory;
-//! - [`http`]: the public and admin APIs;
+//! - [`actors`]: the inventory partitions, queue publishers and consumers, reconciler,
+//!   outbox relays, event consumers, and the directory;
+//! - [`orders`]: the order saga: intake, lookup, cancellation and the consumers'
+//!   persistence, as domain outcomes;
+//! - [`http`]: the public and admin APIs, which parse, call and map;
 //! - [`app`]: assembles all of it from settings; [`cli`]: the command line.
 
 pub mod actors;

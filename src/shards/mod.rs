@@ -37,6 +37,14 @@ pub struct RecordNotification {
     pub channel: String,
 }
 
+/// The writes of one batch, in the order they queued: the shard writes them in one
+/// transaction ([`store`], or [`postgres`] for its multi-row form).
+#[derive(Default)]
+pub(crate) struct Writes<'a> {
+    pub orders: Vec<&'a InsertOrder>,
+    pub notifications: Vec<&'a RecordNotification>,
+}
+
 /// One order of one user; `None` when the shard has no such order of that user.
 #[derive(Debug)]
 pub struct GetOrder {

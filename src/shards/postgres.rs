@@ -6,8 +6,7 @@ use std::collections::HashSet;
 
 use sqlx::PgPool;
 
-use super::store::Writes;
-use super::InsertOrder;
+use super::{InsertOrder, Writes};
 use crate::db;
 use crate::domain::OrderStatus;
 use crate::events::{self, OutboxEvent};

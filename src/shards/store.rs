@@ -13,7 +13,7 @@ use sqlx::{AnyConnection, AnyPool, PgPool, Row};
 use super::replica::Replica;
 use super::{
     outbox, postgres, CancelOrder, Cancellation, CreateUser, GetOrder, InsertOrder, PendingRestock,
-    PendingRestocks, RecordNotification, ShardMsg, UnitTotals, UpdateUser,
+    PendingRestocks, ShardMsg, UnitTotals, UpdateUser, Writes,
 };
 use crate::db::{self, settle};
 use crate::domain::{
@@ -97,13 +97,6 @@ fn order_view(row: &AnyRow) -> Result<OrderView, sqlx::Error> {
 }
 
 const ORDER_COLUMNS: &str = "order_id, user_id, product_id, quantity, status, created_at";
-
-/// The writes of one batch, in the order they queued.
-#[derive(Default)]
-pub(super) struct Writes<'a> {
-    pub orders: Vec<&'a InsertOrder>,
-    pub notifications: Vec<&'a RecordNotification>,
-}
 
 impl Shard {
     /// Writes every insert and notification of the batch in one transaction.
