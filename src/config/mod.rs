@@ -1,10 +1,10 @@
-//! Settings: defaults ([`defaults.toml`](DEFAULTS)), then a TOML file, then
-//! `FLASHSALE__SECTION__KEY` environment overrides ([`layers`]), validated once at
+//! Settings: defaults (`defaults.toml`), then a TOML file, then
+//! `FLASHSALE__SECTION__KEY` environment overrides (`layers.rs`), validated once at
 //! start. Secrets are wrapped so they never print.
 //!
 //! One file per section, each with its type and its own checks (`validate`); URLs and
-//! addresses are parsed into typed values ([`net`], [`redis`]). What relates two
-//! sections is checked here, in [`Settings::validate`].
+//! addresses are parsed into typed values ([`HttpUrl`], [`IpNet`], [`RedisUrl`]).
+//! What relates two sections is checked here, in [`Settings::validate`].
 //!
 //! Layout: `http` (public and admin listeners), `auth`, `pod` (the fleet registry and
 //! the timing of a silent pod), `shards` (catalog and shards), `inventory`, `queue`,
