@@ -6,7 +6,6 @@
 
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Once;
 use std::time::Duration;
 
@@ -27,56 +26,107 @@ use crate::supervisors::slot::{ItemError, ReplyPort};
 
 /// How long a caller waits for a pooled connection before the backend counts as down.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
-/// The longest a PostgreSQL statement may run (`limits.statement_timeout_ms`): a hung
-/// or locked database fails the actor waiting on it (its supervisor restarts it)
-/// instead of holding it for ever. One setting for the process, set at start.
-static STATEMENT_TIMEOUT_MS: AtomicU64 = AtomicU64::new(10_000);
 
-pub fn set_statement_timeout(ms: u64) {
-    STATEMENT_TIMEOUT_MS.store(ms, Ordering::Relaxed);
+/// How an application reaches its PostgreSQL databases. Each pool carries its own: the
+/// application writes them into the URLs it hands its actors ([`DbOptions::url`]), and
+/// [`pg_pool`], [`any_pool`] and [`any_pool_lazy`] build pools that keep them, so two
+/// applications in one process (tests) never see each other's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbOptions {
+    /// Whether PostgreSQL is reached through a pooler in transaction mode (PgBouncer
+    /// with `pool_mode = transaction`, `shards.transaction_pooling`). Such a pooler may
+    /// give the server connection to another client whenever no transaction is open,
+    /// which breaks two things sqlx does by default: named prepared statements cached
+    /// per connection (the next transaction may run on a server that never saw them,
+    /// or on one where another client left a statement of the same name), and
+    /// preparing a statement in one round trip and executing it in the next (the
+    /// unnamed statement may be another client's by then). So a pooled pool's
+    /// connections keep no prepared statements, and every statement that is not
+    /// already in a transaction runs in one of its own ([`on`]).
+    pub pooled: bool,
+    /// The longest a statement may run (`limits.statement_timeout_ms`): a hung or
+    /// locked database fails the actor waiting on it (its supervisor restarts it)
+    /// instead of holding it for ever. Not sent through a pooler, which does not pass
+    /// startup options on: it sets the timeout itself (PgBouncer: `connect_query`).
+    pub statement_timeout_ms: u64,
 }
 
-fn statement_timeout_ms() -> u64 {
-    STATEMENT_TIMEOUT_MS.load(Ordering::Relaxed)
-}
-/// Whether PostgreSQL is reached through a pooler in transaction mode (PgBouncer with
-/// `pool_mode = transaction`, `postgres.pooled`). Such a pooler may give the server
-/// connection to another client whenever no transaction is open, which breaks two
-/// things sqlx does by default: named prepared statements cached per connection (the
-/// next transaction may run on a server that never saw them, or on one where another
-/// client left a statement of the same name), and preparing a statement in one round
-/// trip and executing it in the next (the unnamed statement may be another client's by
-/// then). So when pooled, statements are unnamed ([`query`]) and every statement that
-/// is not already in a transaction runs in one of its own ([`on`]). One setting for the
-/// process, set at start and never unset: an application in the same process that is
-/// not pooled (a test's) works the same way, a little slower.
-static POOLED: AtomicBool = AtomicBool::new(false);
+/// The URL parameter that keeps a connection's statements unnamed and uncached: the
+/// mark of a pool behind a transaction pooler.
+const NO_STATEMENT_CACHE: (&str, &str) = ("statement-cache-capacity", "0");
 
-pub fn set_pooled() {
-    POOLED.store(true, Ordering::Relaxed);
+impl DbOptions {
+    /// `url` with these options as sqlx reads them from a URL (a PostgreSQL URL; an
+    /// SQLite one is returned as it is): no statement cache when pooled, the statement
+    /// timeout as a startup option otherwise.
+    pub fn url(&self, url: &str) -> String {
+        if is_sqlite(url) {
+            return url.to_string();
+        }
+        let joint = if url.contains('?') { '&' } else { '?' };
+        match self.pooled {
+            true => format!(
+                "{url}{joint}{}={}",
+                NO_STATEMENT_CACHE.0, NO_STATEMENT_CACHE.1
+            ),
+            // `-c statement_timeout=…`, as a URL writes it.
+            false => format!(
+                "{url}{joint}options=-c%20statement_timeout%3D{}",
+                self.statement_timeout_ms
+            ),
+        }
+    }
 }
 
-pub fn pooled() -> bool {
-    POOLED.load(Ordering::Relaxed)
+/// What a pool's connect options say of the way it reaches its database.
+pub trait CarriesOptions {
+    /// Whether the pool is behind a transaction pooler ([`DbOptions::pooled`]).
+    fn pooled(&self) -> bool;
 }
 
-/// `sqlx::query`, with an unnamed statement when PostgreSQL is [`pooled`].
+impl CarriesOptions for sqlx::any::AnyConnectOptions {
+    fn pooled(&self) -> bool {
+        let (key, value) = NO_STATEMENT_CACHE;
+        // The last of a repeated parameter is the one sqlx keeps.
+        let cache = self.database_url.query_pairs().filter(|(k, _)| k == key);
+        cache.last().is_some_and(|(_, v)| v == value)
+    }
+}
+
+impl CarriesOptions for SqliteConnectOptions {
+    fn pooled(&self) -> bool {
+        false
+    }
+}
+
+/// Whether `pool` is behind a transaction pooler ([`DbOptions::pooled`]).
+pub fn pooled<DB: Database>(pool: &Pool<DB>) -> bool
+where
+    <DB::Connection as sqlx::Connection>::Options: CarriesOptions,
+{
+    pool.connect_options().pooled()
+}
+
+/// `sqlx::query`, with an unnamed statement: a statement does not know which pool it
+/// will run on, and a named one is safe only off a transaction pooler. Run through
+/// [`on`], it is named (prepared once per connection) when its pool allows; in a
+/// transaction, one the connection has already prepared is reused.
 pub fn query<DB: Database + HasStatementCache>(
     sql: &str,
 ) -> Query<'_, DB, <DB as Database>::Arguments<'_>> {
-    sqlx::query(sql).persistent(!pooled())
+    sqlx::query(sql).persistent(false)
 }
 
-/// `sqlx::query_as`, with an unnamed statement when PostgreSQL is [`pooled`].
+/// `sqlx::query_as`, with an unnamed statement (see [`query`]).
 pub fn query_as<'q, DB, O>(sql: &'q str) -> QueryAs<'q, DB, O, <DB as Database>::Arguments<'q>>
 where
     DB: Database + HasStatementCache,
     O: for<'r> FromRow<'r, DB::Row>,
 {
-    sqlx::query_as(sql).persistent(!pooled())
+    sqlx::query_as(sql).persistent(false)
 }
 
-/// `sqlx::query_scalar`, with an unnamed statement when PostgreSQL is [`pooled`].
+/// `sqlx::query_scalar`, with an unnamed statement (see [`query`]).
 pub fn query_scalar<'q, DB, O>(
     sql: &'q str,
 ) -> QueryScalar<'q, DB, O, <DB as Database>::Arguments<'q>>
@@ -84,18 +134,55 @@ where
     DB: Database + HasStatementCache,
     (O,): for<'r> FromRow<'r, DB::Row>,
 {
-    sqlx::query_scalar(sql).persistent(!pooled())
+    sqlx::query_scalar(sql).persistent(false)
 }
 
-/// Where a statement outside a transaction runs: the pool itself, or, when PostgreSQL
-/// is [`pooled`], a transaction of its own on one of the pool's connections (see
-/// [`POOLED`]). `query(..).fetch_all(db::on(&pool))` where one would write `&pool`.
-pub fn on<DB: Database>(pool: &Pool<DB>) -> On<'_, DB> {
-    On(pool)
+/// Where a statement outside a transaction runs: the pool itself, with the statement
+/// named and kept by the connection; or, when the pool is [`pooled`], unnamed and in a
+/// transaction of its own on one of the pool's connections (see
+/// [`DbOptions::pooled`]). `query(..).fetch_all(db::on(&pool))` where one would write
+/// `&pool`.
+pub fn on<DB: Database>(pool: &Pool<DB>) -> On<'_, DB>
+where
+    <DB::Connection as sqlx::Connection>::Options: CarriesOptions,
+{
+    On {
+        pool,
+        pooled: pooled(pool),
+    }
 }
 
 #[derive(Debug)]
-pub struct On<'p, DB: Database>(&'p Pool<DB>);
+pub struct On<'p, DB: Database> {
+    pool: &'p Pool<DB>,
+    pooled: bool,
+}
+
+/// A statement as [`On`] runs it: named or not as its pool allows.
+struct Named<E> {
+    statement: E,
+    named: bool,
+}
+
+impl<'q, DB: Database, E: Execute<'q, DB>> Execute<'q, DB> for Named<E> {
+    fn sql(&self) -> &'q str {
+        self.statement.sql()
+    }
+
+    fn statement(&self) -> Option<&DB::Statement<'q>> {
+        self.statement.statement()
+    }
+
+    fn take_arguments(
+        &mut self,
+    ) -> Result<Option<<DB as Database>::Arguments<'q>>, sqlx::error::BoxDynError> {
+        self.statement.take_arguments()
+    }
+
+    fn persistent(&self) -> bool {
+        self.named
+    }
+}
 
 impl<'p, DB: Database> Executor<'p> for On<'p, DB>
 where
@@ -111,10 +198,14 @@ where
         'p: 'e,
         E: 'q + Execute<'q, DB>,
     {
-        if !pooled() {
-            return self.0.fetch_many(query);
+        let query = Named {
+            statement: query,
+            named: !self.pooled,
+        };
+        if !self.pooled {
+            return self.pool.fetch_many(query);
         }
-        let pool = self.0.clone();
+        let pool = self.pool.clone();
         let all = async move {
             let mut tx = pool.begin().await?;
             let items: Vec<_> = (&mut *tx).fetch_many(query).try_collect().await?;
@@ -132,10 +223,14 @@ where
         'p: 'e,
         E: 'q + Execute<'q, DB>,
     {
-        if !pooled() {
-            return self.0.fetch_optional(query);
+        let query = Named {
+            statement: query,
+            named: !self.pooled,
+        };
+        if !self.pooled {
+            return self.pool.fetch_optional(query);
         }
-        let pool = self.0.clone();
+        let pool = self.pool.clone();
         Box::pin(async move {
             let mut tx = pool.begin().await?;
             let row = (&mut *tx).fetch_optional(query).await?;
@@ -152,28 +247,24 @@ where
     where
         'p: 'e,
     {
-        self.0.prepare_with(sql, parameters)
+        self.pool.prepare_with(sql, parameters)
     }
 
     fn describe<'e, 'q: 'e>(self, sql: &'q str) -> BoxFuture<'e, Result<Describe<DB>, sqlx::Error>>
     where
         'p: 'e,
     {
-        self.0.describe(sql)
+        self.pool.describe(sql)
     }
 }
 
 /// How long SQLite waits for another connection's write lock.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A PostgreSQL pool named `flashsale` in `pg_stat_activity`.
+/// A PostgreSQL pool named `flashsale` in `pg_stat_activity`, with the [`DbOptions`]
+/// its URL carries.
 pub async fn pg_pool(url: &str, size: u32) -> Result<PgPool, sqlx::Error> {
-    let mut options = PgConnectOptions::from_str(url)?.application_name("flashsale");
-    // A pooler does not pass startup options on: it sets the timeout itself (PgBouncer:
-    // `connect_query`).
-    if !pooled() {
-        options = options.options([("statement_timeout", statement_timeout_ms().to_string())]);
-    }
+    let options = PgConnectOptions::from_str(url)?.application_name("flashsale");
     PgPoolOptions::new()
         .max_connections(size)
         .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -212,8 +303,9 @@ fn install_drivers() {
     DRIVERS.call_once(sqlx::any::install_default_drivers);
 }
 
-/// A pool for SQL written once for both dialects: `postgres://…` or `sqlite://path`
-/// (an SQLite file must exist: the migrations create it).
+/// A pool for SQL written once for both dialects: `postgres://…` (with the
+/// [`DbOptions`] its URL carries) or `sqlite://path` (an SQLite file must exist: the
+/// migrations create it).
 pub async fn any_pool(url: &str, size: u32) -> Result<AnyPool, sqlx::Error> {
     any_pool_options(url, size, ACQUIRE_TIMEOUT)
         .connect(url)
@@ -227,21 +319,12 @@ pub fn any_pool_lazy(url: &str, size: u32, acquire: Duration) -> Result<AnyPool,
     any_pool_options(url, size, acquire).connect_lazy(url)
 }
 
-/// Each new connection gets what [`pg_pool`] and [`sqlite_pool`] give theirs: the
-/// statement timeout on PostgreSQL (unless a pooler sets it), the page cache's size on
-/// SQLite.
+/// Each new connection gets what [`pg_pool`] and [`sqlite_pool`] give theirs: on
+/// PostgreSQL what its URL carries ([`DbOptions::url`]: the statement timeout unless a
+/// pooler sets it), on SQLite the page cache's size.
 fn any_pool_options(url: &str, size: u32, acquire: Duration) -> AnyPoolOptions {
     install_drivers();
-    let set = if is_sqlite(url) {
-        Some(format!("PRAGMA cache_size = -{SQLITE_CACHE_KIB}"))
-    } else if !pooled() {
-        Some(format!(
-            "SET statement_timeout = {}",
-            statement_timeout_ms()
-        ))
-    } else {
-        None
-    };
+    let set = is_sqlite(url).then(|| format!("PRAGMA cache_size = -{SQLITE_CACHE_KIB}"));
     AnyPoolOptions::new()
         .max_connections(size)
         .acquire_timeout(acquire)
@@ -314,6 +397,56 @@ pub fn settle<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn two_applications_in_one_process_keep_their_own_database_options() {
+        // One behind a transaction pooler, one not, built one after the other as two
+        // test applications would be: neither sees the other's options.
+        let base = "postgres://flashsale@127.0.0.1:5432/flashsale";
+        let through_pooler = DbOptions {
+            pooled: true,
+            statement_timeout_ms: 1_000,
+        };
+        let direct = DbOptions {
+            pooled: false,
+            statement_timeout_ms: 2_500,
+        };
+        let a = any_pool_lazy(&through_pooler.url(base), 1, ACQUIRE_TIMEOUT).unwrap();
+        let b = any_pool_lazy(&direct.url(base), 1, ACQUIRE_TIMEOUT).unwrap();
+        let c = any_pool_lazy(
+            &direct.url(&format!("{base}?sslmode=disable")),
+            1,
+            ACQUIRE_TIMEOUT,
+        )
+        .unwrap();
+        assert!(
+            pooled(&a),
+            "statements through the pooler are unnamed, each in a transaction"
+        );
+        assert!(
+            !pooled(&b) && !pooled(&c),
+            "the direct pools keep theirs named"
+        );
+        assert!(on(&a).pooled && !on(&b).pooled);
+
+        // What each pool's connections are started with: the statement timeout goes
+        // to PostgreSQL directly, never through the pooler.
+        let startup = |url: &str| {
+            let options = PgConnectOptions::from_str(url).unwrap();
+            options.get_options().map(str::to_string)
+        };
+        assert_eq!(startup(&through_pooler.url(base)), None);
+        assert_eq!(
+            startup(&direct.url(base)).as_deref(),
+            Some("-c statement_timeout=2500")
+        );
+        assert_eq!(
+            startup(&direct.url(&format!("{base}?sslmode=disable"))).as_deref(),
+            Some("-c statement_timeout=2500")
+        );
+        let sqlite = "sqlite:///tmp/x.db";
+        assert_eq!(through_pooler.url(sqlite), sqlite, "SQLite has no pooler");
+    }
 
     #[tokio::test]
     async fn every_sqlite_connection_keeps_a_small_page_cache() {

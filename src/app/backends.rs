@@ -18,6 +18,7 @@ use crate::actors::queue::QueueSource;
 use crate::actors::recovery::CatalogSales;
 use crate::config::{Mode, Secret, Settings};
 use crate::config::{MIN_ADMIN_TOKEN, MIN_JWT_SECRET};
+use crate::db::DbOptions;
 use crate::events::log::EventLog;
 use crate::events::EventBus;
 use crate::shards::catalog::CatalogConnect;
@@ -92,18 +93,20 @@ impl Backends {
         }))
     }
 
-    /// The catalog database, as sqlx `Any` opens it.
+    /// The catalog database, as sqlx `Any` opens it (with this application's
+    /// [`DbOptions`]).
     pub fn catalog_url(&self, settings: &Settings) -> String {
         match self {
-            Backends::Cluster { .. } => settings.catalog.url.expose().to_string(),
+            Backends::Cluster { .. } => db_options(settings).url(settings.catalog.url.expose()),
             Backends::Embedded { dir, .. } => sqlite_url(&dir.join("catalog.db")),
         }
     }
 
-    /// A shard's primary database, as sqlx `Any` opens it.
+    /// A shard's primary database, as sqlx `Any` opens it (with this application's
+    /// [`DbOptions`]).
     pub fn shard_url(&self, settings: &Settings, i: usize) -> String {
         match self {
-            Backends::Cluster { .. } => settings.shards.urls[i].expose().to_string(),
+            Backends::Cluster { .. } => db_options(settings).url(settings.shards.urls[i].expose()),
             Backends::Embedded { dir, .. } => sqlite_url(&dir.join(format!("shard-{i}.db"))),
         }
     }
@@ -144,8 +147,9 @@ impl Backends {
                 .shards
                 .replica_urls
                 .get(i)
-                .map(|u| u.expose().to_string())
-                .filter(|u| !u.is_empty()),
+                .map(|u| u.expose())
+                .filter(|u| !u.is_empty())
+                .map(|u| db_options(settings).url(u)),
             Backends::Embedded { .. } => None,
         };
         let connect = ShardConnect {
@@ -260,6 +264,15 @@ impl Backends {
                 Ok(stored_secret(&dir.join("jwt-secret"), MIN_JWT_SECRET)?.0)
             }
         }
+    }
+}
+
+/// How this application's pools reach PostgreSQL. Carried in the URLs its actors get,
+/// not kept by the process: another application in the same process keeps its own.
+fn db_options(settings: &Settings) -> DbOptions {
+    DbOptions {
+        pooled: settings.mode == Mode::Cluster && settings.shards.transaction_pooling,
+        statement_timeout_ms: settings.limits.statement_timeout_ms,
     }
 }
 

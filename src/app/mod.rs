@@ -199,10 +199,6 @@ impl Application {
             &[&q.orders_queue, &q.notifications_queue],
             settings.partition_count(),
         );
-        crate::db::set_statement_timeout(settings.limits.statement_timeout_ms);
-        if settings.mode == crate::config::Mode::Cluster && settings.shards.transaction_pooling {
-            crate::db::set_pooled();
-        }
         let backends = Backends::prepare(&settings).await?;
         let public_listener = match settings.role.takes_orders() {
             true => Some(bind("public", &settings.http.listen)?),

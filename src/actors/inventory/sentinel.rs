@@ -13,62 +13,11 @@ use redis::Value;
 /// How long one sentinel may take to answer before the next is asked.
 const ASK_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A parsed `redis+sentinel://` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SentinelUrl {
-    pub sentinels: Vec<String>,
-    pub service: String,
-    pub db: u32,
-    pub password: Option<String>,
-}
+/// The URL is parsed with the settings (a `redis+sentinel://` URL is a kind of
+/// [`crate::config::RedisUrl`]); asking its sentinels happens here.
+pub use crate::config::SentinelUrl;
 
 impl SentinelUrl {
-    /// `None` when `url` is not a `redis+sentinel://` URL; an error when it is one
-    /// that cannot be used.
-    pub fn parse(url: &str) -> Option<Result<Self, String>> {
-        let rest = url.strip_prefix("redis+sentinel://")?;
-        Some(Self::parse_rest(rest))
-    }
-
-    fn parse_rest(rest: &str) -> Result<Self, String> {
-        let (password, rest) = match rest.rsplit_once('@') {
-            Some((auth, rest)) => {
-                let password = auth.rsplit(':').next().unwrap_or_default();
-                ((!password.is_empty()).then(|| password.to_string()), rest)
-            }
-            None => (None, rest),
-        };
-        let mut parts = rest.split('/');
-        let hosts = parts.next().unwrap_or_default();
-        let sentinels: Vec<String> = hosts
-            .split(',')
-            .filter(|h| !h.is_empty())
-            .map(|h| match h.contains(':') {
-                true => h.to_string(),
-                false => format!("{h}:26379"),
-            })
-            .collect();
-        if sentinels.is_empty() {
-            return Err("a redis+sentinel:// URL names at least one sentinel host:port".into());
-        }
-        let service = parts.next().unwrap_or_default().to_string();
-        if service.is_empty() {
-            return Err("a redis+sentinel:// URL names the monitored service after the hosts (redis+sentinel://host:26379/service/db)".into());
-        }
-        let db = match parts.next() {
-            None | Some("") => 0,
-            Some(n) => n
-                .parse()
-                .map_err(|_| format!("redis+sentinel:// database {n:?} is not a number"))?,
-        };
-        Ok(SentinelUrl {
-            sentinels,
-            service,
-            db,
-            password,
-        })
-    }
-
     /// The `redis://` URL of the service's primary now, from the first sentinel that
     /// knows it.
     pub async fn primary(&self) -> Result<String, String> {
@@ -163,29 +112,6 @@ impl Replication {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sentinel_urls_name_hosts_service_and_database() {
-        let u = SentinelUrl::parse("redis+sentinel://:pw@a:26379,b:26380,c/fs-p1/3")
-            .unwrap()
-            .unwrap();
-        assert_eq!(u.sentinels, ["a:26379", "b:26380", "c:26379"]);
-        assert_eq!(u.service, "fs-p1");
-        assert_eq!(u.db, 3);
-        assert_eq!(u.password.as_deref(), Some("pw"));
-        let u = SentinelUrl::parse("redis+sentinel://127.0.0.1:26379/p")
-            .unwrap()
-            .unwrap();
-        assert_eq!((u.db, u.password), (0, None));
-        assert!(SentinelUrl::parse("redis://127.0.0.1:6379/0").is_none());
-        assert!(SentinelUrl::parse("redis+sentinel://127.0.0.1:26379")
-            .unwrap()
-            .is_err());
-        assert!(SentinelUrl::parse("redis+sentinel:///p").unwrap().is_err());
-        assert!(SentinelUrl::parse("redis+sentinel://h/p/x")
-            .unwrap()
-            .is_err());
-    }
 
     #[test]
     fn replication_info_gives_role_and_history_ids() {
