@@ -287,10 +287,11 @@ impl<M: Message> Slot<M> {
         }
     }
 
-    fn push(&self, message: M, bounded: bool) -> Result<(), CallError> {
+    /// Queues `message` unless the inbox holds `limit` already.
+    fn push(&self, message: M, limit: usize) -> Result<(), CallError> {
         let was_empty = {
             let mut q = self.queue.lock().unwrap();
-            if bounded && q.len() >= self.capacity {
+            if q.len() >= limit {
                 return Err(CallError::Overloaded);
             }
             q.push_back(message);
@@ -305,12 +306,12 @@ impl<M: Message> Slot<M> {
 
     /// Asks and waits for the answer, within the slot's deadline.
     pub async fn call<R: Request<M>>(&self, request: R) -> Result<R::Reply, CallError> {
-        self.ask(request, true).await
+        self.ask(request, self.capacity).await
     }
 
-    async fn ask<R: Request<M>>(&self, request: R, bounded: bool) -> Result<R::Reply, CallError> {
+    async fn ask<R: Request<M>>(&self, request: R, limit: usize) -> Result<R::Reply, CallError> {
         let (tx, rx) = oneshot::channel();
-        self.push(request.into_message(ReplyPort { tx: Some(tx) }), bounded)?;
+        self.push(request.into_message(ReplyPort { tx: Some(tx) }), limit)?;
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(Ok(reply))) => Ok(reply),
             Ok(Ok(Err(e))) => Err(CallError::Failed(e)),
@@ -319,16 +320,17 @@ impl<M: Message> Slot<M> {
         }
     }
 
-    /// Asks and waits like [`Slot::call`], queueing even past the inbox's capacity: for
-    /// callers whose work is bounded already (a queue consumer's, by its prefetch),
-    /// which wait their turn rather than shed it and ask again.
+    /// Asks and waits like [`Slot::call`], queueing past the inbox's capacity, up to
+    /// twice it: for callers whose work is bounded already (a queue consumer's, by its
+    /// prefetch), which wait their turn rather than shed it and ask again. The second
+    /// bound holds what calls that timed out leave behind while the actor is away.
     pub async fn call_queued<R: Request<M>>(&self, request: R) -> Result<R::Reply, CallError> {
-        self.ask(request, false).await
+        self.ask(request, self.capacity.saturating_mul(2)).await
     }
 
     /// Queues work nobody waits for. It is bounded by the work that caused it.
     pub fn tell<R: Request<M>>(&self, request: R) {
-        let _ = self.push(request.into_message(ReplyPort::detached()), false);
+        let _ = self.push(request.into_message(ReplyPort::detached()), usize::MAX);
     }
 
     /// Takes up to `max` queued requests, oldest first.
@@ -386,6 +388,35 @@ mod tests {
         for w in waiting {
             // Taken but never answered: the callers see the actor as unavailable.
             assert!(matches!(w.await.unwrap(), Err(CallError::Unavailable)));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queued_call_waits_past_capacity_up_to_twice_it() {
+        let s = slot(2, 1_000);
+        let queued: Vec<_> = (0..4)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move { s.call_queued(Echo(i)).await })
+            })
+            .collect();
+        while s.stats.mailbox() < 4 {
+            tokio::task::yield_now().await;
+        }
+        // Buyers are shed while the inbox is full; a fifth queued call is too.
+        assert!(matches!(s.call(Echo(8)).await, Err(CallError::Overloaded)));
+        assert!(matches!(
+            s.call_queued(Echo(9)).await,
+            Err(CallError::Overloaded)
+        ));
+        let taken = s.take(10);
+        assert_eq!(taken.len(), 4);
+        for m in taken {
+            let TestMsg::Echo(Echo(n), port) = m;
+            port.ok(n);
+        }
+        for (i, q) in queued.into_iter().enumerate() {
+            assert_eq!(q.await.unwrap().unwrap(), i as u32);
         }
     }
 

@@ -278,31 +278,35 @@ impl Backend for RedisInventory {
             scripts.push(op.script);
             answers.push(op.answer);
         }
-        let mut replies = self.run(&commands).await?;
-        // A server that restarted, or a new one, lacks scripts: load those and run
-        // their commands again. They never ran, so running them now runs them once.
-        let missing: Vec<usize> = (0..replies.len())
-            .filter(|&i| matches!(&replies[i], Value::ServerError(e) if e.code() == "NOSCRIPT"))
-            .collect();
-        if !missing.is_empty() {
-            let mut lacking: Vec<&op::Script> =
-                missing.iter().filter_map(|&i| scripts[i]).collect();
-            lacking.sort_by(|a, b| a.sha.cmp(&b.sha));
-            lacking.dedup_by(|a, b| a.sha == b.sha);
-            for script in lacking {
-                let _: String = redis::cmd("SCRIPT")
-                    .arg("LOAD")
-                    .arg(&script.code)
-                    .query_async(&mut self.con)
-                    .await?;
-            }
-            let again: Vec<redis::Cmd> = missing.iter().map(|&i| commands[i].clone()).collect();
-            let again = self.run(&again).await?;
-            for (i, reply) in missing.into_iter().zip(again) {
-                replies[i] = reply;
+        let replies = self.run(&commands).await?;
+        // A server that restarted, or a new one, lacks scripts: what ran is answered
+        // first, then the scripts are loaded and the commands that never ran are run
+        // (once: they never ran).
+        let noscript = |v: &Value| matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT");
+        let mut missing = Vec::new();
+        for (i, (answer, reply)) in answers.into_iter().zip(replies).enumerate() {
+            match noscript(&reply) {
+                true => missing.push((i, answer)),
+                false => settle(answer, reply)?,
             }
         }
-        for (answer, reply) in answers.into_iter().zip(replies) {
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut lacking: Vec<&op::Script> =
+            missing.iter().filter_map(|(i, _)| scripts[*i]).collect();
+        lacking.sort_by(|a, b| a.sha.cmp(&b.sha));
+        lacking.dedup_by(|a, b| a.sha == b.sha);
+        for script in lacking {
+            let _: String = redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(&script.code)
+                .query_async(&mut self.con)
+                .await?;
+        }
+        let again: Vec<redis::Cmd> = missing.iter().map(|(i, _)| commands[*i].clone()).collect();
+        let replies = self.run(&again).await?;
+        for ((_, answer), reply) in missing.into_iter().zip(replies) {
             settle(answer, reply)?;
         }
         Ok(())
