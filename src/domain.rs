@@ -152,6 +152,26 @@ impl IdempotencyKey {
     }
 }
 
+/// A payment's id as the shop's payment service names it: 1 to 128 visible ASCII
+/// characters. A repeat of one confirmation carries the same id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PaymentId(String);
+
+impl PaymentId {
+    pub fn parse(raw: &str) -> Result<Self, ParseError> {
+        let fits = (1..=128).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_graphic());
+        match fits {
+            true => Ok(Self(raw.to_string())),
+            false => Err(invalid(
+                "paymentId must be 1 to 128 visible ASCII characters",
+            )),
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Units in one order: 1 up to the configured maximum when a buyer asks; read back
 /// from a queue or a store, anything an order could have had (up to `i32::MAX`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -279,7 +299,7 @@ pub fn parse_rfc3339(raw: &str) -> Result<i64, ParseError> {
         .ok_or_else(|| invalid(format!("{raw:?} is not an RFC 3339 time")))
 }
 
-/// A flash sale as an operator defines it.
+/// A flash sale as an operator defines it, with the terms its orders are accepted on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SaleDefinition {
     pub stock: i64,
@@ -287,23 +307,84 @@ pub struct SaleDefinition {
     /// Epoch milliseconds; `None` is unbounded.
     pub starts_at: Option<i64>,
     pub ends_at: Option<i64>,
+    /// How long a buyer has to pay; `None`: the sale has no payment step.
+    pub payment_window: Option<PaymentWindow>,
+    /// The product's price, which orders record as they are accepted.
+    pub unit_price_cents: i64,
 }
 
-/// Where an order is in its life.
+/// How long a buyer has to pay for a sold unit: 1 s to a day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "i64")]
+pub struct PaymentWindow(u32);
+
+impl TryFrom<i64> for PaymentWindow {
+    type Error = ParseError;
+    fn try_from(secs: i64) -> Result<Self, ParseError> {
+        match secs {
+            1..=Self::MOST_SECS => Ok(Self(secs as u32)),
+            _ => Err(invalid(format!(
+                "paymentWindowSecs must be an integer from 1 to {}",
+                Self::MOST_SECS
+            ))),
+        }
+    }
+}
+
+impl From<PaymentWindow> for i64 {
+    fn from(w: PaymentWindow) -> i64 {
+        i64::from(w.0)
+    }
+}
+
+impl PaymentWindow {
+    pub const MOST_SECS: i64 = 86_400;
+
+    pub fn secs(self) -> i64 {
+        i64::from(self.0)
+    }
+    pub fn millis(self) -> i64 {
+        self.secs() * 1000
+    }
+    /// As a store keeps it: 0 for no window.
+    pub fn from_stored(secs: i64) -> Option<Self> {
+        Self::try_from(secs).ok()
+    }
+    pub fn stored(window: Option<Self>) -> i64 {
+        window.map_or(0, Self::secs)
+    }
+}
+
+/// What an order is accepted on: read from its sale in the same atomic step that
+/// reserves its units, so a later repricing or a changed window does not touch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Terms {
+    pub unit_price_cents: i64,
+    pub payment_window: Option<PaymentWindow>,
+}
+
+/// Where an order is in its life: `pending` until its shard has it, then
+/// `awaiting_payment` when its sale has a payment window (until it is paid and
+/// `completed`, or lapses and is `expired`), else `completed`; a completed order may
+/// be `cancelled` by its owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     Pending,
+    AwaitingPayment,
     Completed,
     Cancelled,
+    Expired,
 }
 
 impl OrderStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             OrderStatus::Pending => "pending",
+            OrderStatus::AwaitingPayment => "awaiting_payment",
             OrderStatus::Completed => "completed",
             OrderStatus::Cancelled => "cancelled",
+            OrderStatus::Expired => "expired",
         }
     }
 
@@ -311,10 +392,17 @@ impl OrderStatus {
     pub fn parse(s: &str) -> Result<Self, ParseError> {
         match s {
             "pending" => Ok(OrderStatus::Pending),
+            "awaiting_payment" => Ok(OrderStatus::AwaitingPayment),
             "completed" => Ok(OrderStatus::Completed),
             "cancelled" => Ok(OrderStatus::Cancelled),
+            "expired" => Ok(OrderStatus::Expired),
             other => Err(ParseError(format!("unknown order status {other:?}"))),
         }
+    }
+
+    /// Whether its units are back in the sale (or on their way there).
+    pub fn returned(self) -> bool {
+        matches!(self, OrderStatus::Cancelled | OrderStatus::Expired)
     }
 }
 
@@ -330,9 +418,48 @@ pub struct OrderMessage {
     pub idempotency_key: IdempotencyKey,
     #[serde(deserialize_with = "positive_time")]
     pub created_at: i64,
+    /// What it costs: its units at the price its sale had when it was accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount_cents: Option<AmountCents>,
+    /// How long its buyer has to pay once it is in its shard; none: no payment step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_window_secs: Option<PaymentWindow>,
     /// The W3C trace context of the request that accepted the order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+}
+
+/// An amount of money in cents: never negative.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "i64")]
+pub struct AmountCents(i64);
+
+impl TryFrom<i64> for AmountCents {
+    type Error = ParseError;
+    fn try_from(n: i64) -> Result<Self, ParseError> {
+        match n {
+            0.. => Ok(Self(n)),
+            _ => Err(invalid("amountCents must be a non-negative integer")),
+        }
+    }
+}
+
+impl From<AmountCents> for i64 {
+    fn from(a: AmountCents) -> i64 {
+        a.0
+    }
+}
+
+impl AmountCents {
+    /// `quantity` units at `unit_price_cents` each; `None` past what a count can hold.
+    pub fn of(quantity: Quantity, unit_price_cents: i64) -> Option<Self> {
+        unit_price_cents
+            .checked_mul(quantity.units())
+            .and_then(|n| Self::try_from(n).ok())
+    }
+    pub fn get(self) -> i64 {
+        self.0
+    }
 }
 
 fn positive_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
@@ -352,7 +479,7 @@ pub struct SoldOrder {
     pub user_id: UserId,
     pub quantity: Quantity,
     pub idempotency_key: IdempotencyKey,
-    /// Cancelled: counted as returned, never restocked again.
+    /// Cancelled or expired: counted as returned, never restocked again.
     pub cancelled: bool,
 }
 
@@ -366,6 +493,11 @@ pub struct OrderView {
     pub quantity: Quantity,
     pub status: OrderStatus,
     pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount_cents: Option<AmountCents>,
+    /// When its payment is due (orders of a sale with a payment window).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pay_by: Option<String>,
 }
 
 impl OrderView {
@@ -377,6 +509,8 @@ impl OrderView {
             quantity: order.quantity,
             status,
             created_at: rfc3339(order.created_at),
+            amount_cents: order.amount_cents,
+            pay_by: None,
         }
     }
 }
@@ -421,6 +555,8 @@ mod tests {
             quantity: Quantity::ONE,
             idempotency_key: IdempotencyKey::parse("k-1").unwrap(),
             created_at: 1_790_000_000_000,
+            amount_cents: AmountCents::of(Quantity::ONE, 2_500),
+            payment_window_secs: Some(PaymentWindow::try_from(300).unwrap()),
             traceparent: None,
         };
         let json = serde_json::to_value(&order).unwrap();
@@ -453,6 +589,8 @@ mod tests {
                 "visible ASCII",
             ),
             ("createdAt", serde_json::json!(-5), "positive time"),
+            ("amountCents", serde_json::json!(-1), "non-negative"),
+            ("paymentWindowSecs", serde_json::json!(0), "from 1 to 86400"),
         ];
         for (field, value, why) in spoilt {
             let mut bad = json.clone();

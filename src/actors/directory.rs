@@ -139,6 +139,8 @@ impl Directory {
             let r = r?;
             sum.completed += r.completed;
             sum.cancelled += r.cancelled;
+            sum.awaiting_payment += r.awaiting_payment;
+            sum.expired += r.expired;
         }
         Ok(sum)
     }

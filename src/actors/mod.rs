@@ -6,6 +6,7 @@ pub mod directory;
 pub mod event_consumers;
 pub mod inflight;
 pub mod inventory;
+pub mod payment_sweeper;
 pub mod queue;
 pub mod reconciler;
 pub mod recovery;

@@ -9,7 +9,7 @@ use ractor::ActorProcessingErr;
 
 use super::directory::Directory;
 use super::inventory::{ReleaseStale, MOST_RELEASED};
-use super::recovery::{finish_restocks, rebuild_if_lost, Barrier, Outcome};
+use super::recovery::{finish_restocks, rebuild_if_lost, Barrier, Finish, Outcome};
 use crate::domain::now_ms;
 use crate::supervisors::slot::Wake;
 use crate::supervisors::worker::{Backend, Batch, Connect, Tick};
@@ -89,7 +89,7 @@ impl Backend for Reconciler {
                     .set(now);
             }
         }
-        match finish_restocks(&self.directory, &ready).await {
+        match finish_restocks(&self.directory, &ready, Finish::All).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(
                 orders = n,
@@ -195,6 +195,8 @@ mod tests {
             per_user_limit: 5,
             starts_at: None,
             ends_at: None,
+            payment_window: None,
+            unit_price_cents: 100,
         };
         partition
             .call(LoadSale { product, sale })
@@ -214,7 +216,7 @@ mod tests {
         for r in [lost, kept] {
             assert!(matches!(
                 partition.call(r).await.unwrap(),
-                ReserveOutcome::Created(_)
+                ReserveOutcome::Created(..)
             ));
         }
         partition

@@ -13,8 +13,9 @@
 //! orders in the shards, merged with the orders claimed meanwhile; what was sold is
 //! kept, buyers' units and the orders' idempotency keys come back.
 //!
-//! The reconciler also finishes cancellations whose restock was cut off: the shard
-//! keeps a row for each until the partition has the units back.
+//! The reconciler also finishes cancellations whose restock was cut off, and expiries
+//! (the payment sweep's first): the shard keeps a row for each until the partition
+//! has the units back.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -27,13 +28,14 @@ use super::inventory::redis::HasSales;
 use super::inventory::{
     PartitionState, RebuildStep, RebuildStopped, Recovery, Restock, Restocked, Step, StepDone,
 };
-use super::queue::QueueDepth;
+use super::queue::{Publish, QueueDepth};
 use super::registry::ListPods;
 use crate::config::Role;
 use crate::domain::{now_ms, ProductId, SaleDefinition, SoldOrder};
+use crate::orders::persist::{Notice, NoticeKind};
 use crate::shards::catalog::SaleDefinitions;
 use crate::shards::hash::bucket;
-use crate::shards::{PendingRestocks, RestockDone, SaleOrders};
+use crate::shards::{PendingRestock, PendingRestocks, RestockDone, SaleOrders};
 use crate::supervisors::slot::{CallError, ItemError};
 
 /// Whether the catalog holds a sale of one partition.
@@ -205,6 +207,7 @@ pub async fn rebuild_if_lost(
         for shard in &dir.shards {
             let unfinished = PendingRestocks {
                 before: i64::MAX,
+                expired_before: i64::MAX,
                 product: Some(*product),
             };
             for p in shard.call(unfinished).await? {
@@ -346,14 +349,33 @@ fn unexpected(done: StepDone) -> CallError {
 /// reconciler does it.
 const RESTOCK_GRACE_MS: i64 = 5_000;
 
-/// Gives back the units of cancellations whose request failed after the shard had
-/// cancelled the order (the partition takes them once per order), for the sales of the
-/// partitions in `ready`; answers how many orders it finished.
-pub async fn finish_restocks(dir: &Directory, ready: &[bool]) -> Result<usize, CallError> {
+/// Which restocks a [`finish_restocks`] takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Expired orders' (nobody else returns them), and cancellations' whose request
+    /// has had its grace period: the reconciler's round.
+    All,
+    /// Expired orders' only: the payment sweep's round.
+    Expired,
+}
+
+/// Gives back the units of cancelled and expired orders whose shard has them due (the
+/// partition takes them once per order), for the sales of the partitions in `ready`,
+/// and tells each buyer whose order expired; answers how many orders it finished. A
+/// restock cut off anywhere is done again by a later round.
+pub async fn finish_restocks(
+    dir: &Directory,
+    ready: &[bool],
+    which: Finish,
+) -> Result<usize, CallError> {
     let mut finished = 0;
     for shard in &dir.shards {
         let unfinished = PendingRestocks {
-            before: now_ms() - RESTOCK_GRACE_MS,
+            before: match which {
+                Finish::All => now_ms() - RESTOCK_GRACE_MS,
+                Finish::Expired => i64::MIN,
+            },
+            expired_before: i64::MAX,
             product: None,
         };
         for p in shard.call(unfinished).await? {
@@ -363,15 +385,43 @@ pub async fn finish_restocks(dir: &Directory, ready: &[bool]) -> Result<usize, C
             let restock = Restock {
                 product: p.product,
                 order: p.order.clone(),
-                user: p.user,
+                user: p.user.clone(),
                 quantity: p.quantity,
             };
             if dir.product_partition(p.product).call(restock).await? == Restocked::Rebuilding {
                 continue; // its rebuild counts the order's units as returned
+            }
+            if p.expired && !tell_lapsed(dir, &p).await {
+                continue; // the notice is sent again next round; the units came back once
             }
             shard.call(RestockDone { order: p.order }).await?;
             finished += 1;
         }
     }
     Ok(finished)
+}
+
+/// Queues the notice that an order's payment window lapsed; answers whether the queue
+/// confirmed it.
+async fn tell_lapsed(dir: &Directory, p: &PendingRestock) -> bool {
+    if dir.publishers.is_empty() {
+        return true; // a pod without publishers tells nobody (none sweeps)
+    }
+    let notice = Notice {
+        kind: NoticeKind::PaymentLapsed,
+        order_id: p.order.clone(),
+        user_id: p.user.clone(),
+        product_id: p.product,
+        quantity: p.quantity,
+        created_at: None,
+        pay_by: None,
+        amount_cents: None,
+        traceparent: None,
+    };
+    let publish = Publish {
+        queue: dir.notifications_queue.clone(),
+        payload: serde_json::to_vec(&[notice]).expect("notices serialise"),
+        traceparent: None,
+    };
+    matches!(dir.publisher().call(publish).await, Ok(true))
 }

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! root ── shards        catalog, shard-0 …
-//!      ├─ inventory     inventory-0 …, reconciler¹
+//!      ├─ inventory     inventory-0 …, reconciler¹, payment-sweeper¹
 //!      ├─ consumers     order-publisher-0 …¹, order-consumer-0 …², notification-consumer-0 …²
 //!      ├─ events²       relay-catalog, relay-shard-0 …, analytics/inventory/reporting-consumer
 //!      └─ pod-registry
@@ -25,6 +25,7 @@ use crate::actors::directory::{Directory, Fleet};
 use crate::actors::event_consumers::{
     Analytics, ConsumerConnect, EventHandler, InventoryCheck, ReportStore, Reporting,
 };
+use crate::actors::payment_sweeper::SweeperConnect;
 use crate::actors::queue::{DeliveryHandler, QueueConsumer, QueueSource};
 use crate::actors::reconciler::ReconcilerConnect;
 use crate::actors::registry::{PodIdentity, RegistryConnect, RegistryMsg};
@@ -187,6 +188,16 @@ pub async fn spawn(
             }),
             1,
             Some(reconcile),
+            policy,
+        ));
+        let sweep = Duration::from_millis(settings.payments.sweep_every_ms);
+        inventory_children.push(supervisors::worker(
+            slots.make("payment-sweeper"),
+            Arc::new(SweeperConnect {
+                directory: directory.clone(),
+            }),
+            1,
+            Some(sweep),
             policy,
         ));
     }

@@ -8,7 +8,7 @@
 //!
 //! Layout: `http` (public and admin listeners), `auth`, `pod` (the fleet registry and
 //! the timing of a silent pod), `shards` (catalog and shards), `inventory`, `queue`,
-//! `events`, `limits`, `embedded`, `notifications`, `telemetry`, `runtime`
+//! `events`, `limits`, `embedded`, `notifications`, `payments`, `telemetry`, `runtime`
 //! (supervision and shutdown).
 
 mod auth;
@@ -20,6 +20,7 @@ mod layers;
 mod limits;
 mod net;
 mod notifications;
+mod payments;
 mod pod;
 mod queue;
 mod redis;
@@ -42,6 +43,7 @@ pub use inventory::InventorySettings;
 pub use limits::LimitSettings;
 pub use net::{HttpUrl, IpNet};
 pub use notifications::NotificationSettings;
+pub use payments::PaymentSettings;
 pub use pod::{InFlightTiming, PodSettings, CLOCK_SKEW_MS};
 pub use queue::{QueueKind, QueueSettings, AMQP_FRAME_MAX};
 pub use redis::{RedisUrl, SentinelUrl};
@@ -175,6 +177,7 @@ pub struct Settings {
     pub supervision: SupervisionSettings,
     pub embedded: EmbeddedSettings,
     pub notifications: NotificationSettings,
+    pub payments: PaymentSettings,
     pub telemetry: TelemetrySettings,
     pub events: EventSettings,
     pub shutdown: ShutdownSettings,
@@ -218,6 +221,7 @@ impl Settings {
         self.supervision.validate()?;
         self.embedded.validate()?;
         self.notifications.validate()?;
+        self.payments.validate()?;
         self.events.validate(cluster)?;
         self.validate_across()
     }

@@ -21,7 +21,7 @@ use serde_json::json;
 
 use crate::config::EventSettings;
 use crate::domain::rfc3339;
-use crate::domain::OrderMessage;
+use crate::domain::{OrderMessage, OrderStatus};
 
 pub const ORDER_EVENTS: &str = "order-events";
 pub const USER_EVENTS: &str = "user-events";
@@ -35,6 +35,8 @@ pub enum EventType {
     OrderCreated,
     OrderCompleted,
     OrderCancelled,
+    OrderPaid,
+    OrderExpired,
     UserRegistered,
     UserUpdated,
     ProductCreated,
@@ -47,6 +49,8 @@ impl EventType {
             EventType::OrderCreated => "OrderCreated",
             EventType::OrderCompleted => "OrderCompleted",
             EventType::OrderCancelled => "OrderCancelled",
+            EventType::OrderPaid => "OrderPaid",
+            EventType::OrderExpired => "OrderExpired",
             EventType::UserRegistered => "UserRegistered",
             EventType::UserUpdated => "UserUpdated",
             EventType::ProductCreated => "ProductCreated",
@@ -56,9 +60,11 @@ impl EventType {
 
     pub fn topic(self) -> &'static str {
         match self {
-            EventType::OrderCreated | EventType::OrderCompleted | EventType::OrderCancelled => {
-                ORDER_EVENTS
-            }
+            EventType::OrderCreated
+            | EventType::OrderCompleted
+            | EventType::OrderCancelled
+            | EventType::OrderPaid
+            | EventType::OrderExpired => ORDER_EVENTS,
             EventType::UserRegistered | EventType::UserUpdated => USER_EVENTS,
             EventType::ProductCreated | EventType::PriceChanged => PRODUCT_EVENTS,
         }
@@ -152,28 +158,76 @@ fn order_data(order: &OrderMessage, status: &str) -> serde_json::Value {
 }
 
 /// The events of an order persisted for the first time: `OrderCreated`, then
-/// `OrderCompleted`, or `OrderCancelled` when its reservation had been released.
-pub fn order_persisted(order: &OrderMessage, completed: bool, at_ms: i64) -> [OutboxEvent; 2] {
+/// `OrderCompleted`, or `OrderCancelled` when its reservation had been released; an
+/// order awaiting payment has only `OrderCreated` (with its `payBy`) until it is paid
+/// or expires.
+pub fn order_persisted(
+    order: &OrderMessage,
+    status: OrderStatus,
+    pay_by: Option<i64>,
+    at_ms: i64,
+) -> Vec<OutboxEvent> {
     let trace = || order.traceparent.clone();
+    let mut data = order_data(order, "pending");
+    if let Some(pay_by) = pay_by {
+        data["payBy"] = rfc3339(pay_by).into();
+    }
     let created = OutboxEvent::new(
         EventType::OrderCreated,
         order.order_id.as_str(),
         order.created_at,
-        order_data(order, "pending"),
+        data,
         trace(),
     );
-    let outcome = if completed {
+    let outcome = match status {
+        OrderStatus::Completed => OutboxEvent::new(
+            EventType::OrderCompleted,
+            order.order_id.as_str(),
+            at_ms,
+            order_data(order, "completed"),
+            trace(),
+        ),
+        OrderStatus::AwaitingPayment => return vec![created],
+        _ => order_cancelled(order, CancelReason::Released, at_ms),
+    };
+    vec![created, outcome]
+}
+
+/// The events of a payment that settled an order: `OrderPaid`, then `OrderCompleted`.
+pub fn order_paid(order: &OrderMessage, payment: &str, at_ms: i64) -> [OutboxEvent; 2] {
+    let mut paid = order_data(order, "completed");
+    paid["paymentId"] = payment.into();
+    paid["amountCents"] = json!(order.amount_cents);
+    let trace = || order.traceparent.clone();
+    [
+        OutboxEvent::new(
+            EventType::OrderPaid,
+            order.order_id.as_str(),
+            at_ms,
+            paid,
+            trace(),
+        ),
         OutboxEvent::new(
             EventType::OrderCompleted,
             order.order_id.as_str(),
             at_ms,
             order_data(order, "completed"),
             trace(),
-        )
-    } else {
-        order_cancelled(order, CancelReason::Released, at_ms)
-    };
-    [created, outcome]
+        ),
+    ]
+}
+
+/// An order unpaid at its `payBy`: its units go back to the sale.
+pub fn order_expired(order: &OrderMessage, pay_by: i64, at_ms: i64) -> OutboxEvent {
+    let mut data = order_data(order, "expired");
+    data["payBy"] = rfc3339(pay_by).into();
+    OutboxEvent::new(
+        EventType::OrderExpired,
+        order.order_id.as_str(),
+        at_ms,
+        data,
+        order.traceparent.clone(),
+    )
 }
 
 pub fn order_cancelled(order: &OrderMessage, reason: CancelReason, at_ms: i64) -> OutboxEvent {
@@ -309,13 +363,18 @@ mod tests {
             quantity: Quantity::parse(2, 10).unwrap(),
             idempotency_key: IdempotencyKey::parse("k").unwrap(),
             created_at: 1_700_000_000_000,
+            amount_cents: None,
+            payment_window_secs: None,
             traceparent: None,
         }
     }
 
     #[test]
     fn an_order_event_carries_the_envelope_and_is_keyed_by_the_order() {
-        let [created, completed] = order_persisted(&order(), true, 1_700_000_000_500);
+        let events = order_persisted(&order(), OrderStatus::Completed, None, 1_700_000_000_500);
+        let [created, completed] = &events[..] else {
+            panic!("two events: {events:?}")
+        };
         assert_eq!(created.topic, ORDER_EVENTS);
         assert_eq!(completed.key, order().order_id.as_str());
         let e: Envelope = serde_json::from_str(&completed.payload).unwrap();
@@ -330,9 +389,36 @@ mod tests {
 
     #[test]
     fn a_released_order_is_created_then_cancelled_not_completed() {
-        let [_, outcome] = order_persisted(&order(), false, 1);
+        let events = order_persisted(&order(), OrderStatus::Cancelled, None, 1);
+        let [_, outcome] = &events[..] else {
+            panic!("two events: {events:?}")
+        };
         let e: Envelope = serde_json::from_str(&outcome.payload).unwrap();
         assert_eq!(e.kind, "OrderCancelled");
         assert_eq!(e.data["reason"], "released");
+    }
+
+    #[test]
+    fn an_order_awaiting_payment_is_created_with_its_deadline_and_settled_later() {
+        let pay_by = 1_700_000_300_000;
+        let events = order_persisted(&order(), OrderStatus::AwaitingPayment, Some(pay_by), 1);
+        let [created] = &events[..] else {
+            panic!("one event: {events:?}")
+        };
+        let e: Envelope = serde_json::from_str(&created.payload).unwrap();
+        assert_eq!(e.kind, "OrderCreated");
+        assert_eq!(e.data["payBy"], rfc3339(pay_by));
+        let [paid, completed] = order_paid(&order(), "pay_1", 2);
+        let kinds: Vec<String> = [paid, completed]
+            .iter()
+            .map(|e| serde_json::from_str::<Envelope>(&e.payload).unwrap().kind)
+            .collect();
+        assert_eq!(kinds, ["OrderPaid", "OrderCompleted"]);
+        let expired = order_expired(&order(), pay_by, pay_by + 1);
+        let e: Envelope = serde_json::from_str(&expired.payload).unwrap();
+        assert_eq!(
+            (e.kind.as_str(), &e.data["status"]),
+            ("OrderExpired", &json!("expired"))
+        );
     }
 }

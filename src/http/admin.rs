@@ -14,11 +14,12 @@ use crate::actors::inventory::{
 };
 use crate::actors::queue::QueueDepth;
 use crate::domain::{
-    now_ms, parse_rfc3339, rfc3339, ProductId, ProductName, SaleDefinition, UserId,
+    now_ms, parse_rfc3339, rfc3339, PaymentWindow, ProductId, ProductName, SaleDefinition, UserId,
 };
 use crate::orders::OrderError;
 use crate::shards::catalog::{
-    CreateProduct, ListDeadLetters, OrdersReport, PutSale, SalesReport, UpdateProduct,
+    CreateProduct, GetProduct, ListDeadLetters, OrdersReport, PutSale, SaleDefinitions,
+    SalesReport, UpdateProduct,
 };
 use crate::shards::UnitTotals;
 use crate::supervisors::stats::Kind;
@@ -131,11 +132,22 @@ async fn update_product(
         .await?
         .ok_or(ApiError::NotFound)?;
     let key = product_cache_key(id);
-    state
-        .directory
-        .product_partition(id)
-        .call(CacheDel { key })
-        .await?;
+    let partition = state.directory.product_partition(id);
+    partition.call(CacheDel { key }).await?;
+    // Orders are accepted at the price their sale's partition holds: it has the new
+    // one before this answers (a partition that is rebuilding reads it from the
+    // catalog).
+    if body.price_cents.is_some() {
+        let sales = state.directory.catalog.call(SaleDefinitions).await?;
+        if let Some((_, sale)) = sales.into_iter().find(|(product, _)| *product == id) {
+            match partition.call(LoadSale { product: id, sale }).await? {
+                Ok(_) | Err(SaleRefused::Rebuilding) => {}
+                Err(SaleRefused::BelowSold { sold }) => {
+                    tracing::warn!(product = %id, sold, "the sale's stock is below what it sold; its price is not reloaded")
+                }
+            }
+        }
+    }
     Ok(HttpResponse::Ok().json(p))
 }
 
@@ -232,6 +244,7 @@ struct SaleBody {
     per_user_limit: i64,
     starts_at: Option<Value>,
     ends_at: Option<Value>,
+    payment_window_secs: Option<i64>,
 }
 
 /// The last instant RFC 3339 can write, 9999-12-31T23:59:59.999Z, in epoch milliseconds.
@@ -263,10 +276,16 @@ fn sale_json(product: ProductId, c: &SaleCounters, totals: UnitTotals) -> Value 
         "productId": product.get(),
         "stock": c.stock,
         "remaining": c.remaining,
-        "sold": c.stock - c.remaining,
+        // Units held by orders: on their way to a shard, awaiting payment, or paid
+        // (completed). The shards are read before the partition, so an order moving
+        // between the two is counted once at most.
+        "sold": c.pending + totals.awaiting_payment + totals.completed,
         "pending": c.pending,
+        "awaitingPayment": totals.awaiting_payment,
         "completed": totals.completed,
         "cancelled": totals.cancelled,
+        "expired": totals.expired,
+        "paymentWindowSecs": c.payment_window.map(PaymentWindow::secs),
         "perUserLimit": c.per_user_limit,
         "startsAt": c.starts_at.map(rfc3339),
         "endsAt": c.ends_at.map(rfc3339),
@@ -293,11 +312,24 @@ async fn put_sale(
             "perUserLimit must be from 1 to {MAX_UNITS}"
         )));
     }
+    let payment_window = body
+        .payment_window_secs
+        .map(PaymentWindow::try_from)
+        .transpose()
+        .map_err(|e| ApiError::InvalidRequest(e.0))?;
+    // Orders are accepted at the product's price as the partition holds it.
+    let dir = &state.directory;
+    let price = match dir.catalog.call(GetProduct { id: product }).await? {
+        Some(p) => p.price_cents,
+        None => return Err(ApiError::NotFound),
+    };
     let sale = SaleDefinition {
         stock: body.stock,
         per_user_limit: body.per_user_limit,
         starts_at: instant(body.starts_at, "startsAt")?,
         ends_at: instant(body.ends_at, "endsAt")?,
+        payment_window,
+        unit_price_cents: price,
     };
     if let (Some(s), Some(e)) = (sale.starts_at, sale.ends_at) {
         if e <= s {
@@ -335,13 +367,13 @@ async fn get_sale(
     product: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let product = ProductId::parse(&product).map_err(|_| ApiError::NotFound)?;
+    let totals = state.directory.product_totals(product).await?;
     let counters = state
         .directory
         .product_partition(product)
         .call(Counters { product })
         .await?
         .ok_or(ApiError::NotFound)?;
-    let totals = state.directory.product_totals(product).await?;
     Ok(HttpResponse::Ok().json(sale_json(product, &counters, totals)))
 }
 
@@ -429,15 +461,27 @@ async fn metrics(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRes
         Admin::check(&req)?;
     }
     record_gauges(&state);
-    // Remaining stock of the sales open now.
+    // Stock, and where the units are, of the sales open now.
     let now = now_ms();
-    let partitions = join_all(state.directory.inventory.iter().map(|p| p.call(ListSales))).await;
+    let dir = &state.directory;
+    let partitions = join_all(dir.inventory.iter().map(|p| p.call(ListSales))).await;
     for sale in partitions.into_iter().flatten().flatten() {
         if sale.active_at(now) {
             let product = sale.product.to_string();
             metrics::gauge!("flashsale_sale_remaining", "product" => product.clone())
                 .set(sale.remaining as f64);
-            metrics::gauge!("flashsale_sale_stock", "product" => product).set(sale.stock as f64);
+            metrics::gauge!("flashsale_sale_stock", "product" => product.clone())
+                .set(sale.stock as f64);
+            // Units awaiting payment, paid (completed) and expired: from the shards.
+            if let Ok(t) = dir.product_totals(ProductId::from_db(sale.product)).await {
+                for (name, units) in [
+                    ("flashsale_sale_awaiting_payment", t.awaiting_payment),
+                    ("flashsale_sale_paid", t.completed),
+                    ("flashsale_sale_expired", t.expired),
+                ] {
+                    metrics::gauge!(name, "product" => product.clone()).set(units as f64);
+                }
+            }
         }
     }
     Ok(HttpResponse::Ok()

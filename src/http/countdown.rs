@@ -152,6 +152,7 @@ mod tests {
             per_user_limit: 1,
             starts_at: starts,
             ends_at: ends,
+            payment_window: None,
         }
     }
 

@@ -35,6 +35,11 @@ pub enum ApiError {
     SaleNotActive,
     #[error("the order is still being processed; retry shortly")]
     OrderPending,
+    #[error("the Flashsale-Signature header is missing, malformed, stale or wrong")]
+    InvalidSignature,
+    /// A `409` of the payment confirmation: its code and why.
+    #[error("{1}")]
+    PaymentRefused(&'static str, String),
     #[error("too many requests; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
     #[error("the server is busy; retry shortly")]
@@ -80,6 +85,8 @@ impl ApiError {
             ApiError::PurchaseLimitReached => "purchase_limit_reached",
             ApiError::SaleNotActive => "sale_not_active",
             ApiError::OrderPending => "order_pending",
+            ApiError::InvalidSignature => "invalid_signature",
+            ApiError::PaymentRefused(code, _) => code,
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Overloaded => "overloaded",
             ApiError::Unavailable(_) => "unavailable",
@@ -108,6 +115,18 @@ impl From<OrderError> for ApiError {
             OrderError::SaleNotActive => ApiError::SaleNotActive,
             OrderError::NotFound => ApiError::NotFound,
             OrderError::Pending => ApiError::OrderPending,
+            e @ OrderError::PaymentWindowClosed => {
+                ApiError::PaymentRefused("payment_window_closed", e.to_string())
+            }
+            e @ OrderError::OrderCancelled => {
+                ApiError::PaymentRefused("order_cancelled", e.to_string())
+            }
+            e @ OrderError::AmountMismatch { .. } => {
+                ApiError::PaymentRefused("amount_mismatch", e.to_string())
+            }
+            e @ OrderError::AlreadyPaid(_) => {
+                ApiError::PaymentRefused("already_paid", e.to_string())
+            }
             e @ (OrderError::Rebuilding
             | OrderError::QueueUnavailable
             | OrderError::NotAcceptedInTime
@@ -133,6 +152,8 @@ impl ResponseError for ApiError {
             ApiError::PurchaseLimitReached => StatusCode::CONFLICT,
             ApiError::SaleNotActive => StatusCode::CONFLICT,
             ApiError::OrderPending => StatusCode::CONFLICT,
+            ApiError::InvalidSignature => StatusCode::UNAUTHORIZED,
+            ApiError::PaymentRefused(..) => StatusCode::CONFLICT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

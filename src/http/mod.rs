@@ -13,6 +13,7 @@ pub mod extract;
 pub mod fleet;
 mod hashing;
 pub mod limits;
+pub mod payments;
 pub mod public;
 
 use std::net::{IpAddr, TcpListener};
@@ -376,6 +377,7 @@ pub fn public_server(
             .configure(extractor_errors)
             .configure(public::routes)
             .configure(countdown::routes)
+            .configure(payments::routes)
             .default_service(web::to(not_found))
     })
     .workers(workers)

@@ -1,6 +1,6 @@
-//! The owner cancels a completed order while its sale is active: the order becomes
-//! `cancelled` (emitting `OrderCancelled`) and its units go back to the sale, exactly
-//! once however often this is called. The shard decides whether units are still due
+//! The owner cancels a completed order, or one awaiting payment, while its sale is
+//! active: the order becomes `cancelled` (emitting `OrderCancelled`) and its units go
+//! back to the sale, exactly once however often this is called. The shard decides whether units are still due
 //! back (its restocks row); the partition takes them once per order. A cancellation
 //! that stops between the two is finished by its retry, or by the reconciler when
 //! nobody retries (a rebuild counts such units as returned).
@@ -24,7 +24,10 @@ pub async fn cancel(
     };
     let product = stored.product_id;
     let partition = dir.product_partition(product);
-    if stored.status == OrderStatus::Completed {
+    if matches!(
+        stored.status,
+        OrderStatus::Completed | OrderStatus::AwaitingPayment
+    ) {
         match partition.call(Counters { product }).await? {
             Some(sale) if sale.active_at(now_ms()) => {}
             // No sale there: gone with the partition's state, until it is rebuilt.
@@ -39,7 +42,7 @@ pub async fn cancel(
         now,
         restock_due,
     } = dir
-        .shard(&user)
+        .shard(user)
         .call(CancelOrder {
             order: order.clone(),
             user: user.clone(),
@@ -66,7 +69,7 @@ pub async fn cancel(
         if restocked == Restocked::Rebuilding {
             return Err(OrderError::Rebuilding);
         }
-        dir.shard(&user)
+        dir.shard(user)
             .call(RestockDone {
                 order: order.clone(),
             })

@@ -18,7 +18,9 @@ use super::OrderError;
 use crate::actors::directory::Directory;
 use crate::actors::inventory::{MarkPublished, Release, ReserveOutcome, ReserveRequest};
 use crate::actors::queue::Publish;
-use crate::domain::{now_ms, IdempotencyKey, OrderId, OrderMessage, ProductId, Quantity, UserId};
+use crate::domain::{
+    now_ms, AmountCents, IdempotencyKey, OrderId, OrderMessage, ProductId, Quantity, UserId,
+};
 use crate::shards::catalog::GetProduct;
 use crate::supervisors::slot::CallError;
 
@@ -58,8 +60,8 @@ pub async fn place(dir: &Directory, request: PlaceOrder) -> Result<Placed, Order
     let partition = dir.product_partition(product);
     let reserving = tracing::info_span!("inventory_reserve");
     let outcome = partition.call(reserve).instrument(reserving).await?;
-    let (order, quantity, created_at, replayed) = match outcome {
-        ReserveOutcome::Created(order) => (order, quantity, now, false),
+    let (order, quantity, created_at, terms, replayed) = match outcome {
+        ReserveOutcome::Created(order, terms) => (order, quantity, now, terms, false),
         ReserveOutcome::Replay(order) => {
             return Ok(Placed {
                 order,
@@ -68,7 +70,7 @@ pub async fn place(dir: &Directory, request: PlaceOrder) -> Result<Placed, Order
         }
         // The key's order may not be in the queue yet: publish it (again) before
         // naming it. Consumers take an order once, however often it was published.
-        ReserveOutcome::Unpublished(u) => (u.order, u.quantity, u.created_at, true),
+        ReserveOutcome::Unpublished(u) => (u.order, u.quantity, u.created_at, u.terms, true),
         ReserveOutcome::OutOfStock => return Err(OrderError::OutOfStock),
         ReserveOutcome::LimitReached => return Err(OrderError::LimitReached),
         ReserveOutcome::NotActive => return Err(OrderError::SaleNotActive),
@@ -89,6 +91,8 @@ pub async fn place(dir: &Directory, request: PlaceOrder) -> Result<Placed, Order
         quantity,
         idempotency_key: key,
         created_at,
+        amount_cents: AmountCents::of(quantity, terms.unit_price_cents),
+        payment_window_secs: terms.payment_window,
         traceparent: crate::telemetry::current_traceparent(),
     };
     let publish = Publish {

@@ -39,7 +39,7 @@ pub async fn stored(
         order: order.clone(),
         user: user.clone(),
     };
-    dir.shard(&user).call(get).await
+    dir.shard(user).call(get).await
 }
 
 /// An order accepted but not yet in its shard: the inventory partitions still know it.
@@ -64,6 +64,8 @@ pub async fn pending(
                     quantity: p.quantity,
                     status: OrderStatus::Pending,
                     created_at: rfc3339(p.created_at),
+                    amount_cents: None,
+                    pay_by: None,
                 }));
             }
         }

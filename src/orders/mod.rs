@@ -8,7 +8,9 @@
 //! - [`persist`]: the consumers' half: claim each queued order from its partition,
 //!   have its shard write it, confirm it to the buyer;
 //! - [`lookup`]: an order as its buyer sees it, stored or still on its way;
-//! - [`cancel`]: the owner takes a completed order back; its units return once.
+//! - [`cancel`]: the owner takes a completed order back; its units return once;
+//! - [`payment`]: the shop's payment service pays an order awaiting payment, and the
+//!   sweep that expires the unpaid ones, whose units return once.
 //!
 //! Every step answers an [`OrderError`] the API maps to its codes; a backend that is
 //! away is [`OrderError::Backend`], for the caller to shed with `503`.
@@ -16,6 +18,7 @@
 pub mod cancel;
 pub mod intake;
 pub mod lookup;
+pub mod payment;
 pub mod persist;
 
 use crate::supervisors::slot::CallError;
@@ -46,6 +49,16 @@ pub enum OrderError {
     /// The order may have been accepted: asking again with its key finds it.
     #[error("the order may have been accepted; retry with the same Idempotency-Key to find it")]
     OutcomeUnknown,
+    /// Its payment window lapsed: the order is expired (the shop refunds).
+    #[error("the order's payment window has closed; it expired and its units went back on sale")]
+    PaymentWindowClosed,
+    #[error("the order was cancelled")]
+    OrderCancelled,
+    #[error("the amount is not what the order costs ({expected} cents)")]
+    AmountMismatch { expected: String },
+    /// Paid by another payment, or nothing to pay.
+    #[error("{0}")]
+    AlreadyPaid(&'static str),
     /// The stores disagree with what the saga just did to them.
     #[error("{0}")]
     Inconsistent(String),

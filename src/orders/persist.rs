@@ -19,34 +19,98 @@ use crate::actors::directory::Directory;
 use crate::actors::inflight::Held;
 use crate::actors::inventory::{Claim, Claimed};
 use crate::actors::queue::{DeliveryHandler, Outbound, QueueMessage};
-use crate::domain::{OrderMessage, OrderStatus, ProductId};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{AmountCents, OrderId, OrderMessage, OrderStatus, ProductId, Quantity, UserId};
 use crate::shards::catalog::{DeadLetterEntry, RecordDeadLetters};
 use crate::shards::{InsertOrder, RecordNotification};
 use crate::supervisors::slot::{CallError, ItemError};
 use crate::telemetry::{start_child_span, start_order_span, traceparent_of};
 
-/// How far behind a consumer is: the age of the oldest order in its batch.
-fn record_lag(queue: &'static str, orders: &[OrderMessage]) {
-    if let Some(oldest) = orders.iter().map(|o| o.created_at).min() {
+/// How far behind a consumer is: the age of the oldest message in its batch.
+fn record_lag(queue: &'static str, created: impl Iterator<Item = i64>) {
+    if let Some(oldest) = created.min() {
         let lag = (crate::domain::now_ms() - oldest).max(0) as f64 / 1000.0;
         metrics::gauge!("flashsale_consumer_lag_seconds", "queue" => queue).set(lag);
     }
 }
 
-/// The orders of a batch, and what could not be read as one.
-struct Parsed {
-    orders: Vec<OrderMessage>,
+/// What the notification queue carries: something to tell the buyer of an order.
+/// (A confirmation of an order without a payment window is the order itself, whose
+/// fields these are.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Notice {
+    #[serde(default)]
+    pub kind: NoticeKind,
+    pub order_id: OrderId,
+    pub user_id: UserId,
+    pub product_id: ProductId,
+    pub quantity: Quantity,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<i64>,
+    /// When payment is (or was) due, epoch ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pay_by: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount_cents: Option<AmountCents>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeKind {
+    /// The order is completed.
+    #[default]
+    Confirmed,
+    /// The order is held until `payBy`: pay before then.
+    PaymentDue,
+    /// The order was not paid by `payBy`: it expired and its units went back on sale.
+    PaymentLapsed,
+}
+
+impl NoticeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeKind::Confirmed => "confirmed",
+            NoticeKind::PaymentDue => "payment_due",
+            NoticeKind::PaymentLapsed => "payment_lapsed",
+        }
+    }
+}
+
+impl Notice {
+    /// `kind` of an order as the queue carried it.
+    pub fn of(kind: NoticeKind, o: &OrderMessage, pay_by: Option<i64>) -> Self {
+        Self {
+            kind,
+            order_id: o.order_id.clone(),
+            user_id: o.user_id.clone(),
+            product_id: o.product_id,
+            quantity: o.quantity,
+            created_at: Some(o.created_at),
+            pay_by,
+            amount_cents: o.amount_cents,
+            traceparent: o.traceparent.clone(),
+        }
+    }
+}
+
+/// The messages of a batch, and what could not be read as one.
+struct Parsed<T> {
+    orders: Vec<T>,
     dead: Vec<DeadLetterEntry>,
 }
 
-impl Parsed {
+impl<T: serde::de::DeserializeOwned> Parsed<T> {
     fn dead_letter(&mut self, reason: String, payload: String) {
         self.dead.push(DeadLetterEntry { reason, payload });
     }
 
     fn element(&mut self, value: serde_json::Value) {
         // Reading a message parses every field as the API parses a request.
-        match serde_json::from_value::<OrderMessage>(value.clone()) {
+        match serde_json::from_value::<T>(value.clone()) {
             Ok(order) => self.orders.push(order),
             Err(e) => self.dead_letter(format!("not an order: {e}"), value.to_string()),
         }
@@ -55,7 +119,7 @@ impl Parsed {
 
 /// A message carries one order (an object) or several (an array); each element stands
 /// on its own, so one bad element never holds back its neighbours.
-fn parse_orders(batch: &[QueueMessage]) -> Parsed {
+fn parse_orders<T: serde::de::DeserializeOwned>(batch: &[QueueMessage]) -> Parsed<T> {
     let mut parsed = Parsed {
         orders: Vec::with_capacity(batch.len()),
         dead: Vec::new(),
@@ -175,8 +239,8 @@ impl DeliveryHandler for OrderHandler {
         if crate::domain::now_ms() - published > self.unheard_after_ms {
             return Err("the pod registry has not published what this pod holds for too long; taking no orders until it does".into());
         }
-        let Parsed { orders, mut dead } = parse_orders(batch);
-        record_lag("orders", &orders);
+        let Parsed { orders, mut dead } = parse_orders::<OrderMessage>(batch);
+        record_lag("orders", orders.iter().map(|o| o.created_at));
         let mut confirmations = Vec::new();
         for chunk in orders.chunks(CHUNK) {
             // One span per order, in the trace of the request that accepted it; each
@@ -226,9 +290,10 @@ impl DeliveryHandler for OrderHandler {
                 .map(|(_, _, cx)| start_child_span(cx, "shard_write"))
                 .collect();
             let writes = call_each(&claimed, |(o, claimed, _)| {
-                let status = match claimed {
-                    true => OrderStatus::Completed,
-                    false => OrderStatus::Cancelled,
+                let status = match (claimed, o.payment_window_secs) {
+                    (true, Some(_)) => OrderStatus::AwaitingPayment,
+                    (true, None) => OrderStatus::Completed,
+                    (false, _) => OrderStatus::Cancelled,
                 };
                 dir.shard(&o.user_id).call_queued(InsertOrder {
                     order: (*o).clone(),
@@ -238,23 +303,34 @@ impl DeliveryHandler for OrderHandler {
             .await?;
             drop(writing);
             for ((o, claimed, span), written) in claimed.into_iter().zip(writes) {
-                if let Err(e) = written {
-                    dead.push(DeadLetterEntry {
-                        reason: format!("shard write: {e}"),
-                        payload: order_payload(o),
-                    });
-                    continue;
-                }
-                let outcome = if claimed { "completed" } else { "cancelled" };
+                let pay_by = match written {
+                    Ok(pay_by) => pay_by,
+                    Err(e) => {
+                        dead.push(DeadLetterEntry {
+                            reason: format!("shard write: {e}"),
+                            payload: order_payload(o),
+                        });
+                        continue;
+                    }
+                };
+                let outcome = match (claimed, pay_by) {
+                    (true, Some(_)) => "awaiting_payment",
+                    (true, None) => "completed",
+                    (false, _) => "cancelled",
+                };
                 metrics::counter!("flashsale_orders_persisted_total", "status" => outcome)
                     .increment(1);
                 if !claimed {
                     tracing::warn!(order_id = %o.order_id, "order was released before it was persisted; recorded as cancelled");
                     continue;
                 }
-                let mut confirmation = o.clone();
-                confirmation.traceparent = traceparent_of(span).or_else(|| o.traceparent.clone());
-                confirmations.push(confirmation);
+                let kind = match pay_by {
+                    Some(_) => NoticeKind::PaymentDue,
+                    None => NoticeKind::Confirmed,
+                };
+                let mut notice = Notice::of(kind, o, pay_by);
+                notice.traceparent = traceparent_of(span).or_else(|| o.traceparent.clone());
+                confirmations.push(notice);
             }
         }
         bury(dir, &dir.orders_queue, dead).await?;
@@ -280,19 +356,32 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    async fn deliver(&self, order: &OrderMessage) -> Result<(), String> {
-        let body = serde_json::json!({
-            "type": "order.confirmed",
-            "orderId": order.order_id,
-            "userId": order.user_id,
-            "productId": order.product_id,
-            "quantity": order.quantity,
-            "createdAt": crate::domain::rfc3339(order.created_at),
+    async fn deliver(&self, notice: &Notice) -> Result<(), String> {
+        let mut body = serde_json::json!({
+            "type": format!("order.{}", notice.kind.as_str()),
+            "orderId": notice.order_id,
+            "userId": notice.user_id,
+            "productId": notice.product_id,
+            "quantity": notice.quantity,
         });
+        if let Some(at) = notice.created_at {
+            body["createdAt"] = crate::domain::rfc3339(at).into();
+        }
+        if let Some(at) = notice.pay_by {
+            body["payBy"] = crate::domain::rfc3339(at).into();
+        }
+        if let Some(amount) = notice.amount_cents {
+            body["amountCents"] = amount.get().into();
+        }
+        // One key per order and kind: a receiver takes each notice once.
+        let key = match notice.kind {
+            NoticeKind::Confirmed => notice.order_id.to_string(),
+            kind => format!("{}:{}", notice.order_id, kind.as_str()),
+        };
         let r = self
             .client
             .post(&self.url)
-            .header("Idempotency-Key", order.order_id.as_str())
+            .header("Idempotency-Key", key)
             .json(&body)
             .send()
             .await
@@ -313,8 +402,8 @@ impl DeliveryHandler for NotificationHandler {
         batch: &[QueueMessage],
     ) -> Result<usize, ActorProcessingErr> {
         let dir = &self.directory;
-        let Parsed { orders, mut dead } = parse_orders(batch);
-        record_lag("notifications", &orders);
+        let Parsed { orders, mut dead } = parse_orders::<Notice>(batch);
+        record_lag("notifications", orders.iter().filter_map(|o| o.created_at));
         let _spans: Vec<_> = orders
             .iter()
             .map(|o| {
@@ -336,6 +425,7 @@ impl DeliveryHandler for NotificationHandler {
                 order: o.order_id.clone(),
                 user: o.user_id.clone(),
                 channel: channel.into(),
+                kind: o.kind.as_str(),
             })
         })
         .await?;
@@ -343,7 +433,7 @@ impl DeliveryHandler for NotificationHandler {
             if let Err(e) = r {
                 dead.push(DeadLetterEntry {
                     reason: format!("record notification: {e}"),
-                    payload: order_payload(o),
+                    payload: serde_json::to_string(o).expect("notices serialise"),
                 });
             }
         }

@@ -85,6 +85,11 @@ pub static CATALOG: LazyLock<Migrator> = LazyLock::new(|| {
             "pod_in_flight",
             include_str!("../../migrations/catalog/0005_pod_in_flight.sql"),
         ),
+        (
+            6,
+            "payment_window",
+            include_str!("../../migrations/catalog/0006_payment_window.sql"),
+        ),
     ])
     .migrator()
 });
@@ -110,6 +115,11 @@ pub static SHARD: LazyLock<Migrator> = LazyLock::new(|| {
             4,
             "restocks",
             include_str!("../../migrations/shard/0004_restocks.sql"),
+        ),
+        (
+            5,
+            "payments",
+            include_str!("../../migrations/shard/0005_payments.sql"),
         ),
     ])
     .migrator()

@@ -19,22 +19,28 @@ pub mod sqlite;
 pub mod store;
 
 use crate::domain::{
-    OrderId, OrderMessage, OrderStatus, OrderView, ProductId, Quantity, SoldOrder, UserId,
+    AmountCents, OrderId, OrderMessage, OrderStatus, OrderView, PaymentId, ProductId, Quantity,
+    SoldOrder, UserId,
 };
 
-/// Persist an order with its final status (idempotent on the order id).
+/// Persist an order with its status: `completed` or `cancelled`, or
+/// `awaiting_payment` when its sale has a payment window (idempotent on the order id).
+/// Answers its `payBy` (epoch ms) when it awaits payment: the shard's clock when it
+/// was first written, plus the window.
 #[derive(Debug)]
 pub struct InsertOrder {
     pub order: OrderMessage,
     pub status: OrderStatus,
 }
 
-/// Record a delivered confirmation (idempotent on the order id).
+/// Record a delivered notice (idempotent on the order id and the notice's kind).
 #[derive(Debug)]
 pub struct RecordNotification {
     pub order: OrderId,
     pub user: UserId,
     pub channel: String,
+    /// `confirmed`, `payment_due` or `payment_lapsed`.
+    pub kind: &'static str,
 }
 
 /// The writes of one batch, in the order they queued: the shard writes them in one
@@ -83,9 +89,52 @@ pub struct ProductTotals {
 pub struct UnitTotals {
     pub completed: i64,
     pub cancelled: i64,
+    pub awaiting_payment: i64,
+    pub expired: i64,
 }
 
-/// The owner cancels a completed order (emits `OrderCancelled` once).
+/// The shop's payment service confirms a payment of an order (found by id alone: the
+/// caller asks every shard). Paying and expiring are decided here, in one transaction
+/// each, so exactly one of them wins.
+#[derive(Debug, Clone)]
+pub struct ConfirmPayment {
+    pub order: OrderId,
+    pub payment: PaymentId,
+    pub amount: AmountCents,
+    pub traceparent: Option<String>,
+}
+
+/// What a [`ConfirmPayment`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentOutcome {
+    /// Paid now: the order is `completed`.
+    Paid(OrderView),
+    /// Paid before by this same payment.
+    Repeat(OrderView),
+    /// Its window lapsed (now, or before): the order is `expired`.
+    WindowClosed,
+    Cancelled,
+    /// It costs another amount.
+    AmountMismatch {
+        expected: Option<AmountCents>,
+    },
+    /// Paid by another payment, or it has nothing to pay (its sale had no window).
+    AlreadyPaid,
+}
+
+/// Expires the orders still awaiting payment past their `payBy` (at most
+/// [`MOST_EXPIRED`] a call, the oldest first): each becomes `expired`, emits
+/// `OrderExpired` and is due a restock, in one transaction. Answers how many.
+#[derive(Debug)]
+pub struct ExpireDue {
+    pub now: i64,
+}
+
+/// Most orders one [`ExpireDue`] expires.
+pub const MOST_EXPIRED: i64 = 500;
+
+/// The owner cancels a completed order, or one awaiting payment (emits
+/// `OrderCancelled` once).
 #[derive(Debug)]
 pub struct CancelOrder {
     pub order: OrderId,
@@ -106,17 +155,20 @@ pub struct Cancellation {
     pub restock_due: bool,
 }
 
-/// The completed orders of one product on this shard (a rebuild of its inventory).
+/// The persisted orders of one product on this shard (a rebuild of its inventory).
 #[derive(Debug)]
 pub struct SaleOrders {
     pub product: ProductId,
 }
 
-/// Units of a cancelled order still to be given back, for the reconciler.
+/// Units of a cancelled or expired order still to be given back, for the reconciler.
 #[derive(Debug)]
 pub struct PendingRestocks {
-    /// Only those older than this (epoch ms): younger ones are their request's to do.
+    /// Only cancellations older than this (epoch ms): younger ones are their
+    /// request's to do.
     pub before: i64,
+    /// Only expiries older than this: nobody else gives theirs back.
+    pub expired_before: i64,
     /// Only those of this product (all when `None`).
     pub product: Option<ProductId>,
 }
@@ -127,6 +179,8 @@ pub struct PendingRestock {
     pub user: UserId,
     pub product: ProductId,
     pub quantity: Quantity,
+    /// Its payment window lapsed (else its owner cancelled it).
+    pub expired: bool,
 }
 
 /// The inventory partition has a cancelled order's units back.
@@ -138,7 +192,7 @@ pub struct RestockDone {
 crate::protocol! {
     /// What a shard actor serves.
     pub enum ShardMsg {
-        Insert(InsertOrder) -> (),
+        Insert(InsertOrder) -> Option<i64>,
         Notified(RecordNotification) -> (),
         Get(GetOrder) -> Option<OrderView>,
         List(ListOrders) -> Vec<OrderView>,
@@ -151,6 +205,9 @@ crate::protocol! {
         RestockDone(RestockDone) -> (),
         /// `None` when the shard has no such order of that user.
         Cancel(CancelOrder) -> Option<Cancellation>,
+        /// `None` when the shard has no such order.
+        Pay(ConfirmPayment) -> Option<PaymentOutcome>,
+        Expire(ExpireDue) -> i64,
     }
 }
 
@@ -163,6 +220,8 @@ impl ShardMsg {
                 | ShardMsg::CreateUser(..)
                 | ShardMsg::UpdateUser(..)
                 | ShardMsg::Cancel(..)
+                | ShardMsg::Pay(..)
+                | ShardMsg::Expire(..)
         )
     }
 }

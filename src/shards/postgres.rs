@@ -6,9 +6,10 @@ use std::collections::HashSet;
 
 use sqlx::PgPool;
 
+use super::store::{pay_by_of, PayBy};
 use super::{InsertOrder, Writes};
 use crate::db;
-use crate::domain::OrderStatus;
+use crate::domain::AmountCents;
 use crate::events::{self, OutboxEvent};
 
 /// Appends events to the outbox within the caller's transaction, in order.
@@ -50,7 +51,8 @@ pub(super) async fn commit_writes(
     pool: &PgPool,
     writes: &Writes<'_>,
     now: i64,
-) -> Result<(), sqlx::Error> {
+) -> Result<PayBy, sqlx::Error> {
+    let mut due = PayBy::new();
     let mut ids = Vec::new();
     let mut users = Vec::new();
     let mut products = Vec::new();
@@ -58,7 +60,11 @@ pub(super) async fn commit_writes(
     let mut keys = Vec::new();
     let mut statuses = Vec::new();
     let mut created = Vec::new();
+    let mut amounts = Vec::new();
+    let mut pay_bys = Vec::new();
     for InsertOrder { order, status } in writes.orders.iter().copied() {
+        amounts.push(order.amount_cents.map(AmountCents::get));
+        pay_bys.push(pay_by_of(order, *status, now));
         ids.push(order.order_id.as_str());
         users.push(order.user_id.as_str());
         products.push(order.product_id.get());
@@ -70,8 +76,10 @@ pub(super) async fn commit_writes(
     let mut tx = pool.begin().await?;
     if !ids.is_empty() {
         let inserted: Vec<String> = db::query_scalar(
-            "INSERT INTO orders (order_id, user_id, product_id, quantity, idempotency_key, status, created_at, updated_at) \
-             SELECT o.*, $8::int8 FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::text[], $7::int8[]) AS o \
+            "INSERT INTO orders (order_id, user_id, product_id, quantity, idempotency_key, status, created_at, updated_at, amount_cents, pay_by) \
+             SELECT o.i, o.u, o.p, o.q, o.k, o.s, o.c, $8::int8, o.a, o.b \
+             FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::text[], $7::int8[], $9::int8[], $10::int8[]) \
+               AS o(i, u, p, q, k, s, c, a, b) \
              ON CONFLICT DO NOTHING RETURNING order_id",
         )
         .bind(&ids)
@@ -82,18 +90,35 @@ pub(super) async fn commit_writes(
         .bind(&statuses)
         .bind(&created)
         .bind(now)
+        .bind(&amounts)
+        .bind(&pay_bys)
         .fetch_all(&mut *tx)
         .await?;
         // The events of the orders this batch created (not of redeliveries).
         let inserted: HashSet<String> = inserted.into_iter().collect();
         let mut outbox = Vec::with_capacity(inserted.len() * 2);
-        for InsertOrder { order, status } in writes.orders.iter().copied() {
-            if inserted.contains(order.order_id.as_str()) {
-                let completed = *status == OrderStatus::Completed;
-                outbox.extend(events::order_persisted(order, completed, now));
+        let mut redelivered = Vec::new();
+        for (InsertOrder { order, status }, pay_by) in writes.orders.iter().copied().zip(&pay_bys) {
+            let id = order.order_id.as_str();
+            if inserted.contains(id) {
+                outbox.extend(events::order_persisted(order, *status, *pay_by, now));
+                if let Some(at) = pay_by {
+                    due.insert(id.to_string(), *at);
+                }
+            } else if pay_by.is_some() {
+                redelivered.push(id);
             }
         }
         outbox_append(&mut tx, &outbox, now).await?;
+        // Redeliveries keep the deadline written the first time.
+        if !redelivered.is_empty() {
+            let rows: Vec<(String, Option<i64>)> =
+                db::query_as("SELECT order_id, pay_by FROM orders WHERE order_id = ANY($1)")
+                    .bind(&redelivered)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            due.extend(rows.into_iter().filter_map(|(id, at)| Some((id, at?))));
+        }
     }
     if !writes.notifications.is_empty() {
         let ids: Vec<&str> = writes
@@ -111,17 +136,20 @@ pub(super) async fn commit_writes(
             .iter()
             .map(|n| n.channel.as_str())
             .collect();
+        let kinds: Vec<&str> = writes.notifications.iter().map(|n| n.kind).collect();
         db::query(
-            "INSERT INTO notifications (order_id, user_id, channel, delivered_at) \
-             SELECT n.*, $4::int8 FROM UNNEST($1::text[], $2::text[], $3::text[]) AS n \
+            "INSERT INTO notifications (order_id, user_id, channel, delivered_at, kind) \
+             SELECT n.o, n.u, n.c, $4::int8, n.k FROM UNNEST($1::text[], $2::text[], $3::text[], $5::text[]) AS n(o, u, c, k) \
              ON CONFLICT DO NOTHING",
         )
         .bind(&ids)
         .bind(&users)
         .bind(&channels)
         .bind(now)
+        .bind(&kinds)
         .execute(&mut *tx)
         .await?;
     }
-    tx.commit().await
+    tx.commit().await?;
+    Ok(due)
 }

@@ -39,6 +39,11 @@ pub static CATALOG: LazyLock<Migrator> = LazyLock::new(|| {
             "pod_in_flight",
             include_str!("../../migrations/sqlite/catalog/0005_pod_in_flight.sql"),
         ),
+        (
+            6,
+            "payment_window",
+            include_str!("../../migrations/sqlite/catalog/0006_payment_window.sql"),
+        ),
     ])
     .migrator()
 });
@@ -65,16 +70,28 @@ pub static SHARD: LazyLock<Migrator> = LazyLock::new(|| {
             "restocks",
             include_str!("../../migrations/sqlite/shard/0004_restocks.sql"),
         ),
+        (
+            5,
+            "payments",
+            include_str!("../../migrations/sqlite/shard/0005_payments.sql"),
+        ),
     ])
     .migrator()
 });
 
 pub static INVENTORY: LazyLock<Migrator> = LazyLock::new(|| {
-    Embedded(&[(
-        1,
-        "init",
-        include_str!("../../migrations/sqlite/inventory/0001_init.sql"),
-    )])
+    Embedded(&[
+        (
+            1,
+            "init",
+            include_str!("../../migrations/sqlite/inventory/0001_init.sql"),
+        ),
+        (
+            2,
+            "terms",
+            include_str!("../../migrations/sqlite/inventory/0002_terms.sql"),
+        ),
+    ])
     .migrator()
 });
 

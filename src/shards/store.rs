@@ -12,12 +12,14 @@ use sqlx::{AnyConnection, AnyPool, PgPool, Row};
 
 use super::replica::Replica;
 use super::{
-    outbox, postgres, CancelOrder, Cancellation, CreateUser, GetOrder, InsertOrder, PendingRestock,
-    PendingRestocks, ShardMsg, UnitTotals, UpdateUser, Writes,
+    outbox, postgres, CancelOrder, Cancellation, ConfirmPayment, CreateUser, ExpireDue, GetOrder,
+    InsertOrder, PaymentOutcome, PendingRestock, PendingRestocks, ShardMsg, UnitTotals, UpdateUser,
+    Writes, MOST_EXPIRED,
 };
 use crate::db::{self, settle};
 use crate::domain::{
-    now_ms, rfc3339, OrderId, OrderMessage, OrderStatus, OrderView, ProductId, SoldOrder,
+    now_ms, rfc3339, AmountCents, OrderId, OrderMessage, OrderStatus, OrderView, ProductId,
+    SoldOrder,
 };
 use crate::events::{self, CancelReason};
 use crate::supervisors::slot::{Message, Nudge};
@@ -93,30 +95,130 @@ fn order_view(row: &AnyRow) -> Result<OrderView, sqlx::Error> {
         quantity: row.try_get("quantity")?,
         status,
         created_at: rfc3339(row.try_get("created_at")?),
+        amount_cents: amount(row)?,
+        pay_by: row.try_get::<Option<i64>, _>("pay_by")?.map(rfc3339),
     })
 }
 
-const ORDER_COLUMNS: &str = "order_id, user_id, product_id, quantity, status, created_at";
+const ORDER_COLUMNS: &str =
+    "order_id, user_id, product_id, quantity, status, created_at, amount_cents, pay_by";
 
 impl Shard {
-    /// Writes every insert and notification of the batch in one transaction.
-    async fn commit_writes(&self, writes: &Writes<'_>) -> Result<(), sqlx::Error> {
+    /// Writes every insert and notification of the batch in one transaction; answers
+    /// the `payBy` of its orders that await payment.
+    async fn commit_writes(&self, writes: &Writes<'_>) -> Result<PayBy, sqlx::Error> {
         if writes.orders.is_empty() && writes.notifications.is_empty() {
-            return Ok(());
+            return Ok(PayBy::new());
         }
         let started = Instant::now();
         let now = now_ms();
-        match &self.bulk {
+        let pay_by = match &self.bulk {
             Some(pg) => postgres::commit_writes(pg, writes, now).await?,
             None => {
                 let mut tx = db::begin_write(&self.primary, self.sqlite).await?;
-                insert_rows(&mut tx, writes, now).await?;
+                let pay_by = insert_rows(&mut tx, writes, now).await?;
                 tx.commit().await?;
+                pay_by
             }
-        }
+        };
         metrics::histogram!("flashsale_shard_write_seconds", "shard" => self.index.to_string())
             .record(started.elapsed().as_secs_f64());
-        Ok(())
+        Ok(pay_by)
+    }
+
+    /// Pays an order, or finds why it cannot be paid: in one transaction, where an
+    /// order past its `payBy` is expired rather than paid.
+    async fn pay(&self, req: &ConfirmPayment) -> Result<Option<PaymentOutcome>, sqlx::Error> {
+        let now = now_ms();
+        let mut tx = db::begin_write(&self.primary, self.sqlite).await?;
+        let paid = db::query(&format!(
+            "UPDATE orders SET status = 'completed', payment_id = $2, updated_at = $3 \
+             WHERE order_id = $1 AND status = 'awaiting_payment' AND pay_by > $3 AND amount_cents = $4 \
+             RETURNING {ORDER_COLUMNS}, idempotency_key"
+        ))
+        .bind(req.order.as_str())
+        .bind(req.payment.as_str())
+        .bind(now)
+        .bind(req.amount.get())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = paid {
+            let view = order_view(&row)?;
+            let order = stored_order(&row, req.traceparent.clone())?;
+            let events = events::order_paid(&order, req.payment.as_str(), now);
+            outbox::append(&mut tx, &events, now).await?;
+            tx.commit().await?;
+            return Ok(Some(PaymentOutcome::Paid(view)));
+        }
+        let row = db::query(&format!(
+            "SELECT {ORDER_COLUMNS}, idempotency_key, payment_id FROM orders WHERE order_id = $1"
+        ))
+        .bind(req.order.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let view = order_view(&row)?;
+        let payment: Option<String> = row.try_get("payment_id")?;
+        let outcome = match view.status {
+            OrderStatus::AwaitingPayment => {
+                let pay_by: i64 = row.try_get("pay_by")?;
+                if pay_by <= now {
+                    // Its window lapsed and no sweep has seen it yet: it expires now.
+                    let order = stored_order(&row, req.traceparent.clone())?;
+                    expire_rows(&mut tx, &[(order, pay_by)], now).await?;
+                    PaymentOutcome::WindowClosed
+                } else {
+                    PaymentOutcome::AmountMismatch {
+                        expected: view.amount_cents,
+                    }
+                }
+            }
+            OrderStatus::Completed if payment.as_deref() == Some(req.payment.as_str()) => {
+                PaymentOutcome::Repeat(view)
+            }
+            OrderStatus::Completed => PaymentOutcome::AlreadyPaid,
+            OrderStatus::Cancelled => PaymentOutcome::Cancelled,
+            OrderStatus::Expired => PaymentOutcome::WindowClosed,
+            OrderStatus::Pending => {
+                return Err(sqlx::Error::Protocol(format!(
+                    "order {} is stored as pending",
+                    view.order_id
+                )))
+            }
+        };
+        tx.commit().await?;
+        Ok(Some(outcome))
+    }
+
+    /// Expires the orders past their `payBy` (see [`ExpireDue`]).
+    async fn expire(&self, req: &ExpireDue) -> Result<i64, sqlx::Error> {
+        let mut tx = db::begin_write(&self.primary, self.sqlite).await?;
+        // The inner SELECT finds candidates through the partial index; the outer
+        // condition makes a concurrent sweep (another pod's) skip what this one took.
+        let rows = db::query(&format!(
+            "UPDATE orders SET status = 'expired', updated_at = $1 \
+             WHERE order_id IN (SELECT order_id FROM orders \
+                 WHERE status = 'awaiting_payment' AND pay_by <= $1 ORDER BY pay_by LIMIT {MOST_EXPIRED}) \
+               AND status = 'awaiting_payment' \
+             RETURNING {ORDER_COLUMNS}, idempotency_key"
+        ))
+        .bind(req.now)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut expired = Vec::with_capacity(rows.len());
+        for row in &rows {
+            expired.push((stored_order(row, None)?, row.try_get("pay_by")?));
+        }
+        expire_rows(&mut tx, &expired, req.now).await?;
+        tx.commit().await?;
+        metrics::counter!("flashsale_orders_expired_total", "shard" => self.index.to_string())
+            .increment(expired.len() as u64);
+        Ok(expired.len() as i64)
     }
 
     async fn get(&self, order: &str, user: &str) -> Result<Option<OrderView>, sqlx::Error> {
@@ -130,11 +232,15 @@ impl Shard {
                     .fetch_optional(db::on(pool))
                     .await;
                 match row {
-                    // Settled (completed or cancelled): the replica's answer stands; a later
-                    // cancellation shows within the lag bound.
+                    // Settled (completed, cancelled, expired): the replica's answer
+                    // stands; a later cancellation shows within the lag bound.
                     Ok(Some(row)) => {
                         let view = order_view(&row)?;
-                        if view.status != OrderStatus::Pending {
+                        let settled = !matches!(
+                            view.status,
+                            OrderStatus::Pending | OrderStatus::AwaitingPayment
+                        );
+                        if settled {
                             replica.served("replica");
                             return Ok(Some(view));
                         }
@@ -143,8 +249,8 @@ impl Shard {
                     Err(e) => replica.failed(&e),
                 }
             }
-            // Not there yet, or pending there (it may have completed since): the
-            // primary answers, so that an order just written is read as written.
+            // Not there yet, or pending or awaiting payment there (it may have been
+            // paid since): the primary answers, so that a write is read as written.
             replica.served("primary");
         }
         let row = db::query(&sql)
@@ -225,8 +331,8 @@ impl Shard {
         let mut tx = db::begin_write(&self.primary, self.sqlite).await?;
         let row = db::query(
             "UPDATE orders SET status = 'cancelled', updated_at = $3 \
-             WHERE order_id = $1 AND user_id = $2 AND status = 'completed' \
-             RETURNING order_id, user_id, product_id, quantity, idempotency_key, created_at",
+             WHERE order_id = $1 AND user_id = $2 AND status IN ('completed', 'awaiting_payment') \
+             RETURNING order_id, user_id, product_id, quantity, idempotency_key, created_at, amount_cents",
         )
         .bind(req.order.as_str())
         .bind(req.user.as_str())
@@ -242,6 +348,8 @@ impl Shard {
                     quantity: row.try_get("quantity")?,
                     idempotency_key: row.try_get("idempotency_key")?,
                     created_at: row.try_get("created_at")?,
+                    amount_cents: amount(&row)?,
+                    payment_window_secs: None,
                     traceparent: req.traceparent.clone(),
                 };
                 let event = events::order_cancelled(&cancelled, CancelReason::Customer, now);
@@ -297,7 +405,9 @@ impl Shard {
     async fn totals(&self, product: i64) -> Result<UnitTotals, sqlx::Error> {
         let row = db::query(
             "SELECT COALESCE(SUM(CASE WHEN status = 'completed' THEN quantity END), 0) AS completed, \
-                    COALESCE(SUM(CASE WHEN status = 'cancelled' THEN quantity END), 0) AS cancelled \
+                    COALESCE(SUM(CASE WHEN status = 'cancelled' THEN quantity END), 0) AS cancelled, \
+                    COALESCE(SUM(CASE WHEN status = 'awaiting_payment' THEN quantity END), 0) AS awaiting, \
+                    COALESCE(SUM(CASE WHEN status = 'expired' THEN quantity END), 0) AS expired \
              FROM orders WHERE product_id = $1",
         )
         .bind(product)
@@ -306,13 +416,15 @@ impl Shard {
         Ok(UnitTotals {
             completed: row.try_get("completed")?,
             cancelled: row.try_get("cancelled")?,
+            awaiting_payment: row.try_get("awaiting")?,
+            expired: row.try_get("expired")?,
         })
     }
 
     async fn sale_orders(&self, product: i64) -> Result<Vec<SoldOrder>, sqlx::Error> {
         let rows = db::query(
             "SELECT order_id, user_id, quantity, idempotency_key, status FROM orders \
-             WHERE product_id = $1 AND status IN ('completed', 'cancelled')",
+             WHERE product_id = $1 AND status IN ('awaiting_payment', 'completed', 'cancelled', 'expired')",
         )
         .bind(product)
         .fetch_all(db::on(&self.primary))
@@ -324,7 +436,10 @@ impl Shard {
                     user_id: r.try_get("user_id")?,
                     quantity: r.try_get("quantity")?,
                     idempotency_key: r.try_get("idempotency_key")?,
-                    cancelled: r.try_get::<String, _>("status")? == "cancelled",
+                    cancelled: matches!(
+                        r.try_get::<String, _>("status")?.as_str(),
+                        "cancelled" | "expired"
+                    ),
                 })
             })
             .collect()
@@ -335,11 +450,13 @@ impl Shard {
         req: &PendingRestocks,
     ) -> Result<Vec<PendingRestock>, sqlx::Error> {
         let rows = db::query(
-            "SELECT order_id, user_id, product_id, quantity FROM restocks \
-             WHERE created_at < $1 AND ($2 = 0 OR product_id = $2) ORDER BY created_at LIMIT 500",
+            "SELECT order_id, user_id, product_id, quantity, reason FROM restocks \
+             WHERE (created_at < $1 OR reason = 'expired' AND created_at < $3) \
+               AND ($2 = 0 OR product_id = $2) ORDER BY created_at LIMIT 500",
         )
         .bind(req.before)
         .bind(req.product.map(|p| p.get()).unwrap_or(0))
+        .bind(req.expired_before)
         .fetch_all(db::on(&self.primary))
         .await?;
         let mut pending = Vec::with_capacity(rows.len());
@@ -352,6 +469,7 @@ impl Shard {
                 user: r.try_get("user_id")?,
                 product: ProductId::from_db(r.try_get("product_id")?),
                 quantity: r.try_get("quantity")?,
+                expired: r.try_get::<String, _>("reason")? == "expired",
             });
         }
         Ok(pending)
@@ -367,13 +485,19 @@ impl Shard {
 
     /// Answers one message that is not a group-committed write. An error returned here
     /// breaks the shard; a request's own failure goes back to its caller.
-    async fn serve(&self, msg: ShardMsg) -> Result<(), sqlx::Error> {
+    async fn serve(&self, msg: ShardMsg, pay_by: &PayBy) -> Result<(), sqlx::Error> {
         match msg {
             // Written, and answered, with the batch.
-            ShardMsg::Insert(_, port) | ShardMsg::Notified(_, port) => {
+            ShardMsg::Insert(req, port) => {
+                port.ok(pay_by.get(req.order.order_id.as_str()).copied());
+                Ok(())
+            }
+            ShardMsg::Notified(_, port) => {
                 port.ok(());
                 Ok(())
             }
+            ShardMsg::Pay(req, port) => settle(port, self.pay(&req).await, "confirm payment"),
+            ShardMsg::Expire(req, port) => settle(port, self.expire(&req).await, "expire orders"),
             ShardMsg::Get(GetOrder { order, user }, port) => settle(
                 port,
                 self.get(order.as_str(), user.as_str()).await,
@@ -413,11 +537,13 @@ async fn insert_rows(
     tx: &mut AnyConnection,
     writes: &Writes<'_>,
     now: i64,
-) -> Result<(), sqlx::Error> {
+) -> Result<PayBy, sqlx::Error> {
+    let mut due = PayBy::new();
     for InsertOrder { order, status } in writes.orders.iter().copied() {
+        let pay_by = pay_by_of(order, *status, now);
         let inserted = db::query(
-            "INSERT INTO orders (order_id, user_id, product_id, quantity, idempotency_key, status, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+            "INSERT INTO orders (order_id, user_id, product_id, quantity, idempotency_key, status, created_at, updated_at, amount_cents, pay_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
         )
         .bind(order.order_id.as_str())
         .bind(order.user_id.as_str())
@@ -427,23 +553,103 @@ async fn insert_rows(
         .bind(status.as_str())
         .bind(order.created_at)
         .bind(now)
+        .bind(order.amount_cents.map(AmountCents::get))
+        .bind(pay_by)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         // The events of orders this batch created (not of redeliveries).
         if inserted == 1 {
-            let completed = *status == OrderStatus::Completed;
-            outbox::append(tx, &events::order_persisted(order, completed, now), now).await?;
+            let events = events::order_persisted(order, *status, pay_by, now);
+            outbox::append(tx, &events, now).await?;
+            if let Some(at) = pay_by {
+                due.insert(order.order_id.as_str().to_string(), at);
+            }
+        } else if pay_by.is_some() {
+            // A redelivery: the deadline is the one written the first time.
+            let stored: Option<Option<i64>> =
+                db::query_scalar("SELECT pay_by FROM orders WHERE order_id = $1")
+                    .bind(order.order_id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some(Some(at)) = stored {
+                due.insert(order.order_id.as_str().to_string(), at);
+            }
         }
     }
     for n in &writes.notifications {
         db::query(
-            "INSERT INTO notifications (order_id, user_id, channel, delivered_at) VALUES ($1, $2, $3, $4) \
+            "INSERT INTO notifications (order_id, user_id, channel, delivered_at, kind) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT DO NOTHING",
         )
         .bind(n.order.as_str())
         .bind(n.user.as_str())
         .bind(n.channel.as_str())
+        .bind(now)
+        .bind(n.kind)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(due)
+}
+
+/// What an order costs, as its row records it.
+fn amount(row: &AnyRow) -> Result<Option<AmountCents>, sqlx::Error> {
+    let cents: Option<i64> = row.try_get("amount_cents")?;
+    cents
+        .map(AmountCents::try_from)
+        .transpose()
+        .map_err(|e| sqlx::Error::Decode(e.0.into()))
+}
+
+/// The `payBy` of orders that await payment, by order id.
+pub(crate) type PayBy = std::collections::HashMap<String, i64>;
+
+/// When an order written now with `status` must be paid: `now` (the shard's clock)
+/// plus its window.
+pub(crate) fn pay_by_of(order: &OrderMessage, status: OrderStatus, now: i64) -> Option<i64> {
+    match (status, order.payment_window_secs) {
+        (OrderStatus::AwaitingPayment, Some(window)) => Some(now + window.millis()),
+        _ => None,
+    }
+}
+
+/// An order as its row holds it (the columns of [`ORDER_COLUMNS`] and its key).
+fn stored_order(row: &AnyRow, traceparent: Option<String>) -> Result<OrderMessage, sqlx::Error> {
+    Ok(OrderMessage {
+        order_id: row.try_get("order_id")?,
+        user_id: row.try_get("user_id")?,
+        product_id: row.try_get("product_id")?,
+        quantity: row.try_get("quantity")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        created_at: row.try_get("created_at")?,
+        amount_cents: amount(row)?,
+        payment_window_secs: None,
+        traceparent,
+    })
+}
+
+/// The writes of orders just made `expired`, in their transaction: `OrderExpired`, and
+/// the restock each is due (once: the partition takes an order's units back once).
+async fn expire_rows(
+    tx: &mut AnyConnection,
+    expired: &[(OrderMessage, i64)],
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let events: Vec<_> = expired
+        .iter()
+        .map(|(order, pay_by)| events::order_expired(order, *pay_by, now))
+        .collect();
+    outbox::append(tx, &events, now).await?;
+    for (order, _) in expired {
+        db::query(
+            "INSERT INTO restocks (order_id, user_id, product_id, quantity, created_at, reason) \
+             VALUES ($1, $2, $3, $4, $5, 'expired') ON CONFLICT DO NOTHING",
+        )
+        .bind(order.order_id.as_str())
+        .bind(order.user_id.as_str())
+        .bind(order.product_id)
+        .bind(order.quantity)
         .bind(now)
         .execute(&mut *tx)
         .await?;
@@ -467,13 +673,13 @@ impl Backend for Shard {
         }
         // A failed group commit fails the actor: every write of the batch is retried
         // by its caller (the queue redelivers).
-        self.commit_writes(&writes).await?;
+        let pay_by = self.commit_writes(&writes).await?;
         let mut result = Ok(());
         for msg in batch {
             if msg.abandoned() {
                 continue;
             }
-            result = self.serve(msg).await;
+            result = self.serve(msg, &pay_by).await;
             if result.is_err() {
                 break;
             }

@@ -21,6 +21,7 @@ use flashsale::actors::recovery;
 use flashsale::domain::{
     now_ms, IdempotencyKey, OrderId, ProductId, Quantity, SaleDefinition, SoldOrder, UserId,
 };
+use flashsale::domain::{PaymentWindow, Terms};
 use flashsale::supervisors::slot::{Slot, WorkerMsg};
 use flashsale::supervisors::stats::{Kind, NodeStats};
 use flashsale::supervisors::worker::{Backend as InventoryBackend, Connect, Worker};
@@ -150,12 +151,20 @@ fn product() -> ProductId {
     ProductId::from_db(rand::random::<u32>() as i64 + 1)
 }
 
+/// The terms of [`open_sale`]: its price, no payment window.
+const TERMS: Terms = Terms {
+    unit_price_cents: 2_500,
+    payment_window: None,
+};
+
 fn open_sale(stock: i64, per_user_limit: i64) -> SaleDefinition {
     SaleDefinition {
         stock,
         per_user_limit,
         starts_at: None,
         ends_at: None,
+        payment_window: None,
+        unit_price_cents: 2_500,
     }
 }
 
@@ -202,7 +211,7 @@ impl Partition {
             .call(request(product, user, key, qty, at))
             .await
             .unwrap();
-        if let ReserveOutcome::Created(order) = &outcome {
+        if let ReserveOutcome::Created(order, _) = &outcome {
             let details = (user.to_string(), i64::from(qty), at);
             self.reserved.lock().unwrap().insert(order.clone(), details);
         }
@@ -212,7 +221,7 @@ impl Partition {
     /// Reserves and expects a new order.
     async fn created(&self, product: ProductId, user: &UserId, key: &str, qty: u32) -> OrderId {
         match self.reserve(product, user, key, qty).await {
-            ReserveOutcome::Created(order) => order,
+            ReserveOutcome::Created(order, _) => order,
             other => panic!("expected a new order, got {other:?}"),
         }
     }
@@ -409,6 +418,49 @@ async fn a_sale_sells_only_inside_its_window(backend: Backend) {
     assert_eq!(p.units(pid).await, (4, 1));
 }
 
+on_both_backends!(an_order_is_accepted_on_the_terms_its_sale_has_when_it_is_reserved);
+async fn an_order_is_accepted_on_the_terms_its_sale_has_when_it_is_reserved(backend: Backend) {
+    let p = partition(backend, 3600).await;
+    let (pid, ann, bob) = (product(), UserId::new_random(), UserId::new_random());
+    let window = PaymentWindow::try_from(300).unwrap();
+    let sale = SaleDefinition {
+        payment_window: Some(window),
+        unit_price_cents: 1_500,
+        ..open_sale(5, 5)
+    };
+    let counters = p.load(pid, sale).await.unwrap();
+    assert_eq!(counters.payment_window, Some(window));
+    let first = Terms {
+        unit_price_cents: 1_500,
+        payment_window: Some(window),
+    };
+    match p.reserve(pid, &ann, "a", 2).await {
+        ReserveOutcome::Created(_, terms) => assert_eq!(terms, first),
+        other => panic!("{other:?}"),
+    }
+    // Repriced, and the window dropped: later orders take the new terms; an order
+    // whose publish is still under way is published on the terms of now.
+    let repriced = SaleDefinition {
+        payment_window: None,
+        unit_price_cents: 1_800,
+        ..open_sale(5, 5)
+    };
+    p.load(pid, repriced).await.unwrap();
+    let now = Terms {
+        unit_price_cents: 1_800,
+        payment_window: None,
+    };
+    match p.reserve(pid, &bob, "b", 1).await {
+        ReserveOutcome::Created(_, terms) => assert_eq!(terms, now),
+        other => panic!("{other:?}"),
+    }
+    match p.reserve(pid, &ann, "a", 2).await {
+        ReserveOutcome::Unpublished(u) => assert_eq!(u.terms, now),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(p.counters(pid).await.payment_window, None);
+}
+
 on_both_backends!(a_release_gives_the_units_back_and_forgets_the_key);
 async fn a_release_gives_the_units_back_and_forgets_the_key(backend: Backend) {
     let p = partition(backend, 3600).await;
@@ -462,7 +514,7 @@ async fn a_pile_of_stale_reservations_is_released_oldest_first_in_bounded_sweeps
             .reserve_at(pid, &UserId::new_random(), &format!("p{i}"), 1, long_ago)
             .await
         {
-            ReserveOutcome::Created(o) => published.push(o),
+            ReserveOutcome::Created(o, _) => published.push(o),
             other => panic!("{other:?}"),
         }
         assert!(p.publish(pid, published.last().unwrap()).await);
@@ -475,7 +527,7 @@ async fn a_pile_of_stale_reservations_is_released_oldest_first_in_bounded_sweeps
             .reserve_at(pid, &UserId::new_random(), &format!("l{i}"), 1, at)
             .await
         {
-            ReserveOutcome::Created(o) => lost.push(o),
+            ReserveOutcome::Created(o, _) => lost.push(o),
             other => panic!("{other:?}"),
         }
     }
@@ -513,11 +565,11 @@ async fn stale_unpublished_reservations_are_released_published_ones_kept(backend
     p.load(pid, open_sale(5, 5)).await.unwrap();
     let long_ago = now_ms() - STALE_MS as i64 - 1_000;
     let lost = match p.reserve_at(pid, &ann, "lost", 1, long_ago).await {
-        ReserveOutcome::Created(o) => o,
+        ReserveOutcome::Created(o, _) => o,
         other => panic!("{other:?}"),
     };
     let published = match p.reserve_at(pid, &bob, "sent", 1, long_ago).await {
-        ReserveOutcome::Created(o) => o,
+        ReserveOutcome::Created(o, _) => o,
         other => panic!("{other:?}"),
     };
     assert!(p.publish(pid, &published).await);
@@ -541,7 +593,7 @@ async fn stale_unpublished_reservations_are_released_published_ones_kept(backend
 
     // A retry whose earlier reservation went stale unpublished gets a new order.
     let stale = match p.reserve_at(pid, &ann, "retry", 1, long_ago).await {
-        ReserveOutcome::Created(o) => o,
+        ReserveOutcome::Created(o, _) => o,
         other => panic!("{other:?}"),
     };
     let retried = p.created(pid, &ann, "retry", 1).await;
@@ -631,7 +683,16 @@ async fn a_rebuild_keeps_what_is_still_reserved_and_what_was_cancelled() {
     );
     // Bob's unit is sold, Ann's two are held: seven left, two pending.
     assert_eq!(p.units(pid).await, (7, 2));
-    // Cat's units never come back twice.
+    // The rebuilt sale takes orders on the terms of its definition.
+    assert_eq!(
+        p.rebuild_step("one", Step::Finish).await,
+        Ok(StepDone::Finished)
+    );
+    match p.reserve(pid, &cat, "c", 1).await {
+        ReserveOutcome::Created(_, terms) => assert_eq!(terms, TERMS),
+        other => panic!("{other:?}"),
+    }
+    // Cat's cancelled units never come back twice.
     assert!(!p.restock(pid, &cats, &cat, 3).await);
 }
 
@@ -892,7 +953,7 @@ async fn keys_and_lookups_expire_after_their_lifetime(backend: Backend) {
     )
     .await;
     match p.reserve(pid, &ann, "k", 1).await {
-        ReserveOutcome::Created(second) => assert_ne!(second, first),
+        ReserveOutcome::Created(second, _) => assert_ne!(second, first),
         other => panic!("an expired key must make a new order, got {other:?}"),
     }
 }
@@ -938,7 +999,7 @@ async fn a_key_replays_its_order_only_once_it_is_published(backend: Backend) {
     p.load(pid, open_sale(5, 5)).await.unwrap();
     let at = now_ms();
     let order = match p.reserve_at(pid, &ann, "k", 2, at).await {
-        ReserveOutcome::Created(o) => o,
+        ReserveOutcome::Created(o, _) => o,
         other => panic!("{other:?}"),
     };
     // Not yet known to be in the queue: whoever asks again must publish it first.
@@ -948,6 +1009,7 @@ async fn a_key_replays_its_order_only_once_it_is_published(backend: Backend) {
             order: order.clone(),
             quantity: Quantity::try_from(2).unwrap(),
             created_at: at,
+            terms: TERMS,
         })
     );
     assert!(p.publish(pid, &order).await);

@@ -9,6 +9,7 @@ mod errors;
 mod events;
 mod inventory;
 mod orders;
+mod payments;
 mod promises;
 mod queues;
 mod reshard;

@@ -195,6 +195,8 @@ async fn the_reconciler_releases_reservations_that_were_never_published(mode: Mo
         quantity: Quantity::ONE,
         idempotency_key: IdempotencyKey::parse("crash").unwrap(),
         created_at: now_ms(),
+        amount_cents: None,
+        payment_window_secs: None,
         traceparent: None,
     };
     let publish = Publish {

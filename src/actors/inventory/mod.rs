@@ -8,7 +8,8 @@ pub mod redis;
 pub mod sentinel;
 
 use crate::domain::{
-    IdempotencyKey, OrderId, ProductId, Quantity, SaleDefinition, SoldOrder, UserId,
+    IdempotencyKey, OrderId, PaymentWindow, ProductId, Quantity, SaleDefinition, SoldOrder, Terms,
+    UserId,
 };
 
 #[derive(Debug, Clone)]
@@ -24,8 +25,8 @@ pub struct ReserveRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReserveOutcome {
-    /// Stock reserved under this new order id.
-    Created(OrderId),
+    /// Stock reserved under this new order id, on the sale's terms now.
+    Created(OrderId, Terms),
     /// The key was seen before and its order is in the queue (or beyond): its order
     /// id, unchanged.
     Replay(OrderId),
@@ -48,6 +49,8 @@ pub struct UnpublishedOrder {
     pub order: OrderId,
     pub quantity: Quantity,
     pub created_at: i64,
+    /// The sale's terms now: the order is accepted on them when it is published.
+    pub terms: Terms,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +62,7 @@ pub struct SaleCounters {
     pub per_user_limit: i64,
     pub starts_at: Option<i64>,
     pub ends_at: Option<i64>,
+    pub payment_window: Option<PaymentWindow>,
 }
 
 impl SaleCounters {
@@ -107,7 +111,7 @@ pub struct Claim {
     pub created_at: i64,
 }
 
-/// A cancelled order's units go back to the sale, once per order.
+/// A cancelled or expired order's units go back to the sale, once per order.
 #[derive(Debug)]
 pub struct Restock {
     pub product: ProductId,

@@ -13,7 +13,9 @@ use super::outbox;
 mod reports;
 
 use crate::db::{self, settle};
-use crate::domain::{now_ms, rfc3339, Email, ProductId, ProductName, SaleDefinition, UserId};
+use crate::domain::{
+    now_ms, rfc3339, Email, PaymentWindow, ProductId, ProductName, SaleDefinition, UserId,
+};
 use crate::events;
 use crate::supervisors::slot::{Message, Nudge};
 use crate::supervisors::worker::{Backend, Batch, Connect};
@@ -279,10 +281,11 @@ impl Catalog {
     async fn put_sale(&self, req: &PutSale) -> Result<bool, sqlx::Error> {
         let sale = &req.sale;
         let done = db::query(
-            "INSERT INTO flash_sales (product_id, stock, per_user_limit, starts_at, ends_at, updated_at) \
-             SELECT id, $2, $3, $4, $5, $6 FROM products WHERE id = $1 \
+            "INSERT INTO flash_sales (product_id, stock, per_user_limit, starts_at, ends_at, payment_window_secs, updated_at) \
+             SELECT id, $2, $3, $4, $5, $7, $6 FROM products WHERE id = $1 \
              ON CONFLICT (product_id) DO UPDATE SET stock = excluded.stock, per_user_limit = excluded.per_user_limit, \
-               starts_at = excluded.starts_at, ends_at = excluded.ends_at, updated_at = excluded.updated_at",
+               starts_at = excluded.starts_at, ends_at = excluded.ends_at, \
+               payment_window_secs = excluded.payment_window_secs, updated_at = excluded.updated_at",
         )
         .bind(req.product.get())
         .bind(sale.stock)
@@ -290,6 +293,7 @@ impl Catalog {
         .bind(sale.starts_at)
         .bind(sale.ends_at)
         .bind(now_ms())
+        .bind(sale.payment_window.map(PaymentWindow::secs))
         .execute(db::on(&self.pool))
         .await?;
         Ok(done.rows_affected() == 1)
@@ -343,7 +347,8 @@ impl Catalog {
 
     async fn sale_definitions(&self) -> Result<Vec<(ProductId, SaleDefinition)>, sqlx::Error> {
         let rows = db::query(
-            "SELECT product_id, stock, per_user_limit, starts_at, ends_at FROM flash_sales",
+            "SELECT s.product_id, s.stock, s.per_user_limit, s.starts_at, s.ends_at, s.payment_window_secs, p.price_cents \
+             FROM flash_sales s JOIN products p ON p.id = s.product_id",
         )
         .fetch_all(db::on(&self.pool))
         .await?;
@@ -354,6 +359,10 @@ impl Catalog {
                     per_user_limit: r.try_get("per_user_limit")?,
                     starts_at: r.try_get("starts_at")?,
                     ends_at: r.try_get("ends_at")?,
+                    payment_window: r
+                        .try_get::<Option<i64>, _>("payment_window_secs")?
+                        .and_then(PaymentWindow::from_stored),
+                    unit_price_cents: r.try_get("price_cents")?,
                 };
                 Ok((ProductId::from_db(r.try_get("product_id")?), sale))
             })

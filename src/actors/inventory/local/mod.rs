@@ -22,7 +22,7 @@ use super::{
     InventoryMsg, PartitionState, PendingOrder, RebuildStep, RebuildStopped, Recovery, StepDone,
 };
 use crate::db::sqlite_pool;
-use crate::domain::{ProductId, Quantity, UserId};
+use crate::domain::{ProductId, Quantity, Terms, UserId};
 use crate::shards::sqlite;
 use crate::supervisors::slot::{Deferred, Dispatch, Handle, Message, ReplyPort};
 use crate::supervisors::worker::{Backend, Batch, Connect};
@@ -40,6 +40,8 @@ struct Sale {
     limit: i64,
     starts: i64,
     ends: i64,
+    /// The terms orders are accepted on.
+    terms: Terms,
 }
 
 #[derive(Debug, Clone)]

@@ -4,6 +4,7 @@
 use sqlx::Row;
 
 use super::{uuid_bits, uuid_text, Accepted, Held, IdemKey, LocalInventory, Reservation, Sale};
+use crate::domain::{PaymentWindow, Terms};
 
 /// What a batch changed, to be written before anyone hears of it.
 pub(super) enum Change {
@@ -23,9 +24,11 @@ impl LocalInventory {
     /// Rebuilds the state from the partition's file.
     pub(super) async fn load(&mut self) -> Result<(), sqlx::Error> {
         let p = &self.pool;
-        for r in sqlx::query("SELECT pid, stock, remaining, lim, starts, ends FROM sales")
-            .fetch_all(p)
-            .await?
+        for r in sqlx::query(
+            "SELECT pid, stock, remaining, lim, starts, ends, price, window_secs FROM sales",
+        )
+        .fetch_all(p)
+        .await?
         {
             let sale = Sale {
                 stock: r.get(1),
@@ -33,6 +36,10 @@ impl LocalInventory {
                 limit: r.get(3),
                 starts: r.get(4),
                 ends: r.get(5),
+                terms: Terms {
+                    unit_price_cents: r.get(6),
+                    payment_window: PaymentWindow::from_stored(r.get(7)),
+                },
             };
             self.sales.insert(r.get(0), sale);
         }
@@ -107,13 +114,15 @@ impl LocalInventory {
             match c {
                 Change::Sale(pid) => {
                     if let Some(s) = self.sales.get(&pid) {
-                        sqlx::query("INSERT OR REPLACE INTO sales (pid, stock, remaining, lim, starts, ends) VALUES (?, ?, ?, ?, ?, ?)")
+                        sqlx::query("INSERT OR REPLACE INTO sales (pid, stock, remaining, lim, starts, ends, price, window_secs) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
                             .bind(pid)
                             .bind(s.stock)
                             .bind(s.remaining)
                             .bind(s.limit)
                             .bind(s.starts)
                             .bind(s.ends)
+                            .bind(s.terms.unit_price_cents)
+                            .bind(PaymentWindow::stored(s.terms.payment_window))
                             .execute(&mut *tx)
                             .await?;
                     }

@@ -82,11 +82,15 @@ impl LocalInventory {
                 None => return ReserveOutcome::Replay(order),
                 Some(rv) if rv.published => return ReserveOutcome::Replay(order),
                 Some(rv) if r.now_ms - rv.ts <= self.stale_ms => {
+                    let Some(sale) = self.sales.get(&pid) else {
+                        return ReserveOutcome::NoSale;
+                    };
                     return ReserveOutcome::Unpublished(UnpublishedOrder {
                         order,
                         quantity: rv.qty,
                         created_at: rv.ts,
-                    })
+                        terms: sale.terms,
+                    });
                 }
                 Some(_) => {
                     self.release(&prev);
@@ -146,7 +150,7 @@ impl LocalInventory {
             Change::Resv(oid),
             Change::Ord(bits),
         ]);
-        ReserveOutcome::Created(r.order.clone())
+        ReserveOutcome::Created(r.order.clone(), sale.terms)
     }
 
     fn mark_published(&mut self, order: &str) -> bool {

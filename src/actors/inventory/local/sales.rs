@@ -5,7 +5,7 @@ use super::{LocalInventory, Sale};
 use crate::actors::inventory::{
     Counters, ListSales, LoadSale, SaleCounters, SaleRefused, SaleSummary,
 };
-use crate::domain::SaleDefinition;
+use crate::domain::{SaleDefinition, Terms};
 use crate::supervisors::slot::{Deferred, Handle, ReplyPort};
 
 impl Handle<LoadSale, Result<SaleCounters, SaleRefused>> for LocalInventory {
@@ -46,6 +46,10 @@ impl LocalInventory {
             limit: def.per_user_limit,
             starts: def.starts_at.unwrap_or(0),
             ends: def.ends_at.unwrap_or(0),
+            terms: Terms {
+                unit_price_cents: def.unit_price_cents,
+                payment_window: def.payment_window,
+            },
         };
         self.sales.insert(pid, sale);
         self.changes.push(Change::Sale(pid));
@@ -67,6 +71,7 @@ impl LocalInventory {
             per_user_limit: s.limit,
             starts_at: (s.starts > 0).then_some(s.starts),
             ends_at: (s.ends > 0).then_some(s.ends),
+            payment_window: s.terms.payment_window,
         })
     }
 

@@ -8,7 +8,7 @@ use super::{bad, int, pair, text, Partition};
 use crate::actors::inventory::{
     PartitionState, RebuildStep, RebuildStopped, Recovery, Step, StepDone, REBUILD_LEASE_MS,
 };
-use crate::domain::SaleDefinition;
+use crate::domain::{PaymentWindow, SaleDefinition};
 use crate::supervisors::slot::{Handle, ItemError, ReplyPort};
 
 static RECOVERY: Lua = Lua::new(|| Script::new(include_str!("lua/recovery.lua")));
@@ -75,7 +75,9 @@ impl Handle<RebuildStep, Result<StepDone, RebuildStopped>> for Partition {
                 .arg(sale.starts_at.unwrap_or(0))
                 .arg(ends(sale))
                 .arg(self.ttl_secs)
-                .arg(sold),
+                .arg(sold)
+                .arg(sale.unit_price_cents)
+                .arg(PaymentWindow::stored(sale.payment_window)),
             Step::Finish => c.arg("finish"),
         };
         let step = r.step;

@@ -10,7 +10,7 @@ use crate::actors::inventory::{
     Claim, Claimed, Lookup, MarkPublished, PendingOrder, Release, ReleaseStale, ReserveOutcome,
     ReserveRequest, Restock, Restocked, UnpublishedOrder, MOST_RELEASED,
 };
-use crate::domain::{OrderId, ProductId, Quantity, UserId};
+use crate::domain::{OrderId, PaymentWindow, ProductId, Quantity, Terms, UserId};
 use crate::supervisors::slot::{Handle, ItemError, ReplyPort};
 
 static RESERVE: Lua = Lua::new(|| Script::new(include_str!("lua/reserve.lua")));
@@ -51,13 +51,20 @@ fn reserve_outcome(v: &Value) -> Result<ReserveOutcome, ItemError> {
         OrderId::parse(&id).map_err(|e| ItemError::caused_by("reserve", e))
     };
     let number = |i: usize| items.get(i).and_then(int).ok_or_else(|| bad("reserve", v));
+    let terms = |i: usize| -> Result<Terms, ItemError> {
+        Ok(Terms {
+            unit_price_cents: number(i)?,
+            payment_window: PaymentWindow::from_stored(number(i + 1)?),
+        })
+    };
     Ok(match name.as_str() {
-        "created" => ReserveOutcome::Created(order()?),
+        "created" => ReserveOutcome::Created(order()?, terms(2)?),
         "replay" => ReserveOutcome::Replay(order()?),
         "unpublished" => ReserveOutcome::Unpublished(UnpublishedOrder {
             order: order()?,
             quantity: Quantity::try_from(number(2)?).map_err(|_| bad("reserve", v))?,
             created_at: number(3)?,
+            terms: terms(4)?,
         }),
         "out_of_stock" => ReserveOutcome::OutOfStock,
         "limit_reached" => ReserveOutcome::LimitReached,

@@ -7,13 +7,14 @@ use super::{bad, ints, opt_ms, pair, Partition};
 use crate::actors::inventory::{
     Counters, ListSales, LoadSale, SaleCounters, SaleRefused, SaleSummary,
 };
+use crate::domain::PaymentWindow;
 use crate::supervisors::slot::{Handle, ItemError, ReplyPort};
 
 static LOAD_SALE: Lua = Lua::new(|| Script::new(include_str!("lua/load_sale.lua")));
 static COUNTERS: Lua = Lua::new(|| Script::new(include_str!("lua/counters.lua")));
 static SALES: Lua = Lua::new(|| Script::new(include_str!("lua/sales.lua")));
 
-/// ARGV: prefix, pid, stock, limit, starts, ends. Answers {stock, remaining},
+/// ARGV: prefix, pid, stock, limit, starts, ends, price, window. Answers {stock, remaining},
 /// {-1, sold} below what is sold, or {-2, 0} while the partition rebuilds.
 impl Handle<LoadSale, Result<SaleCounters, SaleRefused>> for Partition {
     fn handle(&mut self, r: LoadSale, port: ReplyPort<Result<SaleCounters, SaleRefused>>) -> Op {
@@ -23,7 +24,9 @@ impl Handle<LoadSale, Result<SaleCounters, SaleRefused>> for Partition {
             .arg(sale.stock)
             .arg(sale.per_user_limit)
             .arg(sale.starts_at.unwrap_or(0))
-            .arg(sale.ends_at.unwrap_or(0));
+            .arg(sale.ends_at.unwrap_or(0))
+            .arg(sale.unit_price_cents)
+            .arg(PaymentWindow::stored(sale.payment_window));
         Op::new((cmd, script), port, move |v| {
             pair("load sale", v).map(|(a, b)| match a {
                 -2 => Err(SaleRefused::Rebuilding),
@@ -35,13 +38,15 @@ impl Handle<LoadSale, Result<SaleCounters, SaleRefused>> for Partition {
                     per_user_limit: sale.per_user_limit,
                     starts_at: sale.starts_at,
                     ends_at: sale.ends_at,
+                    payment_window: sale.payment_window,
                 }),
             })
         })
     }
 }
 
-/// ARGV: prefix, pid. Answers {} or {stock, remaining, limit, starts, ends, pending}.
+/// ARGV: prefix, pid. Answers {} or {stock, remaining, limit, starts, ends, pending,
+/// window}.
 impl Handle<Counters, Option<SaleCounters>> for Partition {
     fn handle(&mut self, r: Counters, port: ReplyPort<Option<SaleCounters>>) -> Op {
         let (mut cmd, script) = COUNTERS.call(&self.prefix);
@@ -54,13 +59,14 @@ fn counters(v: &Value) -> Result<Option<SaleCounters>, ItemError> {
     let n = ints(v).ok_or_else(|| bad("counters", v))?;
     Ok(match n.as_slice() {
         [] => None,
-        [stock, remaining, limit, starts, ends, pending] => Some(SaleCounters {
+        [stock, remaining, limit, starts, ends, pending, window] => Some(SaleCounters {
             stock: *stock,
             remaining: *remaining,
             pending: *pending,
             per_user_limit: *limit,
             starts_at: opt_ms(*starts),
             ends_at: opt_ms(*ends),
+            payment_window: PaymentWindow::from_stored(*window),
         }),
         _ => return Err(bad("counters", v)),
     })

@@ -83,7 +83,7 @@ end
 
 if step == 'sale' then
   -- ARGV from 6: pid, stock, limit, starts, ends, ttl, units sold by the persisted
-  -- orders.
+  -- orders, unit price, payment window (s, 0 for none).
   local pid, stock, ends, sold = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[10]), tonumber(ARGV[12])
   local seen, rk = k('rbseen', pid), k('restocked', pid)
   local extra = {}
@@ -116,7 +116,8 @@ if step == 'sale' then
   end
   -- `rebuilt`: claims from now on count on the sale itself (claim.lua).
   redis.call('HSET', k('sale', pid), 'stock', stock, 'remaining', stock - sold - pending,
-    'limit', ARGV[8], 'starts', ARGV[9], 'ends', ARGV[10], 'pending', pending, 'rebuilt', ARGV[3])
+    'limit', ARGV[8], 'starts', ARGV[9], 'ends', ARGV[10], 'pending', pending, 'rebuilt', ARGV[3],
+    'price', ARGV[13], 'window', ARGV[14])
   redis.call('SADD', k('sales'), pid)
   return {0, sold}
 end

@@ -1,0 +1,3 @@
+-- A sale's payment window in seconds (1 to 86,400); NULL: no payment step.
+ALTER TABLE flash_sales ADD COLUMN IF NOT EXISTS payment_window_secs BIGINT
+    CHECK (payment_window_secs BETWEEN 1 AND 86400);

@@ -1,0 +1,146 @@
+//! The payment window: an order of a sale with one waits in its shard as
+//! `awaiting_payment` until the shop's payment service confirms its payment
+//! ([`confirm`]) or its `payBy` passes ([`sweep`]). Both are decided by one
+//! conditional update in the order's shard, so exactly one of them wins; an expired
+//! order's units go back to its sale through the shard's `restocks` row, as a
+//! cancellation's do, once.
+//!
+//! The confirmation names the order alone; the order lives on its buyer's shard, so
+//! every shard is asked (a shard without it answers at once from its primary key).
+
+use futures_util::future::join_all;
+
+use super::OrderError;
+use crate::actors::directory::Directory;
+use crate::actors::inventory::Lookup;
+use crate::actors::recovery::{finish_restocks, Finish};
+use crate::domain::{now_ms, AmountCents, OrderId, OrderView, PaymentId};
+use crate::shards::{ConfirmPayment, ExpireDue, PaymentOutcome, MOST_EXPIRED};
+use crate::supervisors::slot::CallError;
+
+/// A payment as the shop's payment service confirms it, its signature checked.
+#[derive(Debug, Clone)]
+pub struct Payment {
+    pub order: OrderId,
+    pub payment: PaymentId,
+    pub amount: AmountCents,
+}
+
+/// A confirmed payment: the order is `completed`.
+#[derive(Debug)]
+pub struct Paid {
+    pub order: OrderView,
+    /// The same payment was confirmed before.
+    pub repeat: bool,
+}
+
+/// Pays an order awaiting payment, or says why it cannot be paid.
+pub async fn confirm(dir: &Directory, payment: Payment) -> Result<Paid, OrderError> {
+    let ask = ConfirmPayment {
+        order: payment.order.clone(),
+        payment: payment.payment,
+        amount: payment.amount,
+        traceparent: crate::telemetry::current_traceparent(),
+    };
+    let replies = join_all(dir.shards.iter().map(|s| s.call(ask.clone()))).await;
+    let mut away = None;
+    for reply in replies {
+        match reply {
+            Ok(Some(outcome)) => {
+                let answer = answer(outcome);
+                let label = match &answer {
+                    Ok(Paid { repeat: false, .. }) => "paid",
+                    Ok(Paid { repeat: true, .. }) => "repeat",
+                    Err(OrderError::PaymentWindowClosed) => "window_closed",
+                    Err(OrderError::OrderCancelled) => "cancelled",
+                    Err(OrderError::AmountMismatch { .. }) => "amount_mismatch",
+                    Err(_) => "already_paid",
+                };
+                metrics::counter!("flashsale_payments_total", "outcome" => label).increment(1);
+                return answer;
+            }
+            Ok(None) => {}
+            // The order may be on the shard that is away.
+            Err(e @ (CallError::Unavailable | CallError::Overloaded)) => away = Some(e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Some(e) = away {
+        return Err(e.into());
+    }
+    // Not in any shard: accepted and on its way there, or unknown.
+    let lookups = join_all(dir.inventory.iter().map(|p| {
+        p.call(Lookup {
+            order: payment.order.clone(),
+        })
+    }))
+    .await;
+    for reply in lookups {
+        if reply?.is_some() {
+            return Err(OrderError::Pending);
+        }
+    }
+    Err(OrderError::NotFound)
+}
+
+fn answer(outcome: PaymentOutcome) -> Result<Paid, OrderError> {
+    match outcome {
+        PaymentOutcome::Paid(order) => Ok(Paid {
+            order,
+            repeat: false,
+        }),
+        PaymentOutcome::Repeat(order) => Ok(Paid {
+            order,
+            repeat: true,
+        }),
+        PaymentOutcome::WindowClosed => Err(OrderError::PaymentWindowClosed),
+        PaymentOutcome::Cancelled => Err(OrderError::OrderCancelled),
+        PaymentOutcome::AmountMismatch { expected } => Err(OrderError::AmountMismatch {
+            expected: expected.map_or("unknown".into(), |a| a.get().to_string()),
+        }),
+        PaymentOutcome::AlreadyPaid => Err(OrderError::AlreadyPaid(
+            "the order is paid already by another payment, or has nothing to pay",
+        )),
+    }
+}
+
+/// What one [`sweep`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Orders that expired now.
+    pub expired: i64,
+    /// Expired orders whose units went back to their sale (now, or cut off before).
+    pub returned: usize,
+}
+
+/// Expires the orders past their `payBy` on every shard that answers, then gives the
+/// units of expired orders back to their sales, telling each buyer their window
+/// lapsed. Safe on every pod at once: each order expires in one shard transaction,
+/// and a partition takes an order's units back once.
+pub async fn sweep(dir: &Directory) -> Swept {
+    let mut swept = Swept::default();
+    for (index, shard) in dir.shards.iter().enumerate() {
+        // Bounded: a sweep never runs for ever behind a flood of lapsing orders.
+        for _ in 0..100 {
+            match shard.call(ExpireDue { now: now_ms() }).await {
+                Ok(n) => {
+                    swept.expired += n;
+                    if n < MOST_EXPIRED {
+                        break;
+                    }
+                }
+                // The shard is away: its orders expire when it is back (a payment
+                // arriving first finds the window closed all the same).
+                Err(e) => {
+                    tracing::debug!(shard = index, error = %e, "expiry skipped");
+                    break;
+                }
+            }
+        }
+    }
+    match finish_restocks(dir, &vec![true; dir.inventory.len()], Finish::Expired).await {
+        Ok(n) => swept.returned = n,
+        Err(e) => tracing::debug!(error = %e, "returning expired units skipped"),
+    }
+    swept
+}

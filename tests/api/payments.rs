@@ -1,0 +1,436 @@
+//! The payment window (DESIGN §3b): an order of a sale with a window waits in its
+//! shard as `awaiting_payment` until the shop's payment service confirms it, signed
+//! like a payment provider's webhook, or until its `payBy` passes and it expires,
+//! giving its unit back once. One scenario per answer of `POST /payments/confirm`.
+
+use std::time::Duration;
+
+use flashsale::config::{Secret, Settings};
+use flashsale::domain::{now_ms, parse_rfc3339};
+use flashsale::events::ORDER_EVENTS;
+use flashsale::http::payments::sign;
+use futures_util::future::join_all;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{eventually, spawn_app, spawn_app_with, Mode, Options, Reply, TestApp};
+
+const SECRET: &str = "test-payment-webhook-secret-0123456789";
+
+fn with_payments(s: &mut Settings) {
+    s.payments.webhook_secret = Some(Secret::new(SECRET));
+    s.payments.sweep_every_ms = 100;
+}
+
+async fn spawn_paying(mode: Mode) -> TestApp {
+    spawn_app_with(Options {
+        mode,
+        configure: Some(with_payments),
+        ..Options::default()
+    })
+    .await
+}
+
+const PRICE: i64 = 1_250;
+
+/// A product at [`PRICE`] with a sale of `stock` units, `limit` per buyer, open now,
+/// whose orders must be paid within `window_secs`.
+async fn window_sale(app: &TestApp, stock: i64, limit: i64, window_secs: i64) -> i64 {
+    let p = app
+        .admin(
+            reqwest::Method::POST,
+            "/admin/products",
+            Some(json!({"name": "Console", "priceCents": PRICE})),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::CREATED, "{:?}", p.body);
+    let id = p.body["id"].as_i64().unwrap();
+    let body = json!({"stock": stock, "perUserLimit": limit, "paymentWindowSecs": window_secs});
+    let s = app
+        .admin(
+            reqwest::Method::PUT,
+            &format!("/admin/flash-sales/{id}"),
+            Some(body),
+        )
+        .await;
+    assert_eq!(s.status, StatusCode::OK, "{:?}", s.body);
+    assert_eq!(s.body["paymentWindowSecs"], window_secs);
+    id
+}
+
+/// POSTs a raw body to `/payments/confirm` with the given signature header.
+async fn post_confirm(app: &TestApp, body: &str, signature: Option<String>) -> Reply {
+    let mut req = app
+        .client
+        .post(format!("{}/payments/confirm", app.address))
+        .header("Content-Type", "application/json")
+        .body(body.to_string());
+    if let Some(s) = signature {
+        req = req.header("Flashsale-Signature", s);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    Reply {
+        status,
+        headers: Default::default(),
+        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    }
+}
+
+fn signature(secret: &str, t: i64, body: &str) -> String {
+    format!("t={t},v1={}", sign(secret.as_bytes(), t, body.as_bytes()))
+}
+
+/// Confirms a payment as the shop's payment service does.
+async fn pay(app: &TestApp, order: &str, payment: &str, amount: i64) -> Reply {
+    let body = json!({"orderId": order, "paymentId": payment, "amountCents": amount}).to_string();
+    let header = signature(SECRET, now_ms() / 1000, &body);
+    post_confirm(app, &body, Some(header)).await
+}
+
+/// Buys one unit as a new buyer; waits until the order awaits payment. Answers the
+/// buyer's token and the order's view.
+async fn bought(app: &TestApp, product: i64) -> (String, Value) {
+    let (_, token) = app.token_for_new_user();
+    let r = app.buy(&token, product, "k", None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let order = app
+        .wait_settled(&token, r.body["orderId"].as_str().unwrap())
+        .await;
+    assert_eq!(order["status"], "awaiting_payment", "{order}");
+    (token, order)
+}
+
+fn id(order: &Value) -> &str {
+    order["orderId"].as_str().unwrap()
+}
+
+in_both_modes!(a_paid_order_completes_and_a_repeat_is_answered_the_same);
+async fn a_paid_order_completes_and_a_repeat_is_answered_the_same(mode: Mode) {
+    let app = spawn_paying(mode).await;
+    let product = window_sale(&app, 5, 2, 600).await;
+    let (token, order) = bought(&app, product).await;
+    assert_eq!(order["amountCents"], PRICE);
+    let pay_by = parse_rfc3339(order["payBy"].as_str().unwrap()).unwrap();
+    let created = parse_rfc3339(order["createdAt"].as_str().unwrap()).unwrap();
+    assert!(
+        (created + 600_000..created + 630_000).contains(&pay_by),
+        "payBy is the window after the order reached its shard: {order}"
+    );
+    let counters = app.sale_counters(product).await;
+    assert_eq!(
+        (
+            &counters["awaitingPayment"],
+            &counters["completed"],
+            &counters["sold"]
+        ),
+        (&json!(1), &json!(0), &json!(1))
+    );
+
+    let paid = pay(&app, id(&order), "pay_1", PRICE).await;
+    assert_eq!(paid.status, StatusCode::OK, "{:?}", paid.body);
+    assert_eq!(
+        paid.body,
+        json!({"orderId": id(&order), "status": "completed", "paymentId": "pay_1"})
+    );
+    let again = pay(&app, id(&order), "pay_1", PRICE).await;
+    assert_eq!((again.status, &again.body), (StatusCode::OK, &paid.body));
+    let other = pay(&app, id(&order), "pay_2", PRICE).await;
+    assert_eq!(
+        (other.status, other.error()),
+        (StatusCode::CONFLICT, "already_paid")
+    );
+
+    let view = app.get_order(&token, id(&order)).await.body;
+    assert_eq!(view["status"], "completed");
+    let counters = app.sale_counters(product).await;
+    assert_eq!(
+        (
+            &counters["awaitingPayment"],
+            &counters["completed"],
+            &counters["sold"]
+        ),
+        (&json!(0), &json!(1), &json!(1))
+    );
+    let events = app
+        .read_events(
+            ORDER_EVENTS,
+            |seen| seen.iter().any(|e| e.envelope.kind == "OrderPaid"),
+            Duration::from_secs(20),
+            Duration::from_millis(500),
+        )
+        .await;
+    let paid_events: Vec<_> = events
+        .iter()
+        .filter(|e| e.envelope.kind == "OrderPaid")
+        .collect();
+    assert_eq!(paid_events.len(), 1, "one OrderPaid");
+    assert_eq!(paid_events[0].envelope.data["paymentId"], "pay_1");
+}
+
+in_both_modes!(a_payment_of_another_amount_is_refused_and_a_reprice_changes_no_debt);
+async fn a_payment_of_another_amount_is_refused_and_a_reprice_changes_no_debt(mode: Mode) {
+    let app = spawn_paying(mode).await;
+    let product = window_sale(&app, 5, 2, 600).await;
+    let (_, order) = bought(&app, product).await;
+    let r = app
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("/admin/products/{product}"),
+            Some(json!({"priceCents": PRICE * 2})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+
+    let wrong = pay(&app, id(&order), "pay_1", PRICE * 2).await;
+    assert_eq!(
+        (wrong.status, wrong.error()),
+        (StatusCode::CONFLICT, "amount_mismatch"),
+        "{:?}",
+        wrong.body
+    );
+    let right = pay(&app, id(&order), "pay_1", PRICE).await;
+    assert_eq!(right.status, StatusCode::OK, "{:?}", right.body);
+    // A buyer after the reprice owes the new price.
+    let (_, later) = bought(&app, product).await;
+    assert_eq!(later["amountCents"], PRICE * 2);
+}
+
+in_both_modes!(a_confirmation_without_a_valid_signature_is_refused);
+async fn a_confirmation_without_a_valid_signature_is_refused(mode: Mode) {
+    let app = spawn_paying(mode).await;
+    let product = window_sale(&app, 5, 2, 600).await;
+    let (token, order) = bought(&app, product).await;
+    let body =
+        json!({"orderId": id(&order), "paymentId": "pay_1", "amountCents": PRICE}).to_string();
+    let now = now_ms() / 1000;
+    let forged = signature("another-secret-of-the-same-length-0123", now, &body);
+    let altered =
+        json!({"orderId": id(&order), "paymentId": "pay_1", "amountCents": 1}).to_string();
+    let stale = signature(SECRET, now - 301, &body);
+    let ahead = signature(SECRET, now + 301, &body);
+    let cases = [
+        (body.clone(), None),
+        (body.clone(), Some("t=1,v1=zz".to_string())),
+        (body.clone(), Some(forged)),
+        (altered, Some(signature(SECRET, now, &body))),
+        (body.clone(), Some(stale)),
+        (body.clone(), Some(ahead)),
+    ];
+    for (body, header) in cases {
+        let r = post_confirm(&app, &body, header.clone()).await;
+        assert_eq!(
+            (r.status, r.error()),
+            (StatusCode::UNAUTHORIZED, "invalid_signature"),
+            "{header:?}: {:?}",
+            r.body
+        );
+    }
+    assert_eq!(
+        app.get_order(&token, id(&order)).await.body["status"],
+        "awaiting_payment",
+        "nothing was paid"
+    );
+    // Within the tolerance, either way, is fine.
+    let late = signature(SECRET, now - 200, &body);
+    assert_eq!(
+        post_confirm(&app, &body, Some(late)).await.status,
+        StatusCode::OK
+    );
+}
+
+in_both_modes!(unknown_and_pending_orders_are_told_apart);
+async fn unknown_and_pending_orders_are_told_apart(mode: Mode) {
+    let app = spawn_paying(mode).await;
+    let product = window_sale(&app, 5, 2, 600).await;
+    let unknown = pay(&app, &uuid::Uuid::now_v7().to_string(), "pay_1", PRICE).await;
+    assert_eq!(
+        (unknown.status, unknown.error()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    // Accepted, but held in the queue before its shard.
+    let mut held = app.hold_orders().await;
+    let (_, token) = app.token_for_new_user();
+    let r = app.buy(&token, product, "k", None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let order = r.body["orderId"].as_str().unwrap().to_string();
+    held.wait_for(&order).await;
+    let pending = pay(&app, &order, "pay_1", PRICE).await;
+    assert_eq!(
+        (pending.status, pending.error()),
+        (StatusCode::CONFLICT, "order_pending"),
+        "{:?}",
+        pending.body
+    );
+    held.release().await;
+    let view = app.wait_settled(&token, &order).await;
+    assert_eq!(view["status"], "awaiting_payment");
+    assert_eq!(
+        pay(&app, &order, "pay_1", PRICE).await.status,
+        StatusCode::OK
+    );
+    let malformed = post_confirm(
+        &app,
+        "{\"orderId\": 1}",
+        Some(signature(SECRET, now_ms() / 1000, "{\"orderId\": 1}")),
+    )
+    .await;
+    assert_eq!(
+        (malformed.status, malformed.error()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+}
+
+in_both_modes!(an_unpaid_order_expires_and_its_unit_is_sold_again);
+async fn an_unpaid_order_expires_and_its_unit_is_sold_again(mode: Mode) {
+    let app = spawn_paying(mode).await;
+    let product = window_sale(&app, 1, 1, 1).await;
+    let (token, order) = bought(&app, product).await;
+    let (_, other) = app.token_for_new_user();
+    let sold_out = app.buy(&other, product, "k", None).await;
+    assert_eq!(sold_out.error(), "out_of_stock");
+
+    let expired = app.wait_settled_as(&token, id(&order), "expired").await;
+    assert_eq!(expired["payBy"], order["payBy"]);
+    let late = pay(&app, id(&order), "pay_1", PRICE).await;
+    assert_eq!(
+        (late.status, late.error()),
+        (StatusCode::CONFLICT, "payment_window_closed")
+    );
+    let counters = app
+        .admin_eventually(&format!("/admin/flash-sales/{product}"), |c| {
+            c["remaining"] == 1
+        })
+        .await;
+    assert_eq!(
+        (
+            &counters["expired"],
+            &counters["awaitingPayment"],
+            &counters["sold"]
+        ),
+        (&json!(1), &json!(0), &json!(0))
+    );
+    // The unit is on sale again, and the first buyer's limit has it back too.
+    let again = app.buy(&token, product, "k2", None).await;
+    assert_eq!(again.status, StatusCode::CREATED, "{:?}", again.body);
+    let after = app.buy(&other, product, "k2", None).await;
+    assert_eq!(after.error(), "out_of_stock", "returned once, sold once");
+    let events = app
+        .read_events(
+            ORDER_EVENTS,
+            |seen| seen.iter().any(|e| e.envelope.kind == "OrderExpired"),
+            Duration::from_secs(20),
+            Duration::from_millis(500),
+        )
+        .await;
+    let n = events
+        .iter()
+        .filter(|e| e.envelope.kind == "OrderExpired")
+        .count();
+    assert_eq!(n, 1, "one OrderExpired");
+}
+
+in_both_modes!(a_cancelled_order_cannot_be_paid_and_gives_its_unit_back_once);
+async fn a_cancelled_order_cannot_be_paid_and_gives_its_unit_back_once(mode: Mode) {
+    let app = spawn_paying(mode).await;
+    let product = window_sale(&app, 1, 1, 600).await;
+    let (token, order) = bought(&app, product).await;
+    let cancel = app
+        .post_auth(&token, &format!("/orders/{}/cancel", id(&order)))
+        .await;
+    assert_eq!(cancel.status, StatusCode::OK, "{:?}", cancel.body);
+    let r = pay(&app, id(&order), "pay_1", PRICE).await;
+    assert_eq!(
+        (r.status, r.error()),
+        (StatusCode::CONFLICT, "order_cancelled")
+    );
+    let counters = app.sale_counters(product).await;
+    assert_eq!(
+        (
+            &counters["remaining"],
+            &counters["cancelled"],
+            &counters["sold"]
+        ),
+        (&json!(1), &json!(1), &json!(0))
+    );
+}
+
+in_both_modes!(without_a_secret_there_is_no_payment_endpoint);
+async fn without_a_secret_there_is_no_payment_endpoint(mode: Mode) {
+    let app = spawn_app(mode).await;
+    let body =
+        json!({"orderId": uuid::Uuid::now_v7().to_string(), "paymentId": "p", "amountCents": 1})
+            .to_string();
+    let r = post_confirm(&app, &body, Some(signature(SECRET, now_ms() / 1000, &body))).await;
+    assert_eq!((r.status, r.error()), (StatusCode::NOT_FOUND, "not_found"));
+}
+
+in_both_modes!(payments_racing_their_deadline_end_as_answered);
+/// Orders paid right at their `payBy`: each payment and its order's expiry race in
+/// the shard, and every order ends as its answer said.
+async fn payments_racing_their_deadline_end_as_answered(mode: Mode) {
+    let app = spawn_paying(mode).await;
+    let stock = 24;
+    let product = window_sale(&app, stock, 1, 2).await;
+    let buyers = join_all((0..stock).map(|_| bought(&app, product))).await;
+    let answers = join_all(buyers.iter().enumerate().map(|(i, (_, order))| {
+        let app = &app;
+        async move {
+            let pay_by = parse_rfc3339(order["payBy"].as_str().unwrap()).unwrap();
+            // Spread around the deadline: a little before, at, and after it.
+            let at = pay_by + (i as i64 % 5 - 2) * 15;
+            let wait = (at - now_ms()).max(0) as u64;
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            pay(app, id(order), &format!("pay_{i}"), PRICE).await
+        }
+    }))
+    .await;
+    let (mut paid, mut lapsed) = (0, 0);
+    for ((token, order), answer) in buyers.iter().zip(&answers) {
+        let expected = match (answer.status, answer.error()) {
+            (StatusCode::OK, _) => {
+                paid += 1;
+                "completed"
+            }
+            (StatusCode::CONFLICT, "payment_window_closed") => {
+                lapsed += 1;
+                "expired"
+            }
+            other => panic!("unexpected answer {other:?}: {:?}", answer.body),
+        };
+        let view = app.wait_settled_as(token, id(order), expected).await;
+        assert_eq!(view["status"], expected);
+    }
+    let counters = app
+        .admin_eventually(&format!("/admin/flash-sales/{product}"), |c| {
+            c["remaining"] == lapsed
+        })
+        .await;
+    assert_eq!(
+        (
+            &counters["completed"],
+            &counters["expired"],
+            &counters["awaitingPayment"]
+        ),
+        (&json!(paid), &json!(lapsed), &json!(0)),
+        "{counters}"
+    );
+    assert_eq!(paid + lapsed, stock);
+}
+
+impl TestApp {
+    /// Polls the order until its status is `status`.
+    async fn wait_settled_as(&self, token: &str, order: &str, status: &str) -> Value {
+        let what = format!("order {order} is {status}");
+        eventually(Duration::from_secs(30), &what, || async {
+            let r = self.get_order(token, order).await;
+            if r.status == StatusCode::OK && r.body["status"] == status {
+                Ok(r.body)
+            } else {
+                Err(format!("{} {}", r.status, r.body))
+            }
+        })
+        .await
+    }
+}
