@@ -39,9 +39,14 @@ pub fn check(
     attempts: &[Attempt],
     counters: &HashMap<i64, Counters>,
 ) -> Vec<String> {
-    let mut violations = Vec::new();
+    let mut violations = one_order_per_key(attempts);
+    violations.extend(sold_as_counted(plans, attempts, counters));
+    violations
+}
 
-    // One order per (buyer, key), and no order id shared by two of them.
+/// One order per (buyer, key), and no order id shared by two of them.
+pub fn one_order_per_key(attempts: &[Attempt]) -> Vec<String> {
+    let mut violations = Vec::new();
     let mut by_key: HashMap<(usize, &str, i64), (usize, HashSet<&str>)> = HashMap::new();
     for a in attempts {
         let entry = by_key
@@ -83,7 +88,17 @@ pub fn check(
             }
         }
     }
+    violations
+}
 
+/// Each sale sold what its buyers were accepted for, no more than its stock, and every
+/// accepted order completed.
+fn sold_as_counted(
+    plans: &[Plan],
+    attempts: &[Attempt],
+    counters: &HashMap<i64, Counters>,
+) -> Vec<String> {
+    let mut violations = Vec::new();
     for plan in plans {
         let mine: Vec<&Attempt> = attempts
             .iter()

@@ -7,6 +7,7 @@
 //! Sales and products are created through the admin API.
 
 pub mod ask_again;
+pub mod checkout;
 pub mod invariants;
 pub mod logins;
 pub mod poll;
@@ -14,7 +15,7 @@ pub mod report;
 pub mod schedule;
 pub mod stats;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,7 +64,8 @@ pub struct Cli {
     #[arg(long, default_value_t = 512, global = true)]
     pub max_in_flight: usize,
     /// How long after the run to ask again the requests answered 503 or not at all, then
-    /// how long to wait for every accepted order to complete (each).
+    /// how long to wait for every accepted order to complete (each). In checkout: how
+    /// long the buyers may buy, then how long to wait for the last windows to lapse.
     #[arg(long, default_value_t = 120, global = true)]
     pub deadline_secs: u64,
     /// Write the report as JSON.
@@ -176,6 +178,11 @@ pub enum Scenario {
         #[arg(long, default_value_t = 1_000)]
         window_ms: u64,
     },
+    /// A sale with a payment window: each winner waits until its order awaits payment,
+    /// then pays (a signed confirmation, as the shop's payment service sends) or lets it
+    /// expire; losers and buyers whose order expired buy again, so that the units
+    /// nobody paid for are sold again, until the whole stock is paid.
+    Checkout(checkout::Args),
 }
 
 #[derive(serde::Serialize)]
@@ -213,6 +220,9 @@ impl std::fmt::Display for Failure {
         f.write_str(&self.0)
     }
 }
+
+/// The price of every product a scenario creates.
+pub const PRICE_CENTS: i64 = 999;
 
 struct Target {
     client: reqwest::Client,
@@ -264,19 +274,36 @@ impl Target {
         per_user_limit: i64,
         starts_at: Option<i64>,
     ) -> Result<Plan, Failure> {
+        let terms = match starts_at {
+            Some(ms) => json!({"startsAt": ms}),
+            None => json!({}),
+        };
+        self.open_sale_with(name, stock, per_user_limit, terms)
+            .await
+    }
+
+    /// A product at [`PRICE_CENTS`] and its sale, with the `terms` (more fields of the
+    /// sale's PUT: `startsAt`, `paymentWindowSecs`…).
+    async fn open_sale_with(
+        &self,
+        name: &str,
+        stock: i64,
+        per_user_limit: i64,
+        terms: Value,
+    ) -> Result<Plan, Failure> {
         let p = self
             .admin(
                 reqwest::Method::POST,
                 "/admin/products",
-                Some(json!({"name": name, "priceCents": 999})),
+                Some(json!({"name": name, "priceCents": PRICE_CENTS})),
             )
             .await?;
         let product = p["id"]
             .as_i64()
             .ok_or_else(|| Failure(format!("no product id in {p}")))?;
         let mut body = json!({"stock": stock, "perUserLimit": per_user_limit});
-        if let Some(ms) = starts_at {
-            body["startsAt"] = json!(ms);
+        if let (Some(body), Value::Object(terms)) = (body.as_object_mut(), terms) {
+            body.extend(terms);
         }
         self.admin(
             reqwest::Method::PUT,
@@ -292,6 +319,13 @@ impl Target {
     }
 
     async fn buy(&self, token: &str, product: i64, key: &str) -> (Outcome, Option<String>) {
+        let placed = self.place(token, product, key).await;
+        (placed.outcome, placed.order)
+    }
+
+    /// `POST /orders/flash-sale/{product}` once: the outcome, the order it names and
+    /// the `Retry-After` of a 429 or 503.
+    async fn place(&self, token: &str, product: i64, key: &str) -> Placed {
         let url = format!("{}/orders/flash-sale/{product}", self.public);
         let r = match self
             .client
@@ -302,9 +336,16 @@ impl Target {
             .await
         {
             Ok(r) => r,
-            Err(_) => return (Outcome::Error, None),
+            Err(_) => {
+                return Placed {
+                    outcome: Outcome::Error,
+                    order: None,
+                    retry_after: None,
+                }
+            }
         };
         let status = r.status().as_u16();
+        let retry_after = retry_after(r.headers());
         let body: Value = r.json().await.unwrap_or(Value::Null);
         let order = body["orderId"].as_str().map(str::to_string);
         let outcome = match status {
@@ -315,8 +356,27 @@ impl Target {
             503 => Outcome::Unavailable,
             other => Outcome::Status(other),
         };
-        (outcome, order)
+        Placed {
+            outcome,
+            order,
+            retry_after,
+        }
     }
+}
+
+/// What one order request was answered.
+struct Placed {
+    outcome: Outcome,
+    order: Option<String>,
+    retry_after: Option<Duration>,
+}
+
+/// The `Retry-After` header in seconds, when there is one.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
 }
 
 /// One request to make: who buys what with which key, when.
@@ -466,6 +526,11 @@ async fn prepare(
                 "the logins scenario buys nothing: see main_with".into(),
             ))
         }
+        Scenario::Checkout(_) => {
+            return Err(Failure(
+                "the checkout scenario buys in rounds: see checkout::run".into(),
+            ))
+        }
         Scenario::HotAndCold {
             rate,
             duration_secs,
@@ -514,6 +579,7 @@ fn scenario_name(s: &Scenario) -> &'static str {
         Scenario::HotAndCold { .. } => "hot-and-cold",
         Scenario::Countdown { .. } => "countdown",
         Scenario::Logins { .. } => "logins",
+        Scenario::Checkout(_) => "checkout",
     }
 }
 
@@ -634,8 +700,9 @@ fn conclude<T: serde::Serialize>(
     Ok(report)
 }
 
-/// Runs the scenario and checks the sale; the report's `violations` say what broke.
-pub async fn run(cli: &Cli) -> Result<Report, Failure> {
+/// The server a buying scenario runs against, and the key its buyers' tokens are
+/// minted with.
+fn connect(cli: &Cli) -> Result<(Arc<Target>, String), Failure> {
     let secret = match (&cli.jwt_secret, &cli.jwt_secret_file) {
         (Some(s), _) => s.clone(),
         (None, Some(path)) => std::fs::read_to_string(path)
@@ -659,6 +726,15 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
         admin: cli.admin_url.trim_end_matches('/').to_string(),
         admin_token,
     });
+    Ok((target, secret))
+}
+
+/// Runs the scenario and checks the sale; the report's `violations` say what broke.
+pub async fn run(cli: &Cli) -> Result<Report, Failure> {
+    let (target, secret) = connect(cli)?;
+    if let Scenario::Checkout(args) = &cli.scenario {
+        return checkout::run(cli, args, target, &secret).await;
+    }
     let (plans, requests, parameters) = prepare(&target, &cli.scenario).await?;
     let countdown = match &cli.scenario {
         Scenario::Countdown {
@@ -814,11 +890,6 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
         ));
     }
 
-    let status_counts: BTreeMap<String, u64> = ["201", "200", "409", "429", "503", "error"]
-        .iter()
-        .map(|l| (l.to_string(), recorder.count(l)))
-        .filter(|(_, n)| *n > 0)
-        .collect();
     Ok(Report {
         scenario: scenario_name(&cli.scenario).into(),
         parameters,
@@ -827,27 +898,17 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
         requests_per_second: recorder.total() as f64 / seconds,
         accepted,
         accepted_per_second: accepted as f64 / seconds,
-        status_counts,
+        status_counts: recorder.status_counts(),
         latency_ms: recorder.overall(),
-        latency_by_outcome_ms: recorder
-            .percentiles()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
+        latency_by_outcome_ms: recorder.latency_by_outcome_ms(),
         bucket_ms,
         timeline: recorder.timeline(),
-        latency_distribution_ms: recorder
-            .distribution()
-            .into_iter()
-            .map(|(k, v)| {
-                let pairs = stats::DISTRIBUTION.iter().copied().zip(v).collect();
-                (k.to_string(), pairs)
-            })
-            .collect(),
+        latency_distribution_ms: recorder.distribution_ms(),
         progress: progress_points,
         completed_after_seconds: completed_after,
         asked_again,
         countdown,
+        checkout: None,
         violations,
     })
 }

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::ask_again::AskedAgain;
+use crate::checkout::CheckoutReport;
 use crate::stats::{Bucket, Percentiles, DISTRIBUTION};
 
 #[derive(Debug, Clone, Serialize)]
@@ -37,6 +38,9 @@ pub struct Report {
     /// The countdown scenario's polls before the sale opened.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub countdown: Option<CountdownReport>,
+    /// The checkout scenario's units held, paid and expired over time, and its payments.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkout: Option<CheckoutReport>,
     pub violations: Vec<String>,
 }
 
@@ -132,6 +136,9 @@ impl Report {
                 again.requests, again.found, again.created, again.refused, again.undecided
             );
         }
+        if let Some(c) = &self.checkout {
+            out.push_str(&c.summary());
+        }
         if self.violations.is_empty() {
             let _ = writeln!(out, "invariants: ok");
         } else {
@@ -202,6 +209,31 @@ impl Report {
                     .collect(),
             },
         ];
+        let held = match &self.checkout {
+            None => String::new(),
+            Some(c) => {
+                let series =
+                    |label: &str, colour, of: fn(&crate::checkout::HeldRow) -> i64| Series {
+                        label: label.into(),
+                        colour,
+                        points: c
+                            .held
+                            .iter()
+                            .map(|r| (r.second as f64, of(r) as f64))
+                            .collect(),
+                    };
+                let lines = [
+                    series("held", "#ef6c00", |r| r.held),
+                    series("awaiting", "#6a1b9a", |r| r.awaiting_payment),
+                    series("paid", "#2e7d32", |r| r.paid),
+                    series("expired", "#c62828", |r| r.expired),
+                ];
+                format!(
+                    "<h2>Units held, awaiting payment, paid and expired (the last reading of each second)</h2>{}",
+                    svg_chart("held", &lines, &Axis::Time, "units")
+                )
+            }
+        };
         let distribution: Vec<Series> = self
             .latency_distribution_ms
             .iter()
@@ -241,6 +273,7 @@ svg{{background:#fff;border:1px solid #ddd}}h2{{font-size:1.05rem;margin-top:2re
 <h2>Requests per {bucket}, by outcome</h2>{tp}
 <h2>Latency per {bucket} (ms, from the intended send time)</h2>{lat}
 <h2>Orders accepted and completed</h2>{progress}
+{held}
 <h2>Latency distribution by outcome (ms)</h2>{dist}
 <h2>Report</h2><pre>{json}</pre></body></html>"#,
             scenario = self.scenario,

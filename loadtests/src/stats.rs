@@ -198,6 +198,31 @@ impl Recorder {
             .collect()
     }
 
+    /// The report's request counts: per label of [`Outcome::label`], those with any.
+    pub fn status_counts(&self) -> BTreeMap<String, u64> {
+        ["201", "200", "409", "429", "503", "error"]
+            .iter()
+            .map(|l| (l.to_string(), self.count(l)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    /// The report's latency per outcome.
+    pub fn latency_by_outcome_ms(&self) -> BTreeMap<String, Percentiles> {
+        self.percentiles()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
+    }
+
+    /// The report's distribution: per outcome, [percentile, latency ms] pairs.
+    pub fn distribution_ms(&self) -> BTreeMap<String, Vec<(f64, f64)>> {
+        self.distribution()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), DISTRIBUTION.iter().copied().zip(v).collect()))
+            .collect()
+    }
+
     /// Per outcome, the latency (ms) at each percentile of [`DISTRIBUTION`].
     pub fn distribution(&self) -> BTreeMap<&'static str, Vec<f64>> {
         self.by_outcome
