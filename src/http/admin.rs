@@ -400,7 +400,7 @@ async fn list_sales(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse
         } else {
             "active"
         };
-        sales.push(json!({
+        let mut json = json!({
             "productId": sale.product,
             "status": status,
             "stock": sale.stock,
@@ -408,7 +408,18 @@ async fn list_sales(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse
             "sold": sale.stock - sale.remaining,
             "startsAt": sale.starts_at.map(rfc3339),
             "endsAt": sale.ends_at.map(rfc3339),
-        }));
+            "paymentWindowSecs": sale.payment_window.map(PaymentWindow::secs),
+        });
+        // Where a payment window's units are: from the shards (left out while one is
+        // away).
+        if sale.payment_window.is_some() && status != "ended" {
+            if let Ok(t) = dir.product_totals(ProductId::from_db(sale.product)).await {
+                json["awaitingPayment"] = t.awaiting_payment.into();
+                json["paid"] = t.completed.into();
+                json["expired"] = t.expired.into();
+            }
+        }
+        sales.push(json);
     }
     sales.sort_by_key(|s| s["productId"].as_i64());
     let depth = match dir.publishers.is_empty() {

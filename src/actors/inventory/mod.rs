@@ -313,6 +313,7 @@ pub struct SaleSummary {
     pub remaining: i64,
     pub starts_at: Option<i64>,
     pub ends_at: Option<i64>,
+    pub payment_window: Option<PaymentWindow>,
 }
 
 impl SaleSummary {

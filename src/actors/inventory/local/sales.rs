@@ -82,6 +82,7 @@ impl LocalInventory {
             remaining: s.remaining,
             starts_at: (s.starts > 0).then_some(s.starts),
             ends_at: (s.ends > 0).then_some(s.ends),
+            payment_window: s.terms.payment_window,
         });
         sales.collect()
     }

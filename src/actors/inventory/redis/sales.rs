@@ -72,7 +72,7 @@ fn counters(v: &Value) -> Result<Option<SaleCounters>, ItemError> {
     })
 }
 
-/// ARGV: prefix. Answers a flat list of {pid, stock, remaining, starts, ends}.
+/// ARGV: prefix. Answers a flat list of {pid, stock, remaining, starts, ends, window}.
 impl Handle<ListSales, Vec<SaleSummary>> for Partition {
     fn handle(&mut self, _: ListSales, port: ReplyPort<Vec<SaleSummary>>) -> Op {
         Op::new(SALES.call(&self.prefix), port, sales)
@@ -81,12 +81,13 @@ impl Handle<ListSales, Vec<SaleSummary>> for Partition {
 
 fn sales(v: &Value) -> Result<Vec<SaleSummary>, ItemError> {
     let n = ints(v).ok_or_else(|| bad("sales", v))?;
-    let sales = n.chunks_exact(5).map(|c| SaleSummary {
+    let sales = n.chunks_exact(6).map(|c| SaleSummary {
         product: c[0],
         stock: c[1],
         remaining: c[2],
         starts_at: opt_ms(c[3]),
         ends_at: opt_ms(c[4]),
+        payment_window: PaymentWindow::from_stored(c[5]),
     });
     Ok(sales.collect())
 }
