@@ -41,6 +41,7 @@ async fn start(data: &std::path::Path) -> Server {
         .env("FLASHSALE__EMBEDDED__DATA_DIR", data)
         .env("FLASHSALE__INVENTORY__RECONCILE_AFTER_MS", "1000")
         .env("FLASHSALE__INVENTORY__RECONCILE_EVERY_MS", "300")
+        .env("FLASHSALE__PAYMENTS__SWEEP_EVERY_MS", "100")
         .env("FLASHSALE__SHUTDOWN__DRAIN_SECS", "2")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -314,6 +315,141 @@ async fn stop_during_a_burst(stop: Stop) {
     );
     let unique: std::collections::HashSet<_> = rows.iter().map(|(id, _)| id).collect();
     assert_eq!(unique.len(), rows.len(), "no order stored twice");
+}
+
+/// Orders of a sale with a two-second payment window, accepted in four waves and
+/// never paid, expire wave after wave; the process is killed (SIGKILL) at a moment
+/// when an expired order's unit was not yet back on sale. Started again, every
+/// expired unit is back exactly once: the stock sells again in full, and no further.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_expiry_returns_each_unpaid_unit_once() {
+    let data =
+        DataDir(std::env::temp_dir().join(format!("fs_crash_{}", uuid::Uuid::new_v4().simple())));
+    let data = &data.0;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut server = start(data).await;
+    wait_ready(&client, &server).await;
+    let stock: i64 = 120;
+    let product = admin(
+        &client,
+        &server,
+        reqwest::Method::POST,
+        "/admin/products",
+        json!({"name": "Crash", "priceCents": 100}),
+    )
+    .await["id"]
+        .as_i64()
+        .unwrap();
+    let sale_path = format!("/admin/flash-sales/{product}");
+    admin(
+        &client,
+        &server,
+        reqwest::Method::PUT,
+        &sale_path,
+        json!({"stock": stock, "perUserLimit": 1, "paymentWindowSecs": 2}),
+    )
+    .await;
+    let secret = std::fs::read_to_string(data.join("jwt-secret")).unwrap();
+    let tokens = Tokens::new(secret.trim().as_bytes(), 3600);
+    let url = format!("{}/orders/flash-sale/{product}", server.public);
+    let buy = |token: String| {
+        let (client, url) = (&client, &url);
+        async move {
+            client
+                .post(url)
+                .bearer_auth(token)
+                .header("Idempotency-Key", "expiry")
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    for _ in 0..4 {
+        let wave = (0..stock / 4).map(|_| buy(tokens.issue(&UserId::new_random()).token));
+        for status in join_all(wave).await {
+            assert_eq!(status, reqwest::StatusCode::CREATED);
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+
+    // A unit neither held by an order awaiting payment (read first) nor back on sale
+    // (read after) belongs to an order that expired and has not given it back yet.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = admin(&client, &server, reqwest::Method::GET, &sale_path, Value::Null).await;
+        let (remaining, awaiting) = (c["remaining"].as_i64(), c["awaitingPayment"].as_i64());
+        if remaining.unwrap() + awaiting.unwrap() < stock && c["expired"].as_i64() < Some(stock) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no moment with an unreturned expired unit was seen: {c}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.child.kill().await.expect("SIGKILL");
+
+    let server = start(data).await;
+    wait_ready(&client, &server).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let counters = loop {
+        let c = admin(&client, &server, reqwest::Method::GET, &sale_path, Value::Null).await;
+        if c["expired"] == stock && c["awaitingPayment"] == 0 && c["remaining"] == stock {
+            break c;
+        }
+        assert!(
+            c["remaining"].as_i64() <= Some(stock),
+            "a unit came back twice: {c}"
+        );
+        assert!(Instant::now() < deadline, "the expiry never finished: {c}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(counters["sold"], 0, "{counters}");
+    let mut due = 0;
+    for i in 0..4 {
+        let path = data.join(format!("shard-{i}.db"));
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM restocks")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        due += n;
+        pool.close().await;
+    }
+    assert_eq!(due, 0, "every expired unit is confirmed back");
+
+    // The stock sells again, exactly: new buyers until one is told it is sold out.
+    let url = format!("{}/orders/flash-sale/{product}", server.public);
+    let mut sold = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let token = tokens.issue(&UserId::new_random()).token;
+        let r = client
+            .post(&url)
+            .bearer_auth(&token)
+            .header("Idempotency-Key", "again")
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        match status {
+            reqwest::StatusCode::CREATED => sold += 1,
+            reqwest::StatusCode::CONFLICT if body["error"] == "out_of_stock" => break,
+            reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+        assert!(Instant::now() < deadline, "the stock did not sell out");
+    }
+    assert_eq!(sold, stock, "each expired unit came back once");
 }
 
 async fn signal(server: &Server, name: &str) {

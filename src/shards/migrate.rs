@@ -90,6 +90,11 @@ pub static CATALOG: LazyLock<Migrator> = LazyLock::new(|| {
             "payment_window",
             include_str!("../../migrations/catalog/0006_payment_window.sql"),
         ),
+        (
+            7,
+            "expired_reports",
+            include_str!("../../migrations/catalog/0007_expired_reports.sql"),
+        ),
     ])
     .migrator()
 });

@@ -149,12 +149,15 @@ fn orders<'a>(
         })
 }
 
-/// Whether an order event changes what was sold: a completion adds, a customer's
-/// cancellation takes back (an order released before it was persisted was never sold).
-fn sold_delta(e: &Delivered, d: &OrderData) -> Option<(i64, i64)> {
+/// Whether an order event changes what was sold: a completion (of a paid order too)
+/// adds, a customer's cancellation takes back (an order released before it was
+/// persisted was never sold), an expiry counts a hold that was never paid. Answers
+/// (sold, cancelled, expired) units.
+fn sold_delta(e: &Delivered, d: &OrderData) -> Option<(i64, i64, i64)> {
     match e.envelope.kind.as_str() {
-        "OrderCompleted" => Some((d.quantity, 0)),
-        "OrderCancelled" if d.reason.as_deref() == Some("customer") => Some((0, d.quantity)),
+        "OrderCompleted" => Some((d.quantity, 0, 0)),
+        "OrderCancelled" if d.reason.as_deref() == Some("customer") => Some((0, d.quantity, 0)),
+        "OrderExpired" => Some((0, 0, d.quantity)),
         _ => None,
     }
 }

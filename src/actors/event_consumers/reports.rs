@@ -41,12 +41,13 @@ impl ReportStore {
     }
 }
 
-/// A completion, or a customer's cancellation, seen for the first time.
+/// A completion, a customer's cancellation or an expiry, seen for the first time.
 struct Sale {
     data: OrderData,
     occurred_ms: Option<i64>,
     sold: i64,
     cancelled: i64,
+    expired: i64,
 }
 
 /// Counters to add in `table`: each row's key values and counts.
@@ -74,14 +75,16 @@ impl ReportStore {
         }
         // Only the events that change a counter are recorded: the others (an order
         // created, a release before persistence) need no memory to be ignored again.
-        let sales: Vec<(&str, Sale)> = orders(events, &["OrderCompleted", "OrderCancelled"])
+        let kinds = ["OrderCompleted", "OrderCancelled", "OrderExpired"];
+        let sales: Vec<(&str, Sale)> = orders(events, &kinds)
             .filter_map(|(e, data)| {
-                let (sold, cancelled) = sold_delta(e, &data)?;
+                let (sold, cancelled, expired) = sold_delta(e, &data)?;
                 let sale = Sale {
                     occurred_ms: e.envelope.occurred_ms(),
                     data,
                     sold,
                     cancelled,
+                    expired,
                 };
                 Some((e.envelope.id.as_str(), sale))
             })
@@ -125,7 +128,7 @@ impl EventHandler for Analytics {
         self.store
             .apply(self.name(), events, |sales| {
                 let mut sums: BTreeMap<(i64, i64), [i64; 2]> = BTreeMap::new();
-                for s in sales {
+                for s in sales.into_iter().filter(|s| s.sold + s.cancelled > 0) {
                     let Some(at) = s.occurred_ms else { continue };
                     let minute = at - at.rem_euclid(60_000);
                     let sum = sums.entry((s.data.product_id, minute)).or_default();
@@ -147,7 +150,7 @@ impl EventHandler for Analytics {
     }
 }
 
-/// Reporting: orders, units and cancellations per user and per product.
+/// Reporting: orders, units, cancellations and expiries per user and per product.
 pub struct Reporting {
     pub store: ReportStore,
 }
@@ -165,18 +168,23 @@ impl EventHandler for Reporting {
     async fn handle(&self, events: &[Delivered]) -> Result<usize, ActorProcessingErr> {
         self.store
             .apply(self.name(), events, |sales| {
-                let mut users: HashMap<String, [i64; 3]> = HashMap::new();
-                let mut products: HashMap<i64, [i64; 3]> = HashMap::new();
+                let mut users: HashMap<String, [i64; 4]> = HashMap::new();
+                let mut products: HashMap<i64, [i64; 4]> = HashMap::new();
                 for s in sales {
-                    let delta = [i64::from(s.sold > 0), s.sold, i64::from(s.cancelled > 0)];
+                    let delta = [
+                        i64::from(s.sold > 0),
+                        s.sold,
+                        i64::from(s.cancelled > 0),
+                        i64::from(s.expired > 0),
+                    ];
                     let user = users.entry(s.data.user_id).or_default();
                     let product = products.entry(s.data.product_id).or_default();
-                    for i in 0..3 {
+                    for i in 0..4 {
                         user[i] += delta[i];
                         product[i] += delta[i];
                     }
                 }
-                const COUNTS: &[&str] = &["orders", "units", "cancelled"];
+                const COUNTS: &[&str] = &["orders", "units", "cancelled", "expired"];
                 vec![
                     Counts {
                         table: "report_users",

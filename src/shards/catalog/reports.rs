@@ -42,26 +42,27 @@ impl Catalog {
         &self,
         user: Option<&str>,
     ) -> Result<serde_json::Value, sqlx::Error> {
-        let counts = |r: &AnyRow| -> Result<(i64, i64, i64), sqlx::Error> {
+        let counts = |r: &AnyRow| -> Result<(i64, i64, i64, i64), sqlx::Error> {
             Ok((
                 r.try_get("orders")?,
                 r.try_get("units")?,
                 r.try_get("cancelled")?,
+                r.try_get("expired")?,
             ))
         };
         let mut products = Vec::new();
         for r in db::query(
-            "SELECT product_id, orders, units, cancelled FROM report_products ORDER BY product_id",
+            "SELECT product_id, orders, units, cancelled, expired FROM report_products ORDER BY product_id",
         )
         .fetch_all(db::on(&self.pool))
         .await?
         {
-            let (orders, units, cancelled) = counts(&r)?;
+            let (orders, units, cancelled, expired) = counts(&r)?;
             let id: i64 = r.try_get("product_id")?;
-            products.push(serde_json::json!({"productId": id, "orders": orders, "units": units, "cancelled": cancelled}));
+            products.push(serde_json::json!({"productId": id, "orders": orders, "units": units, "cancelled": cancelled, "expired": expired}));
         }
         let users = db::query(
-            "SELECT user_id, orders, units, cancelled FROM report_users \
+            "SELECT user_id, orders, units, cancelled, expired FROM report_users \
              WHERE ($1 = '' OR user_id = $1) ORDER BY units DESC, user_id LIMIT 100",
         )
         .bind(user.unwrap_or(""))
@@ -69,9 +70,9 @@ impl Catalog {
         .await?;
         let mut top = Vec::new();
         for r in users {
-            let (orders, units, cancelled) = counts(&r)?;
+            let (orders, units, cancelled, expired) = counts(&r)?;
             let id: String = r.try_get("user_id")?;
-            top.push(serde_json::json!({"userId": id, "orders": orders, "units": units, "cancelled": cancelled}));
+            top.push(serde_json::json!({"userId": id, "orders": orders, "units": units, "cancelled": cancelled, "expired": expired}));
         }
         Ok(serde_json::json!({ "products": products, "users": top }))
     }
