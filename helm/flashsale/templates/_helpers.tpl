@@ -53,7 +53,7 @@ it is enabled; the migrations Job goes straight to the primaries. */}}
 {{- $pooled := and .pooled $root.Values.pgbouncer.enabled -}}
 {{- $catalog := ternary $keys.pooledCatalogUrl $keys.catalogUrl $pooled -}}
 {{- $shards := ternary $keys.pooledShardUrls $keys.shardUrls $pooled -}}
-{{- range $env, $key := dict "FLASHSALE__ADMIN__TOKEN" $keys.adminToken "FLASHSALE__AUTH__JWT_SECRET" $keys.jwtSecret "FLASHSALE__CATALOG__URL" $catalog "FLASHSALE__SHARDS__URLS" $shards "FLASHSALE__SHARDS__REPLICA_URLS" $keys.replicaUrls "FLASHSALE__INVENTORY__URLS" $keys.redisUrls "FLASHSALE__QUEUE__URL" $keys.amqpUrl "FLASHSALE__EVENTS__KAFKA__SASL_PASSWORD" $keys.kafkaPassword }}
+{{- range $env, $key := dict "FLASHSALE__ADMIN__TOKEN" $keys.adminToken "FLASHSALE__AUTH__JWT_SECRET" $keys.jwtSecret "FLASHSALE__CATALOG__URL" $catalog "FLASHSALE__SHARDS__URLS" $shards "FLASHSALE__SHARDS__REPLICA_URLS" $keys.replicaUrls "FLASHSALE__INVENTORY__URLS" $keys.redisUrls "FLASHSALE__QUEUE__URL" $keys.amqpUrl "FLASHSALE__EVENTS__KAFKA__SASL_PASSWORD" $keys.kafkaPassword "FLASHSALE__PAYMENTS__WEBHOOK_SECRET" $keys.paymentWebhookSecret }}
 {{- if $key }}
 - name: {{ $env }}
   valueFrom:
