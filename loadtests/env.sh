@@ -32,3 +32,23 @@ fresh_cluster() { # the cluster's databases, partitions and queues emptied (conf
     done
   fi
 }
+
+serve() { # serve MODE LOG: a release server in the background ($server), on a fresh
+  # data directory ($data, embedded) or config/cluster.toml's fresh stores (cluster);
+  # stopped, and its data removed, when the script exits
+  case $1 in
+    embedded)
+      data=$(mktemp -d)
+      export FLASHSALE__EMBEDDED__DATA_DIR=$data
+      "$bin/flashsale" serve > "$2" 2>&1 &
+      ;;
+    cluster)
+      fresh_cluster
+      "$bin/flashsale" serve --config config/cluster.toml > "$2" 2>&1 &
+      ;;
+    *) echo "MODE is embedded or cluster" >&2; exit 2 ;;
+  esac
+  server=$!
+  trap 'kill -TERM $server 2>/dev/null && wait $server || true; [ -n "${data:-}" ] && rm -rf "$data"' EXIT
+  wait_ready http://127.0.0.1:9090 || { tail "$2"; exit 1; }
+}

@@ -28,21 +28,7 @@ mkdir -p "$out"
 # shellcheck source=loadtests/env.sh
 source loadtests/env.sh
 [ -n "${TTL:-}" ] && export FLASHSALE__INVENTORY__IDEMPOTENCY_TTL_SECS=$TTL
-case $mode in
-  embedded)
-    data=$(mktemp -d)
-    export FLASHSALE__EMBEDDED__DATA_DIR=$data
-    "$bin/flashsale" serve > "$out/server.log" 2>&1 &
-    ;;
-  cluster)
-    fresh_cluster
-    "$bin/flashsale" serve --config config/cluster.toml > "$out/server.log" 2>&1 &
-    ;;
-  *) echo "MODE is embedded or cluster" >&2; exit 2 ;;
-esac
-server=$!
-trap 'kill -TERM $server 2>/dev/null && wait $server || true; [ -n "${data:-}" ] && rm -rf "$data"' EXIT
-wait_ready http://127.0.0.1:9090 || { tail "$out/server.log"; exit 1; }
+serve "$mode" "$out/server.log"
 
 # Every $sample s, from /proc, while the load runs: the server's resident memory (MB),
 # and the CPU time (in clock ticks) so far of the server and of the Kafka broker

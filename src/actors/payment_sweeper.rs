@@ -40,7 +40,11 @@ impl Backend for Sweeper {
     }
 
     async fn tick(&mut self) -> Result<Tick, ActorProcessingErr> {
-        let Swept { expired, returned } = sweep(&self.directory).await;
+        let Swept {
+            expired,
+            returned,
+            told: _,
+        } = sweep(&self.directory).await;
         if expired > 0 || returned > 0 {
             tracing::info!(
                 expired,

@@ -35,7 +35,7 @@ use crate::domain::{now_ms, ProductId, SaleDefinition, SoldOrder};
 use crate::orders::persist::{Notice, NoticeKind};
 use crate::shards::catalog::SaleDefinitions;
 use crate::shards::hash::bucket;
-use crate::shards::{PendingRestock, PendingRestocks, RestockDone, SaleOrders};
+use crate::shards::{LapsedNotices, PendingRestocks, RestockDone, SaleOrders};
 use crate::supervisors::slot::{CallError, ItemError};
 
 /// Whether the catalog holds a sale of one partition.
@@ -211,7 +211,12 @@ pub async fn rebuild_if_lost(
                 product: Some(*product),
             };
             for p in shard.call(unfinished).await? {
-                shard.call(RestockDone { order: p.order }).await?;
+                // An expired order's buyer is still told the window lapsed.
+                let done = RestockDone {
+                    order: p.order,
+                    notify: p.expired,
+                };
+                shard.call(done).await?;
             }
         }
         let per_shard = join_all(
@@ -360,9 +365,10 @@ pub enum Finish {
 }
 
 /// Gives back the units of cancelled and expired orders whose shard has them due (the
-/// partition takes them once per order), for the sales of the partitions in `ready`,
-/// and tells each buyer whose order expired; answers how many orders it finished. A
-/// restock cut off anywhere is done again by a later round.
+/// partition takes them once per order), for the sales of the partitions in `ready`;
+/// answers how many orders it finished. A restock cut off anywhere is done again by a
+/// later round; a partition that is away leaves its restocks to a later round, not the
+/// others'.
 pub async fn finish_restocks(
     dir: &Directory,
     ready: &[bool],
@@ -378,8 +384,10 @@ pub async fn finish_restocks(
             expired_before: i64::MAX,
             product: None,
         };
+        let mut away = vec![false; ready.len()];
         for p in shard.call(unfinished).await? {
-            if !ready[dir.partition_index(p.product)] {
+            let partition = dir.partition_index(p.product);
+            if !ready[partition] || away[partition] {
                 continue;
             }
             let restock = Restock {
@@ -388,40 +396,73 @@ pub async fn finish_restocks(
                 user: p.user.clone(),
                 quantity: p.quantity,
             };
-            if dir.product_partition(p.product).call(restock).await? == Restocked::Rebuilding {
-                continue; // its rebuild counts the order's units as returned
+            match dir.product_partition(p.product).call(restock).await {
+                // Its rebuild counts the order's units as returned.
+                Ok(Restocked::Rebuilding) => continue,
+                Ok(_) => {}
+                Err(CallError::Unavailable | CallError::Overloaded) => {
+                    away[partition] = true;
+                    continue;
+                }
+                Err(e) => return Err(e),
             }
-            if p.expired && !tell_lapsed(dir, &p).await {
-                continue; // the notice is sent again next round; the units came back once
-            }
-            shard.call(RestockDone { order: p.order }).await?;
+            // The units are back; an expired order's buyer is told next.
+            let done = RestockDone {
+                order: p.order,
+                notify: p.expired,
+            };
+            shard.call(done).await?;
             finished += 1;
         }
     }
     Ok(finished)
 }
 
-/// Queues the notice that an order's payment window lapsed; answers whether the queue
-/// confirmed it.
-async fn tell_lapsed(dir: &Directory, p: &PendingRestock) -> bool {
+/// Tells the buyers of expired orders whose units are back that their payment window
+/// lapsed (the notification queue; at least once); answers how many were queued. A
+/// queue that refuses one stops the round: the rest wait for the next, and nothing
+/// else waits for them.
+pub async fn tell_lapsed(dir: &Directory) -> Result<usize, CallError> {
     if dir.publishers.is_empty() {
-        return true; // a pod without publishers tells nobody (none sweeps)
+        return Ok(0); // a pod without publishers does not sweep
     }
-    let notice = Notice {
-        kind: NoticeKind::PaymentLapsed,
-        order_id: p.order.clone(),
-        user_id: p.user.clone(),
-        product_id: p.product,
-        quantity: p.quantity,
-        created_at: None,
-        pay_by: None,
-        amount_cents: None,
-        traceparent: None,
-    };
-    let publish = Publish {
-        queue: dir.notifications_queue.clone(),
-        payload: serde_json::to_vec(&[notice]).expect("notices serialise"),
-        traceparent: None,
-    };
-    matches!(dir.publisher().call(publish).await, Ok(true))
+    let mut told = 0;
+    for shard in &dir.shards {
+        let notices = shard.call(LapsedNotices).await?;
+        if notices.is_empty() {
+            continue;
+        }
+        let payload: Vec<Notice> = notices
+            .iter()
+            .map(|p| Notice {
+                kind: NoticeKind::PaymentLapsed,
+                order_id: p.order.clone(),
+                user_id: p.user.clone(),
+                product_id: p.product,
+                quantity: p.quantity,
+                created_at: None,
+                pay_by: None,
+                amount_cents: None,
+                traceparent: None,
+            })
+            .collect();
+        // One message for the shard's notices: the consumer takes each element alone.
+        let publish = Publish {
+            queue: dir.notifications_queue.clone(),
+            payload: serde_json::to_vec(&payload).expect("notices serialise"),
+            traceparent: None,
+        };
+        if !dir.publisher().call(publish).await? {
+            return Ok(told);
+        }
+        for p in notices {
+            let sent = RestockDone {
+                order: p.order,
+                notify: false,
+            };
+            shard.call(sent).await?;
+            told += 1;
+        }
+    }
+    Ok(told)
 }

@@ -72,6 +72,7 @@ pub async fn cancel(
         dir.shard(user)
             .call(RestockDone {
                 order: order.clone(),
+                notify: false,
             })
             .await?;
         tracing::info!(now, restocked = ?restocked, "order cancelled by its owner");

@@ -13,7 +13,7 @@ use futures_util::future::join_all;
 use super::OrderError;
 use crate::actors::directory::Directory;
 use crate::actors::inventory::Lookup;
-use crate::actors::recovery::{finish_restocks, Finish};
+use crate::actors::recovery::{finish_restocks, tell_lapsed, Finish};
 use crate::domain::{now_ms, AmountCents, OrderId, OrderView, PaymentId};
 use crate::shards::{ConfirmPayment, ExpireDue, PaymentOutcome, MOST_EXPIRED};
 use crate::supervisors::slot::CallError;
@@ -111,11 +111,14 @@ pub struct Swept {
     pub expired: i64,
     /// Expired orders whose units went back to their sale (now, or cut off before).
     pub returned: usize,
+    /// Buyers told that their window lapsed.
+    pub told: usize,
 }
 
-/// Expires the orders past their `payBy` on every shard that answers, then gives the
-/// units of expired orders back to their sales, telling each buyer their window
-/// lapsed. Safe on every pod at once: each order expires in one shard transaction,
+/// Expires the orders past their `payBy` on every shard that answers, gives the units
+/// of expired orders back to their sales, then tells each buyer their window lapsed
+/// (a notification queue that is away delays the notices, never the units). Safe on
+/// every pod at once: each order expires in one shard transaction,
 /// and a partition takes an order's units back once.
 pub async fn sweep(dir: &Directory) -> Swept {
     let mut swept = Swept::default();
@@ -141,6 +144,10 @@ pub async fn sweep(dir: &Directory) -> Swept {
     match finish_restocks(dir, &vec![true; dir.inventory.len()], Finish::Expired).await {
         Ok(n) => swept.returned = n,
         Err(e) => tracing::debug!(error = %e, "returning expired units skipped"),
+    }
+    match tell_lapsed(dir).await {
+        Ok(n) => swept.told = n,
+        Err(e) => tracing::debug!(error = %e, "lapse notices skipped"),
     }
     swept
 }

@@ -122,11 +122,12 @@ pub enum PaymentOutcome {
     AlreadyPaid,
 }
 
-/// Expires the orders still awaiting payment past their `payBy` (at most
-/// [`MOST_EXPIRED`] a call, the oldest first): each becomes `expired`, emits
+/// Expires the orders still awaiting payment past their `payBy` by the shard's clock
+/// (at most [`MOST_EXPIRED`] a call, the oldest first): each becomes `expired`, emits
 /// `OrderExpired` and is due a restock, in one transaction. Answers how many.
 #[derive(Debug)]
 pub struct ExpireDue {
+    /// When the change is recorded (`updated_at`, the events' time).
     pub now: i64,
 }
 
@@ -173,6 +174,11 @@ pub struct PendingRestocks {
     pub product: Option<ProductId>,
 }
 
+/// Expired orders whose units are back but whose buyer is still to be told the
+/// window lapsed (at most 500, the oldest first).
+#[derive(Debug)]
+pub struct LapsedNotices;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingRestock {
     pub order: OrderId,
@@ -183,10 +189,13 @@ pub struct PendingRestock {
     pub expired: bool,
 }
 
-/// The inventory partition has a cancelled order's units back.
+/// The inventory partition has a cancelled or expired order's units back. An expired
+/// order's row stays, as a notice to send ([`LapsedNotices`]), when `notify`; without
+/// it the row is gone (and so is a notice once it is sent).
 #[derive(Debug)]
 pub struct RestockDone {
     pub order: OrderId,
+    pub notify: bool,
 }
 
 crate::protocol! {
@@ -202,6 +211,7 @@ crate::protocol! {
         Totals(ProductTotals) -> UnitTotals,
         SaleOrders(SaleOrders) -> Vec<SoldOrder>,
         PendingRestocks(PendingRestocks) -> Vec<PendingRestock>,
+        LapsedNotices(LapsedNotices) -> Vec<PendingRestock>,
         RestockDone(RestockDone) -> (),
         /// `None` when the shard has no such order of that user.
         Cancel(CancelOrder) -> Option<Cancellation>,

@@ -2,11 +2,11 @@
 //! notifications each written by one multi-row statement (`UNNEST` of arrays) in one
 //! transaction. Everything else a shard does is shared with SQLite ([`super::store`]).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use sqlx::PgPool;
 
-use super::store::{pay_by_of, PayBy};
+use super::store::{db_clock, window_ms, PayBy};
 use super::{InsertOrder, Writes};
 use crate::db;
 use crate::domain::AmountCents;
@@ -61,10 +61,12 @@ pub(super) async fn commit_writes(
     let mut statuses = Vec::new();
     let mut created = Vec::new();
     let mut amounts = Vec::new();
-    let mut pay_bys = Vec::new();
+    // The window of each order that awaits payment: its `payBy` is the shard's clock
+    // plus the window.
+    let mut windows = Vec::new();
     for InsertOrder { order, status } in writes.orders.iter().copied() {
         amounts.push(order.amount_cents.map(AmountCents::get));
-        pay_bys.push(pay_by_of(order, *status, now));
+        windows.push(window_ms(order, *status));
         ids.push(order.order_id.as_str());
         users.push(order.user_id.as_str());
         products.push(order.product_id.get());
@@ -75,13 +77,14 @@ pub(super) async fn commit_writes(
     }
     let mut tx = pool.begin().await?;
     if !ids.is_empty() {
-        let inserted: Vec<String> = db::query_scalar(
+        let clock = db_clock(false);
+        let inserted: Vec<(String, Option<i64>)> = db::query_as(&format!(
             "INSERT INTO orders (order_id, user_id, product_id, quantity, idempotency_key, status, created_at, updated_at, amount_cents, pay_by) \
-             SELECT o.i, o.u, o.p, o.q, o.k, o.s, o.c, $8::int8, o.a, o.b \
+             SELECT o.i, o.u, o.p, o.q, o.k, o.s, o.c, $8::int8, o.a, {clock} + o.w \
              FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::text[], $7::int8[], $9::int8[], $10::int8[]) \
-               AS o(i, u, p, q, k, s, c, a, b) \
-             ON CONFLICT DO NOTHING RETURNING order_id",
-        )
+               AS o(i, u, p, q, k, s, c, a, w) \
+             ON CONFLICT DO NOTHING RETURNING order_id, pay_by",
+        ))
         .bind(&ids)
         .bind(&users)
         .bind(&products)
@@ -91,22 +94,24 @@ pub(super) async fn commit_writes(
         .bind(&created)
         .bind(now)
         .bind(&amounts)
-        .bind(&pay_bys)
+        .bind(&windows)
         .fetch_all(&mut *tx)
         .await?;
         // The events of the orders this batch created (not of redeliveries).
-        let inserted: HashSet<String> = inserted.into_iter().collect();
+        let inserted: HashMap<String, Option<i64>> = inserted.into_iter().collect();
         let mut outbox = Vec::with_capacity(inserted.len() * 2);
         let mut redelivered = Vec::new();
-        for (InsertOrder { order, status }, pay_by) in writes.orders.iter().copied().zip(&pay_bys) {
+        for (InsertOrder { order, status }, window) in writes.orders.iter().copied().zip(&windows) {
             let id = order.order_id.as_str();
-            if inserted.contains(id) {
-                outbox.extend(events::order_persisted(order, *status, *pay_by, now));
-                if let Some(at) = pay_by {
-                    due.insert(id.to_string(), *at);
+            match inserted.get(id) {
+                Some(pay_by) => {
+                    outbox.extend(events::order_persisted(order, *status, *pay_by, now));
+                    if let Some(at) = pay_by {
+                        due.insert(id.to_string(), *at);
+                    }
                 }
-            } else if pay_by.is_some() {
-                redelivered.push(id);
+                None if window.is_some() => redelivered.push(id),
+                None => {}
             }
         }
         outbox_append(&mut tx, &outbox, now).await?;

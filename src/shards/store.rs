@@ -13,8 +13,8 @@ use sqlx::{AnyConnection, AnyPool, PgPool, Row};
 use super::replica::Replica;
 use super::{
     outbox, postgres, CancelOrder, Cancellation, ConfirmPayment, CreateUser, ExpireDue, GetOrder,
-    InsertOrder, PaymentOutcome, PendingRestock, PendingRestocks, ShardMsg, UnitTotals, UpdateUser,
-    Writes, MOST_EXPIRED,
+    InsertOrder, PaymentOutcome, PendingRestock, PendingRestocks, RestockDone, ShardMsg,
+    UnitTotals, UpdateUser, Writes, MOST_EXPIRED,
 };
 use crate::db::{self, settle};
 use crate::domain::{
@@ -126,14 +126,23 @@ impl Shard {
         Ok(pay_by)
     }
 
+    /// The shard's clock, as SQL: payment deadlines are set and judged by it,
+    /// whichever pod writes, pays or sweeps.
+    fn clock(&self) -> &'static str {
+        db_clock(self.sqlite)
+    }
+
     /// Pays an order, or finds why it cannot be paid: in one transaction, where an
-    /// order past its `payBy` is expired rather than paid.
+    /// order past its `payBy` is expired rather than paid. Each change is one
+    /// conditional update of the order's row, so a payment and an expiry (here or in a
+    /// sweep) never both apply.
     async fn pay(&self, req: &ConfirmPayment) -> Result<Option<PaymentOutcome>, sqlx::Error> {
         let now = now_ms();
+        let clock = self.clock();
         let mut tx = db::begin_write(&self.primary, self.sqlite).await?;
         let paid = db::query(&format!(
             "UPDATE orders SET status = 'completed', payment_id = $2, updated_at = $3 \
-             WHERE order_id = $1 AND status = 'awaiting_payment' AND pay_by > $3 AND amount_cents = $4 \
+             WHERE order_id = $1 AND status = 'awaiting_payment' AND pay_by > {clock} AND amount_cents = $4 \
              RETURNING {ORDER_COLUMNS}, idempotency_key"
         ))
         .bind(req.order.as_str())
@@ -150,58 +159,94 @@ impl Shard {
             tx.commit().await?;
             return Ok(Some(PaymentOutcome::Paid(view)));
         }
+        // Why not: read in the same transaction. An order found lapsed is expired here,
+        // by the same conditional update as a sweep's; should another transaction have
+        // changed it meanwhile, it is read again.
+        for _ in 0..3 {
+            let row = db::query(&format!(
+                "SELECT {ORDER_COLUMNS}, idempotency_key, payment_id, {clock} AS shard_now \
+                 FROM orders WHERE order_id = $1"
+            ))
+            .bind(req.order.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let view = order_view(&row)?;
+            let payment: Option<String> = row.try_get("payment_id")?;
+            let outcome = match view.status {
+                OrderStatus::AwaitingPayment => {
+                    let pay_by: i64 = row.try_get("pay_by")?;
+                    if pay_by > row.try_get::<i64, _>("shard_now")? {
+                        PaymentOutcome::AmountMismatch {
+                            expected: view.amount_cents,
+                        }
+                    } else if self.expire_one(&mut tx, &req.order, now).await? {
+                        PaymentOutcome::WindowClosed
+                    } else {
+                        continue;
+                    }
+                }
+                OrderStatus::Completed if payment.as_deref() == Some(req.payment.as_str()) => {
+                    PaymentOutcome::Repeat(view)
+                }
+                OrderStatus::Completed => PaymentOutcome::AlreadyPaid,
+                OrderStatus::Cancelled => PaymentOutcome::Cancelled,
+                OrderStatus::Expired => PaymentOutcome::WindowClosed,
+                OrderStatus::Pending => {
+                    return Err(sqlx::Error::Protocol(format!(
+                        "order {} is stored as pending",
+                        view.order_id
+                    )))
+                }
+            };
+            tx.commit().await?;
+            return Ok(Some(outcome));
+        }
+        Err(sqlx::Error::Protocol(format!(
+            "order {} kept changing while its payment was decided",
+            req.order
+        )))
+    }
+
+    /// Expires one order whose `payBy` has passed, within the caller's transaction;
+    /// answers whether this call expired it (not paid, cancelled or expired meanwhile).
+    async fn expire_one(
+        &self,
+        tx: &mut AnyConnection,
+        order: &OrderId,
+        now: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let clock = self.clock();
         let row = db::query(&format!(
-            "SELECT {ORDER_COLUMNS}, idempotency_key, payment_id FROM orders WHERE order_id = $1"
+            "UPDATE orders SET status = 'expired', updated_at = $2 \
+             WHERE order_id = $1 AND status = 'awaiting_payment' AND pay_by <= {clock} \
+             RETURNING {ORDER_COLUMNS}, idempotency_key"
         ))
-        .bind(req.order.as_str())
+        .bind(order.as_str())
+        .bind(now)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
-            return Ok(None);
+            return Ok(false);
         };
-        let view = order_view(&row)?;
-        let payment: Option<String> = row.try_get("payment_id")?;
-        let outcome = match view.status {
-            OrderStatus::AwaitingPayment => {
-                let pay_by: i64 = row.try_get("pay_by")?;
-                if pay_by <= now {
-                    // Its window lapsed and no sweep has seen it yet: it expires now.
-                    let order = stored_order(&row, req.traceparent.clone())?;
-                    expire_rows(&mut tx, &[(order, pay_by)], now).await?;
-                    PaymentOutcome::WindowClosed
-                } else {
-                    PaymentOutcome::AmountMismatch {
-                        expected: view.amount_cents,
-                    }
-                }
-            }
-            OrderStatus::Completed if payment.as_deref() == Some(req.payment.as_str()) => {
-                PaymentOutcome::Repeat(view)
-            }
-            OrderStatus::Completed => PaymentOutcome::AlreadyPaid,
-            OrderStatus::Cancelled => PaymentOutcome::Cancelled,
-            OrderStatus::Expired => PaymentOutcome::WindowClosed,
-            OrderStatus::Pending => {
-                return Err(sqlx::Error::Protocol(format!(
-                    "order {} is stored as pending",
-                    view.order_id
-                )))
-            }
-        };
-        tx.commit().await?;
-        Ok(Some(outcome))
+        let expired = (stored_order(&row, None)?, row.try_get("pay_by")?);
+        expire_rows(tx, &[expired], now).await?;
+        Ok(true)
     }
 
     /// Expires the orders past their `payBy` (see [`ExpireDue`]).
     async fn expire(&self, req: &ExpireDue) -> Result<i64, sqlx::Error> {
+        let clock = self.clock();
         let mut tx = db::begin_write(&self.primary, self.sqlite).await?;
         // The inner SELECT finds candidates through the partial index; the outer
         // condition makes a concurrent sweep (another pod's) skip what this one took.
         let rows = db::query(&format!(
             "UPDATE orders SET status = 'expired', updated_at = $1 \
              WHERE order_id IN (SELECT order_id FROM orders \
-                 WHERE status = 'awaiting_payment' AND pay_by <= $1 ORDER BY pay_by LIMIT {MOST_EXPIRED}) \
-               AND status = 'awaiting_payment' \
+                 WHERE status = 'awaiting_payment' AND pay_by <= {clock} ORDER BY pay_by LIMIT {MOST_EXPIRED}) \
+               AND status = 'awaiting_payment' AND pay_by <= {clock} \
              RETURNING {ORDER_COLUMNS}, idempotency_key"
         ))
         .bind(req.now)
@@ -341,17 +386,7 @@ impl Shard {
         .await?;
         let cancellation = match row {
             Some(row) => {
-                let cancelled = OrderMessage {
-                    order_id: row.try_get("order_id")?,
-                    user_id: row.try_get("user_id")?,
-                    product_id: row.try_get("product_id")?,
-                    quantity: row.try_get("quantity")?,
-                    idempotency_key: row.try_get("idempotency_key")?,
-                    created_at: row.try_get("created_at")?,
-                    amount_cents: amount(&row)?,
-                    payment_window_secs: None,
-                    traceparent: req.traceparent.clone(),
-                };
+                let cancelled = stored_order(&row, req.traceparent.clone())?;
                 let event = events::order_cancelled(&cancelled, CancelReason::Customer, now);
                 outbox::append(&mut tx, &[event], now).await?;
                 // The units go back to the sale after this commits; until the partition
@@ -451,7 +486,7 @@ impl Shard {
     ) -> Result<Vec<PendingRestock>, sqlx::Error> {
         let rows = db::query(
             "SELECT order_id, user_id, product_id, quantity, reason FROM restocks \
-             WHERE (created_at < $1 OR reason = 'expired' AND created_at < $3) \
+             WHERE reason <> 'notice' AND (created_at < $1 OR reason = 'expired' AND created_at < $3) \
                AND ($2 = 0 OR product_id = $2) ORDER BY created_at LIMIT 500",
         )
         .bind(req.before)
@@ -475,12 +510,36 @@ impl Shard {
         Ok(pending)
     }
 
-    async fn restock_done(&self, order: &OrderId) -> Result<(), sqlx::Error> {
-        db::query("DELETE FROM restocks WHERE order_id = $1")
-            .bind(order.as_str())
+    async fn restock_done(&self, req: &RestockDone) -> Result<(), sqlx::Error> {
+        let sql = match req.notify {
+            true => "UPDATE restocks SET reason = 'notice' WHERE order_id = $1",
+            false => "DELETE FROM restocks WHERE order_id = $1",
+        };
+        db::query(sql)
+            .bind(req.order.as_str())
             .execute(db::on(&self.primary))
             .await?;
         Ok(())
+    }
+
+    async fn lapsed_notices(&self) -> Result<Vec<PendingRestock>, sqlx::Error> {
+        let rows = db::query(
+            "SELECT order_id, user_id, product_id, quantity FROM restocks \
+             WHERE reason = 'notice' ORDER BY created_at LIMIT 500",
+        )
+        .fetch_all(db::on(&self.primary))
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PendingRestock {
+                    order: r.try_get("order_id")?,
+                    user: r.try_get("user_id")?,
+                    product: r.try_get("product_id")?,
+                    quantity: r.try_get("quantity")?,
+                    expired: true,
+                })
+            })
+            .collect()
     }
 
     /// Answers one message that is not a group-committed write. An error returned here
@@ -517,7 +576,10 @@ impl Shard {
                 settle(port, self.pending_restocks(&req).await, "pending restocks")
             }
             ShardMsg::RestockDone(req, port) => {
-                settle(port, self.restock_done(&req.order).await, "restock done")
+                settle(port, self.restock_done(&req).await, "restock done")
+            }
+            ShardMsg::LapsedNotices(_, port) => {
+                settle(port, self.lapsed_notices().await, "lapsed notices")
             }
             ShardMsg::SaleOrders(req, port) => settle(
                 port,
@@ -540,7 +602,8 @@ async fn insert_rows(
 ) -> Result<PayBy, sqlx::Error> {
     let mut due = PayBy::new();
     for InsertOrder { order, status } in writes.orders.iter().copied() {
-        let pay_by = pay_by_of(order, *status, now);
+        // SQLite's clock is this process's: the shard's clock.
+        let pay_by = window_ms(order, *status).map(|w| now + w);
         let inserted = db::query(
             "INSERT INTO orders (order_id, user_id, product_id, quantity, idempotency_key, status, created_at, updated_at, amount_cents, pay_by) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
@@ -593,6 +656,15 @@ async fn insert_rows(
     Ok(due)
 }
 
+/// The database's clock in epoch milliseconds, as SQL.
+pub(crate) fn db_clock(sqlite: bool) -> &'static str {
+    match sqlite {
+        true => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+        // Stable through a statement, so an index range can be bounded by it.
+        false => "(extract(epoch from statement_timestamp()) * 1000)::int8",
+    }
+}
+
 /// What an order costs, as its row records it.
 fn amount(row: &AnyRow) -> Result<Option<AmountCents>, sqlx::Error> {
     let cents: Option<i64> = row.try_get("amount_cents")?;
@@ -605,11 +677,11 @@ fn amount(row: &AnyRow) -> Result<Option<AmountCents>, sqlx::Error> {
 /// The `payBy` of orders that await payment, by order id.
 pub(crate) type PayBy = std::collections::HashMap<String, i64>;
 
-/// When an order written now with `status` must be paid: `now` (the shard's clock)
-/// plus its window.
-pub(crate) fn pay_by_of(order: &OrderMessage, status: OrderStatus, now: i64) -> Option<i64> {
+/// The payment window, in milliseconds, of an order written with `status`: its
+/// `payBy` is the shard's clock when it is first written plus this.
+pub(crate) fn window_ms(order: &OrderMessage, status: OrderStatus) -> Option<i64> {
     match (status, order.payment_window_secs) {
-        (OrderStatus::AwaitingPayment, Some(window)) => Some(now + window.millis()),
+        (OrderStatus::AwaitingPayment, Some(window)) => Some(window.millis()),
         _ => None,
     }
 }

@@ -285,7 +285,7 @@ async fn unknown_and_pending_orders_are_told_apart(mode: Mode) {
 in_both_modes!(an_unpaid_order_expires_and_its_unit_is_sold_again);
 async fn an_unpaid_order_expires_and_its_unit_is_sold_again(mode: Mode) {
     let app = spawn_paying(mode).await;
-    let product = window_sale(&app, 1, 1, 1).await;
+    let product = window_sale(&app, 1, 1, 3).await;
     let (token, order) = bought(&app, product).await;
     let (_, other) = app.token_for_new_user();
     let sold_out = app.buy(&other, product, "k", None).await;
@@ -311,7 +311,12 @@ async fn an_unpaid_order_expires_and_its_unit_is_sold_again(mode: Mode) {
         ),
         (&json!(1), &json!(0), &json!(0))
     );
-    // The unit is on sale again, and the first buyer's limit has it back too.
+    // The unit is on sale again, and the first buyer's limit has it back too (the
+    // orders from now on have a long window: this one is not to expire too).
+    let body = json!({"stock": 1, "perUserLimit": 1, "paymentWindowSecs": 600});
+    let path = format!("/admin/flash-sales/{product}");
+    let r = app.admin(reqwest::Method::PUT, &path, Some(body)).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let again = app.buy(&token, product, "k2", None).await;
     assert_eq!(again.status, StatusCode::CREATED, "{:?}", again.body);
     let after = app.buy(&other, product, "k2", None).await;
@@ -326,7 +331,7 @@ async fn an_unpaid_order_expires_and_its_unit_is_sold_again(mode: Mode) {
         .await;
     let n = events
         .iter()
-        .filter(|e| e.envelope.kind == "OrderExpired")
+        .filter(|e| e.envelope.kind == "OrderExpired" && e.envelope.data["orderId"] == id(&order))
         .count();
     assert_eq!(n, 1, "one OrderExpired");
     // The reporting consumer counts it.
@@ -380,7 +385,7 @@ in_both_modes!(payments_racing_their_deadline_end_as_answered);
 async fn payments_racing_their_deadline_end_as_answered(mode: Mode) {
     let app = spawn_paying(mode).await;
     let stock = 24;
-    let product = window_sale(&app, stock, 1, 2).await;
+    let product = window_sale(&app, stock, 1, 3).await;
     let buyers = join_all((0..stock).map(|_| bought(&app, product))).await;
     let answers = join_all(buyers.iter().enumerate().map(|(i, (_, order))| {
         let app = &app;
@@ -488,7 +493,7 @@ async fn orders_whose_shard_is_away_at_their_deadline_expire_once_it_is_back() {
     })
     .await;
     let stock = 6;
-    let product = window_sale(&app, stock, 1, 2).await;
+    let product = window_sale(&app, stock, 1, 5).await;
     let orders = join_all((0..stock).map(|_| bought(&app, product))).await;
     let last_pay_by = orders
         .iter()
@@ -525,7 +530,11 @@ async fn orders_whose_shard_is_away_at_their_deadline_expire_once_it_is_back() {
     let late = pay(&app, id(first), "late", PRICE).await;
     assert_eq!(late.error(), "payment_window_closed");
     assert!(app.pending_restocks().await.is_empty());
-    assert_eq!(buy_out(&app, product).await, stock, "each unit came back once");
+    assert_eq!(
+        buy_out(&app, product).await,
+        stock,
+        "each unit came back once"
+    );
 }
 
 /// A partition that loses its state is rebuilt from the shards: an order awaiting
@@ -546,8 +555,11 @@ async fn a_rebuild_counts_held_orders_sold_and_expired_ones_returned() {
     };
     // Ann pays; Bob's order (of a one-second window) expires; Cat's awaits payment.
     let (_, ann) = bought(&app, product).await;
-    assert_eq!(pay(&app, id(&ann), "pay_ann", PRICE).await.status, StatusCode::OK);
-    window(1).await;
+    assert_eq!(
+        pay(&app, id(&ann), "pay_ann", PRICE).await.status,
+        StatusCode::OK
+    );
+    window(3).await;
     let (bob_token, bob) = bought(&app, product).await;
     app.wait_settled_as(&bob_token, id(&bob), "expired").await;
     app.admin_eventually(&format!("/admin/flash-sales/{product}"), |c| {
@@ -563,9 +575,19 @@ async fn a_rebuild_counts_held_orders_sold_and_expired_ones_returned() {
     // Rebuilt: Ann's and Cat's units are sold, Bob's is on sale (once).
     let r = buy_when_open(&app, product).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let counters = app.sale_counters(product).await;
+    // The new order is counted once it is in its shard (between its claim and its
+    // write it is in neither count).
+    let counters = app
+        .admin_eventually(&format!("/admin/flash-sales/{product}"), |c| {
+            c["awaitingPayment"] == 2
+        })
+        .await;
     assert_eq!(
-        (&counters["remaining"], &counters["sold"], &counters["completed"]),
+        (
+            &counters["remaining"],
+            &counters["sold"],
+            &counters["completed"]
+        ),
         (&json!(1), &json!(3), &json!(1)),
         "{counters}"
     );
@@ -584,8 +606,8 @@ async fn the_documented_openssl_example_confirms_a_payment() {
     let app = spawn_paying(Mode::Cluster).await;
     let product = window_sale(&app, 1, 1, 600).await;
     let (token, order) = bought(&app, product).await;
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/payments.md"))
-        .unwrap();
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/payments.md")).unwrap();
     let script = doc
         .split("```sh\n")
         .skip(1)
@@ -618,4 +640,123 @@ async fn the_documented_openssl_example_confirms_a_payment() {
     );
     let view = app.get_order(&token, id(&order)).await.body;
     assert_eq!(view["status"], "completed");
+}
+
+in_both_modes!(the_buyer_is_told_when_payment_is_due_and_when_it_lapsed);
+async fn the_buyer_is_told_when_payment_is_due_and_when_it_lapsed(mode: Mode) {
+    use std::sync::{Arc, Mutex};
+
+    use actix_web::{web, App, HttpResponse, HttpServer};
+
+    let received: Arc<Mutex<Vec<(Value, String)>>> = Arc::default();
+    let sink = received.clone();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    let server = HttpServer::new(move || {
+        let sink = sink.clone();
+        App::new().route(
+            "/hook",
+            web::post().to(move |req: actix_web::HttpRequest, body: web::Json<Value>| {
+                let sink = sink.clone();
+                async move {
+                    let key = req.headers().get("Idempotency-Key");
+                    let key = key.and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                    sink.lock().unwrap().push((body.into_inner(), key));
+                    HttpResponse::NoContent().finish()
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+
+    let app = spawn_app_with(Options {
+        mode,
+        webhook_url: Some(hook),
+        configure: Some(with_payments),
+        ..Options::default()
+    })
+    .await;
+    let product = window_sale(&app, 1, 1, 3).await;
+    let (token, order) = bought(&app, product).await;
+    app.wait_settled_as(&token, id(&order), "expired").await;
+    let kinds = ["order.payment_due", "order.payment_lapsed"];
+    let told = eventually(Duration::from_secs(20), "both notices arrive", || async {
+        let seen = received.lock().unwrap().clone();
+        match kinds
+            .iter()
+            .all(|k| seen.iter().any(|(b, _)| b["type"] == *k))
+        {
+            true => Ok(seen),
+            false => Err(format!("{seen:?}")),
+        }
+    })
+    .await;
+    for (body, key) in &told {
+        assert_eq!(body["orderId"], id(&order));
+        let kind = body["type"].as_str().unwrap().trim_start_matches("order.");
+        assert_eq!(key, &format!("{}:{kind}", id(&order)));
+    }
+    let (due, _) = told
+        .iter()
+        .find(|(b, _)| b["type"] == "order.payment_due")
+        .unwrap();
+    assert_eq!(
+        (&due["payBy"], &due["amountCents"]),
+        (&order["payBy"], &json!(PRICE))
+    );
+    app.stop().await;
+    handle.stop(false).await;
+}
+
+/// No sweep runs (its interval is a minute): a payment that arrives after `payBy`
+/// decides the expiry itself, in the same transaction, and the order reads `expired`
+/// at once; asking again changes nothing.
+in_both_modes!(a_payment_after_pay_by_expires_the_order_itself);
+async fn a_payment_after_pay_by_expires_the_order_itself(mode: Mode) {
+    fn without_sweeps(s: &mut Settings) {
+        with_payments(s);
+        s.payments.sweep_every_ms = 60_000;
+    }
+    let app = spawn_app_with(Options {
+        mode,
+        configure: Some(without_sweeps),
+        ..Options::default()
+    })
+    .await;
+    let product = window_sale(&app, 1, 1, 1).await;
+    let (token, order) = bought(&app, product).await;
+    let pay_by = parse_rfc3339(order["payBy"].as_str().unwrap()).unwrap();
+    let past = (pay_by + 200 - now_ms()).max(0) as u64;
+    tokio::time::sleep(Duration::from_millis(past)).await;
+    for _ in 0..2 {
+        let late = pay(&app, id(&order), "late", PRICE).await;
+        assert_eq!(late.error(), "payment_window_closed", "{:?}", late.body);
+        let view = app.get_order(&token, id(&order)).await.body;
+        assert_eq!(view["status"], "expired", "{view}");
+    }
+    let counters = app.sale_counters(product).await;
+    assert_eq!(
+        (&counters["expired"], &counters["awaitingPayment"]),
+        (&json!(1), &json!(0)),
+        "{counters}"
+    );
+    let events = app
+        .read_events(
+            ORDER_EVENTS,
+            |seen| seen.iter().any(|e| e.envelope.kind == "OrderExpired"),
+            Duration::from_secs(20),
+            Duration::from_millis(500),
+        )
+        .await;
+    let expired = events
+        .iter()
+        .filter(|e| e.envelope.kind == "OrderExpired")
+        .count();
+    assert_eq!(expired, 1, "one OrderExpired");
 }
