@@ -714,10 +714,10 @@ async fn the_buyer_is_told_when_payment_is_due_and_when_it_lapsed(mode: Mode) {
     handle.stop(false).await;
 }
 
+in_both_modes!(a_payment_after_pay_by_expires_the_order_itself);
 /// No sweep runs (its interval is a minute): a payment that arrives after `payBy`
 /// decides the expiry itself, in the same transaction, and the order reads `expired`
 /// at once; asking again changes nothing.
-in_both_modes!(a_payment_after_pay_by_expires_the_order_itself);
 async fn a_payment_after_pay_by_expires_the_order_itself(mode: Mode) {
     fn without_sweeps(s: &mut Settings) {
         with_payments(s);
