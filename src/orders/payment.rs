@@ -5,8 +5,10 @@
 //! order's units go back to its sale through the shard's `restocks` row, as a
 //! cancellation's do, once.
 //!
-//! The confirmation names the order alone; the order lives on its buyer's shard, so
-//! every shard is asked (a shard without it answers at once from its primary key).
+//! The confirmation names the order alone; the order lives on its buyer's shard. The
+//! inventory partitions remember each accepted order's buyer for as long as its
+//! idempotency key, so the buyer's shard alone is asked; an order older than that is
+//! looked for on every shard.
 
 use futures_util::future::join_all;
 
@@ -14,7 +16,7 @@ use super::OrderError;
 use crate::actors::directory::Directory;
 use crate::actors::inventory::Lookup;
 use crate::actors::recovery::{finish_restocks, tell_lapsed, Finish};
-use crate::domain::{now_ms, AmountCents, OrderId, OrderView, PaymentId};
+use crate::domain::{now_ms, AmountCents, OrderId, OrderView, PaymentId, UserId};
 use crate::shards::{ConfirmPayment, ExpireDue, PaymentOutcome, MOST_EXPIRED};
 use crate::supervisors::slot::CallError;
 
@@ -42,45 +44,64 @@ pub async fn confirm(dir: &Directory, payment: Payment) -> Result<Paid, OrderErr
         amount: payment.amount,
         traceparent: crate::telemetry::current_traceparent(),
     };
-    let replies = join_all(dir.shards.iter().map(|s| s.call(ask.clone()))).await;
-    let mut away = None;
-    for reply in replies {
-        match reply {
-            Ok(Some(outcome)) => {
-                let answer = answer(outcome);
-                let label = match &answer {
-                    Ok(Paid { repeat: false, .. }) => "paid",
-                    Ok(Paid { repeat: true, .. }) => "repeat",
-                    Err(OrderError::PaymentWindowClosed) => "window_closed",
-                    Err(OrderError::OrderCancelled) => "cancelled",
-                    Err(OrderError::AmountMismatch { .. }) => "amount_mismatch",
-                    Err(_) => "already_paid",
-                };
-                metrics::counter!("flashsale_payments_total", "outcome" => label).increment(1);
-                return answer;
-            }
-            Ok(None) => {}
-            // The order may be on the shard that is away.
-            Err(e @ (CallError::Unavailable | CallError::Overloaded)) => away = Some(e),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if let Some(e) = away {
-        return Err(e.into());
-    }
-    // Not in any shard: accepted and on its way there, or unknown.
+    let outcome = match buyer(dir, &payment.order).await? {
+        // Accepted: in its buyer's shard, or on its way there.
+        Some(user) => dir
+            .shard(&user)
+            .call(ask)
+            .await?
+            .ok_or(OrderError::Pending)?,
+        None => everywhere(dir, ask).await?.ok_or(OrderError::NotFound)?,
+    };
+    let answer = answer(outcome);
+    let label = match &answer {
+        Ok(Paid { repeat: false, .. }) => "paid",
+        Ok(Paid { repeat: true, .. }) => "repeat",
+        Err(OrderError::PaymentWindowClosed) => "window_closed",
+        Err(OrderError::OrderCancelled) => "cancelled",
+        Err(OrderError::AmountMismatch { .. }) => "amount_mismatch",
+        Err(_) => "already_paid",
+    };
+    metrics::counter!("flashsale_payments_total", "outcome" => label).increment(1);
+    answer
+}
+
+/// The buyer of an accepted order, as the inventory partitions remember it.
+async fn buyer(dir: &Directory, order: &OrderId) -> Result<Option<UserId>, CallError> {
     let lookups = join_all(dir.inventory.iter().map(|p| {
         p.call(Lookup {
-            order: payment.order.clone(),
+            order: order.clone(),
         })
     }))
     .await;
     for reply in lookups {
-        if reply?.is_some() {
-            return Err(OrderError::Pending);
+        if let Some(p) = reply? {
+            return Ok(Some(p.user));
         }
     }
-    Err(OrderError::NotFound)
+    Ok(None)
+}
+
+/// Asks every shard; `None` when none has the order.
+async fn everywhere(
+    dir: &Directory,
+    ask: ConfirmPayment,
+) -> Result<Option<PaymentOutcome>, CallError> {
+    let replies = join_all(dir.shards.iter().map(|s| s.call(ask.clone()))).await;
+    let mut away = None;
+    for reply in replies {
+        match reply {
+            Ok(Some(outcome)) => return Ok(Some(outcome)),
+            Ok(None) => {}
+            // The order may be on the shard that is away.
+            Err(e @ (CallError::Unavailable | CallError::Overloaded)) => away = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    match away {
+        Some(e) => Err(e),
+        None => Ok(None),
+    }
 }
 
 fn answer(outcome: PaymentOutcome) -> Result<Paid, OrderError> {
