@@ -73,12 +73,16 @@ finish() {
 trap finish EXIT
 
 admin_token=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
+payment_secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 # One buyer places every order of the run, far more than the 10 a minute a buyer may:
 # the rate limit would turn the order path into 429s and hide what it answers otherwise.
+# The payment confirmation exists only with a webhook secret: the server has one, so
+# that its document is checked (unsigned requests are answered 401, as documented).
 FLASHSALE__EMBEDDED__DATA_DIR="$work/data" \
   FLASHSALE__HTTP__LISTEN=127.0.0.1:0 \
   FLASHSALE__ADMIN__LISTEN=127.0.0.1:0 \
   FLASHSALE__ADMIN__TOKEN="$admin_token" \
+  FLASHSALE__PAYMENTS__WEBHOOK_SECRET="$payment_secret" \
   FLASHSALE__LIMITS__RATE_PER_MINUTE=1000000 \
   RUST_LOG=${RUST_LOG:-warn} \
   "$FLASHSALE_BIN" serve >"$work/server.out" 2>"$work/server.log" &

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::helpers::{chromium, eventually, find, spawn_app, Mode};
 
@@ -197,6 +197,16 @@ async fn the_admin_page_draws_every_actor_in_a_real_browser(mode: Mode) {
         app.buy(&token, product, "page", None).await.status,
         StatusCode::CREATED
     );
+    // A sale with a payment window, one order of it waiting to be paid.
+    let held = app.sale(10, 1).await;
+    let window = json!({"stock": 10, "perUserLimit": 1, "paymentWindowSecs": 600});
+    let r = app
+        .admin(Method::PUT, &format!("/admin/flash-sales/{held}"), Some(window))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = app.buy(&token, held, "page", None).await;
+    let order = r.body["orderId"].as_str().unwrap().to_string();
+    assert_eq!(app.wait_settled(&token, &order).await["status"], "awaiting_payment");
     let tree = app.admin(Method::GET, "/admin/actors", None).await.body;
     let mut all = Vec::new();
     names(&tree, &mut all);
@@ -227,6 +237,10 @@ async fn the_admin_page_draws_every_actor_in_a_real_browser(mode: Mode) {
         "the panel shows what is left; DOM: {dom}"
     );
     assert!(dom.contains("class=\"spark\""), "a sparkline is drawn");
+    assert!(
+        dom.contains(&format!("data-payments=\"{held}\"")) && dom.contains(">1 awaiting payment · 0 paid · 0 expired (window 600 s)<"),
+        "the window's units are drawn; DOM: {dom}"
+    );
     assert!(
         dom.contains("waiting<"),
         "the order queue's depth is drawn; DOM: {dom}"
