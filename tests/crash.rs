@@ -127,6 +127,19 @@ async fn sale(client: &reqwest::Client, server: &Server, definition: Value) -> i
     product
 }
 
+/// The binary serving, ready, on a data directory of its own; and a client for it.
+async fn fresh_server() -> (DataDir, reqwest::Client, Server) {
+    let dir =
+        DataDir(std::env::temp_dir().join(format!("fs_crash_{}", uuid::Uuid::new_v4().simple())));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let server = start(&dir.0).await;
+    wait_ready(&client, &server).await;
+    (dir, client, server)
+}
+
 /// How the process is stopped in the middle of the burst.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Stop {
@@ -147,15 +160,8 @@ async fn sigterm_during_a_burst_exits_zero_and_loses_no_accepted_order() {
 }
 
 async fn stop_during_a_burst(stop: Stop) {
-    let data =
-        DataDir(std::env::temp_dir().join(format!("fs_crash_{}", uuid::Uuid::new_v4().simple())));
-    let data = &data.0;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let mut server = start(data).await;
-    wait_ready(&client, &server).await;
+    let (dir, client, mut server) = fresh_server().await;
+    let data = &dir.0;
 
     // Enough stock that the drain period (two seconds of serving on) cannot sell it out.
     let stock = 2500;
@@ -324,15 +330,8 @@ async fn stop_during_a_burst(stop: Stop) {
 /// no further.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_expiry_returns_each_unpaid_unit_once() {
-    let data =
-        DataDir(std::env::temp_dir().join(format!("fs_crash_{}", uuid::Uuid::new_v4().simple())));
-    let data = &data.0;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let mut server = start(data).await;
-    wait_ready(&client, &server).await;
+    let (dir, client, mut server) = fresh_server().await;
+    let data = &dir.0;
     let stock: i64 = 600;
     let definition = json!({"stock": stock, "perUserLimit": 1, "paymentWindowSecs": 8});
     let product = sale(&client, &server, definition).await;
@@ -365,7 +364,14 @@ async fn kill_9_during_expiry_returns_each_unpaid_unit_once() {
     // an order that expired and has not given it back yet.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let c = admin(&client, &server, reqwest::Method::GET, &sale_path, Value::Null).await;
+        let c = admin(
+            &client,
+            &server,
+            reqwest::Method::GET,
+            &sale_path,
+            Value::Null,
+        )
+        .await;
         if c["awaitingPayment"] == stock {
             break;
         }

@@ -201,12 +201,19 @@ async fn the_admin_page_draws_every_actor_in_a_real_browser(mode: Mode) {
     let held = app.sale(10, 1).await;
     let window = json!({"stock": 10, "perUserLimit": 1, "paymentWindowSecs": 600});
     let r = app
-        .admin(Method::PUT, &format!("/admin/flash-sales/{held}"), Some(window))
+        .admin(
+            Method::PUT,
+            &format!("/admin/flash-sales/{held}"),
+            Some(window),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let r = app.buy(&token, held, "page", None).await;
     let order = r.body["orderId"].as_str().unwrap().to_string();
-    assert_eq!(app.wait_settled(&token, &order).await["status"], "awaiting_payment");
+    assert_eq!(
+        app.wait_settled(&token, &order).await["status"],
+        "awaiting_payment"
+    );
     let tree = app.admin(Method::GET, "/admin/actors", None).await.body;
     let mut all = Vec::new();
     names(&tree, &mut all);
@@ -238,7 +245,8 @@ async fn the_admin_page_draws_every_actor_in_a_real_browser(mode: Mode) {
     );
     assert!(dom.contains("class=\"spark\""), "a sparkline is drawn");
     assert!(
-        dom.contains(&format!("data-payments=\"{held}\"")) && dom.contains(">1 awaiting payment · 0 paid · 0 expired (window 600 s)<"),
+        dom.contains(&format!("data-payments=\"{held}\""))
+            && dom.contains(">1 awaiting payment · 0 paid · 0 expired (window 600 s)<"),
         "the window's units are drawn; DOM: {dom}"
     );
     assert!(

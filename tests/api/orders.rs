@@ -7,7 +7,7 @@ use flashsale::shards::hash::bucket;
 use futures_util::future::join_all;
 use reqwest::StatusCode;
 
-use crate::helpers::{eventually, spawn_app, spawn_app_with, Mode, Options};
+use crate::helpers::{eventually, spawn_app, spawn_app_with, Mode, Options, Webhook};
 
 in_both_modes!(a_burst_sells_exactly_the_stock_and_every_order_lands_once_in_its_shard);
 async fn a_burst_sells_exactly_the_stock_and_every_order_lands_once_in_its_shard(mode: Mode) {
@@ -337,52 +337,12 @@ async fn register_login_and_products(mode: Mode) {
 
 in_both_modes!(confirmations_reach_the_webhook_at_least_once);
 async fn confirmations_reach_the_webhook_at_least_once(mode: Mode) {
-    use std::sync::{Arc, Mutex};
-
-    use actix_web::{web, App, HttpResponse, HttpServer};
-
     // A receiver that fails its first delivery, so the confirmation must come again.
-    let received: Arc<Mutex<Vec<(serde_json::Value, String)>>> = Arc::default();
-    let sink = received.clone();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
-    let server = HttpServer::new(move || {
-        let sink = sink.clone();
-        App::new().route(
-            "/hook",
-            web::post().to(
-                move |req: actix_web::HttpRequest, body: web::Json<serde_json::Value>| {
-                    let sink = sink.clone();
-                    async move {
-                        let key = req
-                            .headers()
-                            .get("Idempotency-Key")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_string();
-                        let mut seen = sink.lock().unwrap();
-                        seen.push((body.into_inner(), key));
-                        if seen.len() == 1 {
-                            HttpResponse::InternalServerError().finish()
-                        } else {
-                            HttpResponse::NoContent().finish()
-                        }
-                    }
-                },
-            ),
-        )
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)
-    .unwrap()
-    .run();
-    let handle = server.handle();
-    tokio::spawn(server);
+    let hook = Webhook::start(1);
 
     let app = spawn_app_with(Options {
         mode,
-        webhook_url: Some(hook),
+        webhook_url: Some(hook.url.clone()),
         ..Options::default()
     })
     .await;
@@ -396,7 +356,7 @@ async fn confirmations_reach_the_webhook_at_least_once(mode: Mode) {
         Duration::from_secs(10),
         "the confirmation is delivered again",
         || async {
-            let deliveries = received.lock().unwrap().clone();
+            let deliveries = hook.received();
             if deliveries.len() >= 2 {
                 Ok(deliveries)
             } else {
@@ -413,7 +373,7 @@ async fn confirmations_reach_the_webhook_at_least_once(mode: Mode) {
         assert_eq!(key, &id, "the order id is the receiver's idempotency key");
     }
     app.stop().await;
-    handle.stop(false).await;
+    hook.stop().await;
 }
 
 /// A client keeps a connection idle in its pool for longer than a server closing

@@ -13,7 +13,9 @@ use futures_util::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{eventually, spawn_app, spawn_app_with, Mode, Options, Reply, TestApp};
+use crate::helpers::{
+    eventually, spawn_app, spawn_app_with, Mode, Options, Reply, TestApp, Webhook,
+};
 
 const SECRET: &str = "test-payment-webhook-secret-0123456789";
 
@@ -106,6 +108,27 @@ fn id(order: &Value) -> &str {
     order["orderId"].as_str().unwrap()
 }
 
+/// The order events of `kind` about `order`, once at least one has come (and what
+/// else came in half a second more).
+async fn events_of(app: &TestApp, kind: &str, order: &str) -> Vec<Value> {
+    let about = |e: &flashsale::events::Delivered| {
+        e.envelope.kind == kind && e.envelope.data["orderId"] == order
+    };
+    let events = app
+        .read_events(
+            ORDER_EVENTS,
+            |seen| seen.iter().any(about),
+            Duration::from_secs(20),
+            Duration::from_millis(500),
+        )
+        .await;
+    events
+        .iter()
+        .filter(|e| about(e))
+        .map(|e| e.envelope.data.clone())
+        .collect()
+}
+
 in_both_modes!(a_paid_order_completes_and_a_repeat_is_answered_the_same);
 async fn a_paid_order_completes_and_a_repeat_is_answered_the_same(mode: Mode) {
     let app = spawn_paying(mode).await;
@@ -153,20 +176,9 @@ async fn a_paid_order_completes_and_a_repeat_is_answered_the_same(mode: Mode) {
         ),
         (&json!(0), &json!(1), &json!(1))
     );
-    let events = app
-        .read_events(
-            ORDER_EVENTS,
-            |seen| seen.iter().any(|e| e.envelope.kind == "OrderPaid"),
-            Duration::from_secs(20),
-            Duration::from_millis(500),
-        )
-        .await;
-    let paid_events: Vec<_> = events
-        .iter()
-        .filter(|e| e.envelope.kind == "OrderPaid")
-        .collect();
+    let paid_events = events_of(&app, "OrderPaid", id(&order)).await;
     assert_eq!(paid_events.len(), 1, "one OrderPaid");
-    assert_eq!(paid_events[0].envelope.data["paymentId"], "pay_1");
+    assert_eq!(paid_events[0]["paymentId"], "pay_1");
 }
 
 in_both_modes!(a_payment_of_another_amount_is_refused_and_a_reprice_changes_no_debt);
@@ -321,19 +333,8 @@ async fn an_unpaid_order_expires_and_its_unit_is_sold_again(mode: Mode) {
     assert_eq!(again.status, StatusCode::CREATED, "{:?}", again.body);
     let after = app.buy(&other, product, "k2", None).await;
     assert_eq!(after.error(), "out_of_stock", "returned once, sold once");
-    let events = app
-        .read_events(
-            ORDER_EVENTS,
-            |seen| seen.iter().any(|e| e.envelope.kind == "OrderExpired"),
-            Duration::from_secs(20),
-            Duration::from_millis(500),
-        )
-        .await;
-    let n = events
-        .iter()
-        .filter(|e| e.envelope.kind == "OrderExpired" && e.envelope.data["orderId"] == id(&order))
-        .count();
-    assert_eq!(n, 1, "one OrderExpired");
+    let expired = events_of(&app, "OrderExpired", id(&order)).await;
+    assert_eq!(expired.len(), 1, "one OrderExpired");
     // The reporting consumer counts it.
     app.admin_eventually("/admin/reports/orders", |r| {
         let products = r["products"].as_array().cloned().unwrap_or_default();
@@ -644,40 +645,11 @@ async fn the_documented_openssl_example_confirms_a_payment() {
 
 in_both_modes!(the_buyer_is_told_when_payment_is_due_and_when_it_lapsed);
 async fn the_buyer_is_told_when_payment_is_due_and_when_it_lapsed(mode: Mode) {
-    use std::sync::{Arc, Mutex};
-
-    use actix_web::{web, App, HttpResponse, HttpServer};
-
-    let received: Arc<Mutex<Vec<(Value, String)>>> = Arc::default();
-    let sink = received.clone();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
-    let server = HttpServer::new(move || {
-        let sink = sink.clone();
-        App::new().route(
-            "/hook",
-            web::post().to(move |req: actix_web::HttpRequest, body: web::Json<Value>| {
-                let sink = sink.clone();
-                async move {
-                    let key = req.headers().get("Idempotency-Key");
-                    let key = key.and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-                    sink.lock().unwrap().push((body.into_inner(), key));
-                    HttpResponse::NoContent().finish()
-                }
-            }),
-        )
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)
-    .unwrap()
-    .run();
-    let handle = server.handle();
-    tokio::spawn(server);
+    let hook = Webhook::start(0);
 
     let app = spawn_app_with(Options {
         mode,
-        webhook_url: Some(hook),
+        webhook_url: Some(hook.url.clone()),
         configure: Some(with_payments),
         ..Options::default()
     })
@@ -687,7 +659,7 @@ async fn the_buyer_is_told_when_payment_is_due_and_when_it_lapsed(mode: Mode) {
     app.wait_settled_as(&token, id(&order), "expired").await;
     let kinds = ["order.payment_due", "order.payment_lapsed"];
     let told = eventually(Duration::from_secs(20), "both notices arrive", || async {
-        let seen = received.lock().unwrap().clone();
+        let seen = hook.received();
         match kinds
             .iter()
             .all(|k| seen.iter().any(|(b, _)| b["type"] == *k))
@@ -711,7 +683,7 @@ async fn the_buyer_is_told_when_payment_is_due_and_when_it_lapsed(mode: Mode) {
         (&order["payBy"], &json!(PRICE))
     );
     app.stop().await;
-    handle.stop(false).await;
+    hook.stop().await;
 }
 
 in_both_modes!(a_payment_after_pay_by_expires_the_order_itself);
@@ -746,17 +718,6 @@ async fn a_payment_after_pay_by_expires_the_order_itself(mode: Mode) {
         (&json!(1), &json!(0)),
         "{counters}"
     );
-    let events = app
-        .read_events(
-            ORDER_EVENTS,
-            |seen| seen.iter().any(|e| e.envelope.kind == "OrderExpired"),
-            Duration::from_secs(20),
-            Duration::from_millis(500),
-        )
-        .await;
-    let expired = events
-        .iter()
-        .filter(|e| e.envelope.kind == "OrderExpired")
-        .count();
-    assert_eq!(expired, 1, "one OrderExpired");
+    let expired = events_of(&app, "OrderExpired", id(&order)).await;
+    assert_eq!(expired.len(), 1, "one OrderExpired");
 }

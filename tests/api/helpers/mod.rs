@@ -1,8 +1,8 @@
 //! What the scenarios share, split by concern: starting test apps (`app`) and
 //! removing what they made (`cleanup`), talking to them over HTTP (`client`), reaching
 //! their stores directly (`stores`), waiting with a deadline (`wait`), a TCP proxy to
-//! make outages (`proxy`), orders held in the queue (`held_orders`) and a headless
-//! browser (`browser`). The names are re-exported here, so a scenario imports them
+//! make outages (`proxy`), orders held in the queue (`held_orders`), a receiver of the
+//! notification webhook (`webhook`) and a headless browser (`browser`). The names are re-exported here, so a scenario imports them
 //! from `helpers` alone.
 //!
 //! Other test binaries include this module with `#[path = "api/helpers/mod.rs"]`; the
@@ -16,6 +16,7 @@ mod held_orders;
 mod proxy;
 mod stores;
 mod wait;
+mod webhook;
 
 pub use app::{spawn_app, spawn_app_with, Options, TestApp};
 pub use browser::chromium;
@@ -24,6 +25,7 @@ pub use client::{find, Reply};
 pub use flashsale::config::Mode;
 pub use proxy::Proxy;
 pub use wait::eventually;
+pub use webhook::Webhook;
 // What `spawn_peer` and `hold_orders` return: no scenario names these types yet, but
 // one that keeps a peer or a hold in a variable of its own can.
 #[allow(unused_imports)]
