@@ -5,7 +5,7 @@
 # order after a random delay up to DELAY_MS; the rest let their orders expire, and the
 # units that come back are sold again until the whole stock is paid. Prints the load
 # tester's report (held, paid and expired over time, its invariants) and keeps it as
-# JSON under BENCH_DIR. Needs scripts/services.sh's services for cluster mode.
+# JSON and HTML under BENCH_DIR. Needs scripts/services.sh's services for cluster mode.
 #
 #   MODE=embedded loadtests/checkout.sh
 #   MODE=cluster STOCK=1000 WINDOW=5 PAY=0.6 loadtests/checkout.sh
@@ -23,5 +23,6 @@ serve "$mode" "$out/server.log"
 "$bin/flashsale-load" --max-in-flight 512 --deadline-secs "${DEADLINE:-180}" \
   --target http://127.0.0.1:8080 --admin-url http://127.0.0.1:9090 \
   --jwt-secret "$FLASHSALE__AUTH__JWT_SECRET" --report-json "$out/load.json" \
+  --report-html "$out/report.html" \
   checkout --stock "${STOCK:-1000}" --buyers "${BUYERS:-2000}" --window-secs "${WINDOW:-5}" \
   --pay-probability "${PAY:-0.6}" --pay-delay-ms "${DELAY_MS:-1000}"

@@ -362,41 +362,28 @@ async fn kill_9_during_expiry_returns_each_unpaid_unit_once() {
     // Every order is stored and awaits payment; from then on, a unit neither held by
     // an order awaiting payment (read first) nor back on sale (read after) belongs to
     // an order that expired and has not given it back yet.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let c = admin(
-            &client,
-            &server,
-            reqwest::Method::GET,
-            &sale_path,
-            Value::Null,
-        )
-        .await;
-        if c["awaitingPayment"] == stock {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the orders were not stored: {c}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    loop {
-        let c = admin(
-            &client,
-            &server,
-            reqwest::Method::GET,
-            &sale_path,
-            Value::Null,
-        )
-        .await;
-        let (remaining, awaiting) = (c["remaining"].as_i64(), c["awaitingPayment"].as_i64());
-        if remaining.unwrap() + awaiting.unwrap() < stock {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no moment with an unreturned expired unit was seen: {c}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let stored = |c: &Value| c["awaitingPayment"] == stock;
+    sale_until(
+        &client,
+        &server,
+        &sale_path,
+        50,
+        "the orders are stored",
+        stored,
+    )
+    .await;
+    let owed = |c: &Value| {
+        c["remaining"].as_i64().unwrap() + c["awaitingPayment"].as_i64().unwrap() < stock
+    };
+    sale_until(
+        &client,
+        &server,
+        &sale_path,
+        5,
+        "an expired unit is owed back",
+        owed,
+    )
+    .await;
     server.child.kill().await.expect("SIGKILL");
     assert!(
         restocks_due(data).await > 0,
@@ -405,26 +392,22 @@ async fn kill_9_during_expiry_returns_each_unpaid_unit_once() {
 
     let server = start(data).await;
     wait_ready(&client, &server).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let counters = loop {
-        let c = admin(
-            &client,
-            &server,
-            reqwest::Method::GET,
-            &sale_path,
-            Value::Null,
-        )
-        .await;
-        if c["expired"] == stock && c["awaitingPayment"] == 0 && c["remaining"] == stock {
-            break c;
-        }
+    let settled = |c: &Value| {
         assert!(
             c["remaining"].as_i64() <= Some(stock),
             "a unit came back twice: {c}"
         );
-        assert!(Instant::now() < deadline, "the expiry never finished: {c}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        c["expired"] == stock && c["awaitingPayment"] == 0 && c["remaining"] == stock
     };
+    let counters = sale_until(
+        &client,
+        &server,
+        &sale_path,
+        100,
+        "every unit is back",
+        settled,
+    )
+    .await;
     assert_eq!(counters["sold"], 0, "{counters}");
     assert_eq!(
         restocks_due(data).await,
@@ -458,6 +441,27 @@ async fn kill_9_during_expiry_returns_each_unpaid_unit_once() {
         assert!(Instant::now() < deadline, "the stock did not sell out");
     }
     assert_eq!(sold, stock, "each expired unit came back once");
+}
+
+/// Reads the sale's counters every `every_ms` until `done` holds (30 s at most);
+/// answers the counters that made it hold.
+async fn sale_until(
+    client: &reqwest::Client,
+    server: &Server,
+    path: &str,
+    every_ms: u64,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = admin(client, server, reqwest::Method::GET, path, Value::Null).await;
+        if done(&c) {
+            return c;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within 30 s: {c}");
+        tokio::time::sleep(Duration::from_millis(every_ms)).await;
+    }
 }
 
 /// Expired orders whose units the shards (read from their files) still owe back.

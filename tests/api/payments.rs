@@ -70,14 +70,7 @@ async fn post_confirm(app: &TestApp, body: &str, signature: Option<String>) -> R
     if let Some(s) = signature {
         req = req.header("Flashsale-Signature", s);
     }
-    let r = req.send().await.unwrap();
-    let status = r.status();
-    let text = r.text().await.unwrap();
-    Reply {
-        status,
-        headers: Default::default(),
-        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    }
+    Reply::from(req.send().await.unwrap()).await
 }
 
 fn signature(secret: &str, t: i64, body: &str) -> String {

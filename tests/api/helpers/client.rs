@@ -18,7 +18,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    async fn from(r: reqwest::Response) -> Self {
+    pub async fn from(r: reqwest::Response) -> Self {
         let status = r.status();
         let headers = r.headers().clone();
         let text = r.text().await.unwrap_or_default();
